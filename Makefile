@@ -1,0 +1,56 @@
+# kheops-ohif: `make run` (the demo) and `make test` (the whole suite) on a fresh machine.
+# Both are idempotent: a second run only does what changed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+# The demo keeps a generated SECRET_KEY in git-ignored var/ (SECRET_KEY in the environment wins).
+export SECRET_KEY_FILE ?= $(CURDIR)/var/secret_key
+ifdef DATABASE_URL
+export DATABASE_URL
+endif
+
+.PHONY: run test prepare deps deps-dev system-deps-test lint bench loadtest clean
+
+run: prepare
+	$(PY) manage.py runserver 127.0.0.1:8000 --noreload
+
+test: deps-dev system-deps-test prepare
+	$(PY) -m pytest
+
+lint: deps-dev
+	$(VENV)/bin/ruff check .
+
+deps: $(VENV)/.deps-run
+deps-dev: $(VENV)/.deps-dev
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps-run: requirements.txt | $(VENV)/bin/python
+	$(PIP) -r requirements.txt
+	touch $@
+
+$(VENV)/.deps-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PIP) -r requirements-dev.txt
+	touch $@ $(VENV)/.deps-run
+
+var/secret_key:
+	@mkdir -p var
+	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' > $@
+
+# Debian packages the test suite needs (installed only when missing).
+system-deps-test:
+	@scripts/ensure-debian-packages.sh $(TEST_DEBIAN_PACKAGES)
+
+TEST_DEBIAN_PACKAGES :=
+
+prepare: deps var/secret_key
+	$(PY) manage.py install_ohif
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(PY) manage.py migrate --noinput --verbosity 0
+
+clean:
+	rm -rf $(VENV) var/ohif var/staticfiles

@@ -1,0 +1,297 @@
+"""kheops-ohif settings: one flat file driven by environment variables.
+
+Every variable read here is documented in `.env.example`. Defaults are the safe ones for
+production (DEBUG off, HTTPS-only cookies when the public URL is https); `make run` sets
+what the local demo needs.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def envbool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), not {value!r}.")
+
+
+def envint(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}.") from None
+
+
+def envlist(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_public_base_url(value: str) -> tuple[str, str]:
+    """Return (normalised base URL, script name) or raise ImproperlyConfigured.
+
+    KHEOPS compares the scheme and authority of our redirect_uri and jwks_uri with the
+    configuration URL *as strings*, so the base URL is used verbatim: no default port is
+    added or removed, only a trailing slash is dropped.
+    """
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImproperlyConfigured(
+            f"PUBLIC_BASE_URL must be an absolute http(s) URL such as "
+            f"https://viewer.example.org or https://example.org/ohif, not {value!r}."
+        )
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ImproperlyConfigured(
+            "PUBLIC_BASE_URL must not contain a query string, a fragment or user info."
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ImproperlyConfigured(f"PUBLIC_BASE_URL has an invalid port: {value!r}.") from None
+    script_name = parts.path.rstrip("/")
+    return f"{parts.scheme}://{parts.netloc}{script_name}", script_name
+
+
+DEBUG = envbool("DEBUG", False)
+
+PUBLIC_BASE_URL, SCRIPT_NAME = parse_public_base_url(
+    os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
+)
+PUBLIC_IS_HTTPS = PUBLIC_BASE_URL.startswith("https://")
+PUBLIC_HOST = urlsplit(PUBLIC_BASE_URL).hostname or ""
+
+# Behind a reverse proxy that serves the app under a sub-path, the proxy strips the
+# prefix and Django adds it back to every URL it builds.
+FORCE_SCRIPT_NAME = SCRIPT_NAME or None
+
+
+def _secret_key() -> str:
+    key = os.environ.get("SECRET_KEY", "")
+    key_file = os.environ.get("SECRET_KEY_FILE", "")
+    if not key and key_file:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"SECRET_KEY_FILE {key_file!r} cannot be read: {exc}") from None
+    if not key and DEBUG:
+        # Development convenience only: a key generated once and kept in git-ignored var/.
+        dev_key_file = BASE_DIR / "var" / "dev-secret-key"
+        if dev_key_file.exists():
+            key = dev_key_file.read_text().strip()
+        else:
+            from django.core.management.utils import get_random_secret_key
+
+            key = get_random_secret_key()
+            dev_key_file.parent.mkdir(parents=True, exist_ok=True)
+            dev_key_file.write_text(key)
+            dev_key_file.chmod(0o600)
+    if not key:
+        raise ImproperlyConfigured(
+            "SECRET_KEY (or SECRET_KEY_FILE) is required when DEBUG is off. "
+            "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+    return key
+
+
+SECRET_KEY = _secret_key()
+SECRET_KEY_FALLBACKS = envlist("SECRET_KEY_FALLBACKS", [])
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", [PUBLIC_HOST])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "launcher",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "launcher.middleware.ContentSecurityPolicyMiddleware",
+    "launcher.middleware.OhifWhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "kheops_ohif.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "kheops_ohif.wsgi.application"
+
+# SQLite is the embedded default; PostgreSQL via DATABASE_URL=postgres://user@host:5432/db.
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}",
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 60),
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "kheops-ohif",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# Static files. The OHIF bundle is installed by `manage.py install_ohif` into OHIF_ROOT and
+# served by WhiteNoise under OHIF_ASSET_URL; its build-time asset prefix is rewritten to
+# that URL at install time (see launcher/ohif_bundle.py).
+STATIC_URL = f"{SCRIPT_NAME}/static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "var" / "staticfiles"))
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+OHIF_ROOT = Path(os.environ.get("OHIF_ROOT", BASE_DIR / "var" / "ohif"))
+OHIF_ASSET_URL = f"{STATIC_URL}ohif/"
+OHIF_BUNDLE_SPEC = BASE_DIR / "ohif-bundle.json"
+NPM_REGISTRY_URL = os.environ.get("NPM_REGISTRY_URL", "https://registry.npmjs.org").rstrip("/")
+WHITENOISE_MAX_AGE = envint("STATIC_MAX_AGE", 300)
+# Cached forever: OHIF's files named after a 16-hex-digit content hash
+# ("app.bundle.0f6159c501addfe9.js", "a34f9d1faa5f3315.woff2") and our own files hashed by
+# ManifestStaticFilesStorage ("banner.3f2a1b9c0d4e.js"). WhiteNoise matches the URL path
+# without the sub-path.
+WHITENOISE_IMMUTABLE_FILE_TEST = (
+    r"^/static/(ohif/(.*/)?([^/]*\.)?[0-9a-f]{16,}\.[A-Za-z0-9]+"
+    r"|(?!ohif/).*\.[0-9a-f]{12}\.[A-Za-z0-9]+)$"
+)
+WHITENOISE_MIMETYPES = {".wasm": "application/wasm", ".mjs": "text/javascript"}
+# WhiteNoise answers `Access-Control-Allow-Origin: *` by default; nothing of ours needs it.
+WHITENOISE_ALLOW_ALL_ORIGINS = False
+
+# Sessions hold the per-launch viewer grant (the KHEOPS token sealed with SECRET_KEY).
+# SameSite=Lax, not Strict: the launch is a cross-site top-level navigation from KHEOPS and
+# the session cookie set there must come back on the redirect to the viewer.
+SESSION_COOKIE_NAME = "kheops_ohif_session"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", PUBLIC_IS_HTTPS)
+SESSION_COOKIE_AGE = envint("SESSION_COOKIE_AGE", 8 * 3600)
+SESSION_COOKIE_PATH = f"{SCRIPT_NAME}/"
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", PUBLIC_IS_HTTPS)
+CSRF_COOKIE_HTTPONLY = True
+CSRF_COOKIE_PATH = f"{SCRIPT_NAME}/"
+CSRF_TRUSTED_ORIGINS = envlist(
+    "CSRF_TRUSTED_ORIGINS",
+    [f"{urlsplit(PUBLIC_BASE_URL).scheme}://{urlsplit(PUBLIC_BASE_URL).netloc}"],
+)
+
+# HTTPS. Behind a TLS-terminating proxy set TRUST_X_FORWARDED_PROTO=true.
+if envbool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", PUBLIC_IS_HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Django sends HSTS only on responses to HTTPS requests.
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000 if PUBLIC_IS_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "no-referrer"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# includeSubDomains and preload are commitments about *other* hosts of the hospital's
+# domain; they stay opt-in, so their deploy-check reminders are silenced by default.
+SILENCED_SYSTEM_CHECKS = envlist("SILENCED_SYSTEM_CHECKS", ["security.W005", "security.W021"])
+
+# Content-Security-Policy (django-csp). Our own pages run no inline script at all; the OHIF
+# viewer pages get the wider policy from launcher.middleware.OHIF_CSP_DIRECTIVES.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# Outbound HTTP to KHEOPS: every call has this timeout (seconds).
+KHEOPS_HTTP_TIMEOUT = float(os.environ.get("KHEOPS_HTTP_TIMEOUT", "5"))
+KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
+# Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
+KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)
+# After `rotate_signing_key`, the previous public key stays in our JWKS this long.
+SIGNING_KEY_GRACE_SECONDS = envint("SIGNING_KEY_GRACE_SECONDS", 3600)
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+}
+
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "launcher": {"level": LOG_LEVEL},
+        "django.request": {"level": "ERROR"},
+    },
+}

@@ -1,0 +1,79 @@
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from launcher import kheops, services
+from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey
+
+
+@admin.register(KheopsServer)
+class KheopsServerAdmin(admin.ModelAdmin):
+    list_display = ["name", "root_url", "enabled", "discovery_url"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "root_url"]
+    actions = ["test_connection"]
+
+    @admin.action(description=_("Test connection (fetch and validate the discovery document)"))
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[KheopsServer]) -> None:
+        with kheops.TimeoutSession(timeout=settings.KHEOPS_HTTP_TIMEOUT) as http:
+            for server in queryset:
+                try:
+                    verdict = services.check_server(server, http=http)
+                except kheops.KheopsError as exc:
+                    self.message_user(request, f"{server.name}: {exc}", messages.ERROR)
+                else:
+                    self.message_user(request, f"{server.name}: {verdict}", messages.SUCCESS)
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    list_display = ["client_name", "slug", "mode", "enabled", "is_default", "configuration_url"]
+    list_filter = ["enabled", "mode"]
+    readonly_fields = ["configuration_url_to_copy", "redirect_uri"]
+    prepopulated_fields = {"slug": ["client_name"]}
+
+    @admin.display(description=_("configuration URL (register this in KHEOPS)"))
+    def configuration_url_to_copy(self, provider: Provider) -> str:
+        if not provider.pk:
+            return "-"
+        return format_html(
+            '<input type="text" readonly size="80" value="{}" aria-label="configuration URL">',
+            provider.configuration_url,
+        )
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(admin.ModelAdmin):
+    # The sealed private key is never shown: only what the JWKS publishes anyway.
+    list_display = ["kid", "created_at", "active", "retired_at"]
+    fields = ["kid", "created_at", "active", "retired_at", "public_jwk"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: SigningKey | None = None) -> bool:
+        return False
+
+
+@admin.register(LaunchRecord)
+class LaunchRecordAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "outcome", "kheops_server", "provider", "user_name", "album_id", "remote_addr"]
+    list_filter = ["outcome", "kheops_server", "provider", "created_at"]
+    search_fields = ["study_uids", "user_name", "user_email", "user_sub", "client_id", "album_id"]
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: LaunchRecord | None = None) -> list[str]:
+        return [field.name for field in LaunchRecord._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: LaunchRecord | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: LaunchRecord | None = None) -> bool:
+        return False

@@ -1,0 +1,70 @@
+"""System checks for configuration mistakes that would only show up when KHEOPS calls us."""
+
+from collections.abc import Sequence
+from ipaddress import ip_address
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.http.request import validate_host
+
+from launcher import ohif_bundle
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@register(Tags.security)
+def check_public_base_url(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
+    errors = []
+    host = settings.PUBLIC_HOST
+    if not validate_host(host, settings.ALLOWED_HOSTS):
+        errors.append(
+            Error(
+                f"The host of PUBLIC_BASE_URL ({host}) is not in ALLOWED_HOSTS.",
+                hint="KHEOPS fetches our configuration and JWKS at that host: add it to "
+                "ALLOWED_HOSTS (or leave ALLOWED_HOSTS unset to derive it).",
+                id="launcher.E001",
+            )
+        )
+    if not settings.PUBLIC_IS_HTTPS and not _is_loopback(host):
+        errors.append(
+            Warning(
+                "PUBLIC_BASE_URL is plain http on a non-loopback host.",
+                hint="Authorization codes and the viewer session travel over this URL: "
+                "serve it over https (TLS at the proxy, TRUST_X_FORWARDED_PROTO=true).",
+                id="launcher.W002",
+            )
+        )
+    return errors
+
+
+@register()
+def check_ohif_bundle(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
+    bundle = ohif_bundle.installed_bundle(settings.OHIF_ROOT)
+    if bundle is None:
+        return [
+            Warning(
+                f"The OHIF bundle is not installed in {settings.OHIF_ROOT}.",
+                hint="Run: python manage.py install_ohif",
+                id="launcher.W003",
+            )
+        ]
+    if bundle.asset_prefix != settings.OHIF_ASSET_URL:
+        return [
+            Error(
+                f"The installed OHIF bundle serves its assets from {bundle.asset_prefix}, "
+                f"but this configuration serves them at {settings.OHIF_ASSET_URL}.",
+                hint="The prefix is baked into the bundle at install time (PUBLIC_BASE_URL's "
+                "path changed?): run python manage.py install_ohif again.",
+                id="launcher.E004",
+            )
+        ]
+    return []

@@ -1,0 +1,25 @@
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from launcher import keys
+
+
+class Command(BaseCommand):
+    help = (
+        "Create a new active signing key. The previous public key stays in the JWKS for a "
+        "grace period so that token exchanges in flight still verify."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--grace-seconds", type=int, default=None,
+            help="How long the previous key stays published (default SIGNING_KEY_GRACE_SECONDS).",
+        )
+
+    def handle(self, *args: object, grace_seconds: int | None, **options: object) -> None:
+        grace = timedelta(seconds=grace_seconds) if grace_seconds is not None else keys.grace_period()
+        new, previous = keys.rotate(grace=grace)
+        self.stdout.write(f"New active signing key: kid={new.kid}")
+        if previous is not None:
+            self.stdout.write(f"Previous key kid={previous.kid} stays published until {previous.retired_at:%Y-%m-%d %H:%M:%S} UTC")

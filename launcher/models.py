@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+# KHEOPS serves its discovery document at a fixed path under its root.
+DISCOVERY_PATH = "/api/.well-known/report-provider-configuration"
+
+
+def validate_root_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(_("Enter the KHEOPS root URL, e.g. https://kheops.example.org"))
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValidationError(_("The root URL must not contain user info, a query or a fragment."))
+    if value.endswith("/"):
+        raise ValidationError(_("Leave out the trailing slash: KHEOPS compares URLs as strings."))
+
+
+class KheopsServer(models.Model):
+    """A KHEOPS instance an administrator trusts to launch the viewer."""
+
+    name = models.CharField(_("name"), max_length=100)
+    root_url = models.CharField(
+        _("root URL (issuer)"),
+        max_length=300,
+        unique=True,
+        validators=[validate_root_url],
+        help_text=_("Exactly the issuer of its discovery document, e.g. https://demo.kheops.online"),
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("trusted KHEOPS server")
+        verbose_name_plural = _("trusted KHEOPS servers")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.root_url}{DISCOVERY_PATH}"
+
+
+class OhifMode(models.TextChoices):
+    # The route of each OHIF 3.13 mode kept by our pruned bundle (microscopy is pruned).
+    VIEWER = "viewer", _("Basic viewer (measurements)")
+    SEGMENTATION = "segmentation", _("Segmentation")
+    BASIC = "basic", _("Basic")
+    TMTV = "tmtv", _("Total metabolic tumour volume")
+    DYNAMIC_VOLUME = "dynamic-volume", _("Dynamic volume")
+    US_ANNOTATION = "usAnnotation", _("Ultrasound annotation")
+
+
+class Provider(models.Model):
+    """What a KHEOPS album admin registers: one configuration document and launch URL."""
+
+    slug = models.SlugField(_("slug"), unique=True)
+    client_name = models.CharField(_("display name (client_name)"), max_length=100)
+    mode = models.CharField(
+        _("OHIF mode"), max_length=32, choices=OhifMode.choices, default=OhifMode.VIEWER
+    )
+    supported_modalities = models.JSONField(
+        _("supported modalities"),
+        default=list,
+        blank=True,
+        help_text=_('Modality codes, e.g. ["CT", "MR"]. Empty: KHEOPS offers it for every study.'),
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    is_default = models.BooleanField(
+        _("default"),
+        default=False,
+        help_text=_("Also served at /.well-known/kheops-report-configuration."),
+    )
+
+    class Meta:
+        verbose_name = _("provider")
+        verbose_name_plural = _("providers")
+        ordering = ["slug"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="launcher_one_default_provider",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.client_name
+
+    def clean(self) -> None:
+        modalities = self.supported_modalities
+        if not isinstance(modalities, list) or not all(
+            isinstance(m, str) and m.isalnum() and m.isupper() and len(m) <= 16 for m in modalities
+        ):
+            raise ValidationError(
+                {"supported_modalities": _('A list of modality codes such as ["CT", "MR"].')}
+            )
+
+    # Absolute URLs built from PUBLIC_BASE_URL: KHEOPS requires redirect_uri and jwks_uri to
+    # share the configuration URL's scheme and authority *as strings*.
+    @property
+    def configuration_url(self) -> str:
+        return public_url("provider-configuration", slug=self.slug)
+
+    @property
+    def redirect_uri(self) -> str:
+        return public_url("launch", slug=self.slug)
+
+
+def public_url(view_name: str, **kwargs: str) -> str:
+    path = reverse(view_name, kwargs=kwargs or None)
+    # reverse() includes FORCE_SCRIPT_NAME, which PUBLIC_BASE_URL already carries.
+    return settings.PUBLIC_BASE_URL + path.removeprefix(settings.SCRIPT_NAME)
+
+
+class SigningKey(models.Model):
+    """An RSA key pair for our client assertions; the private half is sealed at rest."""
+
+    kid = models.CharField(max_length=64, unique=True)
+    public_jwk = models.JSONField()
+    sealed_private_key = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    active = models.BooleanField(default=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("signing key")
+        verbose_name_plural = _("signing keys")
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["active"], condition=models.Q(active=True), name="launcher_one_active_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.kid
+
+
+class UsedCode(models.Model):
+    """Authorization codes already presented to us (a hash only), to refuse replays.
+
+    KHEOPS codes stay valid and reusable for 10 minutes; the unique primary key makes the
+    claim atomic across processes and servers sharing the database.
+    """
+
+    code_hash = models.CharField(max_length=64, primary_key=True)
+    used_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"code used at {self.used_at:%Y-%m-%d %H:%M:%S}"
+
+
+class LaunchOutcome(models.TextChoices):
+    SUCCESS = "success", _("success")
+    BAD_REQUEST = "bad_request", _("invalid launch parameters")
+    UNKNOWN_PROVIDER = "unknown_provider", _("unknown provider")
+    PROVIDER_DISABLED = "provider_disabled", _("provider disabled")
+    UNTRUSTED_SERVER = "untrusted_server", _("untrusted or disabled KHEOPS server")
+    REPLAY = "replay", _("launch link used twice")
+    CODE_REJECTED = "code_rejected", _("code rejected by KHEOPS")
+    KHEOPS_UNAVAILABLE = "kheops_unavailable", _("KHEOPS unavailable")
+    KHEOPS_TIMEOUT = "kheops_timeout", _("KHEOPS too slow")
+    KHEOPS_MALFORMED = "kheops_malformed", _("invalid answer from KHEOPS")
+
+
+class LaunchRecord(models.Model):
+    """The audit trail: one row per launch attempt, whatever its outcome. Never a secret."""
+
+    launch_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.SET_NULL)
+    kheops_server = models.ForeignKey(
+        KheopsServer, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    client_id = models.CharField(max_length=64, blank=True)
+    album_id = models.CharField(max_length=64, blank=True)
+    study_uids = models.JSONField(default=list, blank=True)
+    user_sub = models.CharField(max_length=255, blank=True)
+    user_name = models.CharField(max_length=255, blank=True)
+    user_email = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=32, choices=LaunchOutcome.choices, db_index=True)
+    failure_detail = models.CharField(max_length=255, blank=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("launch record")
+        verbose_name_plural = _("launch records")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.outcome}"

@@ -1,0 +1,407 @@
+"""The launch: from KHEOPS's redirect to a viewer grant bound to the browser session.
+
+Views parse and render; everything that decides lives here, in keyword-only functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.http import QueryDict
+from django.utils import timezone
+
+from launcher import keys, kheops, sealing
+from launcher.models import (
+    KheopsServer,
+    LaunchOutcome,
+    LaunchRecord,
+    Provider,
+    UsedCode,
+)
+
+logger = logging.getLogger(__name__)
+
+# DICOM UIDs (PS3.5 §9.1): dot-separated numbers without leading zeros, at most 64 chars.
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+# KHEOPS issues 22 alphanumeric characters; a little slack in case that ever changes.
+CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9]{8,64}$")
+MAX_CODE_LENGTH = 8192
+MAX_STUDIES = 50
+# KHEOPS codes live 600 s plus 60 s leeway: a used-code row older than that guards nothing.
+USED_CODE_RETENTION = timedelta(seconds=660)
+SESSION_KEY = "kheops_ohif_launches"
+MAX_GRANTS_PER_SESSION = 20
+_GRANT_PURPOSE = "access-token"
+
+
+class LaunchFailed(Exception):
+    """A launch that cannot go on; carries what the error page and the audit row need."""
+
+    def __init__(
+        self,
+        outcome: LaunchOutcome,
+        status: int,
+        message: str,
+        *,
+        detail: str = "",
+        return_uri: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.status = status
+        self.message = message
+        self.detail = detail
+        self.return_uri = return_uri
+
+
+@dataclass(frozen=True)
+class LaunchParams:
+    code: str
+    conf_uri: str
+    client_id: str
+    study_uids: tuple[str, ...]
+    return_uri: str | None
+
+    def __repr__(self) -> str:  # the code is a secret
+        return f"LaunchParams(client_id={self.client_id!r}, studies={len(self.study_uids)})"
+
+
+@dataclass(frozen=True)
+class ViewerGrant:
+    """What the viewer of one launch needs; lives in the server-side session."""
+
+    launch_id: str
+    access_token: str = field(repr=False)
+    expires_at: float
+    dicomweb_endpoint: str
+    study_uids: tuple[str, ...]
+    mode: str
+    return_uri: str | None
+    user_name: str
+
+    @property
+    def seconds_left(self) -> int:
+        return max(0, int(self.expires_at - time.time()))
+
+    @property
+    def expired(self) -> bool:
+        return self.seconds_left <= 0
+
+
+def parse_launch_params(query: QueryDict) -> LaunchParams:
+    """Validate the launch query string; any problem is a 400 with a plain reason."""
+
+    def single(name: str, *, required: bool = True) -> str | None:
+        values = query.getlist(name)
+        if len(values) > 1:
+            raise _bad_request(f"The parameter {name!r} appears more than once.")
+        if not values or not values[0]:
+            if required:
+                raise _bad_request(f"The parameter {name!r} is missing.")
+            return None
+        return values[0]
+
+    code = single("code")
+    conf_uri = single("conf_uri")
+    client_id = single("client_id")
+    return_uri = single("return_uri", required=False)
+    assert code is not None and conf_uri is not None and client_id is not None
+    if len(code) > MAX_CODE_LENGTH or not code.isascii() or not code.isprintable():
+        raise _bad_request("The authorization code is not valid.")
+    if len(conf_uri) > 2048:
+        raise _bad_request("The KHEOPS configuration URL is not valid.")
+    if not CLIENT_ID_PATTERN.match(client_id):
+        raise _bad_request("The client_id is not valid.")
+    if return_uri is not None and (len(return_uri) > 2048 or not return_uri.isprintable()):
+        return_uri = None
+    studies: list[str] = []
+    for value in query.getlist("studyUID"):
+        if len(value) > 64 or not UID_PATTERN.match(value):
+            raise _bad_request("A studyUID is not a valid DICOM UID.")
+        if value not in studies:
+            studies.append(value)
+    if not studies:
+        raise _bad_request("The parameter 'studyUID' is missing.")
+    if len(studies) > MAX_STUDIES:
+        raise _bad_request(f"At most {MAX_STUDIES} studies can be opened at once.")
+    return LaunchParams(
+        code=code,
+        conf_uri=conf_uri,
+        client_id=client_id,
+        study_uids=tuple(studies),
+        return_uri=return_uri,
+    )
+
+
+def _bad_request(message: str) -> LaunchFailed:
+    return LaunchFailed(LaunchOutcome.BAD_REQUEST, 400, message)
+
+
+def trusted_server_for(conf_uri: str) -> KheopsServer | None:
+    # Exact string equality with the discovery URL of an enabled, trusted server: no
+    # normalisation that an attacker could play with.
+    for server in KheopsServer.objects.filter(enabled=True):
+        if server.discovery_url == conf_uri:
+            return server
+    return None
+
+
+def safe_return_uri(return_uri: str | None, server: KheopsServer | None) -> str | None:
+    """`return_uri` if it leads back into the trusted KHEOPS, else None (no open redirect)."""
+    if not return_uri or server is None:
+        return None
+    return return_uri if kheops.is_under_root(return_uri, server.root_url) else None
+
+
+def album_id_from(return_uri: str | None, server: KheopsServer) -> str:
+    # KHEOPS sends ROOT/albums/{albumId}.
+    if not return_uri:
+        return ""
+    prefix = f"{server.root_url}/albums/"
+    if return_uri.startswith(prefix):
+        album = return_uri[len(prefix) :].split("?", 1)[0].split("/", 1)[0]
+        if album.isalnum() and len(album) <= 64:
+            return album
+    return ""
+
+
+def claim_code(code: str) -> bool:
+    """Record `code` as used; False if it was used before (atomic across processes)."""
+    now = timezone.now()
+    code_hash = hashlib.sha256(code.encode()).hexdigest()
+    try:
+        with transaction.atomic():
+            UsedCode.objects.create(code_hash=code_hash, used_at=now)
+    except IntegrityError:
+        return False
+    # Opportunistic clean-up keeps the table at about ten minutes of launches.
+    if secrets.randbelow(20) == 0:
+        UsedCode.objects.filter(used_at__lt=now - USED_CODE_RETENTION).delete()
+    return True
+
+
+def release_code(code: str) -> None:
+    """Forget a claimed code after a transient KHEOPS failure so that a reload can retry."""
+    UsedCode.objects.filter(code_hash=hashlib.sha256(code.encode()).hexdigest()).delete()
+
+
+def discovery_for(server: KheopsServer, *, http: Any) -> kheops.Discovery:
+    """The server's discovery document, cached briefly: KHEOPS rarely changes it."""
+    cache_key = "kheops-discovery:" + hashlib.sha256(server.discovery_url.encode()).hexdigest()
+    cached = cache.get(cache_key)
+    if isinstance(cached, kheops.Discovery) and cached.issuer.rstrip("/") == server.root_url:
+        return cached
+    discovery = kheops.fetch_discovery(http, server.discovery_url, root=server.root_url)
+    cache.set(cache_key, discovery, settings.KHEOPS_DISCOVERY_CACHE_SECONDS)
+    return discovery
+
+
+def launch(
+    *,
+    provider: Provider | None,
+    query: QueryDict,
+    session: SessionBase,
+    remote_addr: str | None,
+    http: Any,
+) -> ViewerGrant:
+    """Run one launch end to end. Always writes one LaunchRecord; raises LaunchFailed."""
+    record = LaunchRecord(provider=provider, remote_addr=remote_addr)
+    server: KheopsServer | None = None
+    try:
+        if provider is None:
+            raise LaunchFailed(
+                LaunchOutcome.UNKNOWN_PROVIDER, 404, "This launch address is not one of ours."
+            )
+        params = parse_launch_params(query)
+        record.client_id = params.client_id
+        record.study_uids = list(params.study_uids)
+        server = trusted_server_for(params.conf_uri)
+        if server is None:
+            raise LaunchFailed(
+                LaunchOutcome.UNTRUSTED_SERVER,
+                403,
+                "This KHEOPS server is not trusted by this viewer.",
+                detail="conf_uri is not the discovery URL of an enabled trusted server",
+            )
+        record.kheops_server = server
+        record.album_id = album_id_from(params.return_uri, server)
+        return_uri = safe_return_uri(params.return_uri, server)
+        if not provider.enabled:
+            raise LaunchFailed(
+                LaunchOutcome.PROVIDER_DISABLED,
+                403,
+                "This viewer has been disabled by its administrator.",
+                return_uri=return_uri,
+            )
+        if not claim_code(params.code):
+            raise LaunchFailed(
+                LaunchOutcome.REPLAY,
+                409,
+                "This launch link has already been used.",
+                return_uri=return_uri,
+            )
+        try:
+            discovery, grant, user = _exchange(
+                provider=provider, server=server, params=params, http=http
+            )
+        except LaunchFailed as failure:
+            failure.return_uri = return_uri
+            if failure.outcome in (LaunchOutcome.KHEOPS_UNAVAILABLE, LaunchOutcome.KHEOPS_TIMEOUT):
+                release_code(params.code)
+            raise
+        viewer_grant = ViewerGrant(
+            launch_id=secrets.token_urlsafe(16),
+            access_token=grant.access_token,
+            expires_at=time.time() + grant.expires_in,
+            dicomweb_endpoint=discovery.dicomweb_endpoint,
+            study_uids=params.study_uids,
+            mode=provider.mode,
+            return_uri=return_uri,
+            user_name=user.name if user else "",
+        )
+        record.launch_id = viewer_grant.launch_id
+        record.expires_at = timezone.now() + timedelta(seconds=grant.expires_in)
+        if user is not None:
+            record.user_sub, record.user_name, record.user_email = user.sub, user.name, user.email
+        record.outcome = LaunchOutcome.SUCCESS
+        record.save()
+        store_grant(session, viewer_grant)
+        logger.info(
+            "launch %s succeeded: server=%s client_id=%s studies=%d",
+            viewer_grant.launch_id,
+            server.name,
+            params.client_id,
+            len(params.study_uids),
+        )
+        return viewer_grant
+    except LaunchFailed as failure:
+        record.outcome = failure.outcome
+        record.failure_detail = (failure.detail or failure.message)[:255]
+        record.save()
+        logger.warning(
+            "launch refused (%s): %s", failure.outcome, record.failure_detail
+        )
+        raise
+
+
+def _exchange(
+    *, provider: Provider, server: KheopsServer, params: LaunchParams, http: Any
+) -> tuple[kheops.Discovery, kheops.TokenGrant, kheops.UserInfo | None]:
+    try:
+        discovery = discovery_for(server, http=http)
+        assertion = keys.client_assertion(
+            client_id=params.client_id, audience=discovery.token_endpoint
+        )
+        grant = kheops.exchange_code(
+            http,
+            discovery.token_endpoint,
+            code=params.code,
+            client_id=params.client_id,
+            redirect_uri=provider.redirect_uri,
+            client_assertion=assertion,
+        )
+    except kheops.KheopsTimeout as exc:
+        raise LaunchFailed(
+            LaunchOutcome.KHEOPS_TIMEOUT, 504, "KHEOPS did not answer in time.", detail=str(exc)
+        ) from None
+    except kheops.KheopsUnavailable as exc:
+        raise LaunchFailed(
+            LaunchOutcome.KHEOPS_UNAVAILABLE, 502, "KHEOPS is unavailable.", detail=str(exc)
+        ) from None
+    except kheops.KheopsRejected as exc:
+        raise LaunchFailed(
+            LaunchOutcome.CODE_REJECTED,
+            403,
+            "KHEOPS refused this launch: the link may have expired.",
+            detail=str(exc),
+        ) from None
+    except kheops.KheopsMalformed as exc:
+        raise LaunchFailed(
+            LaunchOutcome.KHEOPS_MALFORMED,
+            502,
+            "KHEOPS sent an answer this viewer does not understand.",
+            detail=str(exc),
+        ) from None
+    user = None
+    if discovery.userinfo_endpoint and settings.KHEOPS_FETCH_USERINFO:
+        try:
+            user = kheops.fetch_userinfo(
+                http, discovery.userinfo_endpoint, access_token=grant.access_token
+            )
+        except kheops.KheopsError as exc:
+            # Who launched is nice to have in the audit trail, not worth failing the launch.
+            logger.warning("userinfo unavailable for a launch: %s", exc)
+    return discovery, grant, user
+
+
+# --- The viewer grant in the session -------------------------------------------------
+
+
+def store_grant(session: SessionBase, grant: ViewerGrant) -> None:
+    # A new session key at each launch: the grant must not ride on a key an attacker may
+    # have planted (session fixation).
+    session.cycle_key()
+    grants: dict[str, dict] = dict(session.get(SESSION_KEY, {}))
+    now = time.time()
+    grants = {k: v for k, v in grants.items() if v.get("expires_at", 0) > now}
+    grants[grant.launch_id] = {
+        "token": sealing.seal(grant.access_token, purpose=_GRANT_PURPOSE),
+        "expires_at": grant.expires_at,
+        "dicomweb_endpoint": grant.dicomweb_endpoint,
+        "study_uids": list(grant.study_uids),
+        "mode": grant.mode,
+        "return_uri": grant.return_uri,
+        "user_name": grant.user_name,
+    }
+    if len(grants) > MAX_GRANTS_PER_SESSION:
+        newest = sorted(grants.items(), key=lambda kv: kv[1]["expires_at"])[-MAX_GRANTS_PER_SESSION:]
+        grants = dict(newest)
+    session[SESSION_KEY] = grants
+    # Keep the session at least as long as the token.
+    session.set_expiry(max(settings.SESSION_COOKIE_AGE, int(grant.expires_at - now) + 60))
+
+
+def grant_for(session: SessionBase, launch_id: str) -> ViewerGrant | None:
+    entry = session.get(SESSION_KEY, {}).get(launch_id)
+    if not isinstance(entry, dict):
+        return None
+    try:
+        token = sealing.unseal(entry["token"], purpose=_GRANT_PURPOSE)
+    except (sealing.SealError, KeyError):
+        return None
+    return ViewerGrant(
+        launch_id=launch_id,
+        access_token=token,
+        expires_at=float(entry["expires_at"]),
+        dicomweb_endpoint=entry["dicomweb_endpoint"],
+        study_uids=tuple(entry["study_uids"]),
+        mode=entry["mode"],
+        return_uri=entry.get("return_uri"),
+        user_name=entry.get("user_name", ""),
+    )
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_server(server: KheopsServer, *, http: Any) -> str:
+    """Fetch and validate the server's discovery document (raises kheops.KheopsError)."""
+    discovery = kheops.fetch_discovery(http, server.discovery_url, root=server.root_url)
+    return (
+        f"discovery document OK: token endpoint {discovery.token_endpoint}, "
+        f"DICOMweb {discovery.dicomweb_endpoint}"
+    )

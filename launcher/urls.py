@@ -1,0 +1,22 @@
+from django.urls import path
+
+from launcher import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path(
+        ".well-known/kheops-report-configuration",
+        views.ProviderConfigurationView.as_view(),
+        name="default-provider-configuration",
+    ),
+    path("jwks.json", views.JwksView.as_view(), name="jwks"),
+    path(
+        "providers/<slug:slug>/configuration",
+        views.ProviderConfigurationView.as_view(),
+        name="provider-configuration",
+    ),
+    path("providers/<slug:slug>/launch", views.launch, name="launch"),
+    path("launches/<str:launch_id>/", views.viewer_page, name="viewer-root"),
+    path("launches/<str:launch_id>/app-config.js", views.app_config, name="viewer-app-config"),
+    path("launches/<str:launch_id>/<path:route>", views.viewer_page, name="viewer"),
+]

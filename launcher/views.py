@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import re
+from urllib.parse import urlencode
+
+from csp.constants import SELF
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from launcher import keys, kheops, services, viewer
+from launcher.middleware import OHIF_CSP_DIRECTIVES
+from launcher.models import Provider
+
+# What OHIF's router would otherwise answer with index.html: a missing chunk must be a
+# real 404, or the browser parses HTML as JavaScript.
+ASSET_PATH = re.compile(r"\.(js|mjs|css|wasm|json|map|woff2?|ttf|png|jpe?g|gif|svg|ico|txt|xml)$", re.I)
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    default = Provider.objects.filter(is_default=True, enabled=True).first()
+    return render(request, "launcher/home.html", {"provider": default})
+
+
+class _DocumentView(APIView):
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def cached(self, body: dict) -> Response:
+        # KHEOPS fetches these on every step; let proxies help, but not for long.
+        return Response(body, headers={"Cache-Control": "public, max-age=60"})
+
+
+def configuration_document(provider: Provider) -> dict:
+    document = {
+        "client_name": provider.client_name,
+        "redirect_uri": provider.redirect_uri,
+        "response_type": "code",
+        "token_endpoint_auth_method": "private_key_jwt",
+        "token_endpoint_auth_signing_alg": "RS256",
+        "jwks_uri": settings.PUBLIC_BASE_URL + "/jwks.json",
+        "client_uri": settings.PUBLIC_BASE_URL + "/",
+    }
+    if provider.supported_modalities:
+        document["supported_modalities"] = list(provider.supported_modalities)
+    return document
+
+
+class ProviderConfigurationView(_DocumentView):
+    def get(self, request: Request, slug: str | None = None) -> Response:
+        providers = Provider.objects.filter(enabled=True)
+        provider = (
+            providers.filter(slug=slug).first() if slug else providers.filter(is_default=True).first()
+        )
+        if provider is None:
+            raise Http404("No such provider.")
+        return self.cached(configuration_document(provider))
+
+
+class JwksView(_DocumentView):
+    def get(self, request: Request) -> Response:
+        return self.cached({"keys": keys.published_keys()})
+
+
+@never_cache
+@require_GET
+def launch(request: HttpRequest, slug: str) -> HttpResponse:
+    provider = Provider.objects.filter(slug=slug).first()
+    with kheops.TimeoutSession(timeout=settings.KHEOPS_HTTP_TIMEOUT) as http:
+        try:
+            grant = services.launch(
+                provider=provider,
+                query=request.GET,
+                session=request.session,
+                remote_addr=request.META.get("REMOTE_ADDR"),
+                http=http,
+            )
+        except services.LaunchFailed as failure:
+            return error_page(
+                request, failure.status, failure.message, return_uri=failure.return_uri
+            )
+    # Post/Redirect/Get: the code leaves the address bar and the history right away.
+    return HttpResponseRedirect(viewer_url(grant))
+
+
+def viewer_url(grant: services.ViewerGrant) -> str:
+    path = reverse("viewer", kwargs={"launch_id": grant.launch_id, "route": grant.mode})
+    return f"{path}?{urlencode({'StudyInstanceUIDs': ','.join(grant.study_uids)})}"
+
+
+def error_page(
+    request: HttpRequest, status: int, message: str, *, return_uri: str | None = None
+) -> HttpResponse:
+    response = render(
+        request,
+        "launcher/error.html",
+        {"message": message, "return_uri": return_uri, "status": status},
+        status=status,
+    )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@never_cache
+@require_GET
+def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpResponse:
+    if ASSET_PATH.search(route):
+        raise Http404("No such file.")
+    # OHIF reads `token` (case-insensitively) from viewer URLs and lets it replace ours: a
+    # crafted link could point a clinician's viewer at someone else's study.
+    if any(name.lower() == "token" for name in request.GET):
+        query = [(k, v) for k, v in request.GET.items(multi=True) if k.lower() != "token"]
+        return HttpResponseRedirect(request.path + ("?" + urlencode(query) if query else ""))
+    grant = services.grant_for(request.session, launch_id)
+    if grant is None:
+        return error_page(
+            request,
+            403,
+            "This viewer link belongs to another browser session. "
+            "Open the study again from KHEOPS.",
+        )
+    if not route:
+        return HttpResponseRedirect(viewer_url(grant))
+    if grant.expired:
+        return error_page(
+            request,
+            410,
+            "Your access to this study has expired. Open it again from KHEOPS.",
+            return_uri=grant.return_uri,
+        )
+    html = viewer.index_html(grant)
+    if html is None:
+        return error_page(request, 503, "The OHIF viewer is not installed on this server.")
+    response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response._csp_replace = {  # type: ignore[attr-defined]  # django-csp's per-response hook
+        **OHIF_CSP_DIRECTIVES,
+        "connect-src": [SELF, services.origin_of(grant.dicomweb_endpoint)],
+    }
+    return response
+
+
+@never_cache
+@require_GET
+def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
+    grant = services.grant_for(request.session, launch_id)
+    if grant is None or grant.expired:
+        return HttpResponse(
+            "/* No viewer grant for this browser session. */\n",
+            status=403,
+            content_type="text/javascript; charset=utf-8",
+        )
+    response = HttpResponse(viewer.app_config_js(grant), content_type="text/javascript; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    return response

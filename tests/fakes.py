@@ -1,0 +1,159 @@
+"""The KHEOPS side faked at the HTTP boundary with `responses`.
+
+`FakeKheops` behaves like a KHEOPS server's discovery, token and userinfo endpoints and
+checks our token requests the way KHEOPS does, using the JWKS our app publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import jwt
+import responses
+
+from launcher import keys
+from launcher.models import Provider
+
+ROOT = "https://kheops.test"
+DISCOVERY_URL = f"{ROOT}/api/.well-known/report-provider-configuration"
+TOKEN_URL = f"{ROOT}/api/token"
+USERINFO_URL = f"{ROOT}/api/userinfo"
+CLIENT_ID = "Q9ZTMv3fW7ta0Npg1caGMF"
+ALBUM_ID = "AbCdEf1234"
+STUDY_1 = "1.2.840.113619.2.1.1.322987881.621.736170080.681"
+STUDY_2 = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+
+
+def discovery_document(root: str = ROOT) -> dict[str, Any]:
+    return {
+        "issuer": root,
+        "dicomweb_endpoint": f"{root}/api",
+        "dicomweb_uri_endpoint": f"{root}/api/wado",
+        "token_endpoint": f"{root}/api/token",
+        "introspection_endpoint": f"{root}/api/token/introspect",
+        "userinfo_endpoint": f"{root}/api/userinfo",
+        "grant_types_supported": ["authorization_code", "implicit"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "token"],
+    }
+
+
+@dataclass
+class TokenRequest:
+    form: list[tuple[str, str]]
+    headers: dict[str, str]
+    assertion_header: dict[str, Any]
+    assertion_claims: dict[str, Any]
+
+
+@dataclass
+class FakeKheops:
+    """A KHEOPS server as our launch endpoint sees it."""
+
+    rsps: responses.RequestsMock
+    provider: Provider
+    secrets_seen: list[str] = field(default_factory=list)
+    token_requests: list[TokenRequest] = field(default_factory=list)
+    userinfo_calls: int = 0
+    # Knobs: replace an endpoint's answer with (status, body) or an exception.
+    discovery_answer: Any = None
+    token_answer: Any = None
+    userinfo_answer: Any = None
+    expires_in: int = 3600
+
+    def install(self) -> None:
+        self.rsps.add_callback(responses.GET, DISCOVERY_URL, callback=self._discovery)
+        self.rsps.add_callback(responses.POST, TOKEN_URL, callback=self._token)
+        self.rsps.add_callback(responses.GET, USERINFO_URL, callback=self._userinfo)
+
+    def new_code(self) -> str:
+        code = "eyJcode." + secrets.token_urlsafe(24)
+        self.secrets_seen.append(code)
+        return code
+
+    def launch_url(
+        self,
+        *,
+        code: str | None = None,
+        studies: tuple[str, ...] = (STUDY_1,),
+        conf_uri: str = DISCOVERY_URL,
+        client_id: str = CLIENT_ID,
+        return_uri: str | None = f"{ROOT}/albums/{ALBUM_ID}",
+        slug: str | None = None,
+    ) -> str:
+        params: list[tuple[str, str]] = [
+            ("code", code or self.new_code()),
+            ("conf_uri", conf_uri),
+            ("client_id", client_id),
+        ]
+        if return_uri is not None:
+            params.append(("return_uri", return_uri))
+        params += [("studyUID", uid) for uid in studies]
+        return f"/providers/{slug or self.provider.slug}/launch?{urlencode(params)}"
+
+    def _answer(self, knob: Any) -> tuple[int, dict[str, str], str] | None:
+        if knob is None:
+            return None
+        if isinstance(knob, BaseException):
+            raise knob
+        status, body = knob
+        text = body if isinstance(body, str) else json.dumps(body)
+        return status, {"Content-Type": "application/json"}, text
+
+    def _discovery(self, request: Any) -> tuple[int, dict[str, str], str]:
+        return self._answer(self.discovery_answer) or (
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps(discovery_document()),
+        )
+
+    def _token(self, request: Any) -> tuple[int, dict[str, str], str]:
+        form = parse_qsl(request.body, keep_blank_values=True)
+        assertion = dict(form).get("client_assertion", "")
+        self.secrets_seen.append(assertion)
+        header = jwt.get_unverified_header(assertion) if assertion else {}
+        # What our /jwks.json publishes (the view returns exactly this list).
+        published = keys.published_keys()
+        key = next((k for k in published if k["kid"] == header.get("kid")), None)
+        claims: dict[str, Any] = {}
+        if key is not None:
+            claims = jwt.decode(
+                assertion,
+                jwt.PyJWK(key).key,
+                algorithms=["RS256"],
+                audience=TOKEN_URL,
+                options={"require": ["exp", "jti", "iss", "sub", "aud"]},
+            )
+        self.token_requests.append(
+            TokenRequest(form=form, headers=dict(request.headers), assertion_header=header, assertion_claims=claims)
+        )
+        answer = self._answer(self.token_answer)
+        if answer is not None:
+            return answer
+        if key is None or dict(form).get("redirect_uri") != self.provider.redirect_uri:
+            return 400, {}, json.dumps({"error": "invalid_grant"})
+        token = "eyJtoken." + secrets.token_urlsafe(32)
+        self.secrets_seen.append(token)
+        return 200, {"Content-Type": "application/json"}, json.dumps(
+            {"access_token": token, "expires_in": self.expires_in}
+        )
+
+    def _userinfo(self, request: Any) -> tuple[int, dict[str, str], str]:
+        self.userinfo_calls += 1
+        answer = self._answer(self.userinfo_answer)
+        if answer is not None:
+            return answer
+        return 200, {"Content-Type": "application/json"}, json.dumps(
+            {"sub": "user-123", "name": "Dr Alice Martin", "email": "alice@example.org"}
+        )
+
+    @property
+    def issued_tokens(self) -> list[str]:
+        return [s for s in self.secrets_seen if s.startswith("eyJtoken.")]
+
+

@@ -1,0 +1,382 @@
+"""The launch endpoint: code exchange, audit record, session binding, and every failure."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from django.test import Client
+from django.utils.html import escape
+
+from launcher import kheops, services
+from launcher.models import LaunchOutcome, LaunchRecord, UsedCode
+from tests.fakes import (
+    ALBUM_ID,
+    CLIENT_ID,
+    DISCOVERY_URL,
+    ROOT,
+    STUDY_1,
+    STUDY_2,
+    TOKEN_URL,
+    FakeKheops,
+    discovery_document,
+)
+
+
+def assert_no_secret(fake: FakeKheops, *texts: str) -> None:
+    for text in texts:
+        for secret in fake.secrets_seen:
+            assert secret not in text
+
+
+def audit_rows_text() -> str:
+    return repr(list(LaunchRecord.objects.values()))
+
+
+def test_it_exchanges_the_code_and_redirects_to_a_clean_viewer_url(
+    client: Client, fake_kheops: FakeKheops, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = client.get(fake_kheops.launch_url())
+
+    assert response.status_code == 302
+    location = response["Location"]
+    path, query = urlsplit(location).path, parse_qs(urlsplit(location).query)
+    assert path.startswith("/launches/") and path.endswith("/viewer")
+    assert query == {"StudyInstanceUIDs": [STUDY_1]}
+    record = LaunchRecord.objects.get()
+    assert record.outcome == LaunchOutcome.SUCCESS
+    assert (record.client_id, record.album_id, record.study_uids) == (CLIENT_ID, ALBUM_ID, [STUDY_1])
+    assert (record.user_sub, record.user_name, record.user_email) == ("user-123", "Dr Alice Martin", "alice@example.org")
+    assert record.remote_addr == "127.0.0.1"
+    assert record.expires_at is not None
+    assert location.split("/")[2] == record.launch_id
+    assert_no_secret(fake_kheops, location, response.content.decode(), caplog.text, audit_rows_text())
+
+
+def test_it_opens_several_studies_in_launch_order(client: Client, fake_kheops: FakeKheops) -> None:
+    response = client.get(fake_kheops.launch_url(studies=(STUDY_2, STUDY_1)))
+
+    assert response.status_code == 302
+    assert parse_qs(urlsplit(response["Location"]).query) == {"StudyInstanceUIDs": [f"{STUDY_2},{STUDY_1}"]}
+    assert LaunchRecord.objects.get().study_uids == [STUDY_2, STUDY_1]
+
+
+def test_the_token_request_is_what_kheops_expects(client: Client, fake_kheops: FakeKheops) -> None:
+    code = fake_kheops.new_code()
+    client.get(fake_kheops.launch_url(code=code))
+
+    [request] = fake_kheops.token_requests
+    assert request.form == [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("client_id", CLIENT_ID),
+        ("redirect_uri", "http://127.0.0.1:8000/providers/ohif/launch"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", request.form[-1][1]),
+    ]
+    assert "Authorization" not in request.headers
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert request.headers["Accept"] == "application/json"
+    assert request.assertion_header["alg"] == "RS256"
+    assert request.assertion_header["kid"]
+    claims = request.assertion_claims
+    assert claims["iss"] == claims["sub"] == CLIENT_ID
+    assert claims["aud"] == TOKEN_URL
+    assert len(claims["jti"]) >= 16
+    assert 0 < claims["exp"] - claims["iat"] <= 600
+
+
+def test_each_assertion_has_a_fresh_jti(client: Client, fake_kheops: FakeKheops) -> None:
+    client.get(fake_kheops.launch_url())
+    client.get(fake_kheops.launch_url())
+
+    jtis = {r.assertion_claims["jti"] for r in fake_kheops.token_requests}
+    assert len(jtis) == 2
+
+
+def test_the_session_holds_the_grant_but_not_the_plain_token(client: Client, fake_kheops: FakeKheops) -> None:
+    client.get(fake_kheops.launch_url())
+    [token] = fake_kheops.issued_tokens
+
+    stored = client.session[services.SESSION_KEY]
+    assert len(stored) == 1
+    assert token not in repr(stored)
+
+
+def test_the_session_key_changes_at_launch(client: Client, fake_kheops: FakeKheops) -> None:
+    client.get("/launches/whatever/viewer")  # an earlier session, maybe planted
+    client.session.save()
+    before = client.cookies.get("kheops_ohif_session")
+    client.get(fake_kheops.launch_url())
+    after = client.cookies["kheops_ohif_session"].value
+
+    assert before is None or before.value != after
+
+
+def test_a_replayed_launch_url_is_refused(client: Client, fake_kheops: FakeKheops) -> None:
+    url = fake_kheops.launch_url()
+    assert client.get(url).status_code == 302
+
+    response = client.get(url)
+
+    assert response.status_code == 409
+    assert "already been used" in response.content.decode()
+    assert len(fake_kheops.token_requests) == 1
+    assert LaunchRecord.objects.filter(outcome=LaunchOutcome.REPLAY).count() == 1
+
+
+def test_the_replay_record_keeps_a_hash_not_the_code(client: Client, fake_kheops: FakeKheops) -> None:
+    code = fake_kheops.new_code()
+    client.get(fake_kheops.launch_url(code=code))
+
+    [used] = UsedCode.objects.all()
+    assert code not in used.code_hash and len(used.code_hash) == 64
+
+
+@pytest.mark.parametrize(
+    ("query_change", "message"),
+    [
+        ({"code": None}, "'code' is missing"),
+        ({"conf_uri": None}, "'conf_uri' is missing"),
+        ({"client_id": None}, "'client_id' is missing"),
+        ({"studyUID": None}, "'studyUID' is missing"),
+        ({"studyUID": "1.2.abc"}, "not a valid DICOM UID"),
+        ({"studyUID": "1.02.3"}, "not a valid DICOM UID"),
+        ({"studyUID": "1." + "2" * 70}, "not a valid DICOM UID"),
+        ({"client_id": "bad id!"}, "client_id is not valid"),
+        ({"code": "x" * 9000}, "code is not valid"),
+    ],
+)
+def test_it_refuses_bad_parameters(
+    client: Client, fake_kheops: FakeKheops, query_change: dict, message: str
+) -> None:
+    params = {
+        "code": fake_kheops.new_code(),
+        "conf_uri": DISCOVERY_URL,
+        "client_id": CLIENT_ID,
+        "studyUID": STUDY_1,
+    }
+    params.update(query_change)
+    query = {k: v for k, v in params.items() if v is not None}
+
+    response = client.get("/providers/ohif/launch", query)
+
+    assert response.status_code == 400
+    assert escape(message) in response.content.decode()
+    assert len(fake_kheops.rsps.calls) == 0
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.BAD_REQUEST
+
+
+def test_it_refuses_a_duplicated_code(client: Client, fake_kheops: FakeKheops) -> None:
+    url = fake_kheops.launch_url() + "&code=another"
+
+    response = client.get(url)
+
+    assert response.status_code == 400
+    assert "appears more than once" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "conf_uri",
+    [
+        "https://evil.example/api/.well-known/report-provider-configuration",
+        f"{ROOT}/api/.well-known/report-provider-configuration?x=1",
+        f"{ROOT}/other/.well-known/report-provider-configuration",
+        "https://kheops.test:443/api/.well-known/report-provider-configuration",
+        "http://169.254.169.254/latest/meta-data",
+    ],
+)
+def test_it_refuses_an_untrusted_server_without_calling_it(
+    client: Client, fake_kheops: FakeKheops, conf_uri: str
+) -> None:
+    response = client.get(fake_kheops.launch_url(conf_uri=conf_uri))
+
+    assert response.status_code == 403
+    assert "not trusted" in response.content.decode()
+    assert len(fake_kheops.rsps.calls) == 0
+    assert "Open again from KHEOPS" not in response.content.decode()
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.UNTRUSTED_SERVER
+
+
+def test_it_refuses_a_disabled_server(client: Client, fake_kheops: FakeKheops, kheops_server) -> None:
+    kheops_server.enabled = False
+    kheops_server.save()
+
+    response = client.get(fake_kheops.launch_url())
+
+    assert response.status_code == 403
+    assert len(fake_kheops.rsps.calls) == 0
+
+
+def test_it_refuses_a_disabled_provider_with_a_way_back(client: Client, fake_kheops: FakeKheops, provider) -> None:
+    provider.enabled = False
+    provider.save()
+
+    response = client.get(fake_kheops.launch_url())
+
+    assert response.status_code == 403
+    assert "disabled" in response.content.decode()
+    assert f'href="{ROOT}/albums/{ALBUM_ID}"' in response.content.decode()
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.PROVIDER_DISABLED
+
+
+def test_an_unknown_provider_is_a_404(client: Client, fake_kheops: FakeKheops) -> None:
+    response = client.get(fake_kheops.launch_url(slug="nope"))
+
+    assert response.status_code == 404
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.UNKNOWN_PROVIDER
+
+
+@pytest.mark.parametrize(
+    "return_uri",
+    ["https://evil.example/albums/x", "javascript:alert(1)", f"{ROOT}.evil.example/albums/x", "//evil.example/"],
+)
+def test_the_way_back_is_offered_only_into_the_trusted_server(
+    client: Client, fake_kheops: FakeKheops, provider, return_uri: str
+) -> None:
+    provider.enabled = False
+    provider.save()
+
+    response = client.get(fake_kheops.launch_url(return_uri=return_uri))
+
+    assert response.status_code == 403
+    assert "Open again from KHEOPS" not in response.content.decode()
+    assert LaunchRecord.objects.get().album_id == ""
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "outcome"),
+    [
+        ((400, {"error": "invalid_request", "error_description": "Unable to validate the authorization code"}), 403, LaunchOutcome.CODE_REJECTED),
+        ((400, {"error": "invalid_grant"}), 403, LaunchOutcome.CODE_REJECTED),
+        ((400, {"error": "invalid_client", "error_description": "Unknown client_id"}), 403, LaunchOutcome.CODE_REJECTED),
+        ((500, {"message": "Internal server error"}), 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+        ((503, "<html>down</html>"), 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+        ((200, "not json"), 502, LaunchOutcome.KHEOPS_MALFORMED),
+        ((200, {}), 502, LaunchOutcome.KHEOPS_MALFORMED),
+        ((200, {"access_token": "", "expires_in": 3600}), 502, LaunchOutcome.KHEOPS_MALFORMED),
+        ((200, {"access_token": "t", "expires_in": "3600"}), 502, LaunchOutcome.KHEOPS_MALFORMED),
+        ((200, [1, 2]), 502, LaunchOutcome.KHEOPS_MALFORMED),
+        ((302, ""), 502, LaunchOutcome.KHEOPS_MALFORMED),
+        (requests.ConnectionError("reset"), 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+        (requests.ReadTimeout("slow"), 504, LaunchOutcome.KHEOPS_TIMEOUT),
+    ],
+)
+def test_it_handles_every_token_endpoint_failure(
+    client: Client, fake_kheops: FakeKheops, answer, status: int, outcome: LaunchOutcome,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake_kheops.token_answer = answer
+
+    response = client.get(fake_kheops.launch_url())
+
+    assert response.status_code == status
+    page = response.content.decode()
+    assert "Cannot open the viewer" in page
+    assert f'href="{ROOT}/albums/{ALBUM_ID}"' in page
+    record = LaunchRecord.objects.get()
+    assert record.outcome == outcome
+    assert record.launch_id is None
+    assert services.SESSION_KEY not in client.session
+    assert_no_secret(fake_kheops, page, caplog.text, audit_rows_text())
+
+
+def test_a_transient_failure_lets_the_same_link_be_retried(client: Client, fake_kheops: FakeKheops) -> None:
+    url = fake_kheops.launch_url()
+    fake_kheops.token_answer = (503, "busy")
+    assert client.get(url).status_code == 502
+
+    fake_kheops.token_answer = None
+    assert client.get(url).status_code == 302
+
+
+def test_a_rejected_code_stays_used(client: Client, fake_kheops: FakeKheops) -> None:
+    url = fake_kheops.launch_url()
+    fake_kheops.token_answer = (400, {"error": "invalid_request"})
+    assert client.get(url).status_code == 403
+
+    fake_kheops.token_answer = None
+    assert client.get(url).status_code == 409
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {**discovery_document(), "issuer": "https://evil.example"},
+        {**discovery_document(), "token_endpoint": "https://evil.example/api/token"},
+        {**discovery_document(), "token_endpoint": f"{ROOT}/api/../../evil/token"},
+        {**discovery_document(), "token_endpoint": f"{ROOT}/api/%2e%2e/evil"},
+        {**discovery_document(), "token_endpoint": "https://kheops.test@evil.example/api/token"},
+        {**discovery_document(), "dicomweb_endpoint": "https://evil.example/api"},
+        {**discovery_document(), "userinfo_endpoint": "http://kheops.test/api/userinfo"},
+        {**discovery_document(), "token_endpoint": None},
+        {**discovery_document(), "dicomweb_endpoint": 42},
+        "garbage",
+        ["a list"],
+    ],
+)
+def test_it_refuses_a_discovery_document_that_leaves_the_trusted_root(
+    client: Client, fake_kheops: FakeKheops, document
+) -> None:
+    fake_kheops.discovery_answer = (200, document)
+
+    response = client.get(fake_kheops.launch_url())
+
+    assert response.status_code == 502
+    assert fake_kheops.token_requests == []
+    assert [call.request.url for call in fake_kheops.rsps.calls] == [DISCOVERY_URL]
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.KHEOPS_MALFORMED
+
+
+def test_discovery_down_is_unavailable(client: Client, fake_kheops: FakeKheops) -> None:
+    fake_kheops.discovery_answer = requests.ConnectionError("refused")
+
+    response = client.get(fake_kheops.launch_url())
+
+    assert response.status_code == 502
+    assert "unavailable" in response.content.decode()
+
+
+def test_the_discovery_document_is_cached_between_launches(client: Client, fake_kheops: FakeKheops) -> None:
+    client.get(fake_kheops.launch_url())
+    client.get(fake_kheops.launch_url())
+
+    discovery_calls = [c for c in fake_kheops.rsps.calls if c.request.url == DISCOVERY_URL]
+    assert len(discovery_calls) == 1
+
+
+def test_a_userinfo_failure_does_not_fail_the_launch(client: Client, fake_kheops: FakeKheops) -> None:
+    fake_kheops.userinfo_answer = (401, {})
+
+    response = client.get(fake_kheops.launch_url())
+
+    assert response.status_code == 302
+    record = LaunchRecord.objects.get()
+    assert record.outcome == LaunchOutcome.SUCCESS
+    assert record.user_sub == ""
+
+
+def test_userinfo_is_called_with_the_bearer_token(client: Client, fake_kheops: FakeKheops) -> None:
+    client.get(fake_kheops.launch_url())
+
+    [call] = [c for c in fake_kheops.rsps.calls if c.request.url.endswith("/userinfo")]
+    assert call.request.headers["Authorization"] == f"Bearer {fake_kheops.issued_tokens[0]}"
+
+
+def test_a_huge_answer_is_refused_without_buffering_it(client: Client, fake_kheops: FakeKheops) -> None:
+    fake_kheops.token_answer = (200, {"access_token": "x" * (kheops.MAX_BODY_BYTES + 10), "expires_in": 1})
+
+    response = client.get(fake_kheops.launch_url())
+
+    assert response.status_code == 502
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.KHEOPS_MALFORMED
+
+
+def test_a_launch_only_accepts_get(client: Client, fake_kheops: FakeKheops) -> None:
+    response = client.post(fake_kheops.launch_url())
+
+    assert response.status_code == 405
