@@ -115,7 +115,12 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
     # OHIF reads `token` (case-insensitively) from viewer URLs and lets it replace ours: a
     # crafted link could point a clinician's viewer at someone else's study.
     if any(name.lower() == "token" for name in request.GET):
-        query = [(k, v) for k, v in request.GET.items(multi=True) if k.lower() != "token"]
+        query = [
+            (name, value)
+            for name, values in request.GET.lists()
+            if name.lower() != "token"
+            for value in values
+        ]
         return HttpResponseRedirect(request.path + ("?" + urlencode(query) if query else ""))
     grant = services.grant_for(request.session, launch_id)
     if grant is None:
