@@ -29,12 +29,12 @@ deps-dev: $(VENV)/.deps-dev
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.deps-run: requirements.txt | $(VENV)/bin/python
-	$(PIP) -r requirements.txt
+$(VENV)/.deps-run: requirements.txt sandbox/requirements.txt | $(VENV)/bin/python
+	$(PIP) -r requirements.txt -r sandbox/requirements.txt
 	touch $@
 
-$(VENV)/.deps-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
-	$(PIP) -r requirements-dev.txt
+$(VENV)/.deps-dev: requirements.txt requirements-dev.txt sandbox/requirements.txt | $(VENV)/bin/python
+	$(PIP) -r requirements-dev.txt -r sandbox/requirements.txt
 	touch $@ $(VENV)/.deps-run
 
 var/secret_key:
@@ -45,7 +45,8 @@ var/secret_key:
 system-deps-test:
 	@scripts/ensure-debian-packages.sh $(TEST_DEBIAN_PACKAGES)
 
-TEST_DEBIAN_PACKAGES :=
+# Orthanc backs the KHEOPS stand-in's DICOMweb in the integration tests.
+TEST_DEBIAN_PACKAGES := orthanc orthanc-dicomweb
 
 prepare: deps var/secret_key
 	$(PY) manage.py install_ohif
