@@ -193,7 +193,7 @@ def claim_code(code: str) -> bool:
 
 
 def release_code(code: str) -> None:
-    """Forget a claimed code after a transient KHEOPS failure so that a reload can retry."""
+    """Forget a claimed code whose exchange failed, so that a retry is not called a replay."""
     UsedCode.objects.filter(code_hash=hashlib.sha256(code.encode()).hexdigest()).delete()
 
 
@@ -258,8 +258,11 @@ def launch(
             )
         except LaunchFailed as failure:
             failure.return_uri = return_uri
-            if failure.outcome in (LaunchOutcome.KHEOPS_UNAVAILABLE, LaunchOutcome.KHEOPS_TIMEOUT):
-                release_code(params.code)
+            # A code counts as used once it has opened a viewer. After a failed exchange the
+            # same link may be tried again (KHEOPS judges the code again): this matters since
+            # KHEOPS's codes carry no nonce, so the same user launching the same study within
+            # one second gets the very same code.
+            release_code(params.code)
             raise
         viewer_grant = ViewerGrant(
             launch_id=secrets.token_urlsafe(16),

@@ -13,6 +13,7 @@ from django.test import Client
 from launcher import keys
 from launcher.models import KheopsServer, Provider
 from tests.fakes import ROOT, FakeKheops
+from tests.stack import Stack, start_stack
 
 
 @pytest.fixture(autouse=True)
@@ -61,3 +62,32 @@ def launched(client: Client, fake_kheops: FakeKheops) -> Callable[..., str]:
         return response["Location"]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup: None, django_db_blocker: Any) -> Iterator[Stack]:
+    """Orthanc + the KHEOPS stand-in + our app over real HTTP (see tests/stack.py)."""
+    with django_db_blocker.unblock():
+        running = start_stack()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def live_stack(stack: Stack, transactional_db: None, settings: Any) -> Iterator[Stack]:
+    """The stack, with our app configured for it: the stand-in trusted and our provider
+    registered in its demo album (as a KHEOPS album admin would, by configuration URL)."""
+    settings.PUBLIC_BASE_URL = stack.viewer.url
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+    # transactional_db empties the tables after each test, data migrations included.
+    Provider.objects.get_or_create(
+        slug="ohif", defaults={"client_name": "OHIF Viewer", "mode": "viewer", "is_default": True}
+    )
+    KheopsServer.objects.get_or_create(root_url=stack.kheops.root_url, defaults={"name": "KHEOPS stand-in"})
+    stack.kheops.reset()
+    if not stack.client_id:
+        response = stack.kheops.register_provider(stack.config_url, "OHIF Viewer")
+        assert response.status_code == 201, response.text
+        stack.client_id = response.json()["client_id"]
+    yield stack
+    stack.kheops.reset()

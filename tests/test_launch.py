@@ -294,13 +294,16 @@ def test_a_transient_failure_lets_the_same_link_be_retried(client: Client, fake_
     assert client.get(url).status_code == 302
 
 
-def test_a_rejected_code_stays_used(client: Client, fake_kheops: FakeKheops) -> None:
+def test_a_rejected_code_can_be_tried_again_and_kheops_judges_it_again(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
     url = fake_kheops.launch_url()
     fake_kheops.token_answer = (400, {"error": "invalid_request"})
     assert client.get(url).status_code == 403
 
-    fake_kheops.token_answer = None
-    assert client.get(url).status_code == 409
+    assert client.get(url).status_code == 403
+    assert len(fake_kheops.token_requests) == 2
+    assert UsedCode.objects.count() == 0
 
 
 @pytest.mark.parametrize(
