@@ -14,8 +14,9 @@ endif
 
 .PHONY: run test prepare deps deps-dev system-deps-test lint bench loadtest clean
 
+# The demo: Orthanc + the KHEOPS stand-in + the viewer; prints the URL to open.
 run: prepare
-	$(PY) manage.py runserver 127.0.0.1:8000 --noreload
+	$(PY) scripts/demo.py
 
 test: deps-dev system-deps-test prepare
 	$(PY) -m pytest
