@@ -157,15 +157,20 @@ def identify_token(token: str) -> TokenIdentity:
     return TokenIdentity("report_provider", claims)
 
 
-def authenticate_user(authorization: str | None) -> User:
-    """@Secured + @UserAccessSecured: a valid user token (401 otherwise, 403 for RP tokens)."""
+def identity_from_header(authorization: str | None) -> TokenIdentity:
+    """The verified token of an `Authorization: Bearer` header (401 when missing or bad)."""
     token = bearer_token(authorization)
     if token is None:
         raise ApiError(401, "Authorization error", "Missing or malformed Authorization header")
     try:
-        identity = identify_token(token)
+        return identify_token(token)
     except tokens.InvalidToken as exc:
         raise ApiError(401, "Authorization error", "Bad token") from exc
+
+
+def authenticate_user(authorization: str | None) -> User:
+    """@Secured + @UserAccessSecured: a valid user token (401 otherwise, 403 for RP tokens)."""
+    identity = identity_from_header(authorization)
     if identity.kind != "user":
         raise ApiError(403, "Forbidden", "This token does not give user access")
     user = User.objects.filter(sub=identity.claims["sub"]).first()
@@ -641,13 +646,7 @@ def introspect(*, form: Any, authorization: str | None) -> dict[str, Any]:
 
 def userinfo(*, authorization: str | None) -> dict[str, str]:
     """UserResource.getOIDCUserInfo: only report-provider tokens (403 for any other token)."""
-    token = bearer_token(authorization)
-    if token is None:
-        raise ApiError(401, "Authorization error", "Missing or malformed Authorization header")
-    try:
-        identity = identify_token(token)
-    except tokens.InvalidToken as exc:
-        raise ApiError(401, "Authorization error", "Bad token") from exc
+    identity = identity_from_header(authorization)
     if identity.kind != "report_provider":
         raise ApiError(403, "Forbidden", "Only report provider tokens can call userinfo")
     user = User.objects.filter(sub=identity.claims["sub"]).first()

@@ -3,7 +3,6 @@ holding the remaining study (so that "study outside the album" can be tried). Id
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -11,6 +10,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from sandbox.models import Album, AlbumMembership, AlbumStudy, SandboxState, User
+from sandbox.samples import SampleStudy, sample_studies
 
 USERS = (
     ("alice", "Alice Admin", "alice@sandbox.invalid"),
@@ -21,50 +21,11 @@ DEMO_ALBUM = "Demo album"
 OTHER_ALBUM = "Other album"
 
 
-@dataclass(frozen=True)
-class SeedStudy:
-    study_uid: str
-    description: str
-    modalities: tuple[str, ...]
-    patient_name: str
-
-
-def seed_studies() -> list[SeedStudy]:
-    """The DICOMweb helper's samples when available, else read from pydicom's bundled files."""
-    try:
-        from sandbox.samples import sample_studies
-    except ImportError:
-        return _studies_from_pydicom()
-    return [
-        SeedStudy(s.study_uid, s.description, tuple(s.modalities), s.patient_name)
-        for s in sample_studies()
-    ]
-
-
-def _studies_from_pydicom() -> list[SeedStudy]:
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    studies = []
-    for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"):
-        dataset = pydicom.dcmread(get_testdata_file(name, download=False), stop_before_pixels=True)
-        modality = str(dataset.get("Modality", ""))
-        studies.append(
-            SeedStudy(
-                study_uid=str(dataset.StudyInstanceUID),
-                description=str(dataset.get("StudyDescription", "") or f"{modality} sample"),
-                modalities=(modality,) if modality else (),
-                patient_name=str(dataset.get("PatientName", "")),
-            )
-        )
-    return studies
-
-
 class Command(BaseCommand):
     help = "Create the stand-in's users, albums and studies (idempotent); print the album ids."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        studies = seed_studies()
+        studies = sample_studies()
         if len(studies) < 2:
             raise SystemExit("need at least two sample studies")
         with transaction.atomic():
@@ -85,7 +46,7 @@ class Command(BaseCommand):
         self.stdout.write(f"other_album {other.album_id} {root}/albums/{other.album_id}")
 
     @staticmethod
-    def _album(name: str, studies: list[SeedStudy]) -> Album:
+    def _album(name: str, studies: list[SampleStudy]) -> Album:
         album = Album.objects.filter(name=name).order_by("pk").first() or Album.objects.create(
             name=name
         )
