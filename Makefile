@@ -46,8 +46,8 @@ var/secret_key:
 system-deps-test:
 	@scripts/ensure-debian-packages.sh $(TEST_DEBIAN_PACKAGES)
 
-# Orthanc backs the KHEOPS stand-in's DICOMweb in the integration tests.
-TEST_DEBIAN_PACKAGES := orthanc orthanc-dicomweb
+# Orthanc backs the KHEOPS stand-in's DICOMweb; Chromium runs the browser tests (tests/e2e).
+TEST_DEBIAN_PACKAGES := orthanc orthanc-dicomweb chromium
 
 prepare: deps var/secret_key
 	$(PY) manage.py install_ohif
