@@ -54,5 +54,10 @@ prepare: deps var/secret_key
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py migrate --noinput --verbosity 0
 
+# Benchmarks (bench/*.py): a markdown table on stdout, JSON in git-ignored bench/results.json.
+# Each builds a throwaway database (temporary SQLite, or beside DATABASE_URL's).
+bench: deps-dev prepare
+	$(PY) bench/run.py
+
 clean:
 	rm -rf $(VENV) var/ohif var/staticfiles

@@ -123,6 +123,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
+    "oauth2_provider",
+    "drf_spectacular",
     "launcher",
 ]
 
@@ -276,11 +279,48 @@ KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)
 # After `rotate_signing_key`, the previous public key stays in our JWKS this long.
 SIGNING_KEY_GRACE_SECONDS = envint("SIGNING_KEY_GRACE_SECONDS", 3600)
 
+# The defaults fit the public KHEOPS documents (anonymous, JSON only); the audit API
+# (launcher/api/) sets its own authentication, permissions and renderers on its views.
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# The audit API's bearer tokens (django-oauth-toolkit, client-credentials grant). Admins
+# create API clients under "Django OAuth Toolkit > Applications".
+AUDIT_READ_SCOPE = "audit:read"
+OAUTH2_PROVIDER = {
+    "SCOPES": {AUDIT_READ_SCOPE: "Read the launch audit trail, trusted servers and providers"},
+    "DEFAULT_SCOPES": [AUDIT_READ_SCOPE],
+    "ACCESS_TOKEN_EXPIRE_SECONDS": envint("API_TOKEN_EXPIRE_SECONDS", 3600),
+    # A 403 names the scope that was missing: integrators fix their request without guessing.
+    "ERROR_RESPONSE_WITH_SCOPES": True,
+    # RFC 9700 (OAuth 2.0 Security BCP) throughout: tokens kept only as hashes, no implicit
+    # or password grant, no token in a query string. `check --deploy` flags each one left out.
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "kheops-ohif audit API",
+    "DESCRIPTION": "Who opened which study, when and from where; the trusted KHEOPS servers "
+    "and the providers. Read-only; OAuth 2 bearer tokens (client-credentials grant).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "PREPROCESSING_HOOKS": ["launcher.api.schema.api_endpoints_only"],
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "SERVERS": [{"url": PUBLIC_BASE_URL}],
+    "OAUTH2_FLOWS": ["clientCredentials"],
+    "OAUTH2_TOKEN_URL": f"{PUBLIC_BASE_URL}/oauth/token/",
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()

@@ -1,20 +1,41 @@
+from datetime import datetime
+
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from launcher import kheops, services
+from launcher import audit, dashboard, kheops, services
 from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey
 
 
 @admin.register(KheopsServer)
 class KheopsServerAdmin(admin.ModelAdmin):
-    list_display = ["name", "root_url", "enabled", "discovery_url"]
+    list_display = [
+        "name",
+        "root_url",
+        "enabled",
+        "discovery_url",
+        "last_successful_launch",
+        "recent_failures",
+    ]
     list_filter = ["enabled"]
     search_fields = ["name", "root_url"]
     actions = ["test_connection"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[KheopsServer]:
+        return dashboard.with_launch_counts(super().get_queryset(request))
+
+    @admin.display(description=_("last successful launch"), ordering="last_success_at")
+    def last_successful_launch(self, server: KheopsServer) -> datetime | None:
+        return server.last_success_at  # type: ignore[attr-defined]
+
+    @admin.display(description=_("failed launches, last 24 h"), ordering="failures_in_window")
+    def recent_failures(self, server: KheopsServer) -> int:
+        return server.failures_in_window  # type: ignore[attr-defined]
 
     @admin.action(description=_("Test connection (fetch and validate the discovery document)"))
     def test_connection(self, request: HttpRequest, queryset: QuerySet[KheopsServer]) -> None:
@@ -63,8 +84,23 @@ class SigningKeyAdmin(admin.ModelAdmin):
 class LaunchRecordAdmin(admin.ModelAdmin):
     list_display = ["created_at", "outcome", "kheops_server", "provider", "user_name", "album_id", "remote_addr"]
     list_filter = ["outcome", "kheops_server", "provider", "created_at"]
+    # The search box finds a study UID, a user (id, name or e-mail), a client or an album.
     search_fields = ["study_uids", "user_name", "user_email", "user_sub", "client_id", "album_id"]
     date_hierarchy = "created_at"
+    list_select_related = ["kheops_server", "provider"]
+    actions = ["export_csv"]
+
+    @admin.action(description=_("Export selected launch records as CSV"), permissions=["view"])
+    def export_csv(
+        self, request: HttpRequest, queryset: QuerySet[LaunchRecord]
+    ) -> StreamingHttpResponse:
+        # Streamed: "select all" on a big audit trail must not be built in memory.
+        response = StreamingHttpResponse(
+            audit.csv_lines(audit.export_queryset(queryset)), content_type="text/csv; charset=utf-8"
+        )
+        filename = f"launch-records-{timezone.now():%Y%m%d-%H%M%S}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response  # the admin marks it no-store: no copy in any cache on the way
 
     def get_readonly_fields(self, request: HttpRequest, obj: LaunchRecord | None = None) -> list[str]:
         return [field.name for field in LaunchRecord._meta.fields]

@@ -175,6 +175,9 @@ class LaunchOutcome(models.TextChoices):
 class LaunchRecord(models.Model):
     """The audit trail: one row per launch attempt, whatever its outcome. Never a secret."""
 
+    # What a launch *wrote* (SR, segmentations) will be a related model keyed to this
+    # record once a same-origin relay sees the writes; the plan is in launcher/audit.py.
+
     launch_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
     provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.SET_NULL)
     kheops_server = models.ForeignKey(
@@ -196,6 +199,10 @@ class LaunchRecord(models.Model):
         verbose_name = _("launch record")
         verbose_name_plural = _("launch records")
         ordering = ["-created_at", "-id"]
+        indexes = [
+            # "Who opened what, newest first": the audit API's user filter.
+            models.Index(fields=["user_sub", "-created_at"], name="launcher_launch_user_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.outcome}"

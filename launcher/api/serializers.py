@@ -1,0 +1,76 @@
+"""What the audit API shows. Every field is listed explicitly: a field added to a model
+later stays out of the API until someone decides it belongs here (no secret can leak in
+by default). Signing keys, API client secrets and tokens have no serializer at all."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from launcher.models import KheopsServer, LaunchRecord, Provider
+
+
+class KheopsServerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = KheopsServer
+        fields = ["id", "name", "root_url", "discovery_url", "enabled", "created_at"]
+        read_only_fields = fields
+
+
+class KheopsServerRefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = KheopsServer
+        fields = ["id", "name", "root_url"]
+        read_only_fields = fields
+
+
+class ProviderSerializer(serializers.ModelSerializer):
+    supported_modalities = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = Provider
+        fields = [
+            "slug",
+            "client_name",
+            "mode",
+            "supported_modalities",
+            "enabled",
+            "is_default",
+            "configuration_url",
+            "redirect_uri",
+        ]
+        read_only_fields = fields
+
+
+class LaunchUserSerializer(serializers.Serializer):
+    """Who launched, as KHEOPS's userinfo endpoint told us (empty when it did not)."""
+
+    sub = serializers.CharField(source="user_sub", read_only=True)
+    name = serializers.CharField(source="user_name", read_only=True)
+    email = serializers.CharField(source="user_email", read_only=True)
+
+
+class LaunchRecordSerializer(serializers.ModelSerializer):
+    # A later `writes` list (what was stored during the launch) goes here: see launcher/audit.py.
+    kheops_server = KheopsServerRefSerializer(read_only=True)
+    provider = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    study_uids = serializers.ListField(child=serializers.CharField(), read_only=True)
+    user = LaunchUserSerializer(source="*", read_only=True)
+
+    class Meta:
+        model = LaunchRecord
+        fields = [
+            "id",
+            "created_at",
+            "outcome",
+            "failure_detail",
+            "kheops_server",
+            "provider",
+            "client_id",
+            "album_id",
+            "study_uids",
+            "user",
+            "remote_addr",
+            "launch_id",
+            "expires_at",
+        ]
+        read_only_fields = fields

@@ -1,0 +1,126 @@
+"""The audit trail read back: filtering by study and the CSV export.
+
+Hospitals ask "who viewed this patient's study, when, from where". Every launch attempt
+leaves one `LaunchRecord` (written by `services.launch`); the admin and the audit API
+(`launcher/api/`) read them through the functions here.
+
+What was *written* during a launch (DICOM SR measurements, segmentations) is not recorded
+yet: OHIF stores them with STOW-RS straight at KHEOPS, so this server never sees them. When
+a same-origin DICOMweb relay carries those writes, it will know the launch they belong to
+(the relay is reached through `/launches/<launch_id>/…`, and the session grant carries the
+launch id), and each write becomes one row of a new model keyed to the launch record::
+
+    class LaunchWrite(models.Model):
+        launch = models.ForeignKey(LaunchRecord, on_delete=models.PROTECT, related_name="writes")
+        created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+        study_uid = models.CharField(max_length=64, db_index=True)
+        series_uid = models.CharField(max_length=64)
+        sop_instance_uid = models.CharField(max_length=64)
+        sop_class_uid = models.CharField(max_length=64)
+        outcome = models.CharField(max_length=32)   # stored / refused by KHEOPS / failed
+
+`LaunchRecord` itself does not change: the API adds a `writes` list to a launch record
+(`prefetch_related("writes")`) and a `/api/v1/writes/` endpoint with the same filters,
+which is backwards compatible for clients that ignore unknown fields; the CSV export adds
+a `writes` count column at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+from django.db import connection
+from django.db.models import QuerySet
+
+from launcher.models import LaunchRecord
+
+CSV_COLUMNS = [
+    "id",
+    "created_at",
+    "outcome",
+    "failure_detail",
+    "kheops_server",
+    "kheops_root_url",
+    "provider",
+    "client_id",
+    "album_id",
+    "study_uids",
+    "user_sub",
+    "user_name",
+    "user_email",
+    "remote_addr",
+    "launch_id",
+    "expires_at",
+]
+# A cell starting with one of these is a formula to a spreadsheet; user names come from
+# KHEOPS and failure details from upstream answers, so neither is trusted (CWE-1236).
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_EXPORT_CHUNK = 1000
+
+
+def records_with_study(queryset: QuerySet[LaunchRecord], study_uid: str) -> QuerySet[LaunchRecord]:
+    """The records whose `study_uids` list holds exactly `study_uid`."""
+    if connection.features.supports_json_field_contains:
+        return queryset.filter(study_uids__contains=[study_uid])
+    # SQLite has no JSON containment: match the quoted element in the JSON text. A DICOM
+    # UID is digits and dots only (callers validate it), so it needs no escaping.
+    return queryset.filter(study_uids__icontains=f'"{study_uid}"')
+
+
+def csv_lines(records: Iterable[LaunchRecord]) -> Iterator[str]:
+    """The CSV export, header first, one line at a time (for a streaming response)."""
+    buffer = _LineBuffer()
+    writer = csv.writer(buffer)
+    yield writer.writerow(CSV_COLUMNS)
+    for record in records:
+        yield writer.writerow([_cell(value) for value in _csv_values(record)])
+
+
+def export_queryset(queryset: QuerySet[LaunchRecord]) -> Iterator[LaunchRecord]:
+    """`queryset` in the export's order, fetched in chunks so memory stays flat."""
+    return (
+        queryset.select_related("kheops_server", "provider")
+        .order_by("-created_at", "-id")
+        .iterator(chunk_size=_EXPORT_CHUNK)
+    )
+
+
+def _csv_values(record: LaunchRecord) -> list[object]:
+    server = record.kheops_server
+    return [
+        record.pk,
+        _iso(record.created_at),
+        record.outcome,
+        record.failure_detail,
+        server.name if server else "",
+        server.root_url if server else "",
+        record.provider.slug if record.provider else "",
+        record.client_id,
+        record.album_id,
+        " ".join(record.study_uids or []),
+        record.user_sub,
+        record.user_name,
+        record.user_email,
+        record.remote_addr or "",
+        record.launch_id or "",
+        _iso(record.expires_at),
+    ]
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value else ""
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+class _LineBuffer:
+    """A file-like object whose write() hands the line back, so csv.writer can stream."""
+
+    def write(self, value: str) -> str:
+        return value

@@ -1,0 +1,241 @@
+"""The audit trail in the admin: filters, the CSV export, the integration-health panel."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import requests
+import responses
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+from django.utils import timezone
+
+from launcher.models import KheopsServer, LaunchRecord, Provider
+from tests.fakes import DISCOVERY_URL, STUDY_1, STUDY_2, discovery_document
+
+OTHER_ROOT = "https://other.test"
+OTHER_DISCOVERY = f"{OTHER_ROOT}/api/.well-known/report-provider-configuration"
+
+
+@pytest.fixture
+def admin_client(db: None) -> Client:
+    client = Client()
+    client.force_login(User.objects.create_superuser("admin", "admin@example.org", "pw-for-tests-only"))
+    return client
+
+
+@pytest.fixture
+def record(kheops_server: KheopsServer, provider: Provider) -> Callable[..., LaunchRecord]:
+    def make(age: timedelta = timedelta(0), **fields: Any) -> LaunchRecord:
+        values: dict[str, Any] = {
+            "kheops_server": kheops_server,
+            "provider": provider,
+            "outcome": "success",
+            "study_uids": [STUDY_1],
+            "user_name": "Dr Ada",
+            **fields,
+        }
+        created = LaunchRecord.objects.create(**values)
+        LaunchRecord.objects.filter(pk=created.pk).update(created_at=timezone.now() - age)
+        return created
+
+    return make
+
+
+def export(client: Client, data: dict[str, Any], query: str = "") -> tuple[Any, list[dict[str, str]]]:
+    response = client.post(f"/admin/launcher/launchrecord/{query}", {"action": "export_csv", **data})
+    assert response.status_code == 200, response.content[:300]
+    text = b"".join(response.streaming_content).decode()
+    return response, list(csv.DictReader(io.StringIO(text)))
+
+
+# --- Browsing and filtering ----------------------------------------------------------
+
+
+def test_launch_records_filter_by_server_provider_outcome_and_date(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+    other = KheopsServer.objects.create(name="Other KHEOPS", root_url=OTHER_ROOT)
+    record(user_name="Here today")
+    record(kheops_server=other, user_name="Other server")
+    record(outcome="replay", user_name="Replayed")
+    record(age=timedelta(days=40), user_name="Last month")
+    today = timezone.now().date()
+
+    def names(query: str) -> set[str]:
+        page = admin_client.get(f"/admin/launcher/launchrecord/?{query}").content.decode()
+        return {n for n in ("Here today", "Other server", "Replayed", "Last month") if n in page}
+
+    assert names(f"kheops_server__id__exact={other.pk}") == {"Other server"}
+    assert names("outcome__exact=replay") == {"Replayed"}
+    assert names("provider__id__exact=1") == {"Here today", "Other server", "Replayed", "Last month"}
+    assert names(f"created_at__year={today.year}&created_at__month={today.month}&created_at__day={today.day}") == {"Here today", "Other server", "Replayed"}
+
+
+def test_the_search_box_finds_a_study_uid_and_a_user(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+    record(study_uids=[STUDY_2], user_name="Looked at study two", user_email="two@hospital.test")
+    record(user_name="Looked at study one")
+
+    by_study = admin_client.get("/admin/launcher/launchrecord/", {"q": STUDY_2}).content.decode()
+    by_user = admin_client.get("/admin/launcher/launchrecord/", {"q": "two@hospital"}).content.decode()
+
+    assert "Looked at study two" in by_study and "Looked at study one" not in by_study
+    assert "Looked at study two" in by_user and "Looked at study one" not in by_user
+
+
+# --- CSV export ----------------------------------------------------------------------
+
+
+def test_the_csv_export_streams_the_selected_records(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+    chosen = record(study_uids=[STUDY_1, STUDY_2], user_sub="sub-1", user_email="ada@hospital.test", album_id="Album1", remote_addr="192.0.2.7", launch_id="L1")
+    record(user_name="Not selected")
+
+    response, rows = export(admin_client, {"_selected_action": [chosen.pk]})
+
+    assert response.streaming
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"].startswith('attachment; filename="launch-records-')
+    assert "no-store" in response["Cache-Control"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["id"] == str(chosen.pk)
+    assert row["study_uids"] == f"{STUDY_1} {STUDY_2}"
+    assert (row["kheops_server"], row["kheops_root_url"], row["provider"]) == ("KHEOPS test", "https://kheops.test", "ohif")
+    assert (row["user_sub"], row["user_name"], row["user_email"]) == ("sub-1", "Dr Ada", "ada@hospital.test")
+    assert (row["album_id"], row["remote_addr"], row["launch_id"], row["outcome"]) == ("Album1", "192.0.2.7", "L1", "success")
+
+
+def test_the_csv_export_of_every_matching_record_goes_beyond_one_page(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+    LaunchRecord.objects.bulk_create(LaunchRecord(outcome="replay") for _ in range(250))
+    record()
+
+    _, rows = export(admin_client, {"_selected_action": [1], "select_across": "1"}, "?outcome__exact=replay")
+
+    assert len(rows) == 250
+    assert {row["outcome"] for row in rows} == {"replay"}
+
+
+def test_the_csv_export_has_no_secret_columns_and_disarms_spreadsheet_formulas(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+    hostile = record(user_name="=HYPERLINK(\"https://evil.test\")", failure_detail="@SUM(A1)", outcome="code_rejected")
+
+    _, rows = export(admin_client, {"_selected_action": [hostile.pk]})
+
+    assert set(rows[0]) == {
+        "id", "created_at", "outcome", "failure_detail", "kheops_server", "kheops_root_url",
+        "provider", "client_id", "album_id", "study_uids", "user_sub", "user_name",
+        "user_email", "remote_addr", "launch_id", "expires_at",
+    }
+    assert rows[0]["user_name"] == "'=HYPERLINK(\"https://evil.test\")"
+    assert rows[0]["failure_detail"] == "'@SUM(A1)"
+
+
+def test_the_export_needs_the_view_permission(db: None, record: Callable[..., LaunchRecord]) -> None:
+    staff = User.objects.create_user("clerk", "clerk@example.org", "pw-for-tests-only", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    chosen = record()
+
+    response = client.post("/admin/launcher/launchrecord/", {"action": "export_csv", "_selected_action": [chosen.pk]})
+
+    assert response.status_code == 403
+
+
+def test_launch_records_stay_read_only_with_the_export_action(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+    chosen = record()
+
+    page = admin_client.get("/admin/launcher/launchrecord/").content.decode()
+
+    assert 'value="export_csv"' in page
+    assert 'value="delete_selected"' not in page
+    assert admin_client.post(f"/admin/launcher/launchrecord/{chosen.pk}/change/", {"outcome": "replay"}).status_code == 403
+
+
+# --- Integration health --------------------------------------------------------------
+
+
+@pytest.fixture
+def servers(kheops_server: KheopsServer, rsps: responses.RequestsMock) -> dict[str, KheopsServer]:
+    broken = KheopsServer.objects.create(name="Broken KHEOPS", root_url=OTHER_ROOT)
+    disabled = KheopsServer.objects.create(name="Retired KHEOPS", root_url="https://retired.test", enabled=False)
+    rsps.get(DISCOVERY_URL, json=discovery_document())
+    rsps.get(OTHER_DISCOVERY, status=503)
+    return {"good": kheops_server, "broken": broken, "disabled": disabled}
+
+
+def _health_row(page: str, server: KheopsServer) -> str:
+    start = page.index(f'data-server="{server.pk}"')
+    return page[start : page.index("</tr>", start)]
+
+
+def test_the_admin_index_shows_one_health_line_per_trusted_server(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:
+    good, broken = servers["good"], servers["broken"]
+    record(age=timedelta(hours=3))
+    record(age=timedelta(hours=1), outcome="code_rejected")
+    record(age=timedelta(hours=2), outcome="kheops_timeout")
+    record(age=timedelta(days=2), outcome="kheops_timeout")  # outside the window
+    record(kheops_server=broken, age=timedelta(days=9))
+
+    page = admin_client.get("/admin/").content.decode()
+
+    assert page.count('class="kheops-health-row"') == 3
+    good_row, broken_row = _health_row(page, good), _health_row(page, broken)
+    assert "hours ago" in good_row and '<td class="failures">2</td>' in good_row
+    assert "answers" in good_row
+    assert "days ago" in broken_row and '<td class="failures">0</td>' in broken_row
+    assert 'alt="failing"' in broken_row and "503" in broken_row
+    retired = _health_row(page, servers["disabled"])
+    assert "never" in retired and "not checked" in retired
+
+
+def test_the_discovery_verdict_is_reused_for_a_minute(admin_client: Client, servers: dict[str, KheopsServer], rsps: responses.RequestsMock) -> None:
+    admin_client.get("/admin/")
+    calls = len(rsps.calls)
+
+    admin_client.get("/admin/")
+
+    assert calls == 2
+    assert len(rsps.calls) == calls
+
+
+def test_a_server_that_does_not_answer_is_shown_failing_not_raised(admin_client: Client, kheops_server: KheopsServer, rsps: responses.RequestsMock) -> None:
+    rsps.get(DISCOVERY_URL, body=requests.ConnectTimeout("slow"))
+
+    response = admin_client.get("/admin/")
+
+    assert response.status_code == 200
+    assert 'alt="failing"> kheops.test did not answer in time' in _health_row(response.content.decode(), kheops_server)
+
+
+def test_the_dashboard_check_uses_a_short_timeout(admin_client: Client, kheops_server: KheopsServer, rsps: responses.RequestsMock, settings: Any) -> None:
+    settings.KHEOPS_HTTP_TIMEOUT = 30
+    rsps.get(DISCOVERY_URL, json=discovery_document())
+
+    admin_client.get("/admin/")
+
+    assert rsps.calls[0].request.req_kwargs["timeout"] == 2.0
+
+
+def test_the_health_panel_needs_the_server_view_permission(db: None, servers: dict[str, KheopsServer], rsps: responses.RequestsMock) -> None:
+    staff = User.objects.create_user("clerk", "clerk@example.org", "pw-for-tests-only", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_launchrecord"))
+    client = Client()
+    client.force_login(staff)
+
+    page = client.get("/admin/").content.decode()
+
+    assert "kheops-health" not in page
+    assert len(rsps.calls) == 0
+
+
+def test_the_server_list_shows_the_last_success_and_recent_failures(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:
+    record(age=timedelta(minutes=5), outcome="replay")
+    record(age=timedelta(minutes=6), outcome="replay")
+
+    page = admin_client.get("/admin/launcher/kheopsserver/").content.decode()
+
+    assert "last successful launch" in page.lower()
+    assert '<td class="field-recent_failures">2</td>' in page
+    assert '<td class="field-recent_failures">0</td>' in page
