@@ -59,5 +59,10 @@ prepare: deps var/secret_key
 bench: deps-dev prepare
 	$(PY) bench/run.py
 
+# Load test (bench/loadtest.py): 200 concurrent launches against gunicorn on PostgreSQL
+# (its own database on postgres://postgres@127.0.0.1:5432/, dropped afterwards); loopback only.
+loadtest: deps-dev prepare
+	$(PY) bench/loadtest.py
+
 clean:
 	rm -rf $(VENV) var/ohif var/staticfiles

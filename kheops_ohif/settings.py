@@ -167,6 +167,16 @@ DATABASES = {
         conn_max_age=envint("DATABASE_CONN_MAX_AGE", 60),
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envbool("DATABASE_POOL", True):
+    # A launch hands its connection back while it waits on KHEOPS (launcher.services): with
+    # a pool that is cheap, and a burst of launches cannot use up PostgreSQL's connections.
+    # Pooling replaces persistent connections.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": envint("DATABASE_POOL_MIN_SIZE", 2),
+        "max_size": envint("DATABASE_POOL_MAX_SIZE", 20),
+        "timeout": envint("DATABASE_POOL_TIMEOUT", 10),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")

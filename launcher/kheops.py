@@ -12,7 +12,10 @@ Exception messages never contain a code, token or assertion.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -182,12 +185,18 @@ def fetch_userinfo(session: requests.Session, userinfo_endpoint: str, *, access_
 
     def text(name: str) -> str:
         value = body.get(name)
-        return value[:255] if isinstance(value, str) else ""
+        if not isinstance(value, str):
+            return ""
+        # Control characters have no place in a name or an e-mail address; NUL cannot even
+        # be stored by PostgreSQL (the audit record, and the launch, would fail).
+        return "".join(char for char in value if char.isprintable())[:255]
 
     return UserInfo(sub=text("sub"), name=text("name"), email=text("email"))
 
 
 def _send(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
+    timeout = getattr(session, "timeout", None)
+    deadline = time.monotonic() + timeout if isinstance(timeout, int | float) else None
     try:
         response = session.request(method, url, stream=True, **kwargs)
     except requests.Timeout:
@@ -195,10 +204,10 @@ def _send(session: requests.Session, method: str, url: str, **kwargs: Any) -> re
     except requests.RequestException as exc:
         raise KheopsUnavailable(f"{urlsplit(url).netloc} unreachable: {type(exc).__name__}") from None
     try:
-        body = _read_limited(response)
-    except requests.Timeout:
-        raise KheopsTimeout(f"{urlsplit(url).netloc} did not finish its answer in time") from None
-    except requests.RequestException as exc:
+        body = _read_limited(response, deadline=deadline)
+    except (requests.RequestException, OSError) as exc:
+        if isinstance(exc, requests.Timeout) or (deadline is not None and time.monotonic() >= deadline):
+            raise KheopsTimeout(f"{urlsplit(url).netloc} did not finish its answer in time") from None
         raise KheopsUnavailable(f"{urlsplit(url).netloc} broke off: {type(exc).__name__}") from None
     finally:
         response.close()
@@ -217,15 +226,34 @@ def _send(session: requests.Session, method: str, url: str, **kwargs: Any) -> re
     return response
 
 
-def _read_limited(response: requests.Response) -> bytes:
+def _read_limited(response: requests.Response, *, deadline: float | None = None) -> bytes:
+    # requests' timeout bounds each socket read, not the whole answer: a server trickling
+    # its body a few bytes at a time would hold the launch for ever. At the deadline the
+    # watchdog shuts the connection down, which ends a blocked read at once.
+    watchdog = None
+    if deadline is not None and hasattr(response.raw, "shutdown"):
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shutdown, [response])
+        watchdog.daemon = True
+        watchdog.start()
     chunks = []
     size = 0
-    for chunk in response.iter_content(16384):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise KheopsMalformed("the answer is larger than any protocol message")
-        chunks.append(chunk)
+    try:
+        for chunk in response.iter_content(16384):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise KheopsMalformed("the answer is larger than any protocol message")
+            chunks.append(chunk)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+    if deadline is not None and time.monotonic() >= deadline:
+        raise KheopsTimeout("the answer did not arrive in time")
     return b"".join(chunks)
+
+
+def _shutdown(response: requests.Response) -> None:
+    with contextlib.suppress(ValueError, OSError):  # already closed: nothing left to stop
+        response.raw.shutdown()
 
 
 def _json(response: requests.Response) -> Any:

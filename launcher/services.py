@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.http import QueryDict
 from django.utils import timezone
 
@@ -34,9 +34,11 @@ from launcher.models import (
 logger = logging.getLogger(__name__)
 
 # DICOM UIDs (PS3.5 §9.1): dot-separated numbers without leading zeros, at most 64 chars.
-UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+# `\Z`, not `$`: `$` also matches before a final newline, which let "1.2.3\n" through into
+# audit rows and log lines (log forging).
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+\Z")
 # KHEOPS issues 22 alphanumeric characters; a little slack in case that ever changes.
-CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9]{8,64}$")
+CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9]{8,64}\Z")
 MAX_CODE_LENGTH = 8192
 MAX_STUDIES = 50
 # KHEOPS codes live 600 s plus 60 s leeway: a used-code row older than that guards nothing.
@@ -100,8 +102,14 @@ class ViewerGrant:
         return self.seconds_left <= 0
 
 
-def parse_launch_params(query: QueryDict) -> LaunchParams:
-    """Validate the launch query string; any problem is a 400 with a plain reason."""
+def parse_launch_params(query: QueryDict | None) -> LaunchParams:
+    """Validate the launch query string; any problem is a 400 with a plain reason.
+
+    `query` is None when Django refused to parse the query string at all (more than
+    DATA_UPLOAD_MAX_NUMBER_FIELDS parameters).
+    """
+    if query is None:
+        raise _bad_request("The launch address has too many parameters.")
 
     def single(name: str, *, required: bool = True) -> str | None:
         values = query.getlist(name)
@@ -211,7 +219,7 @@ def discovery_for(server: KheopsServer, *, http: Any) -> kheops.Discovery:
 def launch(
     *,
     provider: Provider | None,
-    query: QueryDict,
+    query: QueryDict | None,
     session: SessionBase,
     remote_addr: str | None,
     http: Any,
@@ -252,6 +260,7 @@ def launch(
                 "This launch link has already been used.",
                 return_uri=return_uri,
             )
+        _release_database_connections()
         try:
             discovery, grant, user = _exchange(
                 provider=provider, server=server, params=params, http=http
@@ -297,6 +306,17 @@ def launch(
             "launch refused (%s): %s", failure.outcome, record.failure_detail
         )
         raise
+
+
+def _release_database_connections() -> None:
+    # The exchange waits on KHEOPS for up to three round trips, and KHEOPS calls back our
+    # configuration document and JWKS meanwhile. A connection held through that wait lets a
+    # slow KHEOPS or a burst of launches use up the database's connections for every page
+    # (measured by bench/loadtest.py); the next query opens a fresh one. Inside a
+    # transaction (tests, ATOMIC_REQUESTS) the connection must stay.
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 def _exchange(

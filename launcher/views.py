@@ -5,7 +5,8 @@ from urllib.parse import urlencode
 
 from csp.constants import SELF
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.core.exceptions import TooManyFieldsSent
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -72,11 +73,16 @@ class JwksView(_DocumentView):
 @require_GET
 def launch(request: HttpRequest, slug: str) -> HttpResponse:
     provider = Provider.objects.filter(slug=slug).first()
+    try:
+        query: QueryDict | None = request.GET
+    except TooManyFieldsSent:
+        # Django's bare 400 would skip the audit record and the human page.
+        query = None
     with kheops.TimeoutSession(timeout=settings.KHEOPS_HTTP_TIMEOUT) as http:
         try:
             grant = services.launch(
                 provider=provider,
-                query=request.GET,
+                query=query,
                 session=request.session,
                 remote_addr=request.META.get("REMOTE_ADDR"),
                 http=http,

@@ -91,3 +91,11 @@ def live_stack(stack: Stack, transactional_db: None, settings: Any) -> Iterator[
         stack.client_id = response.json()["client_id"]
     yield stack
     stack.kheops.reset()
+
+
+# The leak check watches every test (tests/leakcheck.py).
+from tests.leakcheck import (  # noqa: E402
+    _leakcheck_installed,  # noqa: F401
+    pytest_runtest_call,  # noqa: F401
+    pytest_sessionfinish,  # noqa: F401
+)

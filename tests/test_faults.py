@@ -1,0 +1,268 @@
+"""KHEOPS faults below HTTP: silence, trickle, huge bodies, resets, refused connections.
+
+`responses` cannot be slow or break a connection, so these tests run KHEOPS as a tiny raw
+socket server on loopback whose every endpoint can be broken byte by byte. Each fault must
+give the right page within our timeout + 1 s, leave its audit record, and the next launch
+after recovery must succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import pytest
+import responses
+from django.test import Client
+
+from launcher.models import DISCOVERY_PATH, KheopsServer, LaunchOutcome, LaunchRecord, UsedCode
+from tests.fakes import CLIENT_ID, STUDY_1, discovery_document
+
+TIMEOUT = 0.5
+ENDPOINTS = {
+    DISCOVERY_PATH: "discovery",
+    "/api/token": "token",
+    "/api/userinfo": "userinfo",
+}
+
+
+class RawKheops:
+    """KHEOPS's discovery, token and userinfo endpoints on a loopback socket.
+
+    `faults` maps an endpoint ("discovery", "token", "userinfo") to a mode:
+    "silent" (reads the request, never answers), "drip" (a correct status and headers, then
+    the body one byte every 0.1 s), "huge" (a 64 MB body, Content-Length given), "endless"
+    (a chunked body that never ends), "reset" (a TCP reset instead of an answer),
+    "reset-mid-body" (headers, half a body, then a reset), "503", "garbage" (200, not JSON).
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.root = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.faults: dict[str, str] = {}
+        self.requests: list[str] = []
+        self.stopping = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+    def _handle(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(5)
+            try:
+                path = self._read_request(connection)
+                endpoint = ENDPOINTS.get(path, "")
+                self.requests.append(endpoint or path)
+                self._answer(connection, endpoint, self.faults.get(endpoint, "ok"))
+            except OSError:
+                pass  # the client gave up: that is the point of most faults
+
+    @staticmethod
+    def _read_request(connection: socket.socket) -> str:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = connection.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed before the request ended")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = next((int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")), 0)
+        while len(body) < length:
+            body += connection.recv(65536)
+        return lines[0].split(" ")[1].split("?")[0]
+
+    def _answer(self, connection: socket.socket, endpoint: str, mode: str) -> None:
+        body = json.dumps(self._correct_body(endpoint)).encode()
+        if mode == "silent":
+            self.stopping.wait(10)
+        elif mode == "reset":
+            _reset(connection)
+        elif mode == "503":
+            connection.sendall(_head(503, len(b"busy")) + b"busy")
+        elif mode == "garbage":
+            connection.sendall(_head(200, 9) + b"<html>oops")
+        elif mode == "drip":
+            connection.sendall(_head(200, len(body)))
+            for byte in body:
+                if self.stopping.wait(0.1):
+                    return
+                connection.sendall(bytes([byte]))
+        elif mode == "huge":
+            size = 64 * 1024 * 1024
+            connection.sendall(_head(200, size) + b'{"access_token":"')
+            block = b"x" * 65536
+            for _ in range(size // len(block)):
+                connection.sendall(block)
+        elif mode == "endless":
+            connection.sendall(_head(200, None))
+            block = b"x" * 65536
+            while not self.stopping.is_set():
+                connection.sendall(b"%x\r\n%s\r\n" % (len(block), block))
+        elif mode == "reset-mid-body":
+            connection.sendall(_head(200, len(body)) + body[: len(body) // 2])
+            time.sleep(0.05)
+            _reset(connection)
+        else:
+            connection.sendall(_head(200, len(body)) + body)
+
+    def _correct_body(self, endpoint: str) -> dict:
+        if endpoint == "discovery":
+            return discovery_document(self.root)
+        if endpoint == "token":
+            return {"access_token": "eyJraw." + secrets.token_urlsafe(24), "expires_in": 3600}
+        if endpoint == "userinfo":
+            return {"sub": "user-raw", "name": "Dr Raw", "email": "raw@example.org"}
+        return {}
+
+
+def _head(status: int, length: int | None) -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{framing}\r\nConnection: close\r\n\r\n".encode()
+
+
+def _reset(connection: socket.socket) -> None:
+    # SO_LINGER with a zero timeout: close() sends a TCP RST, a "connection reset by peer".
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
+
+
+@pytest.fixture
+def raw_kheops(rsps: responses.RequestsMock, db: None, settings) -> Iterator[RawKheops]:
+    settings.KHEOPS_HTTP_TIMEOUT = TIMEOUT
+    server = RawKheops()
+    rsps.add_passthru(server.root)
+    KheopsServer.objects.create(name="Raw KHEOPS", root_url=server.root)
+    yield server
+    server.stop()
+
+
+def launch_url(server: RawKheops, code: str | None = None) -> str:
+    query = urlencode(
+        {
+            "code": code or "eyJraw." + secrets.token_urlsafe(18),
+            "conf_uri": server.root + DISCOVERY_PATH,
+            "client_id": CLIENT_ID,
+            "return_uri": f"{server.root}/albums/AbCd1234",
+            "studyUID": STUDY_1,
+        }
+    )
+    return f"/providers/ohif/launch?{query}"
+
+
+def timed_launch(client: Client, url: str) -> tuple[object, float]:
+    client.get("/healthz")  # the test client's first request loads the middleware: not ours to time
+    started = time.monotonic()
+    response = client.get(url)
+    return response, time.monotonic() - started
+
+
+FAILING_FAULTS = [
+    ("discovery", "silent", 504, LaunchOutcome.KHEOPS_TIMEOUT),
+    ("token", "silent", 504, LaunchOutcome.KHEOPS_TIMEOUT),
+    ("discovery", "drip", 504, LaunchOutcome.KHEOPS_TIMEOUT),
+    ("token", "drip", 504, LaunchOutcome.KHEOPS_TIMEOUT),
+    ("discovery", "huge", 502, LaunchOutcome.KHEOPS_MALFORMED),
+    ("token", "huge", 502, LaunchOutcome.KHEOPS_MALFORMED),
+    ("token", "endless", 502, LaunchOutcome.KHEOPS_MALFORMED),
+    ("discovery", "reset", 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+    ("token", "reset", 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+    ("token", "reset-mid-body", 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+    ("discovery", "503", 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+    ("token", "503", 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+    ("discovery", "garbage", 502, LaunchOutcome.KHEOPS_MALFORMED),
+    ("token", "garbage", 502, LaunchOutcome.KHEOPS_MALFORMED),
+]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "mode", "status", "outcome"),
+    [pytest.param(*fault, id=f"{fault[0]}-{fault[1]}") for fault in FAILING_FAULTS],
+)
+def test_a_kheops_fault_gets_the_right_page_in_time_and_recovery_works(
+    client: Client, raw_kheops: RawKheops, endpoint: str, mode: str, status: int, outcome: LaunchOutcome
+) -> None:
+    raw_kheops.faults = {endpoint: mode}
+    url = launch_url(raw_kheops)
+
+    response, elapsed = timed_launch(client, url)
+
+    assert response.status_code == status
+    page = response.content.decode()
+    assert "Cannot open the viewer" in page
+    assert f'href="{raw_kheops.root}/albums/AbCd1234"' in page
+    assert elapsed < TIMEOUT + 1
+    assert LaunchRecord.objects.get().outcome == outcome
+    assert UsedCode.objects.count() == 0  # the link may be tried again
+
+    raw_kheops.faults = {}
+    assert client.get(url).status_code == 302  # the same link, once KHEOPS is back
+    assert client.get(launch_url(raw_kheops)).status_code == 302
+    assert list(LaunchRecord.objects.order_by("id").values_list("outcome", flat=True)) == [
+        outcome, LaunchOutcome.SUCCESS, LaunchOutcome.SUCCESS,
+    ]
+
+
+@pytest.mark.parametrize("mode", ["silent", "drip", "reset", "huge", "503", "garbage"])
+def test_a_userinfo_fault_still_opens_the_viewer_in_time(
+    client: Client, raw_kheops: RawKheops, mode: str
+) -> None:
+    raw_kheops.faults = {"userinfo": mode}
+
+    response, elapsed = timed_launch(client, launch_url(raw_kheops))
+
+    assert response.status_code == 302
+    assert elapsed < TIMEOUT + 1
+    record = LaunchRecord.objects.get()
+    assert record.outcome == LaunchOutcome.SUCCESS
+    assert record.user_sub == ""
+
+
+def test_a_kheops_that_refuses_connections_is_unavailable_then_recovers(
+    client: Client, raw_kheops: RawKheops, rsps: responses.RequestsMock
+) -> None:
+    raw_kheops.listener.close()  # nothing listens on the port any more
+    url = launch_url(raw_kheops)
+
+    response, elapsed = timed_launch(client, url)
+
+    assert response.status_code == 502
+    assert "KHEOPS is unavailable" in response.content.decode()
+    assert elapsed < TIMEOUT + 1
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
+
+    back = RawKheops()
+    rsps.add_passthru(back.root)
+    try:
+        KheopsServer.objects.filter(root_url=raw_kheops.root).update(root_url=back.root)
+        client.cookies.clear()
+        response = client.get(launch_url(back))
+    finally:
+        back.stop()
+    assert response.status_code == 302
+
+
+def test_a_huge_body_is_not_buffered(client: Client, raw_kheops: RawKheops) -> None:
+    raw_kheops.faults = {"token": "huge"}
+
+    response, elapsed = timed_launch(client, launch_url(raw_kheops))
+
+    assert response.status_code == 502
+    # 64 MB announced; we stop after 256 KB, long before the sender is done.
+    assert elapsed < TIMEOUT

@@ -1,0 +1,408 @@
+"""Hostile input at the launch endpoint and the viewer routes: one named case per attack.
+
+Every launch case asserts the status, the human page and where our server sent requests:
+the `responses` mock fails any unregistered URL, and `rsps.calls` must hold only calls to
+the trusted KHEOPS (none at all when the launch is refused before the exchange).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from django.contrib.sessions.models import Session
+from django.test import Client
+from django.utils.html import escape
+
+from launcher.models import LaunchOutcome, LaunchRecord
+from tests import leakcheck
+from tests.fakes import (
+    ALBUM_ID,
+    CLIENT_ID,
+    DISCOVERY_URL,
+    ROOT,
+    STUDY_1,
+    FakeKheops,
+    discovery_document,
+)
+
+RETURN_URI = f"{ROOT}/albums/{ALBUM_ID}"
+SCRIPT = "<script>alert('x')</script>"
+IMG = '"><img src=x onerror=alert(1)>'
+CANNOT_OPEN = "Cannot open the viewer"
+NOT_TRUSTED = "not trusted by this viewer"
+NOT_UNDERSTOOD = "does not understand"
+Params = list[tuple[str, str]]
+
+
+def base_params(code: str) -> Params:
+    return [
+        ("code", code),
+        ("conf_uri", DISCOVERY_URL),
+        ("client_id", CLIENT_ID),
+        ("return_uri", RETURN_URI),
+        ("studyUID", STUDY_1),
+    ]
+
+
+def replace(name: str, *values: str) -> Callable[[Params], Params]:
+    """Give parameter `name` these values (none: drop it), in its original place."""
+
+    def change(params: Params) -> Params:
+        out: Params = []
+        for key, value in params:
+            if key == name:
+                out += [(name, v) for v in values]
+                values_done.append(True)
+            else:
+                out.append((key, value))
+        return out
+
+    values_done: list[bool] = []
+    return change
+
+
+def add(*pairs: tuple[str, str]) -> Callable[[Params], Params]:
+    return lambda params: params + list(pairs)
+
+
+@dataclass(frozen=True)
+class LaunchCase:
+    change: Callable[[Params], Params]
+    status: int
+    message: str  # on the page; "" for a successful launch (a redirect)
+    outbound: bool = False  # whether the trusted KHEOPS may be called at all
+    discovery: Any = None  # the discovery document KHEOPS serves, if not the right one
+    provider_enabled: bool = True
+    way_back: bool | None = None  # "Open again from KHEOPS" expected (True) or forbidden (False)
+
+
+def refused(change: Callable[[Params], Params], message: str) -> LaunchCase:
+    return LaunchCase(change, 400, message)
+
+
+def untrusted(conf_uri: str) -> LaunchCase:
+    return LaunchCase(replace("conf_uri", conf_uri), 403, NOT_TRUSTED, way_back=False)
+
+
+def bad_discovery(**changes: Any) -> LaunchCase:
+    document = {**discovery_document(), **changes}
+    document = {k: v for k, v in document.items() if v is not None}
+    return LaunchCase(lambda p: p, 502, NOT_UNDERSTOOD, outbound=True, discovery=(200, document))
+
+
+def open_redirect(return_uri: str) -> LaunchCase:
+    # A disabled provider shows the error page with the way back, if any is safe.
+    return LaunchCase(
+        replace("return_uri", return_uri), 403, "disabled", provider_enabled=False, way_back=False
+    )
+
+
+LAUNCH_CASES = {
+    # --- missing, duplicated, oversized parameters ---------------------------------
+    "missing-code": refused(replace("code"), "'code' is missing"),
+    "missing-conf_uri": refused(replace("conf_uri"), "'conf_uri' is missing"),
+    "missing-client_id": refused(replace("client_id"), "'client_id' is missing"),
+    "missing-studyUID": refused(replace("studyUID"), "'studyUID' is missing"),
+    "empty-code": refused(replace("code", ""), "'code' is missing"),
+    "no-parameters-at-all": refused(lambda p: [], "'code' is missing"),
+    "duplicated-code": refused(add(("code", "eyJsecond-code-value")), "'code' appears more than once"),
+    "duplicated-conf_uri": refused(add(("conf_uri", DISCOVERY_URL)), "'conf_uri' appears more than once"),
+    "duplicated-client_id": refused(add(("client_id", CLIENT_ID)), "'client_id' appears more than once"),
+    "duplicated-return_uri": refused(add(("return_uri", RETURN_URI)), "'return_uri' appears more than once"),
+    "oversized-code": refused(replace("code", "c" * 9000), "code is not valid"),
+    "oversized-conf_uri": refused(replace("conf_uri", DISCOVERY_URL + "a" * 3000), "configuration URL is not valid"),
+    "oversized-client_id": refused(replace("client_id", "A" * 65), "client_id is not valid"),
+    "too-many-studies": refused(
+        replace("studyUID", *[f"1.2.{n}" for n in range(51)]), "At most 50 studies"
+    ),
+    "too-many-parameters": refused(
+        add(*[("x", str(n)) for n in range(1100)]), "too many parameters"
+    ),
+    "oversized-return_uri-is-dropped": LaunchCase(
+        replace("return_uri", RETURN_URI + "/" + "r" * 5000), 302, "", outbound=True
+    ),
+    "code-with-nul": refused(replace("code", "eyJcode\x00injected"), "code is not valid"),
+    "code-with-newline": refused(replace("code", "eyJcode\ninjected"), "code is not valid"),
+    "code-not-ascii": refused(replace("code", "eyJcodé-value"), "code is not valid"),
+    "code-script": LaunchCase(replace("code", SCRIPT), 302, "", outbound=True),
+    # --- study values that are not DICOM UIDs ---------------------------------------
+    "uid-letters": refused(replace("studyUID", "1.2.abc"), "not a valid DICOM UID"),
+    "uid-leading-zero": refused(replace("studyUID", "1.02.3"), "not a valid DICOM UID"),
+    "uid-trailing-dot": refused(replace("studyUID", "1.2."), "not a valid DICOM UID"),
+    "uid-single-number": refused(replace("studyUID", "12345"), "not a valid DICOM UID"),
+    "uid-65-characters": refused(replace("studyUID", "1." + "2" * 63), "not a valid DICOM UID"),
+    "uid-trailing-newline": refused(replace("studyUID", STUDY_1 + "\n"), "not a valid DICOM UID"),
+    "uid-fullwidth-digits": refused(replace("studyUID", "\uff11.\uff12.\uff13"), "not a valid DICOM UID"),
+    "uid-script": refused(replace("studyUID", SCRIPT), "not a valid DICOM UID"),
+    "uid-sql": refused(replace("studyUID", "1.2' OR '1'='1"), "not a valid DICOM UID"),
+    "uid-negative": refused(replace("studyUID", "-1.2"), "not a valid DICOM UID"),
+    "uid-empty": refused(replace("studyUID", ""), "not a valid DICOM UID"),
+    "uid-with-space": refused(replace("studyUID", " " + STUDY_1), "not a valid DICOM UID"),
+    "uid-one-bad-among-good": refused(replace("studyUID", STUDY_1, IMG), "not a valid DICOM UID"),
+    "client_id-trailing-newline": refused(replace("client_id", CLIENT_ID + "\n"), "client_id is not valid"),
+    "client_id-not-ascii": refused(replace("client_id", CLIENT_ID[:-1] + "é"), "client_id is not valid"),
+    "client_id-script": refused(replace("client_id", SCRIPT), "client_id is not valid"),
+    # --- conf_uri: only the exact discovery URL of a trusted server ------------------
+    "conf_uri-untrusted-host": untrusted("https://evil.example/api/.well-known/report-provider-configuration"),
+    "conf_uri-trusted-host-token-path": untrusted(f"{ROOT}/api/token"),
+    "conf_uri-trusted-root-only": untrusted(ROOT),
+    "conf_uri-trailing-slash": untrusted(DISCOVERY_URL + "/"),
+    "conf_uri-with-query": untrusted(DISCOVERY_URL + "?x=1"),
+    "conf_uri-with-fragment": untrusted(DISCOVERY_URL + "#x"),
+    "conf_uri-http-downgrade": untrusted(DISCOVERY_URL.replace("https://", "http://")),
+    "conf_uri-uppercase-host": untrusted(DISCOVERY_URL.replace("kheops.test", "KHEOPS.TEST")),
+    "conf_uri-explicit-443": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops.test:443")),
+    "conf_uri-odd-port": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops.test:8443")),
+    "conf_uri-userinfo-before-trusted": untrusted(DISCOVERY_URL.replace("https://", "https://user:pw@")),
+    "conf_uri-trusted-as-userinfo": untrusted(
+        "https://kheops.test@evil.example/api/.well-known/report-provider-configuration"
+    ),
+    "conf_uri-trusted-as-subdomain": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops.test.evil.example")),
+    "conf_uri-loopback": untrusted("http://127.0.0.1/api/.well-known/report-provider-configuration"),
+    "conf_uri-localhost": untrusted("http://localhost:8000/api/.well-known/report-provider-configuration"),
+    "conf_uri-ipv6-loopback": untrusted("http://[::1]/api/.well-known/report-provider-configuration"),
+    "conf_uri-cloud-metadata": untrusted("http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
+    "conf_uri-gcp-metadata": untrusted("http://metadata.google.internal/computeMetadata/v1/"),
+    "conf_uri-ipv6-link-local": untrusted("http://[fe80::1%25eth0]/api/.well-known/report-provider-configuration"),
+    "conf_uri-decimal-ip": untrusted("http://2130706433/api/.well-known/report-provider-configuration"),
+    "conf_uri-idn-homograph": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops.t\u0435st")),
+    "conf_uri-punycode": untrusted(DISCOVERY_URL.replace("kheops.test", "xn--kheops-9ua.test")),
+    "conf_uri-percent-encoded-host": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops%2etest")),
+    "conf_uri-percent-encoded-path": untrusted(DISCOVERY_URL.replace("/.well-known", "/%2ewell-known")),
+    "conf_uri-dot-dot-path": untrusted(f"{ROOT}/api/x/../.well-known/report-provider-configuration"),
+    "conf_uri-backslash": untrusted("https://kheops.test\\@evil.example/api/.well-known/report-provider-configuration"),
+    "conf_uri-scheme-relative": untrusted("//kheops.test/api/.well-known/report-provider-configuration"),
+    "conf_uri-file": untrusted("file:///etc/passwd"),
+    "conf_uri-javascript": untrusted("javascript:alert(1)"),
+    "conf_uri-data": untrusted("data:application/json,{}"),
+    "conf_uri-leading-space": untrusted(" " + DISCOVERY_URL),
+    "conf_uri-trailing-newline": untrusted(DISCOVERY_URL + "\n"),
+    "conf_uri-nul-inside": untrusted(DISCOVERY_URL.replace(".test", ".test\x00.evil.example")),
+    "conf_uri-script": untrusted(SCRIPT),
+    # --- discovery documents that leave the trusted root ------------------------------
+    "discovery-issuer-elsewhere": bad_discovery(issuer="https://evil.example"),
+    "discovery-issuer-sub-path": bad_discovery(issuer=f"{ROOT}/evil"),
+    "discovery-issuer-missing": bad_discovery(issuer=None),
+    "discovery-token-loopback": bad_discovery(token_endpoint="http://127.0.0.1/api/token"),
+    "discovery-token-metadata": bad_discovery(token_endpoint="http://169.254.169.254/latest/meta-data/"),
+    "discovery-token-odd-port": bad_discovery(token_endpoint="https://kheops.test:8443/api/token"),
+    "discovery-token-userinfo": bad_discovery(token_endpoint="https://user:pw@kheops.test/api/token"),
+    "discovery-token-fragment": bad_discovery(token_endpoint=f"{ROOT}/api/token#x"),
+    "discovery-token-backslash": bad_discovery(token_endpoint=f"{ROOT}/api\\..\\..\\evil"),
+    "discovery-token-encoded-dots": bad_discovery(token_endpoint=f"{ROOT}/api/%2E%2E/%2e%2e/evil"),
+    "discovery-token-idn": bad_discovery(token_endpoint="https://kheops.t\u0435st/api/token"),
+    "discovery-dicomweb-elsewhere": bad_discovery(dicomweb_endpoint="https://evil.example/api"),
+    "discovery-wado-uri-elsewhere": bad_discovery(dicomweb_uri_endpoint="https://evil.example/wado"),
+    "discovery-userinfo-elsewhere": bad_discovery(userinfo_endpoint="https://evil.example/userinfo"),
+    "discovery-userinfo-http": bad_discovery(userinfo_endpoint="http://kheops.test/api/userinfo"),
+    "discovery-introspection-elsewhere": bad_discovery(introspection_endpoint="https://evil.example/i"),
+    # --- return_uri: the way back must lead into the trusted KHEOPS -------------------
+    "return_uri-other-host": open_redirect("https://evil.example/albums/x"),
+    "return_uri-javascript": open_redirect("javascript:alert(document.cookie)"),
+    "return_uri-data": open_redirect("data:text/html,<script>alert(1)</script>"),
+    "return_uri-scheme-relative": open_redirect("//evil.example/albums/x"),
+    "return_uri-subdomain-prefix": open_redirect(f"{ROOT}.evil.example/albums/x"),
+    "return_uri-trusted-as-userinfo": open_redirect("https://kheops.test@evil.example/albums/x"),
+    "return_uri-backslash": open_redirect("https://kheops.test\\evil.example/albums/x"),
+    "return_uri-dot-dot": open_redirect(f"{ROOT}/albums/../../%2e%2e/evil"),
+    "return_uri-odd-port": open_redirect("https://kheops.test:8443/albums/x"),
+    "return_uri-http-downgrade": open_redirect("http://kheops.test/albums/x"),
+    "return_uri-newline": open_redirect(RETURN_URI + "\nLocation: https://evil.example"),
+    "return_uri-script-in-trusted-path": LaunchCase(
+        replace("return_uri", f"{ROOT}/albums/{IMG}{SCRIPT}"), 403, "disabled",
+        provider_enabled=False, way_back=True,
+    ),
+    # --- other parameters -----------------------------------------------------------
+    "token-parameter-is-ignored": LaunchCase(add(("token", "eyJattacker-token-value")), 302, "", outbound=True),
+    "unknown-parameters-are-ignored": LaunchCase(add(("foo", SCRIPT), (SCRIPT, IMG)), 302, "", outbound=True),
+}
+
+
+@pytest.mark.parametrize(("case"), [pytest.param(c, id=name) for name, c in LAUNCH_CASES.items()])
+def test_hostile_launch(client: Client, fake_kheops: FakeKheops, provider, case: LaunchCase) -> None:
+    if not case.provider_enabled:
+        provider.enabled = False
+        provider.save()
+    fake_kheops.discovery_answer = case.discovery
+    params = case.change(base_params(fake_kheops.new_code()))
+
+    response = client.get(f"/providers/ohif/launch?{urlencode(params)}")
+
+    assert response.status_code == case.status, response.content[:300]
+    page = response.content.decode()
+    if case.status == 302:
+        assert urlsplit(response["Location"]).path.endswith("/viewer")
+        assert "token" not in response["Location"] and "code" not in response["Location"]
+    else:
+        assert CANNOT_OPEN in page
+        assert escape(case.message) in page
+        assert "no-store" in response["Cache-Control"]
+    if case.way_back is not None:
+        assert ("Open again from KHEOPS" in page) is case.way_back
+    assert_nothing_raw_echoed(page, params)
+    calls = [call.request.url for call in fake_kheops.rsps.calls]
+    if case.outbound:
+        assert calls and all(url.startswith(ROOT + "/api/") for url in calls), calls
+    else:
+        assert calls == []
+    # Every attempt leaves exactly one audit record.
+    assert LaunchRecord.objects.count() == 1
+
+
+def assert_nothing_raw_echoed(page: str, params: Params) -> None:
+    for name, value in params:
+        for text in (name, value):
+            if "<" in text or '"' in text:
+                assert text not in page, f"{text!r} echoed unescaped"
+
+
+def test_the_matrix_has_at_least_sixty_launch_cases() -> None:
+    assert len(LAUNCH_CASES) >= 60
+
+
+# --- methods, providers, cookies ------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["post", "put", "delete", "patch", "head", "options"])
+def test_a_launch_accepts_only_get(client: Client, fake_kheops: FakeKheops, method: str) -> None:
+    response = getattr(client, method)(fake_kheops.launch_url())
+
+    assert response.status_code == 405
+    assert len(fake_kheops.rsps.calls) == 0
+
+
+@pytest.mark.parametrize("slug", ["nope", "OHIF", "ohif-", "a" * 200])
+def test_a_launch_for_a_provider_that_is_not_ours_is_a_404_page(
+    client: Client, fake_kheops: FakeKheops, slug: str
+) -> None:
+    response = client.get(fake_kheops.launch_url(slug=slug))
+
+    assert response.status_code == 404
+    assert "not one of ours" in response.content.decode()
+    assert len(fake_kheops.rsps.calls) == 0
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.UNKNOWN_PROVIDER
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        pytest.param("junk=" + "x" * 100_000, id="huge-unrelated-cookie"),
+        pytest.param("kheops_ohif_session=" + "s" * 60_000, id="huge-session-cookie"),
+        pytest.param("kheops_ohif_session=../../etc/passwd", id="path-as-session-key"),
+        pytest.param("kheops_ohif_session=" + SCRIPT, id="script-as-session-key"),
+        pytest.param("; ".join(f"c{n}=v" for n in range(3000)), id="thousands-of-cookies"),
+    ],
+)
+def test_hostile_cookies_do_not_break_a_launch(
+    client: Client, fake_kheops: FakeKheops, cookie: str
+) -> None:
+    response = client.get(fake_kheops.launch_url(), HTTP_COOKIE=cookie)
+
+    assert response.status_code == 302
+    viewer = client.get(response["Location"])
+    assert viewer.status_code == 200
+    assert Session.objects.count() == 1
+
+
+# --- viewer routes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        pytest.param("/launches/NotOurs123/viewer", 403, "belongs to another browser session", id="unknown-launch-id"),
+        pytest.param("/launches/NotOurs123/", 403, "belongs to another browser session", id="unknown-launch-root"),
+        pytest.param("/launches/%3Cscript%3Ealert(1)%3C%2Fscript%3E/viewer", 403, "belongs to another", id="script-launch-id"),
+        pytest.param("/launches/" + "L" * 5000 + "/viewer", 403, "belongs to another", id="huge-launch-id"),
+        pytest.param("/launches/x/viewer/app.bundle.js", 404, "", id="asset-path-under-launch"),
+        pytest.param("/launches/x/..%2F..%2Fadmin%2F", 403, "belongs to another", id="encoded-traversal"),
+    ],
+)
+def test_viewer_routes_without_a_grant(client: Client, db: None, path: str, status: int, message: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == status
+    page = response.content.decode()
+    if status == 403:
+        assert CANNOT_OPEN in page and message in page
+    assert "<script>alert" not in page
+
+
+def test_the_config_of_a_launch_that_is_not_ours_is_a_403_script(client: Client, db: None) -> None:
+    response = client.get("/launches/NotOurs123/app-config.js")
+
+    assert response.status_code == 403
+    assert response["Content-Type"].startswith("text/javascript")
+    assert "Bearer" not in response.content.decode()
+
+
+def test_another_sessions_launch_id_gets_nothing(
+    launched: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    location = launched()
+    launch_id = urlsplit(location).path.split("/")[2]
+    stranger = Client()
+
+    assert stranger.get(location).status_code == 403
+    config = stranger.get(f"/launches/{launch_id}/app-config.js")
+    assert config.status_code == 403
+    assert fake_kheops.issued_tokens[0] not in config.content.decode()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("token=eyJattacker", id="token"),
+        pytest.param("TOKEN=eyJattacker", id="upper-case"),
+        pytest.param("tOkEn=eyJattacker&StudyInstanceUIDs=1.2.3", id="mixed-case-with-study"),
+        pytest.param("token=a&token=b&Token=c", id="repeated"),
+        pytest.param("%74oken=eyJattacker", id="percent-encoded-name"),
+    ],
+)
+def test_a_token_parameter_never_reaches_ohif(
+    client: Client, launched: Callable[..., str], query: str
+) -> None:
+    path = urlsplit(launched()).path
+
+    response = client.get(f"{path}?{query}")
+
+    assert response.status_code == 302
+    assert "token" not in response["Location"].lower()
+    assert client.get(response["Location"]).status_code in (200, 302)
+
+
+def test_a_token_parameter_on_the_launch_does_not_replace_ours(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    response = client.get(fake_kheops.launch_url() + "&token=eyJattacker-token-value")
+    page = client.get(response["Location"]).content.decode()
+    [config_url] = re.findall(r'src="([^"]*app-config\.js)"', page)
+
+    script = client.get(config_url).content.decode()
+
+    assert fake_kheops.issued_tokens[0] in script
+    assert "eyJattacker" not in script
+
+
+# --- the leak check itself -------------------------------------------------------------
+
+
+def test_the_leak_check_finds_a_secret_in_a_log_a_header_a_page_or_a_row(db: None) -> None:
+    check = leakcheck.LeakCheck()
+    token = "eyJtoken.Zx81kQ0pLm3vNb7yT2wR"
+    check.register(token, "KHEOPS access token")
+    check.register("aaaaaaaaaaaaaaaaaaaa", "not random enough to be a secret")
+    check.see("log record", f"exchange done with {token}")
+    check.see("header Location", "/launches/x/viewer")
+    check.see("page", "aaaaaaaaaaaaaaaaaaaaaaaa")
+    Session.objects.create(session_key="k" * 32, session_data=Session.objects.encode({"t": token}), expire_date="2999-01-01T00:00Z")
+
+    leaks = check.scan(leakcheck.stored_rows())
+
+    assert sorted(leak.where for leak in leaks) == ["decoded django_session row", "log record"]
+    assert all(leak.secret_kind == "KHEOPS access token" for leak in leaks)
