@@ -84,6 +84,9 @@ class TimeoutSession(requests.Session):
         super().__init__()
         self.timeout = timeout
         self.headers["User-Agent"] = USER_AGENT
+        # (call, seconds) of every KHEOPS call made through this session: the launch
+        # reports them in its Server-Timing header, apart from its own processing time.
+        self.timings: list[tuple[str, float]] = []
 
     def request(self, method: str | bytes, url: str | bytes, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
@@ -108,7 +111,9 @@ def is_under_root(url: str, root: str) -> bool:
 
 def fetch_discovery(session: requests.Session, conf_uri: str, *, root: str) -> Discovery:
     """GET the KHEOPS discovery document and check that it describes `root` only."""
-    body = _json(_send(session, "GET", conf_uri, headers={"Accept": "application/json"}))
+    body = _json(
+        _send(session, "discovery", "GET", conf_uri, headers={"Accept": "application/json"})
+    )
     if not isinstance(body, dict):
         raise KheopsMalformed("the discovery document is not a JSON object")
 
@@ -157,7 +162,7 @@ def exchange_code(
         ("client_assertion", client_assertion),
     ]
     response = _send(
-        session, "POST", token_endpoint, data=form, headers={"Accept": "application/json"}
+        session, "token", "POST", token_endpoint, data=form, headers={"Accept": "application/json"}
     )
     body = _json(response)
     if not isinstance(body, dict):
@@ -175,6 +180,7 @@ def exchange_code(
 def fetch_userinfo(session: requests.Session, userinfo_endpoint: str, *, access_token: str) -> UserInfo:
     response = _send(
         session,
+        "userinfo",
         "GET",
         userinfo_endpoint,
         headers={"Accept": "application/json", "Authorization": f"Bearer {access_token}"},
@@ -194,7 +200,19 @@ def fetch_userinfo(session: requests.Session, userinfo_endpoint: str, *, access_
     return UserInfo(sub=text("sub"), name=text("name"), email=text("email"))
 
 
-def _send(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
+def _send(
+    session: requests.Session, call: str, method: str, url: str, **kwargs: Any
+) -> requests.Response:
+    started = time.perf_counter()
+    try:
+        return _send_timed(session, method, url, **kwargs)
+    finally:
+        timings = getattr(session, "timings", None)
+        if isinstance(timings, list):
+            timings.append((call, time.perf_counter() - started))
+
+
+def _send_timed(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
     timeout = getattr(session, "timeout", None)
     deadline = time.monotonic() + timeout if isinstance(timeout, int | float) else None
     try:

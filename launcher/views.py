@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import urlencode
 
 from csp.constants import SELF
@@ -72,6 +73,7 @@ class JwksView(_DocumentView):
 @never_cache
 @require_GET
 def launch(request: HttpRequest, slug: str) -> HttpResponse:
+    started = time.perf_counter()
     provider = Provider.objects.filter(slug=slug).first()
     try:
         query: QueryDict | None = request.GET
@@ -88,11 +90,22 @@ def launch(request: HttpRequest, slug: str) -> HttpResponse:
                 http=http,
             )
         except services.LaunchFailed as failure:
-            return error_page(
+            response = error_page(
                 request, failure.status, failure.message, return_uri=failure.return_uri
             )
-    # Post/Redirect/Get: the code leaves the address bar and the history right away.
-    return HttpResponseRedirect(viewer_url(grant))
+        else:
+            # Post/Redirect/Get: the code leaves the address bar and the history right away.
+            response = HttpResponseRedirect(viewer_url(grant))
+    response["Server-Timing"] = server_timing(http.timings, time.perf_counter() - started)
+    return response
+
+
+def server_timing(calls: list[tuple[str, float]], total: float) -> str:
+    """Each KHEOPS round trip, and what is left: our own processing (milliseconds)."""
+    upstream = sum(seconds for _, seconds in calls)
+    parts = [f"{call};dur={seconds * 1000:.2f}" for call, seconds in calls]
+    parts.append(f"app;dur={max(0.0, total - upstream) * 1000:.2f}")
+    return ", ".join(parts)
 
 
 def viewer_url(grant: services.ViewerGrant) -> str:

@@ -383,3 +383,24 @@ def test_a_launch_only_accepts_get(client: Client, fake_kheops: FakeKheops) -> N
     response = client.post(fake_kheops.launch_url())
 
     assert response.status_code == 405
+
+
+def test_the_launch_reports_kheops_round_trips_apart_from_its_own_time(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    response = client.get(fake_kheops.launch_url())
+
+    timing = response["Server-Timing"]
+    names = [part.split(";")[0] for part in timing.split(", ")]
+    assert names == ["discovery", "token", "userinfo", "app"]
+    durations = [float(part.split("dur=")[1]) for part in timing.split(", ")]
+    assert all(duration >= 0 for duration in durations)
+
+
+def test_a_failed_launch_reports_its_timing_too(client: Client, fake_kheops: FakeKheops) -> None:
+    fake_kheops.token_answer = (503, "busy")
+
+    response = client.get(fake_kheops.launch_url())
+
+    assert response.status_code == 502
+    assert [p.split(";")[0] for p in response["Server-Timing"].split(", ")] == ["discovery", "token", "app"]
