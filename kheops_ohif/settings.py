@@ -234,6 +234,10 @@ WHITENOISE_ALLOW_ALL_ORIGINS = False
 # SameSite=Lax, not Strict: the launch is a cross-site top-level navigation from KHEOPS and
 # the session cookie set there must come back on the redirect to the viewer.
 SESSION_COOKIE_NAME = "kheops_ohif_session"
+# With Redis, sessions live there (no disk sync per launch); otherwise in the database.
+SESSION_ENGINE = (
+    "django.contrib.sessions.backends.cache" if REDIS_URL else "django.contrib.sessions.backends.db"
+)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", PUBLIC_IS_HTTPS)

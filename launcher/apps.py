@@ -7,4 +7,14 @@ class LauncherConfig(AppConfig):
     verbose_name = _("KHEOPS launcher")
 
     def ready(self) -> None:
-        from launcher import checks  # noqa: F401 - registers the system checks
+        from django.db.models.signals import post_delete, post_save
+
+        from launcher import (
+            checks,  # noqa: F401 - registers the system checks
+            services,
+        )
+        from launcher.models import KheopsServer, Provider
+
+        for model in (KheopsServer, Provider):
+            for signal in (post_save, post_delete):
+                signal.connect(services.forget_lookups, sender=model, dispatch_uid=f"forget-{model.__name__}-{signal}")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.cache import cache
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.http import QueryDict
 from django.utils import timezone
 
@@ -157,10 +157,36 @@ def _bad_request(message: str) -> LaunchFailed:
     return LaunchFailed(LaunchOutcome.BAD_REQUEST, 400, message)
 
 
+# Trusted servers and providers change rarely and are read on every launch: each process
+# keeps them for a few seconds; saving or deleting one in this process forgets them at once
+# (launcher.apps connects the signals), other processes catch up within LOOKUP_CACHE_SECONDS.
+LOOKUP_CACHE_SECONDS = 5.0
+_lookups: dict[str, tuple[float, Any]] = {}
+
+
+def _cached(key: str, load: Any) -> Any:
+    now = time.monotonic()
+    hit = _lookups.get(key)
+    if hit is not None and now - hit[0] < LOOKUP_CACHE_SECONDS:
+        return hit[1]
+    value = load()
+    _lookups[key] = (now, value)
+    return value
+
+
+def forget_lookups(**kwargs: Any) -> None:
+    _lookups.clear()
+
+
+def provider_for(slug: str) -> Provider | None:
+    return _cached(f"provider:{slug}", lambda: Provider.objects.filter(slug=slug).first())
+
+
 def trusted_server_for(conf_uri: str) -> KheopsServer | None:
     # Exact string equality with the discovery URL of an enabled, trusted server: no
     # normalisation that an attacker could play with.
-    for server in KheopsServer.objects.filter(enabled=True):
+    servers = _cached("servers", lambda: list(KheopsServer.objects.filter(enabled=True)))
+    for server in servers:
         if server.discovery_url == conf_uri:
             return server
     return None
@@ -185,12 +211,27 @@ def album_id_from(return_uri: str | None, server: KheopsServer) -> str:
     return ""
 
 
+def _code_hash(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
 def claim_code(code: str) -> bool:
-    """Record `code` as used; False if it was used before (atomic across processes)."""
+    """Record `code` as used; False if it was used before (atomic across processes).
+
+    With Redis (REDIS_URL), an atomic SET NX with a TTL does it without a disk sync; else the
+    primary key of the UsedCode table decides.
+    """
+    code_hash = _code_hash(code)
+    if settings.REDIS_URL:
+        return cache.add(f"used-code:{code_hash}", 1, int(USED_CODE_RETENTION.total_seconds()))
     now = timezone.now()
-    code_hash = hashlib.sha256(code.encode()).hexdigest()
     try:
-        with transaction.atomic():
+        if connection.in_atomic_block:
+            # A savepoint, so that a duplicate leaves the outer transaction usable.
+            with transaction.atomic():
+                UsedCode.objects.create(code_hash=code_hash, used_at=now)
+        else:
+            # Autocommit: one statement, one round trip; the primary key decides.
             UsedCode.objects.create(code_hash=code_hash, used_at=now)
     except IntegrityError:
         return False
@@ -202,7 +243,10 @@ def claim_code(code: str) -> bool:
 
 def release_code(code: str) -> None:
     """Forget a claimed code whose exchange failed, so that a retry is not called a replay."""
-    UsedCode.objects.filter(code_hash=hashlib.sha256(code.encode()).hexdigest()).delete()
+    if settings.REDIS_URL:
+        cache.delete(f"used-code:{_code_hash(code)}")
+    else:
+        UsedCode.objects.filter(code_hash=_code_hash(code)).delete()
 
 
 def discovery_for(server: KheopsServer, *, http: Any) -> kheops.Discovery:
@@ -288,8 +332,10 @@ def launch(
         if user is not None:
             record.user_sub, record.user_name, record.user_email = user.sub, user.name, user.email
         record.outcome = LaunchOutcome.SUCCESS
-        record.save()
-        store_grant(session, viewer_grant)
+        # One commit for the audit row and the new session row (each commit is a disk sync).
+        with transaction.atomic():
+            record.save()
+            store_grant(session, viewer_grant)
         logger.info(
             "launch %s succeeded: server=%s client_id=%s studies=%d",
             viewer_grant.launch_id,
@@ -314,9 +360,9 @@ def _release_database_connections() -> None:
     # slow KHEOPS or a burst of launches use up the database's connections for every page
     # (measured by bench/loadtest.py); the next query opens a fresh one. Inside a
     # transaction (tests, ATOMIC_REQUESTS) the connection must stay.
-    for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close()
+    for each in connections.all(initialized_only=True):
+        if not each.in_atomic_block:
+            each.close()
 
 
 def _exchange(

@@ -74,7 +74,7 @@ class JwksView(_DocumentView):
 @require_GET
 def launch(request: HttpRequest, slug: str) -> HttpResponse:
     started = time.perf_counter()
-    provider = Provider.objects.filter(slug=slug).first()
+    provider = services.provider_for(slug)
     try:
         query: QueryDict | None = request.GET
     except TooManyFieldsSent:

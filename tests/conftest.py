@@ -10,7 +10,7 @@ import responses
 from django.core.cache import cache
 from django.test import Client
 
-from launcher import keys
+from launcher import keys, services
 from launcher.models import KheopsServer, Provider
 from tests.fakes import ROOT, FakeKheops
 from tests.stack import Stack, start_stack
@@ -21,9 +21,11 @@ def _fresh_process_state() -> Iterator[None]:
     # The discovery cache and the loaded signing key outlive a test's DB transaction.
     cache.clear()
     keys.forget_cached_key()
+    services.forget_lookups()
     yield
     cache.clear()
     keys.forget_cached_key()
+    services.forget_lookups()
 
 
 @pytest.fixture

@@ -250,7 +250,9 @@ def test_a_kheops_that_refuses_connections_is_unavailable_then_recovers(
     back = RawKheops()
     rsps.add_passthru(back.root)
     try:
-        KheopsServer.objects.filter(root_url=raw_kheops.root).update(root_url=back.root)
+        server = KheopsServer.objects.get(root_url=raw_kheops.root)
+        server.root_url = back.root
+        server.save()
         client.cookies.clear()
         response = client.get(launch_url(back))
     finally:

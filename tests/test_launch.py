@@ -404,3 +404,14 @@ def test_a_failed_launch_reports_its_timing_too(client: Client, fake_kheops: Fak
 
     assert response.status_code == 502
     assert [p.split(";")[0] for p in response["Server-Timing"].split(", ")] == ["discovery", "token", "app"]
+
+
+def test_disabling_a_server_in_the_admin_takes_effect_at_once(
+    client: Client, fake_kheops: FakeKheops, kheops_server
+) -> None:
+    assert client.get(fake_kheops.launch_url()).status_code == 302
+
+    kheops_server.enabled = False
+    kheops_server.save()
+
+    assert client.get(fake_kheops.launch_url()).status_code == 403

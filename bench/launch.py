@@ -1,0 +1,203 @@
+"""Launch latency, throughput and memory: our app under gunicorn against the KHEOPS stand-in.
+
+For every launch the app's `Server-Timing` header splits the time into each KHEOPS round trip
+(discovery, token, userinfo: the floor no provider can go below) and `app`, our own
+processing. Measured single (one launch at a time) and under concurrency, then the resident
+memory of each gunicorn worker after all those launches.
+
+The database is PostgreSQL when it answers on 127.0.0.1:5432 (a throwaway database created
+and dropped by bench/_stack.py), else a temporary SQLite file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
+
+import _harness as harness  # noqa: E402
+from _stack import BenchStack  # noqa: E402
+
+BENCHMARK = "launch"
+SINGLE_LAUNCHES = 100
+CONCURRENT_LAUNCHES = 120
+REDIS_URL = "redis://127.0.0.1:6379/14"
+CONCURRENCY = 8
+TARGET_APP_P50_MS = 5.0
+TARGET_APP_P99_MS = 15.0
+TARGET_WORKER_RSS_MB = 120.0
+
+
+def _postgres_if_available() -> None:
+    if os.environ.get("DATABASE_URL"):
+        return
+    try:
+        import psycopg
+
+        psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=2).close()
+    except Exception:  # any failure means: no PostgreSQL here, use SQLite
+        return
+    os.environ["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+class Launcher:
+    """Distinct launch codes on demand.
+
+    KHEOPS's codes carry no nonce: the same user, studies and client_id within one second give
+    the same code, which our app rightly refuses as a replay. Rotating over users, study
+    orders and a few registrations keeps every code of a run distinct.
+    """
+
+    def __init__(self, stack: BenchStack, registrations: int = 4) -> None:
+        self.stack = stack
+        client_ids = [stack.client_id]
+        token = stack.user_token("alice")
+        for n in range(registrations - 1):
+            response = stack.http.post(
+                f"{stack.kheops.url}/api/albums/{stack.album_id}/reportproviders",
+                data={"url": stack.config_url, "name": f"OHIF Viewer {n + 2}"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            response.raise_for_status()
+            client_ids.append(response.json()["client_id"])
+        tokens = {user: stack.user_token(user) for user in ("alice", "bob")}
+        studies = stack.study_uids[:3]
+        orders = [list(o) for n in (1, 2, 3) for o in itertools.permutations(studies, n)]
+        self.plans = itertools.cycle(
+            [(client_id, tokens[user], order) for client_id in client_ids for user in tokens for order in orders]
+        )
+        self.size = len(client_ids) * len(tokens) * len(orders)
+
+    def launch_url(self) -> str:
+        client_id, token, studies = next(self.plans)
+        self.stack.client_id, saved = client_id, self.stack.client_id
+        try:
+            return self.stack.launch_url(*studies, access_token=token)
+        finally:
+            self.stack.client_id = saved
+
+
+def timed_launch(http: requests.Session, url: str) -> tuple[float, float, float]:
+    """(client milliseconds, our processing, upstream round trips) of one launch."""
+    started = time.perf_counter()
+    response = http.get(url, allow_redirects=False, timeout=60)
+    client_ms = (time.perf_counter() - started) * 1000
+    if response.status_code != 302:
+        raise RuntimeError(f"launch answered {response.status_code}: {response.text[:300]!r}")
+    parts = dict(
+        (part.split(";")[0].strip(), float(part.split("dur=")[1]))
+        for part in response.headers["Server-Timing"].split(",")
+    )
+    app = parts.pop("app")
+    return client_ms, app, sum(parts.values())
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def run_config(label: str) -> list[harness.Result]:
+    results: list[harness.Result] = []
+    with BenchStack.start(workers=2, threads=8, kheops_threads=16, name="launch") as stack:
+        launcher = Launcher(stack)
+        # Warm up: the first launches create the signing key, open pools, fill caches.
+        with requests.Session() as http:
+            for _ in range(5):
+                timed_launch(http, launcher.launch_url())
+            urls = [launcher.launch_url() for _ in range(SINGLE_LAUNCHES)]
+            single = [timed_launch(http, url) for url in urls]
+
+        # Codes live 600 s: prepare them first, then fire, so only our launches are timed.
+        urls = [launcher.launch_url() for _ in range(CONCURRENT_LAUNCHES)]
+        sessions = [requests.Session() for _ in range(CONCURRENCY)]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            concurrent = list(
+                pool.map(lambda item: timed_launch(sessions[item[0] % CONCURRENCY], item[1]), enumerate(urls))
+            )
+        wall = time.perf_counter() - started
+        for session in sessions:
+            session.close()
+        rss = [rss_mb(pid) for pid in stack.worker_pids()]
+
+    where = f"{label}; gunicorn 2 workers x 8 threads"
+    for kind, samples in (("single", single), (f"{CONCURRENCY} concurrent", concurrent)):
+        app = [s[1] for s in samples]
+        upstream = [s[2] for s in samples]
+        total = [s[0] for s in samples]
+        p50, p99 = statistics.median(app), percentile(app, 99)
+        met = p50 <= TARGET_APP_P50_MS and p99 <= TARGET_APP_P99_MS
+        results += [
+            harness.Result(
+                BENCHMARK, f"our processing per launch, {kind}, {label}", "ms", app,
+                notes=f"p99 {p99:.1f} ms; targets p50 <= {TARGET_APP_P50_MS:g}, p99 <= {TARGET_APP_P99_MS:g}: "
+                f"{'met' if met else 'MISSED'}",
+            ),
+            harness.Result(
+                BENCHMARK, f"upstream round trips (the floor), {kind}, {label}", "ms", upstream,
+                notes=f"p99 {percentile(upstream, 99):.1f} ms; discovery (cached 60 s) + token + userinfo",
+            ),
+            harness.Result(
+                BENCHMARK, f"launch as the browser sees it, {kind}, {label}", "ms", total,
+                notes=f"p99 {percentile(total, 99):.1f} ms; GET of the launch URL to our 302",
+            ),
+        ]
+    results.append(
+        harness.Result(
+            BENCHMARK, f"launches per second, {CONCURRENCY} concurrent, {label}", "launches/s",
+            [CONCURRENT_LAUNCHES / wall], notes=f"{CONCURRENT_LAUNCHES} launches in {wall:.1f} s; {where}",
+        )
+    )
+    worst = max(rss)
+    results.append(
+        harness.Result(
+            BENCHMARK, f"gunicorn worker RSS after {SINGLE_LAUNCHES + CONCURRENT_LAUNCHES + 5} launches, {label}",
+            "MB", rss,
+            notes=f"target <= {TARGET_WORKER_RSS_MB:g} MB: {'met' if worst <= TARGET_WORKER_RSS_MB else 'MISSED'}",
+        )
+    )
+    return results
+
+
+def measure() -> list[harness.Result]:
+    _postgres_if_available()
+    database = "PostgreSQL" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "SQLite"
+    results = []
+    os.environ.pop("REDIS_URL", None)
+    results += run_config(database)
+    if _redis_available():
+        # The recommended production set-up: sessions and used codes in Redis.
+        os.environ["REDIS_URL"] = REDIS_URL
+        results += run_config(f"{database} + Redis")
+    return results
+
+
+def _redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping())
+    except Exception:  # any failure means: no Redis here
+        return False
+
+
+if __name__ == "__main__":
+    harness.main(BENCHMARK, measure)
