@@ -95,6 +95,21 @@ class TimeoutSession(requests.Session):
         return super().request(method, url, **kwargs)
 
 
+_per_thread = threading.local()
+
+
+def thread_session(*, timeout: float) -> TimeoutSession:
+    """This thread's session, kept across launches so that connections to KHEOPS (and their
+    TLS handshakes) are reused; its `timings` start empty for each caller."""
+    session = getattr(_per_thread, "session", None)
+    if session is None or session.timeout != timeout:
+        if session is not None:
+            session.close()
+        session = _per_thread.session = TimeoutSession(timeout=timeout)
+    session.timings = []
+    return session
+
+
 def is_under_root(url: str, root: str) -> bool:
     """Whether `url` is `root` or a path below it: same scheme and authority, no tricks."""
     target, base = urlsplit(url), urlsplit(root)

@@ -80,22 +80,20 @@ def launch(request: HttpRequest, slug: str) -> HttpResponse:
     except TooManyFieldsSent:
         # Django's bare 400 would skip the audit record and the human page.
         query = None
-    with kheops.TimeoutSession(timeout=settings.KHEOPS_HTTP_TIMEOUT) as http:
-        try:
-            grant = services.launch(
-                provider=provider,
-                query=query,
-                session=request.session,
-                remote_addr=request.META.get("REMOTE_ADDR"),
-                http=http,
-            )
-        except services.LaunchFailed as failure:
-            response = error_page(
-                request, failure.status, failure.message, return_uri=failure.return_uri
-            )
-        else:
-            # Post/Redirect/Get: the code leaves the address bar and the history right away.
-            response = HttpResponseRedirect(viewer_url(grant))
+    http = kheops.thread_session(timeout=settings.KHEOPS_HTTP_TIMEOUT)
+    try:
+        grant = services.launch(
+            provider=provider,
+            query=query,
+            session=request.session,
+            remote_addr=request.META.get("REMOTE_ADDR"),
+            http=http,
+        )
+    except services.LaunchFailed as failure:
+        response = error_page(request, failure.status, failure.message, return_uri=failure.return_uri)
+    else:
+        # Post/Redirect/Get: the code leaves the address bar and the history right away.
+        response = HttpResponseRedirect(viewer_url(grant))
     response["Server-Timing"] = server_timing(http.timings, time.perf_counter() - started)
     return response
 
