@@ -57,15 +57,28 @@ def run_one(name: str) -> list[dict[str, Any]]:
         return json.loads(out.read_text())
 
 
+def _number(value: float) -> str:
+    # Two decimals below 10: a ratio of 1.12 against a target of 1.10 must not read "1.1".
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _target(result: dict[str, Any]) -> str:
+    """`≤ X ✅` or `≤ X ❌` for a result with a `target`, which its median must not exceed."""
+    if result.get("target") is None:
+        return ""
+    met = result.get("target_met", result["median"] <= result["target"])
+    return f"≤ {_number(result['target'])} {'✅' if met else '❌'}"
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| benchmark | measurement | n | median | p10 | p90 | min | max | unit | notes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|---|---|",
+        "| benchmark | measurement | n | median | p10 | p90 | min | max | unit | target | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|---|---|",
     ]
     for r in results:
-        numbers = " | ".join(f"{r[key]:.1f}" for key in ("median", "p10", "p90", "min", "max"))
+        numbers = " | ".join(_number(r[key]) for key in ("median", "p10", "p90", "min", "max"))
         lines.append(
-            f"| {r['benchmark']} | {r['name']} | {r['n']} | {numbers} | {r['unit']} | {r['notes']} |"
+            f"| {r['benchmark']} | {r['name']} | {r['n']} | {numbers} | {r['unit']} | {_target(r)} | {r['notes']} |"
         )
     return "\n".join(lines)
 

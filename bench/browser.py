@@ -1,0 +1,833 @@
+"""What a clinician waits for and downloads, in headless Chromium, against a baseline.
+
+Click to first image: from the click on "Open in OHIF Viewer" (the CT study) on the KHEOPS
+stand-in's album page, through KHEOPS's form POST and meta refresh, our launch endpoint and
+its redirect, to the first drawn image in OHIF: a `canvas.cornerstone-canvas` with a pixel
+that is not black. Both ends are timestamped in the page (`performance.timeOrigin +
+performance.now()`, one clock for every document of the browser), the end by a check run on
+cornerstone's own `CORNERSTONE_IMAGE_RENDERED` event: no polling error.
+
+Baseline, measured in the same run, interleaved with ours: the same installed OHIF bundle
+from a plain static file server in this process (no Django), with the same app-config.js
+(taken from one real launch through our app, token included) and the same DICOMweb (the
+stand-in's relay to Orthanc), timed from navigation start to the first drawn image. The
+server does what a well-configured static host does (nginx `brotli_static`/`gzip_static`,
+conditional requests, WhiteNoise's cache lifetimes), so the ratio is the cost of what we add:
+the KHEOPS launch round trips, Django/gunicorn serving and the banner.
+
+Cold: a fresh browser context each time (empty cache). Warm: one persistent profile per
+side, loaded twice beforehand (V8 keeps compiled code only from the second load of a script
+on), then measured.
+
+Bytes on the wire: Chromium's `encodedDataLength` (headers + body as received) of every
+request of each cold load after the click, split by origin (our app; DICOMweb; the
+KHEOPS pages are not counted), against the decoded size of the same responses; then a
+`page.reload()` in the same context (the browser's normal reload: the page itself is
+revalidated, fresh subresources come from the cache).
+
+    bench/browser.py                         # prints the figures
+    BENCH_BROWSER_RUNS=3 bench/browser.py    # cold and warm runs per side (default 5)
+    BENCH_BROWSER_TRACE=1 bench/browser.py   # also leaves artifacts/bench/ diagnostics
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
+
+import _harness  # noqa: E402
+from _stack import OHIF_ROOT, BenchStack, free_port, http_session  # noqa: E402
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    BrowserContext,
+    CDPSession,
+    Page,
+    Playwright,
+    Request,
+    Response,
+    sync_playwright,
+)
+
+BENCHMARK = "browser"
+CHROMIUM = "/usr/lib/chromium/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 800}
+RUNS = int(os.environ.get("BENCH_BROWSER_RUNS", "5"))
+WARMUP_LOADS = 2
+# The bytes of a reload do not vary from run to run; three show that they do not.
+RELOAD_RUNS = min(RUNS, 3)
+IMAGE_TIMEOUT_MS = 60_000
+ARTIFACTS = BENCH_DIR.parent / "artifacts" / "bench"
+TRACE = os.environ.get("BENCH_BROWSER_TRACE", "") not in ("", "0")
+
+RATIO_TARGET = 1.10
+COLD_WIRE_TARGET_MB = 6.0
+WARM_RELOAD_TARGET_KB = 50.0
+MB, KB = 1_000_000, 1_000
+
+# Runs in every document before its own scripts. Records when the first non-black pixel
+# reaches a cornerstone canvas; OHIF's answer to an unreadable study (/notfoundstudy) ends
+# the wait too, so a broken launch fails fast instead of timing out.
+FIRST_IMAGE_PROBE = """
+(() => {
+  if (window.top !== window) { return; }
+  const probe = { drawnAt: null, events: 0 };
+  window.__benchFirstImage = probe;
+  const drawn = () => {
+    for (const canvas of document.querySelectorAll("canvas.cornerstone-canvas")) {
+      if (!canvas.width || !canvas.height) { continue; }
+      const context = canvas.getContext("2d", { willReadFrequently: true });
+      if (!context) { continue; }
+      const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
+      for (let i = 0; i < pixels.length; i += 4) {
+        if (pixels[i] || pixels[i + 1] || pixels[i + 2]) { return true; }
+      }
+    }
+    return false;
+  };
+  // The event does not bubble: listen in the capture phase. It fires after cornerstone has
+  // copied the rendered image to the canvas, so the check sees exactly that frame.
+  document.addEventListener("CORNERSTONE_IMAGE_RENDERED", () => {
+    probe.events += 1;
+    if (probe.drawnAt === null && drawn()) { probe.drawnAt = performance.timeOrigin + performance.now(); }
+  }, true);
+})();
+"""
+PROBE_DONE = """() => location.pathname.endsWith("/notfoundstudy")
+  || (window.__benchFirstImage !== undefined && window.__benchFirstImage.drawnAt !== null)"""
+PROBE_STATE = """() => {
+  const [navigation] = performance.getEntriesByType("navigation");
+  return {
+    notFound: location.pathname.endsWith("/notfoundstudy"),
+    drawnAt: window.__benchFirstImage.drawnAt,
+    timeOrigin: performance.timeOrigin,
+    redirectStart: navigation.redirectStart,
+    redirectEnd: navigation.redirectEnd,
+    responseEnd: navigation.responseEnd,
+    domContentLoaded: navigation.domContentLoadedEventEnd,
+  };
+}"""
+# The clinician's click, done in the page so that its timestamp is taken right before it.
+CLICK_OPEN_IN_OHIF = """(studyUid) => {
+  const row = [...document.querySelectorAll("tbody tr")].find((tr) => tr.textContent.includes(studyUid));
+  const button = row && [...row.querySelectorAll("button")].find((b) => /^Open in OHIF/.test(b.textContent.trim()));
+  if (!button) { throw new Error("no 'Open in OHIF' button for " + studyUid); }
+  const clickedAt = performance.timeOrigin + performance.now();
+  button.click();
+  return clickedAt;
+}"""
+VIEWER_PATH = re.compile(r"/launches/[^/]+/viewer")
+
+
+# --- the baseline: OHIF from a plain static file server ----------------------------------------
+
+
+class StaticOhif(ThreadingHTTPServer):
+    """OHIF's installed bundle, its index.html and one fixed app-config.js; nothing else.
+
+    URL layout as ours (assets under /static/ohif/, the viewer under /launches/<id>/), so
+    the very same bundle and app-config.js work unchanged.
+    """
+
+    daemon_threads = True
+    # Content-hashed names, as WhiteNoise's immutable test in our settings (16+ hex digits).
+    HASHED = re.compile(r"(^|[./])[0-9a-f]{16,}\.[A-Za-z0-9]+$")
+
+    def __init__(self, bundle_dir: Path, *, launch_id: str, app_config: str) -> None:
+        super().__init__(("127.0.0.1", free_port()), _StaticOhifHandler)
+        self.static_dir = (bundle_dir / "static").resolve()
+        self.config_path = f"/launches/{launch_id}/app-config.js"
+        self.viewer_prefix = f"/launches/{launch_id}/"
+        index = (bundle_dir / "index.html").read_text(encoding="utf-8")
+        self.index_html = index.replace("__KHEOPS_OHIF_APP_CONFIG_URL__", self.config_path).encode()
+        self.app_config = app_config.encode()
+        self.thread = threading.Thread(target=self.serve_forever, name="static-ohif", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> StaticOhif:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _StaticOhifHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn's gthread workers offer
+    server: StaticOhif
+
+    def do_GET(self) -> None:
+        path = unquote(urlsplit(self.path).path)
+        if path.startswith("/static/ohif/"):
+            self._file(path.removeprefix("/static/ohif/"))
+        elif path == self.server.config_path:
+            self._send(
+                HTTPStatus.OK,
+                self.server.app_config,
+                "text/javascript; charset=utf-8",
+                {"Cache-Control": "no-store"},
+            )
+        elif path.startswith(self.server.viewer_prefix):
+            self._send(
+                HTTPStatus.OK,
+                self.server.index_html,
+                "text/html; charset=utf-8",
+                {"Cache-Control": "no-store"},
+            )
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain", {})
+
+    def _file(self, relative: str) -> None:
+        path = (self.server.static_dir / relative).resolve()
+        if not path.is_relative_to(self.server.static_dir) or not path.is_file():
+            self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain", {})
+            return
+        stat = path.stat()
+        etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+        headers = {
+            "ETag": etag,
+            "Last-Modified": formatdate(stat.st_mtime, usegmt=True),
+            "Vary": "Accept-Encoding",
+            # WhiteNoise's lifetimes in our settings: forever for hashed names, else 300 s.
+            "Cache-Control": "public, max-age=315360000, immutable"
+            if StaticOhif.HASHED.search(path.name)
+            else "public, max-age=300",
+        }
+        if self.headers.get("If-None-Match") == etag:
+            self._send(HTTPStatus.NOT_MODIFIED, b"", None, headers)
+            return
+        accepted = self.headers.get("Accept-Encoding", "")
+        for encoding, suffix in (("br", ".br"), ("gzip", ".gz")):
+            if encoding in accepted and path.with_name(path.name + suffix).is_file():
+                headers["Content-Encoding"] = encoding
+                body = path.with_name(path.name + suffix).read_bytes()
+                break
+        else:
+            body = path.read_bytes()
+        content_type = (
+            "application/wasm" if path.suffix == ".wasm" else mimetypes.guess_type(path.name)[0]
+        )
+        self._send(HTTPStatus.OK, body, content_type or "application/octet-stream", headers)
+
+    def _send(
+        self, status: HTTPStatus, body: bytes, content_type: str | None, headers: dict[str, str]
+    ) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+# --- bytes on the wire -------------------------------------------------------------------------
+
+
+@dataclass
+class Transfer:
+    url: str
+    method: str = "GET"
+    wire: int = 0  # encodedDataLength: headers + body as received (0: from the cache)
+    decoded: int = 0
+    status: int = 0
+    encoding: str = ""
+    from_cache: bool = False
+    worker: bool = False
+    finished: bool = False
+    preflight: bool = False  # a CORS preflight (Chromium reports no bytes for those)
+
+
+@dataclass
+class WireLog:
+    """Every request of one page, from Chromium's own accounting.
+
+    The page's CDP session sees the page's requests; the requests of OHIF's web workers (the
+    worker scripts and the chunks they import: ~130 KB) finish in the workers' own sessions,
+    which Playwright holds. Those are the requests Playwright saw finish that the page's
+    session did not; their bytes come from Playwright's `Request.sizes()`, which is the same
+    `encodedDataLength` split into headers and body.
+    """
+
+    cdp: CDPSession
+    transfers: dict[str, Transfer] = field(default_factory=dict)
+    finished_requests: list[Request] = field(default_factory=list)
+    recording: bool = False
+
+    @classmethod
+    def attach(cls, context: BrowserContext, page: Page) -> WireLog:
+        log = cls(context.new_cdp_session(page))
+        log.cdp.send("Network.enable")
+        log.cdp.on("Network.requestWillBeSent", log._sent)
+        log.cdp.on("Network.responseReceived", log._response)
+        log.cdp.on("Network.dataReceived", log._data)
+        log.cdp.on("Network.loadingFinished", log._finished)
+        context.on("requestfinished", log._playwright_finished)
+        return log
+
+    def start(self) -> None:
+        self.transfers.clear()
+        self.finished_requests.clear()
+        self.recording = True
+
+    def _sent(self, event: dict[str, Any]) -> None:
+        if not self.recording or event["request"]["url"].startswith("data:"):
+            return
+        # A redirect reuses the request id; the redirect response's bytes come with the
+        # next request of the chain, in `redirectResponse`.
+        if (previous := self.transfers.get(event["requestId"])) and event.get("redirectResponse"):
+            previous.wire = int(event["redirectResponse"].get("encodedDataLength", 0))
+            previous.status = event["redirectResponse"]["status"]
+            previous.finished = True
+            self.transfers[event["requestId"] + ":redirect"] = previous
+        self.transfers[event["requestId"]] = Transfer(
+            event["request"]["url"],
+            method=event["request"]["method"],
+            preflight=event["request"]["method"] == "OPTIONS",
+        )
+
+    def _response(self, event: dict[str, Any]) -> None:
+        if transfer := self.transfers.get(event["requestId"]):
+            response = event["response"]
+            headers = {name.lower(): value for name, value in response["headers"].items()}
+            transfer.status = response["status"]
+            transfer.encoding = headers.get("content-encoding", "")
+            transfer.from_cache = bool(
+                response.get("fromDiskCache") or response.get("fromPrefetchCache")
+            )
+
+    def _data(self, event: dict[str, Any]) -> None:
+        if transfer := self.transfers.get(event["requestId"]):
+            transfer.decoded += event["dataLength"]
+
+    def _finished(self, event: dict[str, Any]) -> None:
+        if transfer := self.transfers.get(event["requestId"]):
+            transfer.wire = int(event["encodedDataLength"])
+            transfer.finished = True
+
+    def _playwright_finished(self, request: Request) -> None:
+        if self.recording:
+            self.finished_requests.append(request)
+
+    def collect(self) -> list[Transfer]:
+        """Stop recording; the page's finished transfers plus the workers'."""
+        self.recording = False
+        transfers = [t for t in self.transfers.values() if t.finished]
+        seen = Counter(t.url for t in transfers)
+        for request in self.finished_requests:
+            if seen[request.url] > 0:
+                seen[request.url] -= 1
+                continue
+            sizes = request.sizes()
+            response = request.response()
+            body = sizes["responseBodySize"]  # negative for a cache hit: nothing on the wire
+            if body == 0 and response is not None:
+                # A worker's own script reports no body bytes in the worker's session (its
+                # bytes arrive before the worker exists); the server's Content-Length is what
+                # crossed the wire.
+                body = int(response.headers.get("content-length", "0") or 0)
+            transfers.append(
+                Transfer(
+                    request.url,
+                    wire=max(0, sizes["responseHeadersSize"] + body),
+                    decoded=len(response.body()) if response is not None else 0,
+                    status=response.status if response is not None else 0,
+                    encoding=response.headers.get("content-encoding", "")
+                    if response is not None
+                    else "",
+                    worker=True,
+                    finished=True,
+                )
+            )
+        return transfers
+
+
+def _under(url: str, prefix: str) -> bool:
+    return url.startswith(prefix)
+
+
+@dataclass(frozen=True)
+class WireTotals:
+    app_wire: int
+    app_decoded: int
+    app_requests: int
+    dicomweb_wire: int
+    dicomweb_decoded: int
+    dicomweb_requests: int
+    dicomweb_preflights: int
+    over_network: list[Transfer]
+
+    @classmethod
+    def of(cls, transfers: list[Transfer], *, app: str, dicomweb: str) -> WireTotals:
+        ours = [t for t in transfers if _under(t.url, app + "/")]
+        dicom = [
+            t
+            for t in transfers
+            if _under(t.url, dicomweb + "/") and not _under(t.url, dicomweb + "/report")
+        ]
+        return cls(
+            app_wire=sum(t.wire for t in ours),
+            app_decoded=sum(t.decoded for t in ours),
+            app_requests=len(ours),
+            dicomweb_wire=sum(t.wire for t in dicom),
+            dicomweb_decoded=sum(t.decoded for t in dicom),
+            dicomweb_requests=sum(not t.preflight for t in dicom),
+            dicomweb_preflights=sum(t.preflight for t in dicom),
+            over_network=[t for t in ours if t.wire > 0],
+        )
+
+
+# --- one load ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    total_ms: float  # ours: click → first image; baseline: navigation start → first image
+    before_viewer_ms: float  # ours: click → start of the navigation to our launch URL
+    launch_ms: float  # ours: our launch endpoint (code → token exchange → 302)
+    viewer_ms: float  # the viewer page itself: its request → first image
+    server_timing: dict[str, float] = field(default_factory=dict)  # our launch's Server-Timing
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """`token;dur=12.5, app;dur=3.1` → {"token": 12.5, "app": 3.1} (milliseconds)."""
+    phases: dict[str, float] = {}
+    for entry in header.split(","):
+        name, _, params = entry.strip().partition(";")
+        duration = re.search(r"dur=([0-9.]+)", params)
+        if name and duration:
+            phases[name] = phases.get(name, 0.0) + float(duration.group(1))
+    return phases
+
+
+class BrowserSide:
+    """Where the viewer comes from (ours or the baseline), and how a load is timed."""
+
+    def __init__(self, name: str, study_uid: str) -> None:
+        self.name = name
+        self.study_uid = study_uid
+
+    def load(self, page: Page) -> Load:
+        raise NotImplementedError
+
+    @staticmethod
+    def wait_for_first_image(page: Page) -> dict[str, Any]:
+        page.wait_for_function(PROBE_DONE, timeout=IMAGE_TIMEOUT_MS, polling=100)
+        state: dict[str, Any] = page.evaluate(PROBE_STATE)
+        if state["notFound"]:
+            raise RuntimeError(f"OHIF gave up on the study ({page.url})")
+        return state
+
+
+class Ours(BrowserSide):
+    def __init__(self, stack: BenchStack, study_uid: str) -> None:
+        super().__init__("ours", study_uid)
+        self.stack = stack
+
+    def load(self, page: Page) -> Load:
+        page.goto(self.stack.album_url, wait_until="load")
+        # Our launch endpoint says where its time went (KHEOPS round trips, our own work).
+        launch_timing: list[str] = []
+
+        def on_response(response: Response) -> None:
+            if "/providers/ohif/launch?" in response.url:
+                launch_timing.append(response.headers.get("server-timing", ""))
+
+        page.on("response", on_response)
+        try:
+            clicked_at: float = page.evaluate(CLICK_OPEN_IN_OHIF, self.study_uid)
+            page.wait_for_url(VIEWER_PATH, timeout=IMAGE_TIMEOUT_MS)
+            state = self.wait_for_first_image(page)
+        finally:
+            page.remove_listener("response", on_response)
+        # The viewer document's navigation started at the meta refresh to our launch URL;
+        # its same-origin redirect (launch → viewer) is timed within it.
+        launch_end = state["redirectEnd"] or 0.0
+        return Load(
+            total_ms=state["drawnAt"] - clicked_at,
+            before_viewer_ms=state["timeOrigin"] - clicked_at,
+            launch_ms=launch_end,
+            viewer_ms=state["drawnAt"] - state["timeOrigin"] - launch_end,
+            server_timing=parse_server_timing(launch_timing[0]) if launch_timing else {},
+        )
+
+
+class Baseline(BrowserSide):
+    def __init__(self, viewer_url: str, study_uid: str, *, from_url: str) -> None:
+        super().__init__("baseline", study_uid)
+        self.viewer_url = viewer_url
+        self.from_url = from_url
+
+    def load(self, page: Page) -> Load:
+        # Leave from the KHEOPS album page, as ours does: another site, so Chromium gives the
+        # viewer a new renderer process, without the previous load's in-memory cache. (From
+        # about:blank or the viewer itself the process, and its memory cache, would be reused:
+        # a warm baseline twice as fast as any real navigation from KHEOPS.)
+        page.goto(self.from_url, wait_until="load")
+        page.evaluate("(url) => { location.assign(url); }", self.viewer_url)
+        page.wait_for_url(VIEWER_PATH, timeout=IMAGE_TIMEOUT_MS)
+        state = self.wait_for_first_image(page)
+        total = state["drawnAt"] - state["timeOrigin"]
+        return Load(total_ms=total, before_viewer_ms=0.0, launch_ms=0.0, viewer_ms=total)
+
+
+# --- the measurement ---------------------------------------------------------------------------
+
+
+def _launch_browser(playwright: Playwright) -> Browser:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+@contextmanager
+def _fresh_context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(FIRST_IMAGE_PROBE)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@contextmanager
+def _persistent_context(playwright: Playwright, profile: Path) -> Iterator[BrowserContext]:
+    # Incognito-like contexts keep no cache worth the name for a 17 MB bundle: a warm
+    # browser needs a profile on disk, as a clinician's browser has.
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, viewport=VIEWPORT
+    )
+    context.add_init_script(FIRST_IMAGE_PROBE)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def baseline_config(stack: BenchStack, study_uid: str) -> tuple[str, str]:
+    """(launch id, app-config.js) of one real launch through our app, as a browser gets them."""
+    with http_session() as browser:
+        viewer = browser.get(stack.launch_url(study_uid), timeout=30)
+        viewer.raise_for_status()
+        launch_id = urlsplit(viewer.url).path.split("/")[2]
+        config = browser.get(f"{stack.app_url}/launches/{launch_id}/app-config.js", timeout=30)
+        config.raise_for_status()
+    if "Bearer " not in config.text:
+        raise RuntimeError("our app-config.js carries no token")
+    return launch_id, config.text
+
+
+def warm_up_servers(stack: BenchStack) -> None:
+    """A few launches without a browser, so that each gunicorn worker has most likely
+    served one (its first launch pays for lazy imports and connections)."""
+    # KHEOPS's codes carry no nonce: the same user launching the same study within a second
+    # gets the same code, which our app refuses as a replay. So no two launches here are
+    # alike, and the measured ones (alice, CT) come more than a second later.
+    launches = [(user, study) for user in ("bob", "alice") for study in reversed(stack.study_uids)]
+    for user, study in launches[: 2 * len(stack.worker_pids())]:
+        with http_session() as client:
+            client.get(stack.launch_url(study, username=user), timeout=30).raise_for_status()
+    time.sleep(1.1)
+
+
+@dataclass
+class Samples:
+    ours: list[Load] = field(default_factory=list)
+    baseline: list[Load] = field(default_factory=list)
+
+
+def measure() -> list[_harness.Result]:
+    started = time.monotonic()
+    with BenchStack.start(name=BENCHMARK) as stack:
+        print(f"browser: stack up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        study = stack.sample_study_uid("CT")
+        launch_id, app_config = baseline_config(stack, study)
+        bundle_dir = (OHIF_ROOT / "current").resolve()
+        with (
+            StaticOhif(bundle_dir, launch_id=launch_id, app_config=app_config) as static,
+            sync_playwright() as playwright,
+        ):
+            ours = Ours(stack, study)
+            baseline = Baseline(
+                f"{static.url}/launches/{launch_id}/viewer?StudyInstanceUIDs={study}",
+                study,
+                from_url=stack.album_url,
+            )
+            cold, wire, reload = measure_cold(playwright, stack, ours, baseline)
+            warm = measure_warm(playwright, ours, baseline)
+        workers = len(stack.worker_pids())
+    server = f"gunicorn {workers} workers x 4 threads; {stack.database.vendor}"
+    print(f"browser: measured in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return [
+        *timing_results("cold", cold, server),
+        *timing_results("warm", warm, server),
+        *wire_results(wire, reload),
+    ]
+
+
+def measure_cold(
+    playwright: Playwright, stack: BenchStack, ours: Ours, baseline: Baseline
+) -> tuple[Samples, list[WireTotals], list[WireTotals]]:
+    samples, wire, reload = Samples(), [], []
+    browser = _launch_browser(playwright)
+    try:
+        # Unmeasured: the servers' first requests (imports, page cache; every gunicorn
+        # worker's first launch) and Chromium's own start-up are not what a click costs.
+        warm_up_servers(stack)
+        with _fresh_context(browser) as context:
+            ours.load(context.new_page())
+        for run in range(RUNS):
+            # Alternate who goes first: neither side always follows the other's load.
+            for side in (ours, baseline) if run % 2 == 0 else (baseline, ours):
+                with _fresh_context(browser) as context:
+                    page = context.new_page()
+                    log = WireLog.attach(context, page)
+                    log.start()
+                    load = side.load(page)
+                    (samples.ours if side is ours else samples.baseline).append(load)
+                    if side is not ours:
+                        log.collect()
+                        continue
+                    wire.append(
+                        WireTotals.of(log.collect(), app=stack.app_url, dicomweb=stack.dicomweb_url)
+                    )
+                    if run >= RELOAD_RUNS:
+                        continue
+                    log.start()
+                    page.reload()
+                    BrowserSide.wait_for_first_image(page)
+                    reload.append(
+                        WireTotals.of(log.collect(), app=stack.app_url, dicomweb=stack.dicomweb_url)
+                    )
+                    if TRACE and run == 0:
+                        write_trace(browser, ours)
+    finally:
+        browser.close()
+    return samples, wire, reload
+
+
+def measure_warm(playwright: Playwright, ours: Ours, baseline: Baseline) -> Samples:
+    samples = Samples()
+    with tempfile.TemporaryDirectory(prefix="bench-browser-profiles-") as profiles:
+        with (
+            _persistent_context(playwright, Path(profiles) / "ours") as ours_context,
+            _persistent_context(playwright, Path(profiles) / "baseline") as baseline_context,
+        ):
+            pages = {ours: ours_context.pages[0], baseline: baseline_context.pages[0]}
+            for _ in range(WARMUP_LOADS):
+                for side, page in pages.items():
+                    side.load(page)
+            for run in range(RUNS):
+                for side in (ours, baseline) if run % 2 == 0 else (baseline, ours):
+                    (samples.ours if side is ours else samples.baseline).append(
+                        side.load(pages[side])
+                    )
+    return samples
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result(_harness.Result):
+    """A result with an optional target: the median must be at most `target`."""
+
+    target: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        data = super().as_json()
+        if self.target is not None:
+            data["target_met"] = data["median"] <= self.target
+        return data
+
+
+def timing_results(kind: str, samples: Samples, server: str) -> list[Result]:
+    ours = [load.total_ms for load in samples.ours]
+    baseline = [load.total_ms for load in samples.baseline]
+    # Pairs measured back to back: their ratios cancel drift of the machine over the run.
+    ratios = [a / b for a, b in zip(ours, baseline, strict=True)]
+    median_ratio = statistics.median(ours) / statistics.median(baseline)
+    cache = (
+        "fresh context, empty cache"
+        if kind == "cold"
+        else f"persistent profile, loaded {WARMUP_LOADS}x before"
+    )
+    return [
+        Result(
+            BENCHMARK,
+            f"{kind}: ours, click → first image",
+            "ms",
+            ours,
+            f"{cache}; KHEOPS form POST → launch → OHIF; {server}",
+        ),
+        Result(
+            BENCHMARK,
+            f"{kind}: baseline, navigation → first image",
+            "ms",
+            baseline,
+            "same bundle and app-config.js from a static file server (no Django), same DICOMweb",
+        ),
+        Result(
+            BENCHMARK,
+            f"{kind}: ratio ours / baseline",
+            "ratio",
+            ratios,
+            f"per back-to-back pair; ratio of medians {median_ratio:.2f}",
+            target=RATIO_TARGET,
+        ),
+        Result(
+            BENCHMARK,
+            f"{kind}: ours, click → our launch URL requested",
+            "ms",
+            [load.before_viewer_ms for load in samples.ours],
+            "KHEOPS: form POST /api/report, meta-refresh page",
+        ),
+        Result(
+            BENCHMARK,
+            f"{kind}: ours, launch endpoint (code → token → 302)",
+            "ms",
+            [load.launch_ms for load in samples.ours],
+            "our /providers/ohif/launch as the browser saw it; its Server-Timing, medians: "
+            + (server_timing_medians(samples.ours) or "(none sent)"),
+        ),
+        Result(
+            BENCHMARK,
+            f"{kind}: ours, viewer page → first image",
+            "ms",
+            [load.viewer_ms for load in samples.ours],
+            "compare with the baseline's navigation → first image",
+        ),
+    ]
+
+
+def server_timing_medians(loads: list[Load]) -> str:
+    phases = sorted({phase for load in loads for phase in load.server_timing})
+    return ", ".join(
+        f"{phase} {statistics.median(load.server_timing.get(phase, 0.0) for load in loads):.0f} ms"
+        for phase in phases
+    )
+
+
+def wire_results(cold: list[WireTotals], reload: list[WireTotals]) -> list[Result]:
+    first = cold[0]
+    uncompressed = [t for t in first.over_network if not t.encoding and t.decoded > 1024]
+    again = reload[0].over_network
+    return [
+        Result(
+            BENCHMARK,
+            "cold load: our app's origin, on the wire",
+            "MB",
+            [w.app_wire / MB for w in cold],
+            f"{first.app_requests} requests (launch redirect, page, app-config.js, OHIF bundle), "
+            f"headers included; sent uncompressed (> 1 KB): "
+            + (
+                ", ".join(f"{_short(t.url)} {t.decoded / KB:.0f} KB" for t in uncompressed)
+                or "none"
+            ),
+            target=COLD_WIRE_TARGET_MB,
+        ),
+        Result(
+            BENCHMARK,
+            "cold load: our app's origin, decoded",
+            "MB",
+            [w.app_decoded / MB for w in cold],
+            "the same responses' bodies after decompression",
+        ),
+        Result(
+            BENCHMARK,
+            "cold load: DICOMweb (KHEOPS), on the wire",
+            "KB",
+            [w.dicomweb_wire / KB for w in cold],
+            f"{first.dicomweb_requests} requests (QIDO, metadata, frame of the CT study) "
+            f"and {first.dicomweb_preflights} CORS preflights (no bytes reported for those)",
+        ),
+        Result(
+            BENCHMARK,
+            "warm reload: our app's origin, on the wire",
+            "KB",
+            [w.app_wire / KB for w in reload],
+            f"page.reload() in the cold load's context; {len(again)} from the network: "
+            + ", ".join(sorted({_short(t.url) for t in again})),
+            target=WARM_RELOAD_TARGET_KB,
+        ),
+        Result(
+            BENCHMARK,
+            "warm reload: DICOMweb (KHEOPS), on the wire",
+            "KB",
+            [w.dicomweb_wire / KB for w in reload],
+            f"{reload[0].dicomweb_requests} requests, {reload[0].dicomweb_preflights} preflights: "
+            "the browser reuses none of them: every load of the viewer fetches them again",
+        ),
+    ]
+
+
+def _short(url: str) -> str:
+    path = urlsplit(url).path
+    return re.sub(r"/launches/[^/]+/", "/launches/…/", path)
+
+
+def write_trace(browser: Browser, ours: Ours) -> None:
+    """Diagnostics for a missed target: every transfer of a cold load and of its reload,
+    and a Chrome performance trace of a cold load (open it in chrome://tracing or Perfetto)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with _fresh_context(browser) as fresh:
+        fresh_page = fresh.new_page()
+        log = WireLog.attach(fresh, fresh_page)
+        browser.start_tracing(
+            page=fresh_page, path=str(ARTIFACTS / "cold-load-trace.json"), screenshots=False
+        )
+        log.start()
+        ours.load(fresh_page)
+        transfers = log.collect()
+        browser.stop_tracing()
+        log.start()
+        fresh_page.reload()
+        BrowserSide.wait_for_first_image(fresh_page)
+        reloaded = log.collect()
+    for name, items in (
+        ("cold-load-transfers.json", transfers),
+        ("reload-transfers.json", reloaded),
+    ):
+        (ARTIFACTS / name).write_text(
+            json.dumps([t.__dict__ for t in items], indent=1) + "\n", encoding="utf-8"
+        )
+    print(f"browser: diagnostics in {ARTIFACTS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    _harness.main(BENCHMARK, measure)
