@@ -154,17 +154,17 @@ VIEWER_PATH = re.compile(r"/launches/[^/]+/viewer")
 class StaticOhif(ThreadingHTTPServer):
     """OHIF's installed bundle, its index.html and one fixed app-config.js; nothing else.
 
-    URL layout as ours (assets under /static/ohif/, the viewer under /launches/<id>/), so
-    the very same bundle and app-config.js work unchanged.
+    URL layout as ours (assets under the installed bundle's versioned prefix, the viewer
+    under /launches/<id>/), so the very same bundle and app-config.js work unchanged; cache
+    lifetimes as ours (everything under the versioned prefix is immutable).
     """
 
     daemon_threads = True
-    # Content-hashed names, as WhiteNoise's immutable test in our settings (16+ hex digits).
-    HASHED = re.compile(r"(^|[./])[0-9a-f]{16,}\.[A-Za-z0-9]+$")
 
     def __init__(self, bundle_dir: Path, *, launch_id: str, app_config: str) -> None:
         super().__init__(("127.0.0.1", free_port()), _StaticOhifHandler)
         self.static_dir = (bundle_dir / "static").resolve()
+        self.asset_prefix = json.loads((bundle_dir / "bundle.json").read_text())["asset_prefix"]
         self.config_path = f"/launches/{launch_id}/app-config.js"
         self.viewer_prefix = f"/launches/{launch_id}/"
         index = (bundle_dir / "index.html").read_text(encoding="utf-8")
@@ -191,8 +191,8 @@ class _StaticOhifHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
-        if path.startswith("/static/ohif/"):
-            self._file(path.removeprefix("/static/ohif/"))
+        if path.startswith(self.server.asset_prefix):
+            self._file(path.removeprefix(self.server.asset_prefix))
         elif path == self.server.config_path:
             self._send(
                 HTTPStatus.OK,
@@ -222,9 +222,7 @@ class _StaticOhifHandler(BaseHTTPRequestHandler):
             "Last-Modified": formatdate(stat.st_mtime, usegmt=True),
             "Vary": "Accept-Encoding",
             # WhiteNoise's lifetimes in our settings: forever for hashed names, else 300 s.
-            "Cache-Control": "public, max-age=315360000, immutable"
-            if StaticOhif.HASHED.search(path.name)
-            else "public, max-age=300",
+            "Cache-Control": "public, max-age=315360000, immutable",
         }
         if self.headers.get("If-None-Match") == etag:
             self._send(HTTPStatus.NOT_MODIFIED, b"", None, headers)

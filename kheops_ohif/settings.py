@@ -5,6 +5,7 @@ production (DEBUG off, HTTPS-only cookies when the public URL is https); `make r
 what the local demo needs.
 """
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -214,18 +215,17 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 OHIF_ROOT = Path(os.environ.get("OHIF_ROOT", BASE_DIR / "var" / "ohif"))
-OHIF_ASSET_URL = f"{STATIC_URL}ohif/"
 OHIF_BUNDLE_SPEC = BASE_DIR / "ohif-bundle.json"
+_ohif = json.loads(OHIF_BUNDLE_SPEC.read_text())
+# The version is part of the URL: every file under it can be cached forever, including the
+# dozen OHIF files whose names carry no content hash (app.bundle.css, chunk stylesheets).
+OHIF_ASSET_URL = f"{STATIC_URL}ohif/{_ohif['version']}-{_ohif.get('install_format', 1)}/"
 NPM_REGISTRY_URL = os.environ.get("NPM_REGISTRY_URL", "https://registry.npmjs.org").rstrip("/")
 WHITENOISE_MAX_AGE = envint("STATIC_MAX_AGE", 300)
-# Cached forever: OHIF's files named after a 16-hex-digit content hash
-# ("app.bundle.0f6159c501addfe9.js", "a34f9d1faa5f3315.woff2") and our own files hashed by
+# Cached forever: the OHIF bundle (its URLs name its version) and our own files hashed by
 # ManifestStaticFilesStorage ("banner.3f2a1b9c0d4e.js"). WhiteNoise matches the URL path
 # without the sub-path.
-WHITENOISE_IMMUTABLE_FILE_TEST = (
-    r"^/static/(ohif/(.*/)?([^/]*\.)?[0-9a-f]{16,}\.[A-Za-z0-9]+"
-    r"|(?!ohif/).*\.[0-9a-f]{12}\.[A-Za-z0-9]+)$"
-)
+WHITENOISE_IMMUTABLE_FILE_TEST = r"^/static/(ohif/[^/]+/.+|(?!ohif/).*\.[0-9a-f]{12}\.[A-Za-z0-9]+)$"
 WHITENOISE_MIMETYPES = {".wasm": "application/wasm", ".mjs": "text/javascript"}
 # WhiteNoise answers `Access-Control-Allow-Origin: *` by default; nothing of ours needs it.
 WHITENOISE_ALLOW_ALL_ORIGINS = False

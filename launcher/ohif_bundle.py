@@ -37,9 +37,6 @@ from pathlib import Path, PurePosixPath
 import brotli
 import requests
 
-# Bumped when the install layout or the rewrite rules change, so that an older install of
-# the same OHIF version is redone.
-INSTALL_FORMAT = 1
 APP_CONFIG_PLACEHOLDER = "__KHEOPS_OHIF_APP_CONFIG_URL__"
 MARKER = "bundle.json"
 
@@ -87,6 +84,14 @@ class BundleSpec:
     package: str
     version: str
     integrity: str  # "sha512-<base64>", as the npm registry publishes it
+    # Bumped (in ohif-bundle.json) when the install layout or the rewrite rules change: an
+    # older install of the same version is then redone, and served under new URLs.
+    install_format: int = 1
+
+    @property
+    def asset_directory(self) -> str:
+        """The URL segment the bundle is served under: its files can be cached forever."""
+        return f"{self.version}-{self.install_format}"
 
     @property
     def tarball_name(self) -> str:
@@ -117,7 +122,7 @@ class InstalledBundle:
             self.version == spec.version
             and self.integrity == spec.integrity
             and self.asset_prefix == asset_prefix
-            and self.install_format == INSTALL_FORMAT
+            and self.install_format == spec.install_format
         )
 
 
@@ -133,7 +138,12 @@ def load_spec(path: Path) -> BundleSpec:
     integrity = data["integrity"]
     if not integrity.startswith("sha512-"):
         raise BundleError(f"{path}: only sha512 integrity values are accepted, got {integrity!r}")
-    return BundleSpec(package=data["package"], version=data["version"], integrity=integrity)
+    return BundleSpec(
+        package=data["package"],
+        version=data["version"],
+        integrity=integrity,
+        install_format=int(data.get("install_format", 1)),
+    )
 
 
 def installed_bundle(root: Path) -> InstalledBundle | None:
@@ -200,7 +210,7 @@ def install(
                     "version": spec.version,
                     "integrity": spec.integrity,
                     "asset_prefix": asset_prefix,
-                    "install_format": INSTALL_FORMAT,
+                    "install_format": spec.install_format,
                 },
                 indent=2,
             )

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
+from django.conf import settings
 from django.test import Client
 
 from launcher import services
@@ -68,7 +69,8 @@ def test_app_config_installs_the_token_and_one_kheops_data_source(
     assert source["configuration"]["thumbnailRendering"] == "wadors"
     for unsafe in ("dangerouslyUseDynamicConfig", "customizationUrlPrefixes", "oidc", "dicomjson", "dicomwebproxy"):
         assert unsafe not in script
-    assert 'window.PUBLIC_URL = "/static/ohif/"' in script
+    assert f'window.PUBLIC_URL = "{settings.OHIF_ASSET_URL}"' in script
+    assert settings.OHIF_ASSET_URL.startswith("/static/ohif/")
 
 
 def test_another_browser_gets_a_403_page_and_never_the_token(
