@@ -420,8 +420,9 @@ def _exchange(
 
 def store_grant(session: SessionBase, grant: ViewerGrant) -> None:
     # A new session key at each launch: the grant must not ride on a key an attacker may
-    # have planted (session fixation).
-    session.cycle_key()
+    # have planted (session fixation). A browser without a session gets a fresh key anyway.
+    if session.session_key is not None:
+        session.cycle_key()
     grants: dict[str, dict] = dict(session.get(SESSION_KEY, {}))
     now = time.time()
     grants = {k: v for k, v in grants.items() if v.get("expires_at", 0) > now}
