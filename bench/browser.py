@@ -68,18 +68,9 @@ from playwright.sync_api import (  # noqa: E402
     sync_playwright,
 )
 
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 BENCHMARK = "browser"
-CHROMIUM = "/usr/lib/chromium/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1280, "height": 800}
 RUNS = int(os.environ.get("BENCH_BROWSER_RUNS", "5"))
 WARMUP_LOADS = 2

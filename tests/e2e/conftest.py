@@ -17,22 +17,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.e2e.journey import ARTIFACTS, Journey
 from tests.stack import Stack
-
-# Debian's `chromium` package (TEST_DEBIAN_PACKAGES in the Makefile); Playwright never downloads
-# a browser here.
-CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/lib/chromium/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="package")

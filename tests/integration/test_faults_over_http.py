@@ -1,4 +1,4 @@
-"""KHEOPS faults over real HTTP with the stand-in, beyond test_launch_over_http.py.
+"""KHEOPS faults over real HTTP with the stand-in: the right page in time, then recovery.
 
 Byte-level faults (trickled, huge or reset answers) are in tests/test_faults.py.
 """
@@ -27,8 +27,14 @@ from tests.stack import Stack
         ({"token_status": 403}, 403, LaunchOutcome.CODE_REJECTED),
         ({"token_status": 404}, 502, LaunchOutcome.KHEOPS_MALFORMED),
         ({"token_delay_seconds": 5}, 504, LaunchOutcome.KHEOPS_TIMEOUT),
+        ({"token_garbage": True}, 502, LaunchOutcome.KHEOPS_MALFORMED),
+        ({"discovery_down": True}, 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+        ({"discovery_garbage": True}, 502, LaunchOutcome.KHEOPS_MALFORMED),
     ],
-    ids=["token-502", "token-503", "token-400", "token-401", "token-403", "token-404", "token-slow"],
+    ids=[
+        "token-502", "token-503", "token-400", "token-401", "token-403", "token-404", "token-slow",
+        "token-garbage", "discovery-down", "discovery-garbage",
+    ],
 )
 def test_a_fault_then_the_same_link_works_once_kheops_is_back(
     live_stack: Stack, settings, faults: dict, status: int, outcome: LaunchOutcome
@@ -43,6 +49,7 @@ def test_a_fault_then_the_same_link_works_once_kheops_is_back(
 
     assert response.status_code == status
     assert "Cannot open the viewer" in response.text
+    assert f'href="{live_stack.kheops.root_url}/albums/' in response.text
     assert elapsed < settings.KHEOPS_HTTP_TIMEOUT + 1
     live_stack.kheops.reset()
     # The code was not spent by the failed exchange, and KHEOPS's codes live 600 s.

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-import time
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 import requests
 
 from launcher.models import LaunchOutcome, LaunchRecord
@@ -94,38 +92,6 @@ def test_the_token_only_reaches_the_launched_study(live_stack: Stack) -> None:
     )
 
     assert qido.status_code == 204
-
-
-@pytest.mark.parametrize(
-    ("faults", "status", "outcome"),
-    [
-        ({"token_status": 500}, 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
-        ({"token_garbage": True}, 502, LaunchOutcome.KHEOPS_MALFORMED),
-        ({"discovery_down": True}, 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
-        ({"discovery_garbage": True}, 502, LaunchOutcome.KHEOPS_MALFORMED),
-        ({"token_delay_seconds": 3}, 504, LaunchOutcome.KHEOPS_TIMEOUT),
-    ],
-)
-def test_kheops_faults_get_the_right_page_and_recovery_works(
-    live_stack: Stack, settings, faults: dict, status: int, outcome: LaunchOutcome
-) -> None:
-    settings.KHEOPS_HTTP_TIMEOUT = 1.0
-    launch_url = kheops_launch_url(live_stack)
-    live_stack.kheops.set_faults(**faults)
-
-    started = time.monotonic()
-    response = requests.get(launch_url, allow_redirects=False, timeout=20)
-    elapsed = time.monotonic() - started
-
-    assert response.status_code == status
-    assert "Cannot open the viewer" in response.text
-    assert f'href="{live_stack.kheops.root_url}/albums/' in response.text
-    assert elapsed < settings.KHEOPS_HTTP_TIMEOUT + 1.5
-    assert LaunchRecord.objects.get().outcome == outcome
-
-    live_stack.kheops.reset()
-    retry = requests.get(kheops_launch_url(live_stack), allow_redirects=False, timeout=20)
-    assert retry.status_code == 302
 
 
 def test_an_expired_code_is_refused_by_kheops(live_stack: Stack) -> None:
