@@ -206,3 +206,28 @@ class LaunchRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.outcome}"
+
+
+class LaunchGrant(models.Model):
+    """What the viewer of one successful launch needs, bound to the browser that launched.
+
+    The browser holds a random key in a cookie scoped to this launch's viewer path; the row
+    keeps only its hash, so the viewer answers no other browser. The KHEOPS token is sealed.
+    """
+
+    launch_id = models.CharField(max_length=32, primary_key=True)
+    browser_key_hash = models.CharField(max_length=64)
+    sealed_token = models.TextField()
+    expires_at = models.DateTimeField(db_index=True)
+    dicomweb_endpoint = models.CharField(max_length=300)
+    study_uids = models.JSONField(default=list)
+    mode = models.CharField(max_length=32)
+    return_uri = models.CharField(max_length=2048, blank=True)
+    user_name = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = _("viewer grant")
+        verbose_name_plural = _("viewer grants")
+
+    def __str__(self) -> str:
+        return f"viewer grant {self.launch_id}"

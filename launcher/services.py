@@ -1,4 +1,4 @@
-"""The launch: from KHEOPS's redirect to a viewer grant bound to the browser session.
+"""The launch: from KHEOPS's redirect to a viewer grant bound to the browser that launched.
 
 Views parse and render; everything that decides lives here, in keyword-only functions.
 """
@@ -6,17 +6,17 @@ Views parse and render; everything that decides lives here, in keyword-only func
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.contrib.sessions.backends.base import SessionBase
 from django.core.cache import cache
 from django.db import IntegrityError, connection, connections, transaction
 from django.http import QueryDict
@@ -25,6 +25,7 @@ from django.utils import timezone
 from launcher import keys, kheops, sealing
 from launcher.models import (
     KheopsServer,
+    LaunchGrant,
     LaunchOutcome,
     LaunchRecord,
     Provider,
@@ -43,9 +44,9 @@ MAX_CODE_LENGTH = 8192
 MAX_STUDIES = 50
 # KHEOPS codes live 600 s plus 60 s leeway: a used-code row older than that guards nothing.
 USED_CODE_RETENTION = timedelta(seconds=660)
-SESSION_KEY = "kheops_ohif_launches"
-MAX_GRANTS_PER_SESSION = 20
 _GRANT_PURPOSE = "access-token"
+# An expired grant is kept this long so that its viewer URL says "expired", not "not yours".
+GRANT_RETENTION_AFTER_EXPIRY = timedelta(days=1)
 
 
 class LaunchFailed(Exception):
@@ -82,7 +83,7 @@ class LaunchParams:
 
 @dataclass(frozen=True)
 class ViewerGrant:
-    """What the viewer of one launch needs; lives in the server-side session."""
+    """What the viewer of one launch needs (a LaunchGrant row, its token unsealed)."""
 
     launch_id: str
     access_token: str = field(repr=False)
@@ -92,6 +93,8 @@ class ViewerGrant:
     mode: str
     return_uri: str | None
     user_name: str
+    # The secret the launching browser keeps in its cookie; known only at launch.
+    browser_key: str = field(default="", repr=False)
 
     @property
     def seconds_left(self) -> int:
@@ -264,7 +267,6 @@ def launch(
     *,
     provider: Provider | None,
     query: QueryDict | None,
-    session: SessionBase,
     remote_addr: str | None,
     http: Any,
 ) -> ViewerGrant:
@@ -326,16 +328,17 @@ def launch(
             mode=provider.mode,
             return_uri=return_uri,
             user_name=user.name if user else "",
+            browser_key=secrets.token_urlsafe(32),
         )
         record.launch_id = viewer_grant.launch_id
         record.expires_at = timezone.now() + timedelta(seconds=grant.expires_in)
         if user is not None:
             record.user_sub, record.user_name, record.user_email = user.sub, user.name, user.email
         record.outcome = LaunchOutcome.SUCCESS
-        # One commit for the audit row and the new session row (each commit is a disk sync).
+        # One commit for the audit row and the grant (each commit is a disk sync).
         with transaction.atomic():
             record.save()
-            store_grant(session, viewer_grant)
+            store_grant(viewer_grant)
         logger.info(
             "launch %s succeeded: server=%s client_id=%s studies=%d",
             viewer_grant.launch_id,
@@ -415,51 +418,55 @@ def _exchange(
     return discovery, grant, user
 
 
-# --- The viewer grant in the session -------------------------------------------------
+# --- The viewer grant ---------------------------------------------------------------
 
 
-def store_grant(session: SessionBase, grant: ViewerGrant) -> None:
-    # A new session key at each launch: the grant must not ride on a key an attacker may
-    # have planted (session fixation). A browser without a session gets a fresh key anyway.
-    if session.session_key is not None:
-        session.cycle_key()
-    grants: dict[str, dict] = dict(session.get(SESSION_KEY, {}))
-    now = time.time()
-    grants = {k: v for k, v in grants.items() if v.get("expires_at", 0) > now}
-    grants[grant.launch_id] = {
-        "token": sealing.seal(grant.access_token, purpose=_GRANT_PURPOSE),
-        "expires_at": grant.expires_at,
-        "dicomweb_endpoint": grant.dicomweb_endpoint,
-        "study_uids": list(grant.study_uids),
-        "mode": grant.mode,
-        "return_uri": grant.return_uri,
-        "user_name": grant.user_name,
-    }
-    if len(grants) > MAX_GRANTS_PER_SESSION:
-        newest = sorted(grants.items(), key=lambda kv: kv[1]["expires_at"])[-MAX_GRANTS_PER_SESSION:]
-        grants = dict(newest)
-    session[SESSION_KEY] = grants
-    # Keep the session at least as long as the token.
-    session.set_expiry(max(settings.SESSION_COOKIE_AGE, int(grant.expires_at - now) + 60))
+def _key_hash(browser_key: str) -> str:
+    return hashlib.sha256(browser_key.encode()).hexdigest()
 
 
-def grant_for(session: SessionBase, launch_id: str) -> ViewerGrant | None:
-    entry = session.get(SESSION_KEY, {}).get(launch_id)
-    if not isinstance(entry, dict):
+def store_grant(grant: ViewerGrant) -> None:
+    """Keep the grant server-side; only the launching browser gets its key (a cookie).
+
+    A fresh random key per launch also rules out session fixation: nothing an attacker could
+    have planted in the browser beforehand binds to it.
+    """
+    LaunchGrant.objects.create(
+        launch_id=grant.launch_id,
+        browser_key_hash=_key_hash(grant.browser_key),
+        sealed_token=sealing.seal(grant.access_token, purpose=_GRANT_PURPOSE),
+        expires_at=datetime.fromtimestamp(grant.expires_at, tz=UTC),
+        dicomweb_endpoint=grant.dicomweb_endpoint,
+        study_uids=list(grant.study_uids),
+        mode=grant.mode,
+        return_uri=grant.return_uri or "",
+        user_name=grant.user_name,
+    )
+    # Opportunistic clean-up, like the used codes'.
+    if secrets.randbelow(20) == 0:
+        LaunchGrant.objects.filter(expires_at__lt=timezone.now() - GRANT_RETENTION_AFTER_EXPIRY).delete()
+
+
+def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
+    """The grant of `launch_id` if `browser_key` is the one its browser was given."""
+    if not browser_key:
+        return None
+    row = LaunchGrant.objects.filter(launch_id=launch_id).first()
+    if row is None or not hmac.compare_digest(row.browser_key_hash, _key_hash(browser_key)):
         return None
     try:
-        token = sealing.unseal(entry["token"], purpose=_GRANT_PURPOSE)
-    except (sealing.SealError, KeyError):
+        token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
+    except sealing.SealError:
         return None
     return ViewerGrant(
         launch_id=launch_id,
         access_token=token,
-        expires_at=float(entry["expires_at"]),
-        dicomweb_endpoint=entry["dicomweb_endpoint"],
-        study_uids=tuple(entry["study_uids"]),
-        mode=entry["mode"],
-        return_uri=entry.get("return_uri"),
-        user_name=entry.get("user_name", ""),
+        expires_at=row.expires_at.timestamp(),
+        dicomweb_endpoint=row.dicomweb_endpoint,
+        study_uids=tuple(row.study_uids),
+        mode=row.mode,
+        return_uri=row.return_uri or None,
+        user_name=row.user_name,
     )
 
 

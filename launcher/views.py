@@ -85,7 +85,6 @@ def launch(request: HttpRequest, slug: str) -> HttpResponse:
         grant = services.launch(
             provider=provider,
             query=query,
-            session=request.session,
             remote_addr=request.META.get("REMOTE_ADDR"),
             http=http,
         )
@@ -94,6 +93,18 @@ def launch(request: HttpRequest, slug: str) -> HttpResponse:
     else:
         # Post/Redirect/Get: the code leaves the address bar and the history right away.
         response = HttpResponseRedirect(viewer_url(grant))
+        # The viewer answers only the browser holding this key. SameSite=Lax: the launch is a
+        # cross-site top-level navigation from KHEOPS, and the cookie must come along on the
+        # redirect to the viewer; scoped to this launch's viewer path.
+        response.set_cookie(
+            grant_cookie_name(grant.launch_id),
+            grant.browser_key,
+            max_age=grant.seconds_left + 60,
+            path=reverse("viewer-root", kwargs={"launch_id": grant.launch_id}),
+            secure=settings.SESSION_COOKIE_SECURE,
+            httponly=True,
+            samesite="Lax",
+        )
     response["Server-Timing"] = server_timing(http.timings, time.perf_counter() - started)
     return response
 
@@ -104,6 +115,15 @@ def server_timing(calls: list[tuple[str, float]], total: float) -> str:
     parts = [f"{call};dur={seconds * 1000:.2f}" for call, seconds in calls]
     parts.append(f"app;dur={max(0.0, total - upstream) * 1000:.2f}")
     return ", ".join(parts)
+
+
+def grant_cookie_name(launch_id: str) -> str:
+    # One name per launch: several viewers may be open in one browser.
+    return f"kheops_ohif_grant_{launch_id}"
+
+
+def grant_from(request: HttpRequest, launch_id: str) -> services.ViewerGrant | None:
+    return services.grant_for(launch_id, request.COOKIES.get(grant_cookie_name(launch_id)))
 
 
 def viewer_url(grant: services.ViewerGrant) -> str:
@@ -139,7 +159,7 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
             for value in values
         ]
         return HttpResponseRedirect(request.path + ("?" + urlencode(query) if query else ""))
-    grant = services.grant_for(request.session, launch_id)
+    grant = grant_from(request, launch_id)
     if grant is None:
         return error_page(
             request,
@@ -170,7 +190,7 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
 @never_cache
 @require_GET
 def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
-    grant = services.grant_for(request.session, launch_id)
+    grant = grant_from(request, launch_id)
     if grant is None or grant.expired:
         return HttpResponse(
             "/* No viewer grant for this browser session. */\n",

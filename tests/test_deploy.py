@@ -4,7 +4,7 @@
 the usual deployment (behind a TLS-terminating proxy); these extend it to the other ones,
 and to what a browser receives.
 
-The launch arrives as a *cross-site* top-level navigation from KHEOPS. The session cookie
+The launch arrives as a *cross-site* top-level navigation from KHEOPS. The grant cookie
 set on that response is `SameSite=Lax` on purpose (Strict would not be sent on the
 redirect chain that began on KHEOPS's site in every browser); the redirect to the viewer is
 a same-origin GET, which a Lax cookie rides on.
@@ -81,17 +81,18 @@ def cross_site_launch(client: Client, fake: FakeKheops):
     )
 
 
-def test_the_launch_sets_a_secure_httponly_lax_session_cookie(
+def test_the_launch_sets_a_secure_httponly_lax_grant_cookie(
     client: Client, fake_kheops: FakeKheops, https_settings: None
 ) -> None:
     response = cross_site_launch(client, fake_kheops)
 
     assert response.status_code == 302
-    cookie = response.cookies["kheops_ohif_session"]
+    launch_id = response["Location"].split("/")[2]
+    cookie = response.cookies[f"kheops_ohif_grant_{launch_id}"]
     assert cookie["secure"] is True
     assert cookie["httponly"] is True
     assert cookie["samesite"] == "Lax"
-    assert cookie["path"] == "/"
+    assert cookie["path"] == f"/launches/{launch_id}/"
     assert response["Strict-Transport-Security"].startswith("max-age=31536000")
     assert response["Cache-Control"].startswith("max-age=0")
     assert "no-store" in response["Cache-Control"]

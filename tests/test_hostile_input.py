@@ -18,7 +18,7 @@ from django.contrib.sessions.models import Session
 from django.test import Client
 from django.utils.html import escape
 
-from launcher.models import LaunchOutcome, LaunchRecord
+from launcher.models import LaunchGrant, LaunchOutcome, LaunchRecord
 from tests import leakcheck
 from tests.fakes import (
     ALBUM_ID,
@@ -306,7 +306,7 @@ def test_hostile_cookies_do_not_break_a_launch(
     assert response.status_code == 302
     viewer = client.get(response["Location"])
     assert viewer.status_code == 200
-    assert Session.objects.count() == 1
+    assert LaunchGrant.objects.count() == 1
 
 
 # --- viewer routes ----------------------------------------------------------------------

@@ -10,8 +10,8 @@ import requests
 from django.test import Client
 from django.utils.html import escape
 
-from launcher import kheops, services
-from launcher.models import LaunchOutcome, LaunchRecord, UsedCode
+from launcher import kheops
+from launcher.models import LaunchGrant, LaunchOutcome, LaunchRecord, UsedCode
 from tests.fakes import (
     ALBUM_ID,
     CLIENT_ID,
@@ -97,23 +97,43 @@ def test_each_assertion_has_a_fresh_jti(client: Client, fake_kheops: FakeKheops)
     assert len(jtis) == 2
 
 
-def test_the_session_holds_the_grant_but_not_the_plain_token(client: Client, fake_kheops: FakeKheops) -> None:
-    client.get(fake_kheops.launch_url())
+def test_the_grant_is_kept_sealed_and_bound_to_a_browser_key(client: Client, fake_kheops: FakeKheops) -> None:
+    response = client.get(fake_kheops.launch_url())
     [token] = fake_kheops.issued_tokens
 
-    stored = client.session[services.SESSION_KEY]
-    assert len(stored) == 1
-    assert token not in repr(stored)
+    [grant] = LaunchGrant.objects.all()
+    assert token not in repr(LaunchGrant.objects.values().get())
+    cookie = response.cookies[f"kheops_ohif_grant_{grant.launch_id}"]
+    assert cookie.value not in repr(LaunchGrant.objects.values().get())
+    assert len(cookie.value) >= 40
 
 
-def test_the_session_key_changes_at_launch(client: Client, fake_kheops: FakeKheops) -> None:
-    client.get("/launches/whatever/viewer")  # an earlier session, maybe planted
-    client.session.save()
-    before = client.cookies.get("kheops_ohif_session")
-    client.get(fake_kheops.launch_url())
-    after = client.cookies["kheops_ohif_session"].value
+def test_each_launch_gets_a_fresh_http_only_cookie_scoped_to_its_viewer(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    first = client.get(fake_kheops.launch_url())
+    second = client.get(fake_kheops.launch_url())
 
-    assert before is None or before.value != after
+    cookies = []
+    for response in (first, second):
+        launch_id = response["Location"].split("/")[2]
+        cookie = response.cookies[f"kheops_ohif_grant_{launch_id}"]
+        assert cookie["path"] == f"/launches/{launch_id}/"
+        assert cookie["httponly"] is True
+        assert cookie["samesite"] == "Lax"
+        assert 3500 <= int(cookie["max-age"]) <= 3660
+        cookies.append(cookie.value)
+    assert cookies[0] != cookies[1]
+    assert "kheops_ohif_session" not in second.cookies
+
+
+def test_a_planted_cookie_binds_to_nothing(client: Client, fake_kheops: FakeKheops) -> None:
+    location = client.get(fake_kheops.launch_url())["Location"]
+    launch_id = location.split("/")[2]
+    attacker = Client()
+    attacker.cookies[f"kheops_ohif_grant_{launch_id}"] = "planted-by-an-attacker"
+
+    assert attacker.get(location).status_code == 403
 
 
 def test_a_replayed_launch_url_is_refused(client: Client, fake_kheops: FakeKheops) -> None:
@@ -281,7 +301,8 @@ def test_it_handles_every_token_endpoint_failure(
     record = LaunchRecord.objects.get()
     assert record.outcome == outcome
     assert record.launch_id is None
-    assert services.SESSION_KEY not in client.session
+    assert LaunchGrant.objects.count() == 0
+    assert not [name for name in response.cookies if name.startswith("kheops_ohif_grant_")]
     assert_no_secret(fake_kheops, page, caplog.text, audit_rows_text())
 
 

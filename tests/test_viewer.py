@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from launcher import services
+from launcher.models import LaunchGrant
 from tests.fakes import ROOT, STUDY_1, STUDY_2, FakeKheops
 
 
@@ -174,7 +174,7 @@ def test_a_session_keeps_several_launches_apart(
     token_1, token_2 = fake_kheops.issued_tokens
     assert token_1 in first_config and token_2 not in first_config
     assert token_2 in second_config and token_1 not in second_config
-    assert len(client.session[services.SESSION_KEY]) == 2
+    assert LaunchGrant.objects.count() == 2
 
 
 def test_values_in_the_config_cannot_break_out_of_the_script() -> None:
