@@ -230,11 +230,11 @@ WHITENOISE_MIMETYPES = {".wasm": "application/wasm", ".mjs": "text/javascript"}
 # WhiteNoise answers `Access-Control-Allow-Origin: *` by default; nothing of ours needs it.
 WHITENOISE_ALLOW_ALL_ORIGINS = False
 
-# Sessions hold the per-launch viewer grant (the KHEOPS token sealed with SECRET_KEY).
-# SameSite=Lax, not Strict: the launch is a cross-site top-level navigation from KHEOPS and
-# the session cookie set there must come back on the redirect to the viewer.
+# Django sessions serve the admin (and the audit API's browsable pages). Viewer grants are
+# not in them: each launch binds its LaunchGrant row to the browser with its own cookie
+# (launcher.views.launch), SameSite=Lax like this one.
 SESSION_COOKIE_NAME = "kheops_ohif_session"
-# With Redis, sessions live there (no disk sync per launch); otherwise in the database.
+# With Redis, sessions live there; otherwise in the database.
 SESSION_ENGINE = (
     "django.contrib.sessions.backends.cache" if REDIS_URL else "django.contrib.sessions.backends.db"
 )
