@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ import pydicom
 import pytest
 import requests
 from pydicom.uid import generate_uid
+from sandbox_harness import free_port  # on sys.path via tests/sandbox/conftest.py
 
 from sandbox.orthanc import OrthancProcess, orthanc_session
 from sandbox.samples import load_into_orthanc, sample_studies
@@ -40,12 +40,6 @@ TOKEN_STUDIES = (CT_STUDY, NM_STUDY)
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
 STOW_FAILED_SOP_SEQUENCE = "00081198"
 STOW_REFERENCED_SOP_SEQUENCE = "00081199"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- fixtures ------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ with temporary storage. No Django settings are involved in-process.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+from sandbox_harness import free_port  # on sys.path via tests/sandbox/conftest.py
 
 from sandbox.orthanc import (
     DEFAULT_STORAGE_DIR,
@@ -36,12 +36,6 @@ COMPRESSED_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
