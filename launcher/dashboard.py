@@ -50,7 +50,7 @@ def with_launch_counts(
         ),
         failures_in_window=Count(
             "launchrecord",
-            filter=~Q(launchrecord__outcome=LaunchOutcome.SUCCESS)
+            filter=~Q(launchrecord__outcome__in=[LaunchOutcome.SUCCESS, LaunchOutcome.PENDING])
             & Q(launchrecord__created_at__gte=since),
         ),
     )

@@ -161,6 +161,9 @@ class UsedCode(models.Model):
 
 class LaunchOutcome(models.TextChoices):
     SUCCESS = "success", _("success")
+    # The launch was accepted and its viewer is loading; the code is exchanged when the
+    # viewer asks for its token. A launch whose viewer never asked stays pending.
+    PENDING = "pending", _("pending: viewer not loaded")
     BAD_REQUEST = "bad_request", _("invalid launch parameters")
     UNKNOWN_PROVIDER = "unknown_provider", _("unknown provider")
     PROVIDER_DISABLED = "provider_disabled", _("provider disabled")
@@ -208,22 +211,41 @@ class LaunchRecord(models.Model):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.outcome}"
 
 
+class GrantState(models.TextChoices):
+    PENDING = "pending", _("code not yet exchanged")
+    READY = "ready", _("token ready")
+    FAILED = "failed", _("exchange failed")
+
+
 class LaunchGrant(models.Model):
-    """What the viewer of one successful launch needs, bound to the browser that launched.
+    """What the viewer of one launch needs, bound to the browser that launched.
 
     The browser holds a random key in a cookie scoped to this launch's viewer path; the row
-    keeps only its hash, so the viewer answers no other browser. The KHEOPS token is sealed.
+    keeps only its hash, so the viewer answers no other browser. A launch first stores the
+    sealed code (state pending) and redirects at once; the viewer's first token request
+    exchanges it, forgets it and keeps the sealed KHEOPS token instead (ready), or keeps why
+    the exchange failed (failed).
     """
 
     launch_id = models.CharField(max_length=32, primary_key=True)
     browser_key_hash = models.CharField(max_length=64)
-    sealed_token = models.TextField()
+    state = models.CharField(max_length=16, choices=GrantState.choices, default=GrantState.READY)
+    sealed_code = models.TextField(blank=True)
+    sealed_token = models.TextField(blank=True)
+    # Pending: until the code expires; ready: until the token expires.
     expires_at = models.DateTimeField(db_index=True)
+    client_id = models.CharField(max_length=64, blank=True)
+    provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.SET_NULL)
+    kheops_server = models.ForeignKey(
+        KheopsServer, null=True, blank=True, on_delete=models.SET_NULL
+    )
     dicomweb_endpoint = models.CharField(max_length=300)
     study_uids = models.JSONField(default=list)
     mode = models.CharField(max_length=32)
     return_uri = models.CharField(max_length=2048, blank=True)
     user_name = models.CharField(max_length=255, blank=True)
+    failure_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    failure_message = models.CharField(max_length=255, blank=True)
 
     class Meta:
         verbose_name = _("viewer grant")

@@ -7,6 +7,7 @@ during a SECRET_KEY rotation.
 
 import base64
 import hashlib
+from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -17,7 +18,11 @@ class SealError(Exception):
 
 
 def _fernet(purpose: str) -> MultiFernet:
-    secrets = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
+    return _fernet_for(purpose, (settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS))
+
+
+@lru_cache(maxsize=32)
+def _fernet_for(purpose: str, secrets: tuple[str, ...]) -> MultiFernet:
     keys = [
         base64.urlsafe_b64encode(
             hashlib.sha256(f"kheops-ohif:{purpose}:{secret}".encode()).digest()

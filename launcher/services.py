@@ -11,19 +11,20 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, connections
 from django.http import QueryDict
 from django.utils import timezone
 
-from launcher import keys, kheops, sealing
+from launcher import keys, kheops, sealing, writes
 from launcher.models import (
+    GrantState,
     KheopsServer,
     LaunchGrant,
     LaunchOutcome,
@@ -45,12 +46,25 @@ MAX_STUDIES = 50
 # KHEOPS codes live 600 s plus 60 s leeway: a used-code row older than that guards nothing.
 USED_CODE_RETENTION = timedelta(seconds=660)
 _GRANT_PURPOSE = "access-token"
+_CODE_PURPOSE = "launch-code"
+# KHEOPS codes live 600 s: a launch whose viewer has not exchanged its code by then cannot.
+PENDING_LIFETIME = timedelta(seconds=600)
 # An expired grant is kept this long so that its viewer URL says "expired", not "not yours".
 GRANT_RETENTION_AFTER_EXPIRY = timedelta(days=1)
 
 
-class LaunchFailed(Exception):
-    """A launch that cannot go on; carries what the error page and the audit row need."""
+class ViewerRefused(Exception):
+    """The viewer of a launch cannot open: what the error page and the token answer say."""
+
+    def __init__(self, status: int, message: str, *, return_uri: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.return_uri = return_uri
+
+
+class LaunchFailed(ViewerRefused):
+    """A launch that cannot go on; also carries what its audit row needs."""
 
     def __init__(
         self,
@@ -61,12 +75,15 @@ class LaunchFailed(Exception):
         detail: str = "",
         return_uri: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(status, message, return_uri=return_uri)
         self.outcome = outcome
-        self.status = status
-        self.message = message
         self.detail = detail
-        self.return_uri = return_uri
+
+
+NOT_YOURS = (
+    "This viewer link belongs to another browser session. Open the study again from KHEOPS."
+)
+EXPIRED = "Your access to this study has expired. Open it again from KHEOPS."
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,9 @@ class ViewerGrant:
     user_name: str
     # The secret the launching browser keeps in its cookie; known only at launch.
     browser_key: str = field(default="", repr=False)
+    state: str = GrantState.READY
+    failure_status: int | None = None
+    failure_message: str = ""
 
     @property
     def seconds_left(self) -> int:
@@ -185,6 +205,25 @@ def provider_for(slug: str) -> Provider | None:
     return _cached(f"provider:{slug}", lambda: Provider.objects.filter(slug=slug).first())
 
 
+def default_provider() -> Provider | None:
+    return _cached(
+        "provider:(default)",
+        lambda: Provider.objects.filter(is_default=True, enabled=True).first(),
+    )
+
+
+def _provider_by_id(pk: int | None) -> Provider | None:
+    if pk is None:
+        return None
+    return _cached(f"provider-id:{pk}", lambda: Provider.objects.filter(pk=pk).first())
+
+
+def _server_by_id(pk: int | None) -> KheopsServer | None:
+    if pk is None:
+        return None
+    return _cached(f"server-id:{pk}", lambda: KheopsServer.objects.filter(pk=pk).first())
+
+
 def trusted_server_for(conf_uri: str) -> KheopsServer | None:
     # Exact string equality with the discovery URL of an enabled, trusted server: no
     # normalisation that an attacker could play with.
@@ -218,48 +257,31 @@ def _code_hash(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
-def claim_code(code: str) -> bool:
-    """Record `code` as used; False if it was used before (atomic across processes).
-
-    With Redis (REDIS_URL), an atomic SET NX with a TTL does it without a disk sync; else the
-    primary key of the UsedCode table decides.
-    """
-    code_hash = _code_hash(code)
-    if settings.REDIS_URL:
-        return cache.add(f"used-code:{code_hash}", 1, int(USED_CODE_RETENTION.total_seconds()))
-    now = timezone.now()
-    try:
-        if connection.in_atomic_block:
-            # A savepoint, so that a duplicate leaves the outer transaction usable.
-            with transaction.atomic():
-                UsedCode.objects.create(code_hash=code_hash, used_at=now)
-        else:
-            # Autocommit: one statement, one round trip; the primary key decides.
-            UsedCode.objects.create(code_hash=code_hash, used_at=now)
-    except IntegrityError:
-        return False
-    # Opportunistic clean-up keeps the table at about ten minutes of launches.
-    if secrets.randbelow(20) == 0:
-        UsedCode.objects.filter(used_at__lt=now - USED_CODE_RETENTION).delete()
-    return True
-
-
 def release_code(code: str) -> None:
     """Forget a claimed code whose exchange failed, so that a retry is not called a replay."""
-    if settings.REDIS_URL:
-        cache.delete(f"used-code:{_code_hash(code)}")
-    else:
-        UsedCode.objects.filter(code_hash=_code_hash(code)).delete()
+    UsedCode.objects.filter(code_hash=_code_hash(code)).delete()
 
 
 def discovery_for(server: KheopsServer, *, http: Any) -> kheops.Discovery:
-    """The server's discovery document, cached briefly: KHEOPS rarely changes it."""
+    """The server's discovery document, cached briefly: KHEOPS rarely changes it.
+
+    Shared between processes for KHEOPS_DISCOVERY_CACHE_SECONDS (one fetch per minute for
+    all of them), and kept by each process for a few seconds more cheaply than a cache
+    round trip (Redis).
+    """
     cache_key = "kheops-discovery:" + hashlib.sha256(server.discovery_url.encode()).hexdigest()
-    cached = cache.get(cache_key)
+
+    hit = _lookups.get(cache_key)
+    cached = hit[1] if hit is not None and time.monotonic() - hit[0] < LOOKUP_CACHE_SECONDS else None
+    if cached is None:
+        cached = cache.get(cache_key)
+        if isinstance(cached, kheops.Discovery):
+            _lookups[cache_key] = (time.monotonic(), cached)
     if isinstance(cached, kheops.Discovery) and cached.issuer.rstrip("/") == server.root_url:
         return cached
     discovery = kheops.fetch_discovery(http, server.discovery_url, root=server.root_url)
     cache.set(cache_key, discovery, settings.KHEOPS_DISCOVERY_CACHE_SECONDS)
+    _lookups[cache_key] = (time.monotonic(), discovery)
     return discovery
 
 
@@ -270,7 +292,13 @@ def launch(
     remote_addr: str | None,
     http: Any,
 ) -> ViewerGrant:
-    """Run one launch end to end. Always writes one LaunchRecord; raises LaunchFailed."""
+    """Accept a launch: check it, claim its code, keep the code sealed for the viewer.
+
+    The code is not exchanged here. The browser is sent on to the viewer at once and loads
+    OHIF while its first token request (`complete`) runs the exchange: the KHEOPS round
+    trips overlap the bundle's download and start-up instead of preceding them. Always
+    writes one LaunchRecord (pending, or why it was refused); raises LaunchFailed.
+    """
     record = LaunchRecord(provider=provider, remote_addr=remote_addr)
     server: KheopsServer | None = None
     try:
@@ -299,62 +327,216 @@ def launch(
                 "This viewer has been disabled by its administrator.",
                 return_uri=return_uri,
             )
-        if not claim_code(params.code):
+        # The viewer page needs the DICOMweb root (its data source, its CSP): cached.
+        try:
+            discovery = discovery_for(server, http=http)
+        except kheops.KheopsError as exc:
+            raise _kheops_failure(exc, return_uri=return_uri) from None
+        now = timezone.now()
+        grant = ViewerGrant(
+            launch_id=secrets.token_urlsafe(16),
+            access_token="",
+            expires_at=(now + PENDING_LIFETIME).timestamp(),
+            dicomweb_endpoint=discovery.dicomweb_endpoint,
+            study_uids=params.study_uids,
+            mode=provider.mode,
+            return_uri=return_uri,
+            user_name="",
+            browser_key=secrets.token_urlsafe(32),
+            state=GrantState.PENDING,
+        )
+        record.launch_id = grant.launch_id
+        record.outcome = LaunchOutcome.PENDING
+        row = LaunchGrant(
+            launch_id=grant.launch_id,
+            browser_key_hash=_key_hash(grant.browser_key),
+            state=GrantState.PENDING,
+            sealed_code=sealing.seal(params.code, purpose=_CODE_PURPOSE),
+            expires_at=now + PENDING_LIFETIME,
+            client_id=params.client_id,
+            provider=provider,
+            kheops_server=server,
+            dicomweb_endpoint=grant.dicomweb_endpoint,
+            study_uids=list(grant.study_uids),
+            mode=grant.mode,
+            return_uri=return_uri or "",
+        )
+        # The claim (the used code's primary key), the grant and the audit row: one commit.
+        try:
+            writes.insert_together(UsedCode(code_hash=_code_hash(params.code), used_at=now), row, record)
+        except IntegrityError:
+            if not UsedCode.objects.filter(code_hash=_code_hash(params.code)).exists():
+                raise
             raise LaunchFailed(
                 LaunchOutcome.REPLAY,
                 409,
                 "This launch link has already been used.",
                 return_uri=return_uri,
-            )
-        _release_database_connections()
-        try:
-            discovery, grant, user = _exchange(
-                provider=provider, server=server, params=params, http=http
-            )
-        except LaunchFailed as failure:
-            failure.return_uri = return_uri
-            # A code counts as used once it has opened a viewer. After a failed exchange the
-            # same link may be tried again (KHEOPS judges the code again): this matters since
-            # KHEOPS's codes carry no nonce, so the same user launching the same study within
-            # one second gets the very same code.
-            release_code(params.code)
-            raise
-        viewer_grant = ViewerGrant(
-            launch_id=secrets.token_urlsafe(16),
-            access_token=grant.access_token,
-            expires_at=time.time() + grant.expires_in,
-            dicomweb_endpoint=discovery.dicomweb_endpoint,
-            study_uids=params.study_uids,
-            mode=provider.mode,
-            return_uri=return_uri,
-            user_name=user.name if user else "",
-            browser_key=secrets.token_urlsafe(32),
-        )
-        record.launch_id = viewer_grant.launch_id
-        record.expires_at = timezone.now() + timedelta(seconds=grant.expires_in)
-        if user is not None:
-            record.user_sub, record.user_name, record.user_email = user.sub, user.name, user.email
-        record.outcome = LaunchOutcome.SUCCESS
-        # One commit for the audit row and the grant (each commit is a disk sync).
-        with transaction.atomic():
-            record.save()
-            store_grant(viewer_grant)
+            ) from None
+        _clean_up_now_and_then(now)
         logger.info(
-            "launch %s succeeded: server=%s client_id=%s studies=%d",
-            viewer_grant.launch_id,
+            "launch %s accepted: server=%s client_id=%s studies=%d",
+            grant.launch_id,
             server.name,
             params.client_id,
             len(params.study_uids),
         )
-        return viewer_grant
+        return grant
     except LaunchFailed as failure:
+        # Nothing of a refused launch was stored: its audit row is a fresh one.
+        record.pk = None
+        record.launch_id = None
         record.outcome = failure.outcome
         record.failure_detail = (failure.detail or failure.message)[:255]
         record.save()
-        logger.warning(
-            "launch refused (%s): %s", failure.outcome, record.failure_detail
-        )
+        logger.warning("launch refused (%s): %s", failure.outcome, record.failure_detail)
         raise
+
+
+def _clean_up_now_and_then(now: datetime) -> None:
+    # Opportunistic clean-up keeps the used codes at about ten minutes of launches and
+    # drops grants a day after they expired.
+    if secrets.randbelow(20) == 0:
+        UsedCode.objects.filter(used_at__lt=now - USED_CODE_RETENTION).delete()
+        LaunchGrant.objects.filter(expires_at__lt=now - GRANT_RETENTION_AFTER_EXPIRY).delete()
+
+
+def complete(launch_id: str, browser_key: str | None, *, http: Any) -> ViewerGrant:
+    """The viewer's grant with its token: the first call exchanges the launch's code.
+
+    Raises ViewerRefused when this browser has no such grant or it has expired, and
+    LaunchFailed when the exchange fails now or failed before (the grant keeps why).
+    Two calls at once (a reload) may both exchange the code, which KHEOPS allows within its
+    lifetime: the first to finish is kept, the other answers with it.
+    """
+    row = _grant_row(launch_id, browser_key)
+    if row is None:
+        raise ViewerRefused(403, NOT_YOURS)
+    grant = _viewer_grant(row)
+    if row.state == GrantState.FAILED:
+        raise ViewerRefused(
+            row.failure_status or 403, row.failure_message, return_uri=grant.return_uri
+        )
+    if grant.expired:
+        raise ViewerRefused(410, EXPIRED, return_uri=grant.return_uri)
+    if row.state == GrantState.READY:
+        try:
+            token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
+        except sealing.SealError:
+            raise ViewerRefused(403, NOT_YOURS) from None
+        return replace(grant, access_token=token)
+    try:
+        code = sealing.unseal(row.sealed_code, purpose=_CODE_PURPOSE)
+    except sealing.SealError:
+        # Sealed under a SECRET_KEY that is gone: nothing to exchange.
+        raise ViewerRefused(403, NOT_YOURS) from None
+    provider = _provider_by_id(row.provider_id)
+    server = _server_by_id(row.kheops_server_id)
+    try:
+        if server is None or not server.enabled:
+            raise LaunchFailed(
+                LaunchOutcome.UNTRUSTED_SERVER,
+                403,
+                "This KHEOPS server is not trusted by this viewer.",
+                detail="the server was disabled or removed before the exchange",
+            )
+        if provider is None or not provider.enabled:
+            raise LaunchFailed(
+                LaunchOutcome.PROVIDER_DISABLED,
+                403,
+                "This viewer has been disabled by its administrator.",
+            )
+        _release_database_connections()
+        token, user = _exchange(
+            provider=provider, server=server, client_id=row.client_id, code=code, http=http
+        )
+    except LaunchFailed as failure:
+        failure.return_uri = grant.return_uri
+        if not _record_failure(row, failure, code=code):
+            # Another request of this browser stored its outcome first: answer with that.
+            return complete(launch_id, browser_key, http=http)
+        raise
+    expires_at = timezone.now() + timedelta(seconds=token.expires_in)
+    user_fields = {"user_sub": user.sub, "user_name": user.name, "user_email": user.email} if user else {}
+    stored = writes.update_both_if(
+        LaunchGrant,
+        {
+            "state": GrantState.READY,
+            "sealed_code": "",
+            "sealed_token": sealing.seal(token.access_token, purpose=_GRANT_PURPOSE),
+            "expires_at": expires_at,
+            "user_name": user.name if user else "",
+        },
+        {"launch_id": launch_id, "state": GrantState.PENDING},
+        LaunchRecord,
+        {"outcome": LaunchOutcome.SUCCESS, "expires_at": expires_at, **user_fields},
+        {"launch_id": launch_id},
+    )
+    if not stored:
+        # Another request of this browser finished first: answer with what it stored.
+        return complete(launch_id, browser_key, http=http)
+    logger.info("launch %s exchanged its code: client_id=%s", launch_id, row.client_id)
+    return replace(
+        grant,
+        access_token=token.access_token,
+        expires_at=expires_at.timestamp(),
+        user_name=user.name if user else "",
+        state=GrantState.READY,
+    )
+
+
+def _record_failure(row: LaunchGrant, failure: LaunchFailed, *, code: str) -> bool:
+    """Store why the exchange failed; False if another request stored an outcome first."""
+    detail = (failure.detail or failure.message)[:255]
+    stored = writes.update_both_if(
+        LaunchGrant,
+        {
+            "state": GrantState.FAILED,
+            "sealed_code": "",
+            "failure_status": failure.status,
+            "failure_message": failure.message[:255],
+        },
+        {"launch_id": row.launch_id, "state": GrantState.PENDING},
+        LaunchRecord,
+        {"outcome": failure.outcome, "failure_detail": detail},
+        {"launch_id": row.launch_id},
+    )
+    if stored:
+        # A code counts as used once it has opened a viewer. After a failed exchange the
+        # same link may be tried again (KHEOPS judges the code again): this matters since
+        # KHEOPS's codes carry no nonce, so the same user launching the same study within
+        # one second gets the very same code.
+        release_code(code)
+        logger.warning("launch %s failed (%s): %s", row.launch_id, failure.outcome, detail)
+    return stored
+
+
+def _kheops_failure(exc: kheops.KheopsError, *, return_uri: str | None = None) -> LaunchFailed:
+    if isinstance(exc, kheops.KheopsTimeout):
+        return LaunchFailed(
+            LaunchOutcome.KHEOPS_TIMEOUT, 504, "KHEOPS did not answer in time.",
+            detail=str(exc), return_uri=return_uri,
+        )
+    if isinstance(exc, kheops.KheopsRejected):
+        return LaunchFailed(
+            LaunchOutcome.CODE_REJECTED,
+            403,
+            "KHEOPS refused this launch: the link may have expired.",
+            detail=str(exc),
+            return_uri=return_uri,
+        )
+    if isinstance(exc, kheops.KheopsMalformed):
+        return LaunchFailed(
+            LaunchOutcome.KHEOPS_MALFORMED,
+            502,
+            "KHEOPS sent an answer this viewer does not understand.",
+            detail=str(exc),
+            return_uri=return_uri,
+        )
+    return LaunchFailed(
+        LaunchOutcome.KHEOPS_UNAVAILABLE, 502, "KHEOPS is unavailable.",
+        detail=str(exc), return_uri=return_uri,
+    )
 
 
 def _release_database_connections() -> None:
@@ -369,43 +551,21 @@ def _release_database_connections() -> None:
 
 
 def _exchange(
-    *, provider: Provider, server: KheopsServer, params: LaunchParams, http: Any
-) -> tuple[kheops.Discovery, kheops.TokenGrant, kheops.UserInfo | None]:
+    *, provider: Provider, server: KheopsServer, client_id: str, code: str, http: Any
+) -> tuple[kheops.TokenGrant, kheops.UserInfo | None]:
     try:
         discovery = discovery_for(server, http=http)
-        assertion = keys.client_assertion(
-            client_id=params.client_id, audience=discovery.token_endpoint
-        )
+        assertion = keys.client_assertion(client_id=client_id, audience=discovery.token_endpoint)
         grant = kheops.exchange_code(
             http,
             discovery.token_endpoint,
-            code=params.code,
-            client_id=params.client_id,
+            code=code,
+            client_id=client_id,
             redirect_uri=provider.redirect_uri,
             client_assertion=assertion,
         )
-    except kheops.KheopsTimeout as exc:
-        raise LaunchFailed(
-            LaunchOutcome.KHEOPS_TIMEOUT, 504, "KHEOPS did not answer in time.", detail=str(exc)
-        ) from None
-    except kheops.KheopsUnavailable as exc:
-        raise LaunchFailed(
-            LaunchOutcome.KHEOPS_UNAVAILABLE, 502, "KHEOPS is unavailable.", detail=str(exc)
-        ) from None
-    except kheops.KheopsRejected as exc:
-        raise LaunchFailed(
-            LaunchOutcome.CODE_REJECTED,
-            403,
-            "KHEOPS refused this launch: the link may have expired.",
-            detail=str(exc),
-        ) from None
-    except kheops.KheopsMalformed as exc:
-        raise LaunchFailed(
-            LaunchOutcome.KHEOPS_MALFORMED,
-            502,
-            "KHEOPS sent an answer this viewer does not understand.",
-            detail=str(exc),
-        ) from None
+    except kheops.KheopsError as exc:
+        raise _kheops_failure(exc) from None
     user = None
     if discovery.userinfo_endpoint and settings.KHEOPS_FETCH_USERINFO:
         try:
@@ -415,7 +575,7 @@ def _exchange(
         except kheops.KheopsError as exc:
             # Who launched is nice to have in the audit trail, not worth failing the launch.
             logger.warning("userinfo unavailable for a launch: %s", exc)
-    return discovery, grant, user
+    return grant, user
 
 
 # --- The viewer grant ---------------------------------------------------------------
@@ -425,49 +585,47 @@ def _key_hash(browser_key: str) -> str:
     return hashlib.sha256(browser_key.encode()).hexdigest()
 
 
-def store_grant(grant: ViewerGrant) -> None:
-    """Keep the grant server-side; only the launching browser gets its key (a cookie).
-
-    A fresh random key per launch also rules out session fixation: nothing an attacker could
-    have planted in the browser beforehand binds to it.
-    """
-    LaunchGrant.objects.create(
-        launch_id=grant.launch_id,
-        browser_key_hash=_key_hash(grant.browser_key),
-        sealed_token=sealing.seal(grant.access_token, purpose=_GRANT_PURPOSE),
-        expires_at=datetime.fromtimestamp(grant.expires_at, tz=UTC),
-        dicomweb_endpoint=grant.dicomweb_endpoint,
-        study_uids=list(grant.study_uids),
-        mode=grant.mode,
-        return_uri=grant.return_uri or "",
-        user_name=grant.user_name,
-    )
-    # Opportunistic clean-up, like the used codes'.
-    if secrets.randbelow(20) == 0:
-        LaunchGrant.objects.filter(expires_at__lt=timezone.now() - GRANT_RETENTION_AFTER_EXPIRY).delete()
-
-
-def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
-    """The grant of `launch_id` if `browser_key` is the one its browser was given."""
+def _grant_row(launch_id: str, browser_key: str | None) -> LaunchGrant | None:
     if not browser_key:
         return None
-    row = LaunchGrant.objects.filter(launch_id=launch_id).first()
+    row = writes.fetch_one(LaunchGrant, launch_id=launch_id)
     if row is None or not hmac.compare_digest(row.browser_key_hash, _key_hash(browser_key)):
         return None
-    try:
-        token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
-    except sealing.SealError:
-        return None
+    return row
+
+
+def _viewer_grant(row: LaunchGrant) -> ViewerGrant:
     return ViewerGrant(
-        launch_id=launch_id,
-        access_token=token,
+        launch_id=row.launch_id,
+        access_token="",
         expires_at=row.expires_at.timestamp(),
         dicomweb_endpoint=row.dicomweb_endpoint,
         study_uids=tuple(row.study_uids),
         mode=row.mode,
         return_uri=row.return_uri or None,
         user_name=row.user_name,
+        state=row.state,
+        failure_status=row.failure_status,
+        failure_message=row.failure_message,
     )
+
+
+def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
+    """The grant of `launch_id` if `browser_key` is the one its browser was given.
+
+    Its token is unsealed only once the code has been exchanged (state ready).
+    """
+    row = _grant_row(launch_id, browser_key)
+    if row is None:
+        return None
+    grant = _viewer_grant(row)
+    if row.state != GrantState.READY:
+        return grant
+    try:
+        token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
+    except sealing.SealError:
+        return None
+    return replace(grant, access_token=token)
 
 
 def origin_of(url: str) -> str:

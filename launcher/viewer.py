@@ -71,26 +71,71 @@ def app_config_js(grant: ViewerGrant) -> str:
             }
         ],
     }
-    launch = {
-        "expiresIn": grant.seconds_left,
-        "returnUri": grant.return_uri,
-        "userName": grant.user_name,
-    }
+    launch_id = js_literal(grant.launch_id)
+    token_url = js_literal(reverse("viewer-token", kwargs={"launch_id": grant.launch_id}))
     return f"""/* kheops-ohif: generated for one launch and this browser session only. Never cached. */
 window.PUBLIC_URL = {js_literal(settings.OHIF_ASSET_URL)};
 window.browserImportFunction = function (name) {{ return import(name); }};
-window.kheopsLaunch = {js_literal(launch)};
 (function () {{
-  var authorization = {js_literal("Bearer " + grant.access_token)};
+  "use strict";
   var config = {js_literal(config)};
+  var returnUri = {js_literal(grant.return_uri)};
+  // The KHEOPS code is exchanged while OHIF loads: ask for the token at once, and make
+  // OHIF wait for it only where it would first need it. The token never enters a URL.
+  var token = fetch({token_url}, {{
+    credentials: "same-origin",
+    cache: "no-store",
+    headers: {{ Accept: "application/json" }}
+  }}).then(function (response) {{
+    return response.json().then(function (body) {{
+      if (!response.ok) {{
+        var refused = new Error(body.error || "The viewer could not open this study.");
+        refused.answered = true;
+        throw refused;
+      }}
+      return body;
+    }});
+  }});
+  var authorization = null;
+  window.kheopsLaunch = {{
+    returnUri: returnUri,
+    ready: token.then(function (body) {{ return {{ expiresIn: body.expiresIn, userName: body.userName }}; }})
+  }};
+  window.kheopsLaunch.ready.catch(function () {{}});
+
+  function stop(error) {{
+    // Our server answered with a reason: the viewer page now shows it, with the way back.
+    var key = "kheops-ohif-refused:" + {launch_id};
+    if (error && error.answered && !sessionStorage.getItem(key)) {{
+      sessionStorage.setItem(key, "1");
+      location.replace(location.href);
+    }} else {{
+      var message = document.createElement("p");
+      message.style.cssText = "color:#fff;font:16px sans-serif;padding:2em";
+      message.textContent = (error && error.message) || "The viewer could not open this study.";
+      if (returnUri) {{
+        var back = document.createElement("a");
+        back.href = returnUri;
+        back.rel = "noreferrer";
+        back.textContent = " Back to KHEOPS";
+        back.style.color = "#7cf";
+        message.appendChild(back);
+      }}
+      document.body.replaceChildren(message);
+    }}
+    return new Promise(function () {{}});  // OHIF goes no further
+  }}
+
   // OHIF 3.13 takes DICOMweb headers from its user-authentication service only; an
-  // extension's preRegistration runs after services exist and before any data source.
+  // extension's preRegistration runs after services exist and before any data source,
+  // and OHIF awaits it.
   config.extensions = [{{
     id: "kheops-ohif-launch-auth",
     preRegistration: function (args) {{
       args.servicesManager.services.userAuthenticationService.setServiceImplementation({{
-        getAuthorizationHeader: function () {{ return {{ Authorization: authorization }}; }}
+        getAuthorizationHeader: function () {{ return authorization ? {{ Authorization: authorization }} : {{}}; }}
       }});
+      return token.then(function (body) {{ authorization = body.authorization; }}, stop);
     }}
   }}];
   window.config = config;

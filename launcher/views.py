@@ -7,7 +7,14 @@ from urllib.parse import urlencode
 from csp.constants import SELF
 from django.conf import settings
 from django.core.exceptions import TooManyFieldsSent
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+    QueryDict,
+)
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -18,7 +25,7 @@ from rest_framework.views import APIView
 
 from launcher import keys, kheops, services, viewer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
-from launcher.models import Provider
+from launcher.models import GrantState, Provider
 
 # What OHIF's router would otherwise answer with index.html: a missing chunk must be a
 # real 404, or the browser parses HTML as JavaScript.
@@ -56,11 +63,9 @@ def configuration_document(provider: Provider) -> dict:
 
 class ProviderConfigurationView(_DocumentView):
     def get(self, request: Request, slug: str | None = None) -> Response:
-        providers = Provider.objects.filter(enabled=True)
-        provider = (
-            providers.filter(slug=slug).first() if slug else providers.filter(is_default=True).first()
-        )
-        if provider is None:
+        # KHEOPS fetches this on each launch (and twice per exchange): the cached lookups.
+        provider = services.provider_for(slug) if slug else services.default_provider()
+        if provider is None or not provider.enabled:
             raise Http404("No such provider.")
         return self.cached(configuration_document(provider))
 
@@ -92,21 +97,26 @@ def launch(request: HttpRequest, slug: str) -> HttpResponse:
         response = error_page(request, failure.status, failure.message, return_uri=failure.return_uri)
     else:
         # Post/Redirect/Get: the code leaves the address bar and the history right away.
+        # The code is exchanged while the viewer loads (services.complete).
         response = HttpResponseRedirect(viewer_url(grant))
         # The viewer answers only the browser holding this key. SameSite=Lax: the launch is a
         # cross-site top-level navigation from KHEOPS, and the cookie must come along on the
         # redirect to the viewer; scoped to this launch's viewer path.
-        response.set_cookie(
-            grant_cookie_name(grant.launch_id),
-            grant.browser_key,
-            max_age=grant.seconds_left + 60,
-            path=reverse("viewer-root", kwargs={"launch_id": grant.launch_id}),
-            secure=settings.SESSION_COOKIE_SECURE,
-            httponly=True,
-            samesite="Lax",
-        )
+        set_grant_cookie(response, grant.launch_id, grant.browser_key, seconds=grant.seconds_left)
     response["Server-Timing"] = server_timing(http.timings, time.perf_counter() - started)
     return response
+
+
+def set_grant_cookie(response: HttpResponse, launch_id: str, browser_key: str, *, seconds: int) -> None:
+    response.set_cookie(
+        grant_cookie_name(launch_id),
+        browser_key,
+        max_age=seconds + 60,
+        path=reverse("viewer-root", kwargs={"launch_id": launch_id}),
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
 
 
 def server_timing(calls: list[tuple[str, float]], total: float) -> str:
@@ -161,21 +171,16 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
         return HttpResponseRedirect(request.path + ("?" + urlencode(query) if query else ""))
     grant = grant_from(request, launch_id)
     if grant is None:
-        return error_page(
-            request,
-            403,
-            "This viewer link belongs to another browser session. "
-            "Open the study again from KHEOPS.",
-        )
+        return error_page(request, 403, services.NOT_YOURS)
     if not route:
         return HttpResponseRedirect(viewer_url(grant))
-    if grant.expired:
+    if grant.state == GrantState.FAILED:
+        # The exchange failed while OHIF loaded; its page sends the browser here.
         return error_page(
-            request,
-            410,
-            "Your access to this study has expired. Open it again from KHEOPS.",
-            return_uri=grant.return_uri,
+            request, grant.failure_status or 403, grant.failure_message, return_uri=grant.return_uri
         )
+    if grant.expired:
+        return error_page(request, 410, services.EXPIRED, return_uri=grant.return_uri)
     html = viewer.index_html(grant)
     if html is None:
         return error_page(request, 503, "The OHIF viewer is not installed on this server.")
@@ -191,7 +196,7 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
 @require_GET
 def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
     grant = grant_from(request, launch_id)
-    if grant is None or grant.expired:
+    if grant is None or grant.expired or grant.state == GrantState.FAILED:
         return HttpResponse(
             "/* No viewer grant for this browser session. */\n",
             status=403,
@@ -199,4 +204,38 @@ def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
         )
     response = HttpResponse(viewer.app_config_js(grant), content_type="text/javascript; charset=utf-8")
     response["Cache-Control"] = "no-store"
+    return response
+
+
+@never_cache
+@require_GET
+def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
+    """The viewer's KHEOPS token, for app-config.js; the first request exchanges the code.
+
+    Same-origin JSON for the launching browser only (its cookie); never cached. On failure:
+    the message and the way back, and the viewer page now shows the same error.
+    """
+    started = time.perf_counter()
+    http = kheops.thread_session(timeout=settings.KHEOPS_HTTP_TIMEOUT)
+    browser_key = request.COOKIES.get(grant_cookie_name(launch_id))
+    try:
+        grant = services.complete(launch_id, browser_key, http=http)
+    except services.ViewerRefused as refused:
+        response = JsonResponse(
+            {"error": refused.message, "returnUri": refused.return_uri}, status=refused.status
+        )
+    else:
+        response = JsonResponse(
+            {
+                "authorization": "Bearer " + grant.access_token,
+                "expiresIn": grant.seconds_left,
+                "userName": grant.user_name,
+            }
+        )
+        # The launch's cookie lasted as long as the code; now the browser keeps it as long
+        # as the token, so that a reload within the hour still finds the viewer.
+        if browser_key:  # always: complete() refuses a request without it
+            set_grant_cookie(response, launch_id, browser_key, seconds=grant.seconds_left)
+    response["Cache-Control"] = "no-store"
+    response["Server-Timing"] = server_timing(http.timings, time.perf_counter() - started)
     return response

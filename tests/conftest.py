@@ -12,7 +12,7 @@ from django.test import Client
 
 from launcher import keys, services
 from launcher.models import KheopsServer, Provider
-from tests.fakes import ROOT, FakeKheops
+from tests.fakes import ROOT, FakeKheops, token_url_of
 from tests.stack import Stack, start_stack
 
 
@@ -56,11 +56,15 @@ def fake_kheops(
 
 @pytest.fixture
 def launched(client: Client, fake_kheops: FakeKheops) -> Callable[..., str]:
-    """Launch in `client`'s session; returns the viewer URL we redirected to."""
+    """Launch in `client`'s browser and, as its viewer page does, fetch the token (the code
+    exchange; `exchange=False` leaves the grant pending). Returns the viewer URL."""
 
-    def run(**kwargs: Any) -> str:
+    def run(*, exchange: bool = True, **kwargs: Any) -> str:
         response = client.get(fake_kheops.launch_url(**kwargs))
         assert response.status_code == 302, response.content[:500]
+        if exchange:
+            token = client.get(token_url_of(response["Location"]))
+            assert token.status_code == 200, token.content[:500]
         return response["Location"]
 
     return run

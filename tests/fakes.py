@@ -10,7 +10,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jwt
 import responses
@@ -157,3 +157,19 @@ class FakeKheops:
         return [s for s in self.secrets_seen if s.startswith("eyJtoken.")]
 
 
+
+
+def token_url_of(viewer_url: str) -> str:
+    """The token URL of the viewer we redirected to (/launches/<id>/...)."""
+    launch_id = urlsplit(viewer_url).path.split("/")[2]
+    return f"/launches/{launch_id}/token"
+
+
+def launch_and_exchange(client: Any, launch_url: str) -> tuple[Any, Any]:
+    """Launch as a browser does: the launch URL (our 302 to the viewer), then the viewer's
+    token request, which exchanges the code. Returns both responses; the token request is
+    made only after a redirect."""
+    launch = client.get(launch_url)
+    if launch.status_code != 302:
+        return launch, None
+    return launch, client.get(token_url_of(launch["Location"]))

@@ -8,12 +8,14 @@ Hooked from `tests/conftest.py`, it watches the whole test run:
   token in the session, the private signing keys, line by line).
 - **What is scanned**: every log record (DEBUG and up; the root logger is set to DEBUG)
   written by our app, Django, or anything while our app handles a request; every response
-  header (Location, Set-Cookie, …) and every HTML or plain-text page our app sends; and,
-  after each test that touches the database and before its state is rolled back, every row
-  of every table, with `django_session` rows decoded.
-- **Not scanned**, because the protocol puts secrets there on purpose: the generated
-  `app-config.js` (it must carry the token), the launch URL (it carries the code) and the
-  requests our app sends to KHEOPS.
+  header (Location, Set-Cookie, …) and every HTML, plain-text, JavaScript (the generated
+  `app-config.js`) or JSON body our app sends; and, after each test that touches the
+  database and before its state is rolled back, every row of every table, with
+  `django_session` rows decoded.
+- **Not scanned**, because the protocol puts secrets there on purpose: the successful
+  answer of a viewer's token request (`/launches/<id>/token`, the one place the browser is
+  given the token; its error answers are scanned), the launch URL (it carries the code) and
+  the requests our app sends to KHEOPS.
 
 A test whose run leaks fails right away; `pytest_sessionfinish` reports every leak found
 (the first ones in full) and fails the run.
@@ -40,6 +42,10 @@ SCANNED_APPS = {"launcher", "sessions", "admin"}
 # records are scanned only while our app handles a request (the test's own HTTP client
 # logs the launch URL, code included, as a browser's history would hold it).
 APP_LOGGERS = ("launcher", "kheops_ohif", "django")
+# Response bodies read for secrets: pages, scripts (app-config.js) and JSON answers.
+SCANNED_CONTENT_TYPES = ("text/html", "text/plain", "text/javascript", "application/javascript", "application/json")
+# The view whose successful answer carries the token to the viewer, by design.
+TOKEN_VIEW = "viewer-token"
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,11 @@ def _wrap(owner: Any, name: str, wrapper: Callable[[Callable[..., Any]], Callabl
     setattr(owner, name, wrapped)
 
 
+def _gives_the_token(request: Any, response: Any) -> bool:
+    match = getattr(request, "resolver_match", None)
+    return match is not None and match.url_name == TOKEN_VIEW and response.status_code == 200
+
+
 def _watch_responses(check: LeakCheck) -> None:
     from django.core.handlers.base import BaseHandler
 
@@ -147,8 +158,12 @@ def _watch_responses(check: LeakCheck) -> None:
             for morsel in response.cookies.values():
                 check.see(f"{where}, Set-Cookie", morsel.OutputString())
             content_type = response.get("Content-Type", "")
-            if not response.streaming and content_type.startswith(("text/html", "text/plain")):
-                check.see(f"{where}, page", response.content.decode("utf-8", "replace"))
+            if (
+                not response.streaming
+                and content_type.startswith(SCANNED_CONTENT_TYPES)
+                and not _gives_the_token(request, response)
+            ):
+                check.see(f"{where}, body", response.content.decode("utf-8", "replace"))
             return response
 
         return get_response_watched

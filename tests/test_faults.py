@@ -2,8 +2,13 @@
 
 `responses` cannot be slow or break a connection, so these tests run KHEOPS as a tiny raw
 socket server on loopback whose every endpoint can be broken byte by byte. Each fault must
-give the right page within our timeout + 1 s, leave its audit record, and the next launch
-after recovery must succeed.
+give the right answer within our timeout + 1 s on the request that meets it, leave its audit
+record, and the same launch link must work again after recovery.
+
+The launch fetches the discovery document (when not cached) and redirects to the viewer; the
+viewer's token request exchanges the code (token endpoint, then userinfo). So a discovery
+fault is the launch's error page, and a token-endpoint fault is the token request's status
+with a JSON error, after which the viewer page shows the error page.
 """
 
 from __future__ import annotations
@@ -15,14 +20,24 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import urlencode
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import responses
 from django.test import Client
+from django.utils.html import escape
 
-from launcher.models import DISCOVERY_PATH, KheopsServer, LaunchOutcome, LaunchRecord, UsedCode
-from tests.fakes import CLIENT_ID, STUDY_1, discovery_document
+from launcher.models import (
+    DISCOVERY_PATH,
+    GrantState,
+    KheopsServer,
+    LaunchGrant,
+    LaunchOutcome,
+    LaunchRecord,
+    UsedCode,
+)
+from tests.fakes import CLIENT_ID, STUDY_1, discovery_document, launch_and_exchange, token_url_of
 
 TIMEOUT = 0.5
 ENDPOINTS = {
@@ -52,6 +67,15 @@ class RawKheops:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.refuse_connections()
+
+    def refuse_connections(self) -> None:
+        # close() alone leaves the socket listening while the serving thread is blocked in
+        # accept(): the next connection would still be taken. shutdown() wakes accept() up.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already shut down
         self.listener.close()
 
     def _serve(self) -> None:
@@ -166,11 +190,28 @@ def launch_url(server: RawKheops, code: str | None = None) -> str:
     return f"/providers/ohif/launch?{query}"
 
 
-def timed_launch(client: Client, url: str) -> tuple[object, float]:
+def timed(client: Client, url: str) -> tuple[Any, float]:
     client.get("/healthz")  # the test client's first request loads the middleware: not ours to time
     started = time.monotonic()
     response = client.get(url)
     return response, time.monotonic() - started
+
+
+def assert_exchanged(client: Client, url: str) -> None:
+    """A launch of `url` opens a viewer whose token request gets a token."""
+    launch, token = launch_and_exchange(client, url)
+    assert launch.status_code == 302, launch.content[:300]
+    assert token is not None and token.status_code == 200, token.content[:300]
+    assert token.json()["authorization"].startswith("Bearer eyJraw.")
+
+
+def assert_error_page(response: Any, status: int, root: str) -> str:
+    assert response.status_code == status
+    page = response.content.decode()
+    assert "Cannot open the viewer" in page
+    assert f'href="{root}/albums/AbCd1234"' in page
+    assert "no-store" in response["Cache-Control"]
+    return page
 
 
 FAILING_FAULTS = [
@@ -201,19 +242,44 @@ def test_a_kheops_fault_gets_the_right_page_in_time_and_recovery_works(
     raw_kheops.faults = {endpoint: mode}
     url = launch_url(raw_kheops)
 
-    response, elapsed = timed_launch(client, url)
+    if endpoint == "discovery":
+        # Fetched at launch (nothing cached yet): the launch itself is the error page.
+        response, elapsed = timed(client, url)
 
-    assert response.status_code == status
-    page = response.content.decode()
-    assert "Cannot open the viewer" in page
-    assert f'href="{raw_kheops.root}/albums/AbCd1234"' in page
-    assert elapsed < TIMEOUT + 1
+        assert_error_page(response, status, raw_kheops.root)
+        assert elapsed < TIMEOUT + 1
+        assert LaunchGrant.objects.count() == 0
+    else:
+        launch = client.get(url)
+        assert launch.status_code == 302  # the exchange waits for the viewer's token request
+        token_url = token_url_of(launch["Location"])
+
+        response, elapsed = timed(client, token_url)
+
+        assert response.status_code == status
+        assert elapsed < TIMEOUT + 1
+        assert response["Content-Type"].startswith("application/json")
+        assert "no-store" in response["Cache-Control"]
+        body = response.json()
+        assert set(body) == {"error", "returnUri"}
+        assert body["error"] and body["returnUri"] == f"{raw_kheops.root}/albums/AbCd1234"
+        assert "eyJraw" not in response.content.decode()
+        assert LaunchGrant.objects.get().state == GrantState.FAILED
+        # The viewer page, reloaded by OHIF's start-up, now shows the error page.
+        page = assert_error_page(client.get(launch["Location"]), status, raw_kheops.root)
+        assert escape(body["error"]) in page
+        # Asked again, the token request answers the stored failure: no new exchange.
+        exchanges = raw_kheops.requests.count("token")
+        again, elapsed = timed(client, token_url)
+        assert (again.status_code, again.json()) == (status, body)
+        assert elapsed < TIMEOUT
+        assert raw_kheops.requests.count("token") == exchanges
     assert LaunchRecord.objects.get().outcome == outcome
     assert UsedCode.objects.count() == 0  # the link may be tried again
 
     raw_kheops.faults = {}
-    assert client.get(url).status_code == 302  # the same link, once KHEOPS is back
-    assert client.get(launch_url(raw_kheops)).status_code == 302
+    assert_exchanged(client, url)  # the same link, once KHEOPS is back
+    assert_exchanged(client, launch_url(raw_kheops))
     assert list(LaunchRecord.objects.order_by("id").values_list("outcome", flat=True)) == [
         outcome, LaunchOutcome.SUCCESS, LaunchOutcome.SUCCESS,
     ]
@@ -224,28 +290,36 @@ def test_a_userinfo_fault_still_opens_the_viewer_in_time(
     client: Client, raw_kheops: RawKheops, mode: str
 ) -> None:
     raw_kheops.faults = {"userinfo": mode}
+    launch = client.get(launch_url(raw_kheops))
+    assert launch.status_code == 302
 
-    response, elapsed = timed_launch(client, launch_url(raw_kheops))
+    response, elapsed = timed(client, token_url_of(launch["Location"]))
 
-    assert response.status_code == 302
+    assert response.status_code == 200
+    assert response.json()["authorization"].startswith("Bearer eyJraw.")
+    assert response.json()["userName"] == ""
     assert elapsed < TIMEOUT + 1
+    assert "userinfo" in raw_kheops.requests
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.SUCCESS
     assert record.user_sub == ""
+    assert LaunchGrant.objects.get().state == GrantState.READY
 
 
 def test_a_kheops_that_refuses_connections_is_unavailable_then_recovers(
     client: Client, raw_kheops: RawKheops, rsps: responses.RequestsMock
 ) -> None:
-    raw_kheops.listener.close()  # nothing listens on the port any more
+    raw_kheops.refuse_connections()  # nothing listens on the port any more
     url = launch_url(raw_kheops)
 
-    response, elapsed = timed_launch(client, url)
+    response, elapsed = timed(client, url)
 
     assert response.status_code == 502
     assert "KHEOPS is unavailable" in response.content.decode()
     assert elapsed < TIMEOUT + 1
-    assert LaunchRecord.objects.get().outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
+    record = LaunchRecord.objects.get()
+    assert record.outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
+    assert "unreachable" in record.failure_detail  # refused, not answered
 
     back = RawKheops()
     rsps.add_passthru(back.root)
@@ -254,16 +328,47 @@ def test_a_kheops_that_refuses_connections_is_unavailable_then_recovers(
         server.root_url = back.root
         server.save()
         client.cookies.clear()
-        response = client.get(launch_url(back))
+        assert_exchanged(client, launch_url(back))
     finally:
         back.stop()
-    assert response.status_code == 302
+
+
+def test_a_kheops_that_goes_away_after_the_launch_fails_the_token_request_then_recovers(
+    client: Client, raw_kheops: RawKheops, rsps: responses.RequestsMock
+) -> None:
+    url = launch_url(raw_kheops)
+    launch = client.get(url)  # the discovery document is fetched and cached here
+    assert launch.status_code == 302
+    raw_kheops.refuse_connections()
+
+    response, elapsed = timed(client, token_url_of(launch["Location"]))
+
+    assert response.status_code == 502
+    assert response.json()["error"] == "KHEOPS is unavailable."
+    assert elapsed < TIMEOUT + 1
+    assert "KHEOPS is unavailable" in client.get(launch["Location"]).content.decode()
+    record = LaunchRecord.objects.get()
+    assert record.outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
+    assert "unreachable" in record.failure_detail  # refused, not answered
+    assert UsedCode.objects.count() == 0
+
+    back = RawKheops()
+    rsps.add_passthru(back.root)
+    try:
+        server = KheopsServer.objects.get(root_url=raw_kheops.root)
+        server.root_url = back.root
+        server.save()
+        assert_exchanged(client, launch_url(back, code=parse_qs(urlsplit(url).query)["code"][0]))
+    finally:
+        back.stop()
 
 
 def test_a_huge_body_is_not_buffered(client: Client, raw_kheops: RawKheops) -> None:
     raw_kheops.faults = {"token": "huge"}
+    launch = client.get(launch_url(raw_kheops))
+    assert launch.status_code == 302
 
-    response, elapsed = timed_launch(client, launch_url(raw_kheops))
+    response, elapsed = timed(client, token_url_of(launch["Location"]))
 
     assert response.status_code == 502
     # 64 MB announced; we stop after 256 KB, long before the sender is done.

@@ -1,13 +1,21 @@
 """Property-based tests (Hypothesis) of the launch: its query string, and KHEOPS's answers.
 
+A launch is two requests: the launch URL (checked, discovery fetched when not cached, then a
+redirect to the viewer) and the viewer's token request, which exchanges the code. Each
+KHEOPS answer is judged where it is consumed: the discovery document's at the launch, the
+token endpoint's and userinfo's at the token request.
+
 The properties, for any input:
-- the answer is a redirect to the viewer or one of our deliberate refusals: 400, 403, 404,
-  409 for the request, 502 (KHEOPS unavailable or not understood) and 504 (KHEOPS too slow)
-  for upstream failures — never a 500 and never an unhandled exception (the test client
-  re-raises those);
-- every attempt leaves exactly one audit record;
-- no code, token or assertion appears in the page or the headers (and the leak check,
-  tests/leakcheck.py, also scans logs and rows);
+- the launch answers a redirect to the viewer or one of our deliberate refusals: 400, 403,
+  404, 409 for the request, 502 (KHEOPS unavailable or not understood) and 504 (KHEOPS too
+  slow) for upstream failures — never a 500 and never an unhandled exception (the test
+  client re-raises those);
+- the token request answers the token (200) or a deliberate JSON refusal (403, 502, 504),
+  and the viewer page then shows the same refusal as its error page;
+- every attempt leaves exactly one audit record, with the outcome of the answer;
+- no code, token or assertion appears in a page, a JSON error or the headers, and the token
+  answer carries KHEOPS's token and nothing else secret (the leak check, tests/leakcheck.py,
+  also scans logs and rows);
 - our server calls nothing but the trusted KHEOPS.
 
 Example counts stay modest: the suite runs twice in CI. `database=None`: no example
@@ -16,6 +24,7 @@ database is written into the checkout.
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +34,7 @@ from django.test import Client
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from launcher import services
 from launcher.models import LaunchOutcome, LaunchRecord
 from tests.fakes import (
     ALBUM_ID,
@@ -35,6 +45,7 @@ from tests.fakes import (
     STUDY_2,
     FakeKheops,
     discovery_document,
+    token_url_of,
 )
 
 FUZZ_SETTINGS = settings(
@@ -45,6 +56,13 @@ FUZZ_SETTINGS = settings(
 )
 REQUEST_REFUSALS = {400, 403, 404, 409}
 UPSTREAM_FAILURES = {502, 504}
+OUTCOMES = {
+    302: {LaunchOutcome.PENDING},
+    200: {LaunchOutcome.SUCCESS},
+    403: {LaunchOutcome.CODE_REJECTED},
+    502: {LaunchOutcome.KHEOPS_UNAVAILABLE, LaunchOutcome.KHEOPS_MALFORMED},
+    504: {LaunchOutcome.KHEOPS_TIMEOUT},
+}
 
 # --- the launch query string ------------------------------------------------------------
 
@@ -118,6 +136,13 @@ def launch_queries(draw: st.DrawFn) -> str:
     return query
 
 
+def forget_discovery() -> None:
+    # The discovery document is cached between launches: shared (the cache) and, for a
+    # few seconds, by each process (services' lookups). An example starts with neither.
+    cache.clear()
+    services.forget_lookups()
+
+
 def assert_properly_answered(
     response: Any, fake: FakeKheops, records_before: int, *, allowed: set[int]
 ) -> None:
@@ -126,10 +151,59 @@ def assert_properly_answered(
     shown = response.content.decode("utf-8", "replace") + repr(sorted(response.items()))
     for secret in fake.secrets_seen:
         assert secret not in shown
-    for call in fake.rsps.calls:
-        assert call.request.url.startswith(ROOT + "/"), call.request.url
+    assert_only_kheops_called(fake)
     if response.status_code != 302:
         assert "Cannot open the viewer" in shown
+
+
+def assert_only_kheops_called(fake: FakeKheops) -> None:
+    for call in fake.rsps.calls:
+        assert call.request.url.startswith(ROOT + "/"), call.request.url
+
+
+def assert_token_properly_answered(
+    client: Client, viewer_url: str, fake: FakeKheops, records_before: int, *, token_answer: Any = None
+) -> int:
+    """The viewer's token request: the token, or a deliberate refusal that its page repeats.
+
+    `token_answer`: what the token endpoint answers, if not the fake's own. Returns the status."""
+    issued_before = len(fake.issued_tokens)
+
+    response = client.get(token_url_of(viewer_url))
+
+    assert response.status_code in {200, 403} | UPSTREAM_FAILURES, (response.status_code, response.content[:300])
+    assert response["Content-Type"].startswith("application/json")
+    assert "no-store" in response["Cache-Control"]
+    assert LaunchRecord.objects.count() == records_before + 1, "one audit record per attempt"
+    assert_only_kheops_called(fake)
+    body = response.json()
+    if response.status_code == 200:
+        assert set(body) == {"authorization", "expiresIn", "userName"}
+        if token_answer is None:
+            [access_token] = fake.issued_tokens[issued_before:]
+        else:
+            access_token = token_answer[1]["access_token"]
+        assert body.pop("authorization") == f"Bearer {access_token}"
+        # KHEOPS's lifetime, capped at a day; 0 for a token that expires within the second.
+        assert isinstance(body["expiresIn"], int) and 0 <= body["expiresIn"] <= 24 * 3600
+    else:
+        assert set(body) == {"error", "returnUri"}
+        assert isinstance(body["error"], str) and body["error"]
+    # Apart from the token it must carry, nothing secret: neither the code nor the
+    # assertion, and no token in a refusal (decoded too: JSON escapes what is not ASCII).
+    shown = json.dumps(body, ensure_ascii=False) + repr(sorted(response.items()))
+    if response.status_code != 200:
+        shown += response.content.decode("utf-8", "replace")
+    for secret in fake.secrets_seen:
+        assert secret not in shown
+    if response.status_code != 200:
+        page = client.get(viewer_url)
+        assert page.status_code == response.status_code
+        text = page.content.decode("utf-8", "replace")
+        assert "Cannot open the viewer" in text
+        for secret in fake.secrets_seen:
+            assert secret not in text + repr(sorted(page.items()))
+    return response.status_code
 
 
 @FUZZ_SETTINGS
@@ -137,13 +211,17 @@ def assert_properly_answered(
 def test_any_launch_query_gets_a_deliberate_answer(
     client: Client, fake_kheops: FakeKheops, query: str
 ) -> None:
-    cache.clear()
+    forget_discovery()
     client.cookies.clear()  # a fresh browser per example
     before = LaunchRecord.objects.count()
 
     response = client.get(f"/providers/ohif/launch?{query}")
 
     assert_properly_answered(response, fake_kheops, before, allowed={302} | REQUEST_REFUSALS)
+    if response.status_code == 302:
+        # An accepted launch: its viewer's token request exchanges whatever code it carried.
+        assert assert_token_properly_answered(client, response["Location"], fake_kheops, before) == 200
+        assert LaunchRecord.objects.order_by("-id").first().outcome == LaunchOutcome.SUCCESS
 
 
 # --- KHEOPS's answers -------------------------------------------------------------------
@@ -220,12 +298,13 @@ def userinfo_answers(draw: st.DrawFn) -> tuple[int, Any] | None:
 
 @settings(FUZZ_SETTINGS, max_examples=80)
 @given(discovery=discovery_answers(), token=token_answers(), userinfo=userinfo_answers())
-# Found by this test on PostgreSQL, which cannot store NUL: the audit record, and the launch, failed.
+# Found by this test on PostgreSQL, which cannot store NUL: the audit record, and the
+# exchange, failed.
 @example(discovery=None, token=None, userinfo=(200, {"sub": "a\x00b", "name": "Dr\x00X", "email": "e\nf"}))
 def test_any_kheops_answer_gets_a_deliberate_answer(
     client: Client, fake_kheops: FakeKheops, discovery: Any, token: Any, userinfo: Any
 ) -> None:
-    cache.clear()  # the discovery document is cached between launches
+    forget_discovery()  # so that every example's discovery answer is consumed
     client.cookies.clear()
     fake_kheops.discovery_answer, fake_kheops.token_answer, fake_kheops.userinfo_answer = discovery, token, userinfo
     if token is not None and isinstance(token[1], dict):
@@ -233,17 +312,22 @@ def test_any_kheops_answer_gets_a_deliberate_answer(
         if isinstance(access_token, str) and access_token.startswith("eyJfuzztoken."):
             fake_kheops.secrets_seen.append(access_token)  # a fuzzed but real-looking token
     before = LaunchRecord.objects.count()
+    exchanges = len(fake_kheops.token_requests)  # the fixtures outlive an example
 
+    # The discovery answer is consumed here: the launch needs its DICOMweb root.
     response = client.get(fake_kheops.launch_url(studies=(STUDY_1, STUDY_2)))
 
     assert_properly_answered(response, fake_kheops, before, allowed={302, 403} | UPSTREAM_FAILURES)
+    assert len(fake_kheops.token_requests) == exchanges, "the launch itself never exchanges the code"
+    status = response.status_code
+    if status == 302:
+        # The token and userinfo answers are consumed here, by the viewer's token request.
+        status = assert_token_properly_answered(
+            client, response["Location"], fake_kheops, before, token_answer=token
+        )
+        # At most one exchange (none when the discovery document moved the token endpoint).
+        assert len(fake_kheops.token_requests) <= exchanges + 1
     record = LaunchRecord.objects.order_by("-id").first()
-    expected = {
-        302: {LaunchOutcome.SUCCESS},
-        403: {LaunchOutcome.CODE_REJECTED},
-        502: {LaunchOutcome.KHEOPS_UNAVAILABLE, LaunchOutcome.KHEOPS_MALFORMED},
-        504: {LaunchOutcome.KHEOPS_TIMEOUT},
-    }[response.status_code]
-    assert record.outcome in expected
-    if response.status_code == 302:
+    assert record.outcome in OUTCOMES[status], (status, record.outcome)
+    if status == 200:
         assert "\x00" not in record.user_name + record.user_sub + record.user_email

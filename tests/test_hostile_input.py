@@ -2,7 +2,9 @@
 
 Every launch case asserts the status, the human page and where our server sent requests:
 the `responses` mock fails any unregistered URL, and `rsps.calls` must hold only calls to
-the trusted KHEOPS (none at all when the launch is refused before the exchange).
+the trusted KHEOPS (none at all when the launch is refused before discovery). An accepted
+launch redirects to the viewer before the exchange: its viewer's token request then
+exchanges the code, again with the trusted KHEOPS only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from django.contrib.sessions.models import Session
 from django.test import Client
 from django.utils.html import escape
 
-from launcher.models import LaunchGrant, LaunchOutcome, LaunchRecord
+from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord
 from tests import leakcheck
 from tests.fakes import (
     ALBUM_ID,
@@ -28,6 +30,7 @@ from tests.fakes import (
     STUDY_1,
     FakeKheops,
     discovery_document,
+    token_url_of,
 )
 
 RETURN_URI = f"{ROOT}/albums/{ALBUM_ID}"
@@ -238,6 +241,14 @@ def test_hostile_launch(client: Client, fake_kheops: FakeKheops, provider, case:
     if case.status == 302:
         assert urlsplit(response["Location"]).path.endswith("/viewer")
         assert "token" not in response["Location"] and "code" not in response["Location"]
+        assert fake_kheops.token_requests == []  # the exchange waits for the viewer
+        # The viewer's token request exchanges this launch's code, and only it.
+        token = client.get(token_url_of(response["Location"]))
+        assert token.status_code == 200, token.content[:300]
+        assert token.json()["authorization"] == f"Bearer {fake_kheops.issued_tokens[-1]}"
+        [exchange] = fake_kheops.token_requests
+        assert dict(exchange.form)["code"] == dict(params)["code"]
+        assert LaunchRecord.objects.get().outcome == LaunchOutcome.SUCCESS
     else:
         assert CANNOT_OPEN in page
         assert escape(case.message) in page
@@ -306,6 +317,11 @@ def test_hostile_cookies_do_not_break_a_launch(
     assert response.status_code == 302
     viewer = client.get(response["Location"])
     assert viewer.status_code == 200
+    # The token request, with the hostile cookies sent along with this launch's own.
+    ours = "; ".join(f"{name}={morsel.value}" for name, morsel in client.cookies.items())
+    token = client.get(token_url_of(response["Location"]), HTTP_COOKIE=f"{cookie}; {ours}")
+    assert token.status_code == 200, token.content[:300]
+    assert token.json()["authorization"] == f"Bearer {fake_kheops.issued_tokens[0]}"
     assert LaunchGrant.objects.count() == 1
 
 
@@ -333,6 +349,27 @@ def test_viewer_routes_without_a_grant(client: Client, db: None, path: str, stat
     assert "<script>alert" not in page
 
 
+@pytest.mark.parametrize(
+    "launch_id",
+    [
+        pytest.param("NotOurs123", id="unknown-launch-id"),
+        pytest.param("%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", id="markup-launch-id"),
+        pytest.param("L" * 5000, id="huge-launch-id"),
+    ],
+)
+def test_the_token_of_a_launch_that_is_not_ours_is_a_403(
+    client: Client, fake_kheops: FakeKheops, launch_id: str
+) -> None:
+    response = client.get(f"/launches/{launch_id}/token")
+
+    assert response.status_code == 403
+    assert response["Content-Type"].startswith("application/json")
+    assert "belongs to another browser session" in response.json()["error"]
+    assert "<img" not in response.content.decode()
+    assert "no-store" in response["Cache-Control"]
+    assert len(fake_kheops.rsps.calls) == 0
+
+
 def test_the_config_of_a_launch_that_is_not_ours_is_a_403_script(client: Client, db: None) -> None:
     response = client.get("/launches/NotOurs123/app-config.js")
 
@@ -341,17 +378,51 @@ def test_the_config_of_a_launch_that_is_not_ours_is_a_403_script(client: Client,
     assert "Bearer" not in response.content.decode()
 
 
+@pytest.mark.parametrize("exchanged", [False, True], ids=["pending", "ready"])
+@pytest.mark.parametrize("stranger_cookie", ["none", "forged", "another-launchs-key"])
 def test_another_sessions_launch_id_gets_nothing(
-    launched: Callable[..., str], fake_kheops: FakeKheops
+    client: Client,
+    launched: Callable[..., str],
+    fake_kheops: FakeKheops,
+    exchanged: bool,
+    stranger_cookie: str,
 ) -> None:
-    location = launched()
+    location = launched(exchange=exchanged)
     launch_id = urlsplit(location).path.split("/")[2]
+    token_url = token_url_of(location)
     stranger = Client()
+    if stranger_cookie != "none":
+        key = "k" * 43  # the shape of a browser key, but not this launch's
+        if stranger_cookie == "another-launchs-key":
+            # A browser with a launch of its own presents that launch's key for this one.
+            own = stranger.get(fake_kheops.launch_url())
+            assert own.status_code == 302
+            own_id = urlsplit(own["Location"]).path.split("/")[2]
+            key = stranger.cookies[f"kheops_ohif_grant_{own_id}"].value
+        stranger.cookies[f"kheops_ohif_grant_{launch_id}"] = key
+    exchanges = len(fake_kheops.token_requests)
 
     assert stranger.get(location).status_code == 403
     config = stranger.get(f"/launches/{launch_id}/app-config.js")
     assert config.status_code == 403
-    assert fake_kheops.issued_tokens[0] not in config.content.decode()
+    token = stranger.get(token_url)
+    assert token.status_code == 403
+    assert "belongs to another browser session" in token.json()["error"]
+    assert "authorization" not in token.json()
+    assert "no-store" in token["Cache-Control"]
+    # No exchange for the stranger, and nothing of the owner's grant changed.
+    assert len(fake_kheops.token_requests) == exchanges
+    grant = LaunchGrant.objects.get(launch_id=launch_id)
+    assert grant.state == (GrantState.READY if exchanged else GrantState.PENDING)
+    for body in (config.content.decode(), token.content.decode()):
+        assert "Bearer" not in body
+        for secret in fake_kheops.issued_tokens:
+            assert secret not in body
+    # The owner's viewer still gets its token: the stranger neither used nor spoiled the code.
+    mine = client.get(token_url)
+    assert mine.status_code == 200
+    assert mine.json()["authorization"] == f"Bearer {fake_kheops.issued_tokens[0]}"
+    assert len(fake_kheops.token_requests) == exchanges + (0 if exchanged else 1)
 
 
 @pytest.mark.parametrize(
@@ -380,13 +451,23 @@ def test_a_token_parameter_on_the_launch_does_not_replace_ours(
     client: Client, fake_kheops: FakeKheops
 ) -> None:
     response = client.get(fake_kheops.launch_url() + "&token=eyJattacker-token-value")
+    assert response.status_code == 302
+    assert "eyJattacker" not in response["Location"]
     page = client.get(response["Location"]).content.decode()
     [config_url] = re.findall(r'src="([^"]*app-config\.js)"', page)
-
     script = client.get(config_url).content.decode()
-
-    assert fake_kheops.issued_tokens[0] in script
     assert "eyJattacker" not in script
+    # The token the viewer gets: from the URL its app-config.js fetches.
+    [token_url] = re.findall(r'fetch\("([^"]+)"', script)
+    assert token_url == token_url_of(response["Location"])
+
+    token = client.get(token_url)
+
+    assert token.status_code == 200
+    assert token.json()["authorization"] == f"Bearer {fake_kheops.issued_tokens[0]}"
+    assert "eyJattacker" not in token.content.decode()
+    [exchange] = fake_kheops.token_requests
+    assert "eyJattacker" not in repr(exchange.form)
 
 
 # --- the leak check itself -------------------------------------------------------------

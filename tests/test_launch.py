@@ -1,8 +1,12 @@
-"""The launch endpoint: code exchange, audit record, session binding, and every failure."""
+"""The launch endpoint and the viewer's token request: the launch checks, claims the code
+and redirects at once; the viewer's first token request exchanges the code. Audit record,
+browser binding, and every failure of both."""
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -11,7 +15,15 @@ from django.test import Client
 from django.utils.html import escape
 
 from launcher import kheops
-from launcher.models import LaunchGrant, LaunchOutcome, LaunchRecord, UsedCode
+from launcher.models import (
+    GrantState,
+    KheopsServer,
+    LaunchGrant,
+    LaunchOutcome,
+    LaunchRecord,
+    Provider,
+    UsedCode,
+)
 from tests.fakes import (
     ALBUM_ID,
     CLIENT_ID,
@@ -22,7 +34,11 @@ from tests.fakes import (
     TOKEN_URL,
     FakeKheops,
     discovery_document,
+    launch_and_exchange,
+    token_url_of,
 )
+
+RETURN_URI = f"{ROOT}/albums/{ALBUM_ID}"
 
 
 def assert_no_secret(fake: FakeKheops, *texts: str) -> None:
@@ -33,6 +49,22 @@ def assert_no_secret(fake: FakeKheops, *texts: str) -> None:
 
 def audit_rows_text() -> str:
     return repr(list(LaunchRecord.objects.values()))
+
+
+def grant_rows_text() -> str:
+    return repr(list(LaunchGrant.objects.values()))
+
+
+def launch_id_of(viewer_url: str) -> str:
+    return urlsplit(viewer_url).path.split("/")[2]
+
+
+def token_calls(fake: FakeKheops) -> list[Any]:
+    return [c for c in fake.rsps.calls if c.request.url == TOKEN_URL]
+
+
+def timing_names(response: Any) -> list[str]:
+    return [part.split(";")[0] for part in response["Server-Timing"].split(", ")]
 
 
 def test_it_exchanges_the_code_and_redirects_to_a_clean_viewer_url(
@@ -47,13 +79,53 @@ def test_it_exchanges_the_code_and_redirects_to_a_clean_viewer_url(
     assert path.startswith("/launches/") and path.endswith("/viewer")
     assert query == {"StudyInstanceUIDs": [STUDY_1]}
     record = LaunchRecord.objects.get()
-    assert record.outcome == LaunchOutcome.SUCCESS
+    assert record.outcome == LaunchOutcome.PENDING
     assert (record.client_id, record.album_id, record.study_uids) == (CLIENT_ID, ALBUM_ID, [STUDY_1])
-    assert (record.user_sub, record.user_name, record.user_email) == ("user-123", "Dr Alice Martin", "alice@example.org")
     assert record.remote_addr == "127.0.0.1"
-    assert record.expires_at is not None
     assert location.split("/")[2] == record.launch_id
+
+    token = client.get(token_url_of(location))
+
+    assert token.status_code == 200
+    assert "no-store" in token["Cache-Control"]
+    body = token.json()
+    [issued] = fake_kheops.issued_tokens
+    assert body["authorization"] == f"Bearer {issued}"
+    assert 3500 <= body["expiresIn"] <= 3600
+    assert body["userName"] == "Dr Alice Martin"
+    record.refresh_from_db()
+    assert record.outcome == LaunchOutcome.SUCCESS
+    assert (record.user_sub, record.user_name, record.user_email) == ("user-123", "Dr Alice Martin", "alice@example.org")
+    assert (record.client_id, record.album_id, record.study_uids) == (CLIENT_ID, ALBUM_ID, [STUDY_1])
+    assert record.expires_at is not None
+    assert LaunchRecord.objects.count() == 1
     assert_no_secret(fake_kheops, location, response.content.decode(), caplog.text, audit_rows_text())
+
+
+def test_the_launch_itself_calls_neither_the_token_endpoint_nor_userinfo(
+    client: Client, fake_kheops: FakeKheops, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    code = fake_kheops.new_code()
+
+    response = client.get(fake_kheops.launch_url(code=code))
+
+    assert response.status_code == 302
+    assert fake_kheops.token_requests == []
+    assert fake_kheops.userinfo_calls == 0
+    assert [c.request.url for c in fake_kheops.rsps.calls] == [DISCOVERY_URL]
+    launch_id = launch_id_of(response["Location"])
+    record = LaunchRecord.objects.get()
+    assert record.outcome == LaunchOutcome.PENDING
+    assert record.launch_id == launch_id
+    assert record.user_sub == "" and record.expires_at is None
+    grant = LaunchGrant.objects.get()
+    assert grant.launch_id == launch_id
+    assert grant.state == GrantState.PENDING
+    assert grant.sealed_code and grant.sealed_token == ""
+    assert code not in grant_rows_text()
+    assert UsedCode.objects.count() == 1
+    assert_no_secret(fake_kheops, response["Location"], caplog.text, audit_rows_text(), grant_rows_text())
 
 
 def test_it_opens_several_studies_in_launch_order(client: Client, fake_kheops: FakeKheops) -> None:
@@ -66,7 +138,8 @@ def test_it_opens_several_studies_in_launch_order(client: Client, fake_kheops: F
 
 def test_the_token_request_is_what_kheops_expects(client: Client, fake_kheops: FakeKheops) -> None:
     code = fake_kheops.new_code()
-    client.get(fake_kheops.launch_url(code=code))
+    launch, token = launch_and_exchange(client, fake_kheops.launch_url(code=code))
+    assert (launch.status_code, token.status_code) == (302, 200)
 
     [request] = fake_kheops.token_requests
     assert request.form == [
@@ -90,22 +163,39 @@ def test_the_token_request_is_what_kheops_expects(client: Client, fake_kheops: F
 
 
 def test_each_assertion_has_a_fresh_jti(client: Client, fake_kheops: FakeKheops) -> None:
-    client.get(fake_kheops.launch_url())
-    client.get(fake_kheops.launch_url())
+    launch_and_exchange(client, fake_kheops.launch_url())
+    launch_and_exchange(client, fake_kheops.launch_url())
 
     jtis = {r.assertion_claims["jti"] for r in fake_kheops.token_requests}
+    assert len(fake_kheops.token_requests) == 2
     assert len(jtis) == 2
 
 
 def test_the_grant_is_kept_sealed_and_bound_to_a_browser_key(client: Client, fake_kheops: FakeKheops) -> None:
-    response = client.get(fake_kheops.launch_url())
+    code = fake_kheops.new_code()
+    response, token_response = launch_and_exchange(client, fake_kheops.launch_url(code=code))
+    assert token_response.status_code == 200
     [token] = fake_kheops.issued_tokens
 
     [grant] = LaunchGrant.objects.all()
-    assert token not in repr(LaunchGrant.objects.values().get())
+    assert grant.state == GrantState.READY
+    assert grant.sealed_token
+    assert token not in grant_rows_text()
+    assert code not in grant_rows_text()
     cookie = response.cookies[f"kheops_ohif_grant_{grant.launch_id}"]
-    assert cookie.value not in repr(LaunchGrant.objects.values().get())
+    assert cookie.value not in grant_rows_text()
     assert len(cookie.value) >= 40
+
+
+def test_the_code_is_forgotten_once_exchanged(client: Client, fake_kheops: FakeKheops) -> None:
+    launch = client.get(fake_kheops.launch_url())
+    assert LaunchGrant.objects.get().sealed_code != ""
+
+    assert client.get(token_url_of(launch["Location"])).status_code == 200
+
+    grant = LaunchGrant.objects.get()
+    assert grant.state == GrantState.READY
+    assert grant.sealed_code == ""
 
 
 def test_each_launch_gets_a_fresh_http_only_cookie_scoped_to_its_viewer(
@@ -116,29 +206,93 @@ def test_each_launch_gets_a_fresh_http_only_cookie_scoped_to_its_viewer(
 
     cookies = []
     for response in (first, second):
-        launch_id = response["Location"].split("/")[2]
+        launch_id = launch_id_of(response["Location"])
         cookie = response.cookies[f"kheops_ohif_grant_{launch_id}"]
         assert cookie["path"] == f"/launches/{launch_id}/"
         assert cookie["httponly"] is True
         assert cookie["samesite"] == "Lax"
-        assert 3500 <= int(cookie["max-age"]) <= 3660
+        # At least as long as the code may wait for its exchange (KHEOPS: 600 s).
+        assert 600 <= int(cookie["max-age"]) <= 3660
         cookies.append(cookie.value)
     assert cookies[0] != cookies[1]
     assert "kheops_ohif_session" not in second.cookies
 
 
+def test_once_exchanged_the_browser_keeps_its_cookie_as_long_as_the_token(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    # The viewer must keep working on a reload for as long as its KHEOPS token does; the
+    # cookie set at launch only knew the code's lifetime.
+    launch, token = launch_and_exchange(client, fake_kheops.launch_url())
+    assert token.status_code == 200
+    launch_id = launch_id_of(launch["Location"])
+    name = f"kheops_ohif_grant_{launch_id}"
+
+    cookie = client.cookies[name]
+    assert cookie.value == launch.cookies[name].value
+    assert cookie["path"] == f"/launches/{launch_id}/"
+    assert cookie["httponly"] is True
+    assert 3500 <= int(cookie["max-age"]) <= 3660
+
+
 def test_a_planted_cookie_binds_to_nothing(client: Client, fake_kheops: FakeKheops) -> None:
     location = client.get(fake_kheops.launch_url())["Location"]
-    launch_id = location.split("/")[2]
+    launch_id = launch_id_of(location)
     attacker = Client()
     attacker.cookies[f"kheops_ohif_grant_{launch_id}"] = "planted-by-an-attacker"
 
     assert attacker.get(location).status_code == 403
+    assert attacker.get(token_url_of(location)).status_code == 403
+    assert fake_kheops.token_requests == []
+
+
+@pytest.mark.parametrize("cookie", [None, "another-browsers-key-0123456789abcdefghijklmnop"])
+def test_a_token_request_from_another_browser_is_refused_without_an_exchange(
+    client: Client, fake_kheops: FakeKheops, cookie: str | None
+) -> None:
+    location = client.get(fake_kheops.launch_url())["Location"]
+    launch_id = launch_id_of(location)
+    other = Client()
+    if cookie is not None:
+        other.cookies[f"kheops_ohif_grant_{launch_id}"] = cookie
+
+    response = other.get(token_url_of(location))
+
+    assert response.status_code == 403
+    assert "another browser session" in response.json()["error"]
+    assert "authorization" not in response.json()
+    assert "no-store" in response["Cache-Control"]
+    assert fake_kheops.token_requests == []
+    assert fake_kheops.userinfo_calls == 0
+    assert LaunchGrant.objects.get().state == GrantState.PENDING
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.PENDING
+    # The launching browser still gets its token.
+    assert client.get(token_url_of(location)).status_code == 200
+
+
+def test_a_reload_answers_the_same_token_without_a_second_exchange(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    location = client.get(fake_kheops.launch_url())["Location"]
+    first = client.get(token_url_of(location))
+
+    second = client.get(token_url_of(location))
+
+    assert first.status_code == second.status_code == 200
+    [issued] = fake_kheops.issued_tokens
+    assert first.json()["authorization"] == second.json()["authorization"] == f"Bearer {issued}"
+    assert second.json()["userName"] == "Dr Alice Martin"
+    assert 0 < second.json()["expiresIn"] <= 3600
+    assert len(fake_kheops.token_requests) == 1
+    assert fake_kheops.userinfo_calls == 1
+    assert timing_names(second) == ["app"]
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.SUCCESS
 
 
 def test_a_replayed_launch_url_is_refused(client: Client, fake_kheops: FakeKheops) -> None:
     url = fake_kheops.launch_url()
-    assert client.get(url).status_code == 302
+    launch, token = launch_and_exchange(client, url)
+    assert (launch.status_code, token.status_code) == (302, 200)
 
     response = client.get(url)
 
@@ -148,9 +302,24 @@ def test_a_replayed_launch_url_is_refused(client: Client, fake_kheops: FakeKheop
     assert LaunchRecord.objects.filter(outcome=LaunchOutcome.REPLAY).count() == 1
 
 
+def test_a_launch_url_replayed_before_its_viewer_exchanged_is_refused(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    url = fake_kheops.launch_url()
+    assert client.get(url).status_code == 302
+
+    response = Client().get(url)
+
+    assert response.status_code == 409
+    assert fake_kheops.token_requests == []
+    assert LaunchGrant.objects.count() == 1
+    assert LaunchRecord.objects.filter(outcome=LaunchOutcome.REPLAY).count() == 1
+    assert LaunchRecord.objects.filter(outcome=LaunchOutcome.PENDING).count() == 1
+
+
 def test_the_replay_record_keeps_a_hash_not_the_code(client: Client, fake_kheops: FakeKheops) -> None:
     code = fake_kheops.new_code()
-    client.get(fake_kheops.launch_url(code=code))
+    launch_and_exchange(client, fake_kheops.launch_url(code=code))
 
     [used] = UsedCode.objects.all()
     assert code not in used.code_hash and len(used.code_hash) == 64
@@ -188,6 +357,7 @@ def test_it_refuses_bad_parameters(
     assert escape(message) in response.content.decode()
     assert len(fake_kheops.rsps.calls) == 0
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.BAD_REQUEST
+    assert LaunchGrant.objects.count() == 0
 
 
 def test_it_refuses_a_duplicated_code(client: Client, fake_kheops: FakeKheops) -> None:
@@ -239,7 +409,7 @@ def test_it_refuses_a_disabled_provider_with_a_way_back(client: Client, fake_khe
 
     assert response.status_code == 403
     assert "disabled" in response.content.decode()
-    assert f'href="{ROOT}/albums/{ALBUM_ID}"' in response.content.decode()
+    assert f'href="{RETURN_URI}"' in response.content.decode()
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.PROVIDER_DISABLED
 
 
@@ -292,27 +462,95 @@ def test_it_handles_every_token_endpoint_failure(
     caplog.set_level(logging.DEBUG)
     fake_kheops.token_answer = answer
 
-    response = client.get(fake_kheops.launch_url())
+    launch, token = launch_and_exchange(client, fake_kheops.launch_url())
 
-    assert response.status_code == status
-    page = response.content.decode()
-    assert "Cannot open the viewer" in page
-    assert f'href="{ROOT}/albums/{ALBUM_ID}"' in page
+    # The launch redirects before the exchange; the viewer's token request fails.
+    assert launch.status_code == 302
+    assert token.status_code == status
+    assert "no-store" in token["Cache-Control"]
+    body = token.json()
+    assert set(body) == {"error", "returnUri"}
+    assert body["error"]
+    assert body["returnUri"] == RETURN_URI
     record = LaunchRecord.objects.get()
     assert record.outcome == outcome
-    assert record.launch_id is None
-    assert LaunchGrant.objects.count() == 0
-    assert not [name for name in response.cookies if name.startswith("kheops_ohif_grant_")]
-    assert_no_secret(fake_kheops, page, caplog.text, audit_rows_text())
+    assert record.launch_id == launch_id_of(launch["Location"])
+    assert record.failure_detail
+    assert record.user_sub == "" and record.expires_at is None
+    grant = LaunchGrant.objects.get()
+    assert (grant.state, grant.failure_status) == (GrantState.FAILED, status)
+    assert grant.sealed_code == "" and grant.sealed_token == ""
+    # The viewer page (app-config.js sends the browser back to it) shows why, with the way back.
+    viewer = client.get(launch["Location"])
+    assert viewer.status_code == status
+    page = viewer.content.decode()
+    assert "Cannot open the viewer" in page
+    assert escape(body["error"]) in page
+    assert f'href="{RETURN_URI}"' in page
+    assert client.get(f"/launches/{grant.launch_id}/app-config.js").status_code == 403
+    assert_no_secret(
+        fake_kheops, page, json.dumps(body), caplog.text, audit_rows_text(), grant_rows_text()
+    )
+
+
+def test_a_failed_exchange_answers_the_same_failure_again_without_calling_kheops(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    fake_kheops.token_answer = (400, {"error": "invalid_grant"})
+    launch, first = launch_and_exchange(client, fake_kheops.launch_url())
+    assert first.status_code == 403
+    calls = len(fake_kheops.rsps.calls)
+
+    second = client.get(token_url_of(launch["Location"]))
+
+    assert second.status_code == 403
+    assert second.json() == first.json()
+    assert len(fake_kheops.rsps.calls) == calls
+    assert len(fake_kheops.token_requests) == 1
+    assert fake_kheops.userinfo_calls == 0
+    assert timing_names(second) == ["app"]
+    viewer = client.get(launch["Location"])
+    assert viewer.status_code == 403
+    page = viewer.content.decode()
+    assert "Cannot open the viewer" in page
+    assert escape(first.json()["error"]) in page
+    assert "HTTP 403" in page
+    assert f'href="{RETURN_URI}"' in page
+    assert "Open again from KHEOPS" in page
+    assert len(fake_kheops.rsps.calls) == calls
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.CODE_REJECTED
+
+
+def test_a_failed_timeout_shows_its_own_status_on_the_viewer_page(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    fake_kheops.token_answer = requests.ReadTimeout("slow")
+    launch, token = launch_and_exchange(client, fake_kheops.launch_url())
+    assert token.status_code == 504
+
+    again = client.get(token_url_of(launch["Location"]))
+    viewer = client.get(launch["Location"])
+
+    assert again.status_code == 504 and again.json() == token.json()
+    assert viewer.status_code == 504
+    assert "HTTP 504" in viewer.content.decode()
+    assert len(fake_kheops.token_requests) == 1
 
 
 def test_a_transient_failure_lets_the_same_link_be_retried(client: Client, fake_kheops: FakeKheops) -> None:
     url = fake_kheops.launch_url()
     fake_kheops.token_answer = (503, "busy")
-    assert client.get(url).status_code == 502
+    launch, token = launch_and_exchange(client, url)
+    assert (launch.status_code, token.status_code) == (302, 502)
+    assert UsedCode.objects.count() == 0
 
     fake_kheops.token_answer = None
-    assert client.get(url).status_code == 302
+    launch, token = launch_and_exchange(client, url)
+    assert (launch.status_code, token.status_code) == (302, 200)
+    assert list(LaunchRecord.objects.order_by("id").values_list("outcome", flat=True)) == [
+        LaunchOutcome.KHEOPS_UNAVAILABLE,
+        LaunchOutcome.SUCCESS,
+    ]
 
 
 def test_a_rejected_code_can_be_tried_again_and_kheops_judges_it_again(
@@ -320,11 +558,51 @@ def test_a_rejected_code_can_be_tried_again_and_kheops_judges_it_again(
 ) -> None:
     url = fake_kheops.launch_url()
     fake_kheops.token_answer = (400, {"error": "invalid_request"})
-    assert client.get(url).status_code == 403
+    launch, token = launch_and_exchange(client, url)
+    assert (launch.status_code, token.status_code) == (302, 403)
 
-    assert client.get(url).status_code == 403
+    launch, token = launch_and_exchange(client, url)
+    assert (launch.status_code, token.status_code) == (302, 403)
     assert len(fake_kheops.token_requests) == 2
     assert UsedCode.objects.count() == 0
+    assert LaunchRecord.objects.filter(outcome=LaunchOutcome.CODE_REJECTED).count() == 2
+
+
+@pytest.mark.parametrize(
+    ("disable", "outcome", "message"),
+    [
+        ("server", LaunchOutcome.UNTRUSTED_SERVER, "not trusted"),
+        ("provider", LaunchOutcome.PROVIDER_DISABLED, "disabled"),
+    ],
+)
+def test_disabling_between_the_launch_and_the_exchange_fails_the_exchange(
+    client: Client,
+    fake_kheops: FakeKheops,
+    kheops_server: KheopsServer,
+    provider: Provider,
+    disable: str,
+    outcome: LaunchOutcome,
+    message: str,
+) -> None:
+    launch = client.get(fake_kheops.launch_url())
+    assert launch.status_code == 302
+    disabled = kheops_server if disable == "server" else provider
+    disabled.enabled = False
+    disabled.save()
+
+    token = client.get(token_url_of(launch["Location"]))
+
+    assert token.status_code == 403
+    assert message in token.json()["error"]
+    assert token.json()["returnUri"] == RETURN_URI
+    assert fake_kheops.token_requests == []
+    assert fake_kheops.userinfo_calls == 0
+    assert LaunchRecord.objects.get().outcome == outcome
+    grant = LaunchGrant.objects.get()
+    assert (grant.state, grant.failure_status, grant.sealed_code) == (GrantState.FAILED, 403, "")
+    viewer = client.get(launch["Location"])
+    assert viewer.status_code == 403
+    assert message in viewer.content.decode()
 
 
 @pytest.mark.parametrize(
@@ -354,6 +632,8 @@ def test_it_refuses_a_discovery_document_that_leaves_the_trusted_root(
     assert fake_kheops.token_requests == []
     assert [call.request.url for call in fake_kheops.rsps.calls] == [DISCOVERY_URL]
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.KHEOPS_MALFORMED
+    assert LaunchGrant.objects.count() == 0
+    assert UsedCode.objects.count() == 0
 
 
 def test_discovery_down_is_unavailable(client: Client, fake_kheops: FakeKheops) -> None:
@@ -363,29 +643,36 @@ def test_discovery_down_is_unavailable(client: Client, fake_kheops: FakeKheops) 
 
     assert response.status_code == 502
     assert "unavailable" in response.content.decode()
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
 
 
 def test_the_discovery_document_is_cached_between_launches(client: Client, fake_kheops: FakeKheops) -> None:
-    client.get(fake_kheops.launch_url())
-    client.get(fake_kheops.launch_url())
+    for _ in range(2):
+        launch, token = launch_and_exchange(client, fake_kheops.launch_url())
+        assert (launch.status_code, token.status_code) == (302, 200)
 
     discovery_calls = [c for c in fake_kheops.rsps.calls if c.request.url == DISCOVERY_URL]
     assert len(discovery_calls) == 1
+    assert len(fake_kheops.token_requests) == 2
 
 
 def test_a_userinfo_failure_does_not_fail_the_launch(client: Client, fake_kheops: FakeKheops) -> None:
     fake_kheops.userinfo_answer = (401, {})
 
-    response = client.get(fake_kheops.launch_url())
+    launch, token = launch_and_exchange(client, fake_kheops.launch_url())
 
-    assert response.status_code == 302
+    assert launch.status_code == 302
+    assert token.status_code == 200
+    assert token.json()["authorization"] == f"Bearer {fake_kheops.issued_tokens[0]}"
+    assert token.json()["userName"] == ""
+    assert fake_kheops.userinfo_calls == 1
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.SUCCESS
     assert record.user_sub == ""
 
 
 def test_userinfo_is_called_with_the_bearer_token(client: Client, fake_kheops: FakeKheops) -> None:
-    client.get(fake_kheops.launch_url())
+    launch_and_exchange(client, fake_kheops.launch_url())
 
     [call] = [c for c in fake_kheops.rsps.calls if c.request.url.endswith("/userinfo")]
     assert call.request.headers["Authorization"] == f"Bearer {fake_kheops.issued_tokens[0]}"
@@ -394,9 +681,10 @@ def test_userinfo_is_called_with_the_bearer_token(client: Client, fake_kheops: F
 def test_a_huge_answer_is_refused_without_buffering_it(client: Client, fake_kheops: FakeKheops) -> None:
     fake_kheops.token_answer = (200, {"access_token": "x" * (kheops.MAX_BODY_BYTES + 10), "expires_in": 1})
 
-    response = client.get(fake_kheops.launch_url())
+    launch, token = launch_and_exchange(client, fake_kheops.launch_url())
 
-    assert response.status_code == 502
+    assert launch.status_code == 302
+    assert token.status_code == 502
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.KHEOPS_MALFORMED
 
 
@@ -406,25 +694,39 @@ def test_a_launch_only_accepts_get(client: Client, fake_kheops: FakeKheops) -> N
     assert response.status_code == 405
 
 
+def test_the_token_request_only_accepts_get(client: Client, fake_kheops: FakeKheops) -> None:
+    location = client.get(fake_kheops.launch_url())["Location"]
+
+    assert client.post(token_url_of(location)).status_code == 405
+    assert fake_kheops.token_requests == []
+
+
 def test_the_launch_reports_kheops_round_trips_apart_from_its_own_time(
     client: Client, fake_kheops: FakeKheops
 ) -> None:
-    response = client.get(fake_kheops.launch_url())
+    launch, token = launch_and_exchange(client, fake_kheops.launch_url())
 
-    timing = response["Server-Timing"]
-    names = [part.split(";")[0] for part in timing.split(", ")]
-    assert names == ["discovery", "token", "userinfo", "app"]
-    durations = [float(part.split("dur=")[1]) for part in timing.split(", ")]
-    assert all(duration >= 0 for duration in durations)
+    # The launch fetches (and caches) discovery only; the exchange is the token request's.
+    assert timing_names(launch) == ["discovery", "app"]
+    assert timing_names(token) == ["token", "userinfo", "app"]
+    for response in (launch, token):
+        timing = response["Server-Timing"]
+        durations = [float(part.split("dur=")[1]) for part in timing.split(", ")]
+        assert all(duration >= 0 for duration in durations)
+    # With discovery cached, a launch reports its own time only.
+    assert timing_names(client.get(fake_kheops.launch_url())) == ["app"]
 
 
 def test_a_failed_launch_reports_its_timing_too(client: Client, fake_kheops: FakeKheops) -> None:
     fake_kheops.token_answer = (503, "busy")
 
-    response = client.get(fake_kheops.launch_url())
+    launch, token = launch_and_exchange(client, fake_kheops.launch_url())
 
-    assert response.status_code == 502
-    assert [p.split(";")[0] for p in response["Server-Timing"].split(", ")] == ["discovery", "token", "app"]
+    assert (launch.status_code, token.status_code) == (302, 502)
+    assert timing_names(token) == ["token", "app"]
+    refused = client.get(fake_kheops.launch_url(slug="nope"))
+    assert refused.status_code == 404
+    assert timing_names(refused) == ["app"]
 
 
 def test_disabling_a_server_in_the_admin_takes_effect_at_once(

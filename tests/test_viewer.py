@@ -6,19 +6,26 @@ import json
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import responses
 from django.conf import settings
 from django.test import Client
 
-from launcher.models import LaunchGrant
-from tests.fakes import ROOT, STUDY_1, STUDY_2, FakeKheops
+from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord
+from tests.fakes import ROOT, STUDY_1, STUDY_2, TOKEN_URL, FakeKheops, token_url_of
 
 
 def config_url_of(page: str) -> str:
     [url] = re.findall(r'<script[^>]*src="([^"]*app-config\.js)"', page)
     return url
+
+
+def launch_id_of(location: str) -> str:
+    return urlsplit(location).path.split("/")[2]
 
 
 def test_the_viewer_page_is_ohifs_index_with_our_config(client: Client, launched: Callable[..., str]) -> None:
@@ -46,10 +53,11 @@ def test_the_viewer_page_allows_exactly_the_dicomweb_origin(client: Client, laun
     assert "'unsafe-inline'" not in csp.split("script-src", 1)[1].split(";", 1)[0]
 
 
-def test_app_config_installs_the_token_and_one_kheops_data_source(
+def test_app_config_fetches_the_token_and_installs_one_kheops_data_source(
     client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
 ) -> None:
-    page = client.get(launched(studies=(STUDY_1, STUDY_2))).content.decode()
+    location = launched(studies=(STUDY_1, STUDY_2))
+    page = client.get(location).content.decode()
 
     response = client.get(config_url_of(page))
 
@@ -57,9 +65,14 @@ def test_app_config_installs_the_token_and_one_kheops_data_source(
     assert response["Content-Type"].startswith("text/javascript")
     assert "no-store" in response["Cache-Control"]
     script = response.content.decode()
+    # The token is never in the script (a cacheable, loggable resource): it asks for it.
     [token] = fake_kheops.issued_tokens
-    assert json.dumps("Bearer " + token) in script
+    assert token not in script
+    assert "Bearer" not in script
+    assert f'fetch("/launches/{launch_id_of(location)}/token"' in script
+    assert 'credentials: "same-origin"' in script
     assert "userAuthenticationService.setServiceImplementation" in script
+    assert "preRegistration" in script
     config = json.loads(re.search(r"var config = (\{.*\});\n", script).group(1))
     assert config["showStudyList"] is False
     assert config["routerBasename"] == config_url_of(page).removesuffix("/app-config.js")
@@ -67,10 +80,115 @@ def test_app_config_installs_the_token_and_one_kheops_data_source(
     assert source["namespace"] == "@ohif/extension-default.dataSourcesModule.dicomweb"
     assert source["configuration"]["qidoRoot"] == source["configuration"]["wadoRoot"] == f"{ROOT}/api"
     assert source["configuration"]["thumbnailRendering"] == "wadors"
+    assert script.count("dataSourcesModule") == 1
     for unsafe in ("dangerouslyUseDynamicConfig", "customizationUrlPrefixes", "oidc", "dicomjson", "dicomwebproxy"):
         assert unsafe not in script
     assert f'window.PUBLIC_URL = "{settings.OHIF_ASSET_URL}"' in script
     assert settings.OHIF_ASSET_URL.startswith("/static/ohif/")
+
+
+def test_the_page_and_its_config_load_before_the_exchange(
+    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    location = launched(exchange=False)
+
+    page = client.get(location)
+    config = client.get(config_url_of(page.content.decode()))
+
+    assert page.status_code == 200
+    assert config.status_code == 200
+    assert f'fetch("{token_url_of(location)}"' in config.content.decode()
+    # Only the token request exchanges the code.
+    assert fake_kheops.token_requests == []
+    assert fake_kheops.issued_tokens == []
+    assert LaunchGrant.objects.get().state == GrantState.PENDING
+
+    token = client.get(token_url_of(location))
+
+    assert token.status_code == 200
+    assert len(fake_kheops.token_requests) == 1
+    [issued] = fake_kheops.issued_tokens
+    assert token.json()["authorization"] == "Bearer " + issued
+    assert LaunchGrant.objects.get().state == GrantState.READY
+
+
+def test_the_token_answer_is_json_never_cached(
+    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    location = launched(exchange=False)
+
+    response = client.get(token_url_of(location))
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert "no-store" in response["Cache-Control"]
+    [token] = fake_kheops.issued_tokens
+    assert response.json() == {
+        "authorization": "Bearer " + token,
+        "expiresIn": response.json()["expiresIn"],
+        "userName": "Dr Alice Martin",
+    }
+    timing = response["Server-Timing"]
+    assert "token;dur=" in timing and "userinfo;dur=" in timing and "app;dur=" in timing
+
+
+def test_the_browser_keeps_its_launch_cookie_as_long_as_the_token(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    launch = client.get(fake_kheops.launch_url())
+    cookie_name = f"kheops_ohif_grant_{launch_id_of(launch['Location'])}"
+    # Until the exchange, as long as the code can be exchanged.
+    assert int(launch.cookies[cookie_name]["max-age"]) <= 700
+
+    token = client.get(token_url_of(launch["Location"]))
+
+    cookie = token.cookies[cookie_name]
+    assert cookie.value == launch.cookies[cookie_name].value
+    assert int(cookie["max-age"]) >= token.json()["expiresIn"]
+    assert cookie["path"] == launch.cookies[cookie_name]["path"] == f"/launches/{launch_id_of(launch['Location'])}/"
+    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+
+
+def test_reloading_asks_for_the_stored_token_without_a_new_exchange(
+    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    location = launched()
+
+    again = client.get(token_url_of(location))
+
+    assert again.status_code == 200
+    [token] = fake_kheops.issued_tokens
+    assert again.json()["authorization"] == "Bearer " + token
+    assert len(fake_kheops.token_requests) == 1
+
+
+def test_a_failed_exchange_that_lost_the_race_answers_what_was_stored(
+    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    # Two token requests of one viewer (a reload) both exchange the code: the second one
+    # succeeds and stores first, then KHEOPS fails the first one.
+    location = launched(exchange=False)
+    reloads: list[Any] = []
+
+    def token_endpoint(request: Any) -> tuple[int, dict[str, str], str]:
+        if not reloads:
+            reloads.append(None)
+            reloads[0] = client.get(token_url_of(location))  # the reload, while KHEOPS answers
+            return 502, {}, "{}"
+        return fake_kheops._token(request)
+
+    fake_kheops.rsps.remove(responses.POST, TOKEN_URL)
+    fake_kheops.rsps.add_callback(responses.POST, TOKEN_URL, callback=token_endpoint)
+
+    first = client.get(token_url_of(location))
+
+    [reload] = reloads
+    assert reload.status_code == 200
+    assert LaunchGrant.objects.get().state == GrantState.READY
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.SUCCESS
+    # The first to store wins; the other answers with what was stored.
+    assert first.status_code == 200, first.json()
+    assert first.json()["authorization"] == reload.json()["authorization"]
 
 
 def test_another_browser_gets_a_403_page_and_never_the_token(
@@ -81,13 +199,32 @@ def test_another_browser_gets_a_403_page_and_never_the_token(
 
     page = stranger.get(location)
     config = stranger.get(location.split("?")[0].rsplit("/", 1)[0] + "/app-config.js")
+    token = stranger.get(token_url_of(location))
 
     assert page.status_code == 403
     assert "another browser session" in page.content.decode()
     assert config.status_code == 403
-    for response in (page, config):
-        for token in fake_kheops.issued_tokens:
-            assert token not in response.content.decode()
+    assert token.status_code == 403
+    assert "another browser session" in token.json()["error"]
+    assert "authorization" not in token.json()
+    [issued] = fake_kheops.issued_tokens
+    for response in (page, config, token):
+        assert issued not in response.content.decode()
+
+
+def test_another_browser_cannot_exchange_a_pending_launch(
+    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    location = launched(exchange=False)
+    stranger = Client()
+
+    refused = stranger.get(token_url_of(location))
+
+    assert refused.status_code == 403
+    assert fake_kheops.token_requests == []
+    assert LaunchGrant.objects.get().state == GrantState.PENDING
+    # The launching browser still can.
+    assert client.get(token_url_of(location)).status_code == 200
 
 
 @pytest.mark.parametrize("name", ["token", "TOKEN", "Token"])
@@ -141,40 +278,93 @@ def test_an_expired_grant_shows_the_way_back(
 
     page = client.get(location)
     config = client.get(location.split("?")[0].rsplit("/", 1)[0] + "/app-config.js")
+    token = client.get(token_url_of(location))
 
     assert page.status_code == 410
     assert "expired" in page.content.decode()
     assert f'href="{ROOT}/albums/' in page.content.decode()
     assert config.status_code == 403
+    assert token.status_code == 410
+    assert "expired" in token.json()["error"]
+    assert token.json()["returnUri"].startswith(f"{ROOT}/albums/")
+    for issued in fake_kheops.issued_tokens:
+        assert issued not in token.content.decode()
 
 
-def test_the_config_tells_the_banner_how_long_is_left(
+def test_a_failed_exchange_turns_the_viewer_into_its_error_page(
+    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    location = launched(exchange=False)
+    fake_kheops.token_answer = (400, {"error": "invalid_request"})
+
+    token = client.get(token_url_of(location))
+    page = client.get(location)
+    config = client.get(location.split("?")[0].rsplit("/", 1)[0] + "/app-config.js")
+    again = client.get(token_url_of(location))
+
+    assert token.status_code == 403
+    assert "may have expired" in token.json()["error"]
+    assert token.json()["returnUri"].startswith(f"{ROOT}/albums/")
+    assert page.status_code == 403
+    assert "Cannot open the viewer" in page.content.decode()
+    assert "may have expired" in page.content.decode()
+    assert f'href="{ROOT}/albums/' in page.content.decode()
+    assert config.status_code == 403
+    # The failure is kept: no second exchange of the same code.
+    assert again.status_code == 403
+    assert again.json() == token.json()
+    assert len(fake_kheops.token_requests) == 1
+
+
+def test_the_token_answer_tells_the_banner_how_long_is_left(
     client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
 ) -> None:
     fake_kheops.expires_in = 120
-    page = client.get(launched()).content.decode()
-
+    location = launched(exchange=False)
+    page = client.get(location).content.decode()
     script = client.get(config_url_of(page)).content.decode()
 
-    launch = json.loads(re.search(r"window\.kheopsLaunch = (\{.*\});", script).group(1))
-    assert 110 <= launch["expiresIn"] <= 120
-    assert launch["returnUri"].startswith(f"{ROOT}/albums/")
+    token = client.get(token_url_of(location)).json()
+
+    assert 110 <= token["expiresIn"] <= 120
+    assert token["userName"] == "Dr Alice Martin"
+    # The config hands the banner the way back and a promise of the token's lifetime.
+    return_uri = json.loads(re.search(r"var returnUri = (\"[^\"]*\");", script).group(1))
+    assert return_uri.startswith(f"{ROOT}/albums/")
+    launch = re.search(r"window\.kheopsLaunch = \{(.*?)\n  \};", script, re.S).group(1)
+    assert "returnUri: returnUri" in launch
+    assert re.search(r"ready: token\.then\(function \(body\) \{ return \{ expiresIn: body\.expiresIn", launch)
     assert "banner" in page
+    banner = (Path(settings.BASE_DIR) / "static/launcher/banner.js").read_text()
+    assert "window.kheopsLaunch" in banner
+    assert "launch.ready.then(" in banner
+    assert "access.expiresIn" in banner
 
 
 def test_a_session_keeps_several_launches_apart(
     client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
 ) -> None:
-    first = launched(studies=(STUDY_1,))
-    second = launched(studies=(STUDY_2,))
+    first = launched(studies=(STUDY_1,), exchange=False)
+    second = launched(studies=(STUDY_2,), exchange=False)
 
+    # The second viewer may well ask first.
+    second_token = client.get(token_url_of(second)).json()["authorization"]
+    first_token = client.get(token_url_of(first)).json()["authorization"]
     first_config = client.get(config_url_of(client.get(first).content.decode())).content.decode()
     second_config = client.get(config_url_of(client.get(second).content.decode())).content.decode()
 
-    token_1, token_2 = fake_kheops.issued_tokens
-    assert token_1 in first_config and token_2 not in first_config
-    assert token_2 in second_config and token_1 not in second_config
-    assert LaunchGrant.objects.count() == 2
+    token_2, token_1 = fake_kheops.issued_tokens
+    assert first_token == "Bearer " + token_1
+    assert second_token == "Bearer " + token_2
+    assert client.get(token_url_of(first)).json()["authorization"] == first_token
+    assert client.get(token_url_of(second)).json()["authorization"] == second_token
+    assert token_url_of(first) in first_config and token_url_of(second) not in first_config
+    assert token_url_of(second) in second_config and token_url_of(first) not in second_config
+    for config in (first_config, second_config):
+        assert token_1 not in config and token_2 not in config
+    grants = dict(LaunchGrant.objects.values_list("launch_id", "study_uids"))
+    assert grants == {launch_id_of(first): [STUDY_1], launch_id_of(second): [STUDY_2]}
+    assert set(LaunchGrant.objects.values_list("state", flat=True)) == {GrantState.READY}
 
 
 def test_values_in_the_config_cannot_break_out_of_the_script() -> None:

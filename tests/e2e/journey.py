@@ -250,12 +250,12 @@ class Journey:
     def token(self) -> str:
         """The KHEOPS access token our server gave this session's viewer."""
         response = self.context.request.get(
-            f"{self.stack.viewer.url}/launches/{self.launch_id()}/app-config.js"
+            f"{self.stack.viewer.url}/launches/{self.launch_id()}/token"
         )
         assert response.status == 200, response.status
-        match = re.search(r'"Bearer ([^"]+)"', response.text())
-        assert match, "no Bearer token in app-config.js"
-        return match.group(1)
+        authorization = response.json()["authorization"]
+        assert authorization.startswith("Bearer "), "no Bearer token in the token answer"
+        return authorization.removeprefix("Bearer ")
 
     def dicomweb_requests(self) -> list[Request]:
         """Finished requests to the stand-in's DICOMweb API (not the launch form)."""

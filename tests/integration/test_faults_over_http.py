@@ -1,6 +1,9 @@
-"""KHEOPS faults over real HTTP with the stand-in: the right page in time, then recovery.
+"""KHEOPS faults over real HTTP with the stand-in: the right answer in time, then recovery.
 
-Byte-level faults (trickled, huge or reset answers) are in tests/test_faults.py.
+The launch needs only the discovery document (for the DICOMweb root): its faults are the
+launch's error page. The token endpoint is called by the viewer's token request, after the
+launch's 302: its faults are that request's status and JSON error, then the viewer page's
+error page. Byte-level faults (trickled, huge or reset answers) are in tests/test_faults.py.
 """
 
 from __future__ import annotations
@@ -12,32 +15,79 @@ import pytest
 import requests
 from django.db import connection
 
-from launcher.models import LaunchOutcome, LaunchRecord
-from tests.integration.test_launch_over_http import kheops_launch_url
+from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord
+from tests.integration.test_launch_over_http import ask_token, kheops_launch_url, launch
 from tests.stack import Stack
 
 
 @pytest.mark.parametrize(
-    ("faults", "status", "outcome"),
+    ("faults", "status", "outcome", "message"),
     [
-        ({"token_status": 502}, 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
-        ({"token_status": 503}, 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
-        ({"token_status": 400}, 403, LaunchOutcome.CODE_REJECTED),
-        ({"token_status": 401}, 403, LaunchOutcome.CODE_REJECTED),
-        ({"token_status": 403}, 403, LaunchOutcome.CODE_REJECTED),
-        ({"token_status": 404}, 502, LaunchOutcome.KHEOPS_MALFORMED),
-        ({"token_delay_seconds": 5}, 504, LaunchOutcome.KHEOPS_TIMEOUT),
-        ({"token_garbage": True}, 502, LaunchOutcome.KHEOPS_MALFORMED),
-        ({"discovery_down": True}, 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
-        ({"discovery_garbage": True}, 502, LaunchOutcome.KHEOPS_MALFORMED),
+        ({"token_status": 502}, 502, LaunchOutcome.KHEOPS_UNAVAILABLE, "KHEOPS is unavailable"),
+        ({"token_status": 503}, 502, LaunchOutcome.KHEOPS_UNAVAILABLE, "KHEOPS is unavailable"),
+        ({"token_status": 400}, 403, LaunchOutcome.CODE_REJECTED, "may have expired"),
+        ({"token_status": 401}, 403, LaunchOutcome.CODE_REJECTED, "may have expired"),
+        ({"token_status": 403}, 403, LaunchOutcome.CODE_REJECTED, "may have expired"),
+        ({"token_status": 404}, 502, LaunchOutcome.KHEOPS_MALFORMED, "does not understand"),
+        ({"token_delay_seconds": 5}, 504, LaunchOutcome.KHEOPS_TIMEOUT, "did not answer in time"),
+        ({"token_garbage": True}, 502, LaunchOutcome.KHEOPS_MALFORMED, "does not understand"),
     ],
-    ids=[
-        "token-502", "token-503", "token-400", "token-401", "token-403", "token-404", "token-slow",
-        "token-garbage", "discovery-down", "discovery-garbage",
-    ],
+    ids=["token-502", "token-503", "token-400", "token-401", "token-403", "token-404", "token-slow", "token-garbage"],
 )
-def test_a_fault_then_the_same_link_works_once_kheops_is_back(
-    live_stack: Stack, settings, faults: dict, status: int, outcome: LaunchOutcome
+def test_a_token_fault_then_the_same_link_works_once_kheops_is_back(
+    live_stack: Stack, settings, faults: dict, status: int, outcome: LaunchOutcome, message: str
+) -> None:
+    settings.KHEOPS_HTTP_TIMEOUT = 1.0
+    launch_url = kheops_launch_url(live_stack)
+    live_stack.kheops.set_faults(**faults)
+    http = requests.Session()
+
+    started = time.monotonic()
+    viewer_url = launch(http, live_stack, launch_url)
+    launched = time.monotonic()
+    answer = ask_token(http, viewer_url)
+    answered = time.monotonic()
+    page = http.get(viewer_url, timeout=10)
+
+    # The launch does not wait for the token endpoint; the token request does, within the timeout.
+    assert launched - started < settings.KHEOPS_HTTP_TIMEOUT
+    assert answered - launched < settings.KHEOPS_HTTP_TIMEOUT + 1
+    assert answer.status_code == status
+    assert answer.headers["Content-Type"] == "application/json"
+    assert "no-store" in answer.headers["Cache-Control"]
+    assert message in answer.json()["error"]
+    assert answer.json()["returnUri"].startswith(f"{live_stack.kheops.root_url}/albums/")
+    assert "authorization" not in answer.json()
+    assert page.status_code == status
+    assert "Cannot open the viewer" in page.text
+    assert message in page.text
+    assert f'href="{live_stack.kheops.root_url}/albums/' in page.text
+    record = LaunchRecord.objects.get()
+    assert record.outcome == outcome
+    assert record.failure_detail
+    assert LaunchGrant.objects.get().state == GrantState.FAILED
+    live_stack.kheops.reset()
+    # The failure is kept for this viewer: asking again does not exchange again.
+    assert ask_token(http, viewer_url).status_code == status
+    # The code was not spent by the failed exchange, and KHEOPS's codes live 600 s.
+    retry = requests.Session()
+    retry_viewer = launch(retry, live_stack, launch_url)
+    assert ask_token(retry, retry_viewer).status_code == 200
+    assert list(LaunchRecord.objects.order_by("id").values_list("outcome", flat=True)) == [
+        outcome, LaunchOutcome.SUCCESS,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("faults", "outcome"),
+    [
+        ({"discovery_down": True}, LaunchOutcome.KHEOPS_UNAVAILABLE),
+        ({"discovery_garbage": True}, LaunchOutcome.KHEOPS_MALFORMED),
+    ],
+    ids=["discovery-down", "discovery-garbage"],
+)
+def test_a_discovery_fault_then_the_same_link_works_once_kheops_is_back(
+    live_stack: Stack, settings, faults: dict, outcome: LaunchOutcome
 ) -> None:
     settings.KHEOPS_HTTP_TIMEOUT = 1.0
     launch_url = kheops_launch_url(live_stack)
@@ -47,14 +97,16 @@ def test_a_fault_then_the_same_link_works_once_kheops_is_back(
     response = requests.get(launch_url, allow_redirects=False, timeout=20)
     elapsed = time.monotonic() - started
 
-    assert response.status_code == status
+    # The launch itself needs the discovery document (the viewer's DICOMweb root).
+    assert response.status_code == 502
     assert "Cannot open the viewer" in response.text
     assert f'href="{live_stack.kheops.root_url}/albums/' in response.text
     assert elapsed < settings.KHEOPS_HTTP_TIMEOUT + 1
+    assert LaunchGrant.objects.count() == 0
     live_stack.kheops.reset()
-    # The code was not spent by the failed exchange, and KHEOPS's codes live 600 s.
-    retry = requests.get(launch_url, allow_redirects=False, timeout=20)
-    assert retry.status_code == 302
+    http = requests.Session()
+    viewer_url = launch(http, live_stack, launch_url)
+    assert ask_token(http, viewer_url).status_code == 200
     assert list(LaunchRecord.objects.order_by("id").values_list("outcome", flat=True)) == [
         outcome, LaunchOutcome.SUCCESS,
     ]
@@ -62,10 +114,13 @@ def test_a_fault_then_the_same_link_works_once_kheops_is_back(
 
 def test_a_userinfo_fault_still_opens_the_viewer(live_stack: Stack) -> None:
     live_stack.kheops.set_faults(userinfo_status=500)
+    http = requests.Session()
 
-    response = requests.get(kheops_launch_url(live_stack), allow_redirects=False, timeout=20)
+    answer = ask_token(http, launch(http, live_stack, kheops_launch_url(live_stack)))
 
-    assert response.status_code == 302
+    assert answer.status_code == 200
+    assert answer.json()["authorization"].startswith("Bearer ")
+    assert answer.json()["userName"] == ""
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.SUCCESS
     assert record.user_sub == ""
@@ -77,7 +132,8 @@ def test_discovery_down_then_back_without_waiting_for_a_cache(live_stack: Stack)
 
     live_stack.kheops.reset()
 
-    assert requests.get(kheops_launch_url(live_stack), allow_redirects=False, timeout=20).status_code == 302
+    http = requests.Session()
+    assert ask_token(http, launch(http, live_stack, kheops_launch_url(live_stack))).status_code == 200
 
 
 def test_concurrent_uses_of_one_launch_link_open_one_viewer(live_stack: Stack) -> None:
@@ -85,12 +141,18 @@ def test_concurrent_uses_of_one_launch_link_open_one_viewer(live_stack: Stack) -
         pytest.skip("concurrent requests need a database server (the PostgreSQL run covers this)")
     launch_url = kheops_launch_url(live_stack)
 
-    def use(_: int) -> int:
-        return requests.get(launch_url, allow_redirects=False, timeout=30).status_code
+    def use(_: int) -> tuple[int, requests.Session, str]:
+        http = requests.Session()
+        response = http.get(launch_url, allow_redirects=False, timeout=30)
+        return response.status_code, http, response.headers.get("Location", "")
 
     with ThreadPoolExecutor(max_workers=6) as pool:
-        statuses = sorted(pool.map(use, range(6)))
+        results = list(pool.map(use, range(6)))
 
-    assert statuses == [302, 409, 409, 409, 409, 409]
+    assert sorted(status for status, _, _ in results) == [302, 409, 409, 409, 409, 409]
+    outcomes = sorted(LaunchRecord.objects.values_list("outcome", flat=True))
+    assert outcomes == sorted([LaunchOutcome.PENDING] + [LaunchOutcome.REPLAY] * 5)
+    [(http, location)] = [(http, location) for status, http, location in results if status == 302]
+    assert ask_token(http, live_stack.viewer.url + location).status_code == 200
     outcomes = sorted(LaunchRecord.objects.values_list("outcome", flat=True))
     assert outcomes == sorted([LaunchOutcome.SUCCESS] + [LaunchOutcome.REPLAY] * 5)

@@ -1,13 +1,22 @@
-"""The launch flow against the KHEOPS stand-in and Orthanc, over real HTTP."""
+"""The launch flow against the KHEOPS stand-in and Orthanc, over real HTTP.
+
+A launch answers 302 to the viewer at once; the viewer's token request (same browser: its
+per-launch cookie) exchanges the code with KHEOPS.
+"""
 
 from __future__ import annotations
 
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
+from django.db import connection
 
-from launcher.models import LaunchOutcome, LaunchRecord
+from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord
+from tests.fakes import token_url_of
 from tests.stack import Stack, meta_refresh_url
 
 
@@ -19,12 +28,31 @@ def kheops_launch_url(stack: Stack, studies: list[str] | None = None, username: 
     return meta_refresh_url(response)
 
 
-def token_from_config(http: requests.Session, viewer_url: str) -> str:
+def launch(http: requests.Session, stack: Stack, launch_url: str) -> str:
+    """Follow the launch URL in this browser; the absolute viewer URL we redirect to."""
+    response = http.get(launch_url, allow_redirects=False, timeout=20)
+    assert response.status_code == 302, response.text
+    return stack.viewer.url + response.headers["Location"]
+
+
+def ask_token(http: requests.Session, viewer_url: str) -> requests.Response:
+    """The viewer's token request (what app-config.js fetches), with this browser's cookies."""
+    return http.get(urlsplit(viewer_url)._replace(path=token_url_of(viewer_url), query="").geturl(), timeout=20)
+
+
+def token_from_viewer(http: requests.Session, viewer_url: str) -> str:
+    """Load the viewer as a browser does: its page, its config, then the token request."""
     page = http.get(viewer_url, timeout=10)
     assert page.status_code == 200
     [config_path] = re.findall(r'src="([^"]*app-config\.js)"', page.text)
     script = http.get(urlsplit(viewer_url)._replace(path=config_path, query="").geturl(), timeout=10).text
-    return re.search(r'"Bearer ([^"]+)"', script).group(1)
+    assert f'fetch("{token_url_of(viewer_url)}"' in script
+    answer = ask_token(http, viewer_url)
+    assert answer.status_code == 200, answer.text
+    assert "no-store" in answer.headers["Cache-Control"]
+    token = answer.json()["authorization"].removeprefix("Bearer ")
+    assert token not in script
+    return token
 
 
 def test_a_kheops_launch_opens_a_viewer_that_can_read_the_study(live_stack: Stack) -> None:
@@ -33,13 +61,13 @@ def test_a_kheops_launch_opens_a_viewer_that_can_read_the_study(live_stack: Stac
     assert launch_url.startswith(f"{live_stack.viewer.url}/providers/ohif/launch?")
 
     http = requests.Session()
-    response = http.get(launch_url, allow_redirects=False, timeout=20)
+    viewer_url = launch(http, live_stack, launch_url)
 
-    assert response.status_code == 302, response.text
-    viewer_url = live_stack.viewer.url + response.headers["Location"]
     assert parse_qs(urlsplit(viewer_url).query) == {"StudyInstanceUIDs": [study]}
     assert "code=" not in viewer_url
-    token = token_from_config(http, viewer_url)
+    # Redirected before the exchange: the audit row waits for the viewer's token request.
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.PENDING
+    token = token_from_viewer(http, viewer_url)
     assert token not in viewer_url
     qido = requests.get(
         f"{live_stack.kheops.root_url}/api/studies",
@@ -55,34 +83,92 @@ def test_a_kheops_launch_opens_a_viewer_that_can_read_the_study(live_stack: Stac
     assert record.album_id == live_stack.kheops.demo_album_id
     assert record.client_id == live_stack.client_id
     assert token not in repr(LaunchRecord.objects.values().get())
+    assert token not in repr(LaunchGrant.objects.values().get())
+
+
+def test_the_token_request_reports_its_kheops_round_trips(live_stack: Stack) -> None:
+    http = requests.Session()
+    viewer_url = launch(http, live_stack, kheops_launch_url(live_stack))
+
+    answer = ask_token(http, viewer_url)
+
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json()["userName"] == "Alice Admin"
+    timing = answer.headers["Server-Timing"]
+    assert "token;dur=" in timing and "userinfo;dur=" in timing and "app;dur=" in timing
+
+
+def test_only_the_launching_browser_gets_the_token(live_stack: Stack) -> None:
+    http = requests.Session()
+    viewer_url = launch(http, live_stack, kheops_launch_url(live_stack))
+    [cookie] = http.cookies
+    # A real cookie jar: the per-launch cookie goes to this launch's paths only.
+    assert cookie.path == urlsplit(viewer_url).path.rsplit("/", 1)[0] + "/"
+
+    stranger = ask_token(requests.Session(), viewer_url)
+
+    assert stranger.status_code == 403
+    assert "another browser session" in stranger.json()["error"]
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.PENDING
+    assert ask_token(http, viewer_url).status_code == 200
+
+
+def test_a_reload_within_the_tokens_lifetime_still_finds_the_viewer(live_stack: Stack) -> None:
+    http = requests.Session()
+    viewer_url = launch(http, live_stack, kheops_launch_url(live_stack))
+    [cookie] = http.cookies
+    # The launch's cookie lasts as long as the code can be exchanged (10 minutes)...
+    assert cookie.expires is not None and cookie.expires <= time.time() + 700
+
+    answer = ask_token(http, viewer_url)
+
+    # ... and, once exchanged, as long as the token: a reload after 10 minutes still works.
+    [cookie] = http.cookies
+    assert cookie.expires >= time.time() + answer.json()["expiresIn"] - 5
+    assert http.get(viewer_url, timeout=10).status_code == 200
 
 
 def test_a_launch_with_several_studies_opens_them_all(live_stack: Stack) -> None:
     studies = live_stack.kheops.demo_study_uids[:2]
     assert len(studies) == 2
+    http = requests.Session()
 
-    response = requests.get(kheops_launch_url(live_stack, studies), allow_redirects=False, timeout=20)
+    viewer_url = launch(http, live_stack, kheops_launch_url(live_stack, studies))
 
-    assert response.status_code == 302
-    query = parse_qs(urlsplit(response.headers["Location"]).query)
+    query = parse_qs(urlsplit(viewer_url).query)
     assert query == {"StudyInstanceUIDs": [",".join(studies)]}
+    token = token_from_viewer(http, viewer_url)
+    for study in studies:
+        qido = requests.get(
+            f"{live_stack.kheops.root_url}/api/studies",
+            params={"StudyInstanceUID": study},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert qido.status_code == 200
 
 
 def test_a_replayed_launch_is_refused(live_stack: Stack) -> None:
     launch_url = kheops_launch_url(live_stack)
-    assert requests.get(launch_url, allow_redirects=False, timeout=20).status_code == 302
+    http = requests.Session()
+    viewer_url = launch(http, live_stack, launch_url)
 
     replay = requests.get(launch_url, allow_redirects=False, timeout=20)
 
     assert replay.status_code == 409
     assert "already been used" in replay.text
+    # Also once the code has been exchanged.
+    assert ask_token(http, viewer_url).status_code == 200
+    assert requests.get(launch_url, allow_redirects=False, timeout=20).status_code == 409
+    outcomes = sorted(LaunchRecord.objects.values_list("outcome", flat=True))
+    assert outcomes == sorted([LaunchOutcome.SUCCESS, LaunchOutcome.REPLAY, LaunchOutcome.REPLAY])
 
 
 def test_the_token_only_reaches_the_launched_study(live_stack: Stack) -> None:
     launched, other = live_stack.kheops.demo_study_uids[:2]
     http = requests.Session()
-    response = http.get(kheops_launch_url(live_stack, [launched]), allow_redirects=False, timeout=20)
-    token = token_from_config(http, live_stack.viewer.url + response.headers["Location"])
+    token = token_from_viewer(http, launch(http, live_stack, kheops_launch_url(live_stack, [launched])))
 
     qido = requests.get(
         f"{live_stack.kheops.root_url}/api/studies",
@@ -97,23 +183,58 @@ def test_the_token_only_reaches_the_launched_study(live_stack: Stack) -> None:
 def test_an_expired_code_is_refused_by_kheops(live_stack: Stack) -> None:
     launch_url = kheops_launch_url(live_stack)
     live_stack.kheops.set_clock(700)
+    http = requests.Session()
 
-    response = requests.get(launch_url, allow_redirects=False, timeout=20)
+    # We cannot know the code expired: KHEOPS says so when the viewer exchanges it.
+    viewer_url = launch(http, live_stack, launch_url)
+    answer = ask_token(http, viewer_url)
+    page = http.get(viewer_url, timeout=10)
 
-    assert response.status_code == 403
-    assert "may have expired" in response.text
+    assert answer.status_code == 403
+    assert "may have expired" in answer.json()["error"]
+    assert answer.json()["returnUri"].startswith(f"{live_stack.kheops.root_url}/albums/")
+    assert "authorization" not in answer.json()
+    assert page.status_code == 403
+    assert "may have expired" in page.text
+    assert f'href="{live_stack.kheops.root_url}/albums/' in page.text
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.CODE_REJECTED
+    assert LaunchGrant.objects.get().state == GrantState.FAILED
 
 
 def test_the_viewer_learns_the_real_token_lifetime(live_stack: Stack) -> None:
     live_stack.kheops.set_faults(token_lifetime_seconds=90)
     http = requests.Session()
-    response = http.get(kheops_launch_url(live_stack), allow_redirects=False, timeout=20)
-    viewer_url = live_stack.viewer.url + response.headers["Location"]
-    page = http.get(viewer_url, timeout=10).text
-    [config_path] = re.findall(r'src="([^"]*app-config\.js)"', page)
+    viewer_url = launch(http, live_stack, kheops_launch_url(live_stack))
 
-    script = http.get(live_stack.viewer.url + config_path, timeout=10).text
+    answer = ask_token(http, viewer_url)
 
-    expires_in = int(re.search(r'"expiresIn":(\d+)', script).group(1))
-    assert 80 <= expires_in <= 90
+    assert answer.status_code == 200
+    assert 80 <= answer.json()["expiresIn"] <= 90
+    # A reload gets the same token and what is left of its lifetime.
+    again = ask_token(http, viewer_url).json()
+    assert again["authorization"] == answer.json()["authorization"]
+    assert 80 <= again["expiresIn"] <= answer.json()["expiresIn"]
+
+
+def test_concurrent_token_requests_of_one_viewer_agree(live_stack: Stack) -> None:
+    if connection.vendor == "sqlite":
+        pytest.skip("concurrent requests need a database server (the PostgreSQL run covers this)")
+    http = requests.Session()
+    viewer_url = launch(http, live_stack, kheops_launch_url(live_stack))
+
+    def ask(_: int) -> tuple[int, str]:
+        # A reload while the first exchange runs: the same browser, the same cookie.
+        tab = requests.Session()
+        tab.cookies.update(http.cookies)
+        answer = ask_token(tab, viewer_url)
+        return answer.status_code, answer.json().get("authorization", "")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(ask, range(4)))
+
+    assert [status for status, _ in answers] == [200] * 4
+    assert len({authorization for _, authorization in answers}) == 1
+    assert ask_token(http, viewer_url).json()["authorization"] == answers[0][1]
+    record = LaunchRecord.objects.get()
+    assert record.outcome == LaunchOutcome.SUCCESS
+    assert LaunchGrant.objects.get().state == GrantState.READY
