@@ -373,7 +373,6 @@ def launch(
                 "This launch link has already been used.",
                 return_uri=return_uri,
             ) from None
-        _clean_up_now_and_then(now)
         logger.info(
             "launch %s accepted: server=%s client_id=%s studies=%d",
             grant.launch_id,
@@ -395,7 +394,8 @@ def launch(
 
 def _clean_up_now_and_then(now: datetime) -> None:
     # Opportunistic clean-up keeps the used codes at about ten minutes of launches and
-    # drops grants a day after they expired.
+    # drops grants a day after they expired. Done by the token request, which the browser
+    # does not wait for, rather than by the launch, which it does.
     if secrets.randbelow(20) == 0:
         UsedCode.objects.filter(used_at__lt=now - USED_CODE_RETENTION).delete()
         LaunchGrant.objects.filter(expires_at__lt=now - GRANT_RETENTION_AFTER_EXPIRY).delete()
@@ -476,6 +476,7 @@ def complete(launch_id: str, browser_key: str | None, *, http: Any) -> ViewerGra
         # Another request of this browser finished first: answer with what it stored.
         return complete(launch_id, browser_key, http=http)
     logger.info("launch %s exchanged its code: client_id=%s", launch_id, row.client_id)
+    _clean_up_now_and_then(timezone.now())
     return replace(
         grant,
         access_token=token.access_token,

@@ -44,16 +44,20 @@ def _execute(statement: str, params: list[Any], *, fetch: bool = False) -> Any:
 
 
 @cache
-def _insert_fields(model: type[models.Model]) -> tuple[models.Field, ...]:
+def _insert_sql(model: type[models.Model], vendor: str) -> tuple[str, tuple[models.Field, ...]]:
+    # The statement depends only on the model (and how the backend quotes): built once.
     meta = model._meta
-    return tuple(f for f in meta.local_concrete_fields if f is not meta.auto_field and not f.generated)
+    fields = tuple(
+        f for f in meta.local_concrete_fields if f is not meta.auto_field and not f.generated
+    )
+    columns = ", ".join(_quote(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    statement = f"INSERT INTO {_quote(meta.db_table)} ({columns}) VALUES ({placeholders})"  # noqa: S608
+    return statement, fields
 
 
 def _insert(row: models.Model) -> tuple[str, list[Any]]:
-    fields = _insert_fields(type(row))
-    columns = ", ".join(_quote(f.column) for f in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    statement = f"INSERT INTO {_quote(row._meta.db_table)} ({columns}) VALUES ({placeholders})"  # noqa: S608
+    statement, fields = _insert_sql(type(row), connection.vendor)
     # pre_save fills auto_now_add dates on the instance, as Model.save does.
     return statement, [f.get_db_prep_save(f.pre_save(row, True), connection) for f in fields]
 

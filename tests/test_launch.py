@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 from django.test import Client
+from django.utils import timezone
 from django.utils.html import escape
 
-from launcher import kheops
+from launcher import kheops, services
 from launcher.models import (
     GrantState,
     KheopsServer,
@@ -738,3 +741,24 @@ def test_disabling_a_server_in_the_admin_takes_effect_at_once(
     kheops_server.save()
 
     assert client.get(fake_kheops.launch_url()).status_code == 403
+
+
+def test_the_token_request_clears_out_old_codes_and_grants_now_and_then(
+    client: Client, launched: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = timezone.now()
+    UsedCode.objects.create(code_hash="0" * 64, used_at=now - timedelta(hours=1))
+    LaunchGrant.objects.create(
+        launch_id="old-grant", browser_key_hash="0" * 64, expires_at=now - timedelta(days=2),
+        dicomweb_endpoint=f"{ROOT}/api", mode="viewer",
+    )
+    launched(exchange=False)
+    assert UsedCode.objects.filter(code_hash="0" * 64).exists()  # not by the launch itself
+    # The clean-up runs on one exchange in twenty; make this one of them.
+    monkeypatch.setattr(services.secrets, "randbelow", lambda n: 0)
+
+    launched()
+
+    assert not UsedCode.objects.filter(code_hash="0" * 64).exists()
+    assert not LaunchGrant.objects.filter(launch_id="old-grant").exists()
+    assert UsedCode.objects.count() == 2 and LaunchGrant.objects.count() == 2
