@@ -74,6 +74,20 @@ _FOREIGN_ENV_PREFIXES = (
 _PROXY_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
+def use_postgres_if_available() -> None:
+    """Run our app on PostgreSQL (as in production) when it answers on 127.0.0.1:5432 and
+    DATABASE_URL does not say otherwise; BenchStack then makes a throwaway database."""
+    if os.environ.get("DATABASE_URL"):
+        return
+    try:
+        import psycopg
+
+        psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=2).close()
+    except Exception:  # any failure means: no PostgreSQL here, use SQLite
+        return
+    os.environ["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
 class StackError(RuntimeError):
     """A part of the stack did not start or did not answer; the message says which and why."""
 

@@ -2,15 +2,18 @@
 
 Click to first image: from the click on "Open in OHIF Viewer" (the CT study) on the KHEOPS
 stand-in's album page, through KHEOPS's form POST and meta refresh, our launch endpoint and
-its redirect, to the first drawn image in OHIF: a `canvas.cornerstone-canvas` with a pixel
+its redirect, the viewer page (whose app-config.js has the code exchanged meanwhile), to the
+first drawn image in OHIF: a `canvas.cornerstone-canvas` with a pixel
 that is not black. Both ends are timestamped in the page (`performance.timeOrigin +
 performance.now()`, one clock for every document of the browser), the end by a check run on
 cornerstone's own `CORNERSTONE_IMAGE_RENDERED` event: no polling error.
 
 Baseline, measured in the same run, interleaved with ours: the same installed OHIF bundle
 from a plain static file server in this process (no Django), with the same app-config.js
-(taken from one real launch through our app, token included) and the same DICOMweb (the
-stand-in's relay to Orthanc), timed from navigation start to the first drawn image. The
+and the token given directly (both taken from one real launch through our app: the static
+server answers the token URL with that launch's token, at once, with no KHEOPS behind it)
+and the same DICOMweb (the stand-in's relay to Orthanc), timed from navigation start to the
+first drawn image. The
 server does what a well-configured static host does (nginx `brotli_static`/`gzip_static`,
 conditional requests, WhiteNoise's cache lifetimes), so the ratio is the cost of what we add:
 the KHEOPS launch round trips, Django/gunicorn serving and the banner.
@@ -26,7 +29,7 @@ KHEOPS pages are not counted), against the decoded size of the same responses; t
 revalidated, fresh subresources come from the cache).
 
     bench/browser.py                         # prints the figures
-    BENCH_BROWSER_RUNS=3 bench/browser.py    # cold and warm runs per side (default 5)
+    BENCH_BROWSER_RUNS=3 bench/browser.py    # cold runs per side (default 5; warm: 4 more)
     BENCH_BROWSER_TRACE=1 bench/browser.py   # also leaves artifacts/bench/ diagnostics
 """
 
@@ -56,7 +59,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
 import _harness  # noqa: E402
-from _stack import OHIF_ROOT, BenchStack, free_port, http_session  # noqa: E402
+from _stack import OHIF_ROOT, BenchStack, free_port, http_session, use_postgres_if_available  # noqa: E402
 from playwright.sync_api import (  # noqa: E402
     Browser,
     BrowserContext,
@@ -73,6 +76,8 @@ from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 BENCHMARK = "browser"
 VIEWPORT = {"width": 1280, "height": 800}
 RUNS = int(os.environ.get("BENCH_BROWSER_RUNS", "5"))
+# A warm load is half as long as a cold one and varies as much in absolute terms: more pairs.
+WARM_RUNS = int(os.environ.get("BENCH_BROWSER_WARM_RUNS", str(RUNS + 4)))
 WARMUP_LOADS = 2
 # The bytes of a reload do not vary from run to run; three show that they do not.
 RELOAD_RUNS = min(RUNS, 3)
@@ -152,7 +157,7 @@ class StaticOhif(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, bundle_dir: Path, *, launch_id: str, app_config: str) -> None:
+    def __init__(self, bundle_dir: Path, *, launch_id: str, app_config: str, token: str) -> None:
         super().__init__(("127.0.0.1", free_port()), _StaticOhifHandler)
         self.static_dir = (bundle_dir / "static").resolve()
         self.asset_prefix = json.loads((bundle_dir / "bundle.json").read_text())["asset_prefix"]
@@ -161,6 +166,8 @@ class StaticOhif(ThreadingHTTPServer):
         index = (bundle_dir / "index.html").read_text(encoding="utf-8")
         self.index_html = index.replace("__KHEOPS_OHIF_APP_CONFIG_URL__", self.config_path).encode()
         self.app_config = app_config.encode()
+        self.token_path = f"/launches/{launch_id}/token"
+        self.token = token.encode()
         self.thread = threading.Thread(target=self.serve_forever, name="static-ohif", daemon=True)
 
     @property
@@ -184,6 +191,10 @@ class _StaticOhifHandler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         if path.startswith(self.server.asset_prefix):
             self._file(path.removeprefix(self.server.asset_prefix))
+        elif path == self.server.token_path:
+            self._send(
+                HTTPStatus.OK, self.server.token, "application/json", {"Cache-Control": "no-store"}
+            )
         elif path == self.server.config_path:
             self._send(
                 HTTPStatus.OK,
@@ -410,9 +421,10 @@ class WireTotals:
 class Load:
     total_ms: float  # ours: click → first image; baseline: navigation start → first image
     before_viewer_ms: float  # ours: click → start of the navigation to our launch URL
-    launch_ms: float  # ours: our launch endpoint (code → token exchange → 302)
+    launch_ms: float  # ours: our launch endpoint (claim the code → 302)
     viewer_ms: float  # the viewer page itself: its request → first image
     server_timing: dict[str, float] = field(default_factory=dict)  # our launch's Server-Timing
+    token_timing: dict[str, float] = field(default_factory=dict)  # the token request's
 
 
 def parse_server_timing(header: str) -> dict[str, float]:
@@ -454,10 +466,13 @@ class Ours(BrowserSide):
         page.goto(self.stack.album_url, wait_until="load")
         # Our launch endpoint says where its time went (KHEOPS round trips, our own work).
         launch_timing: list[str] = []
+        token_timing: list[str] = []
 
         def on_response(response: Response) -> None:
             if "/providers/ohif/launch?" in response.url:
                 launch_timing.append(response.headers.get("server-timing", ""))
+            elif re.search(r"/launches/[^/]+/token$", urlsplit(response.url).path):
+                token_timing.append(response.headers.get("server-timing", ""))
 
         page.on("response", on_response)
         try:
@@ -475,6 +490,7 @@ class Ours(BrowserSide):
             launch_ms=launch_end,
             viewer_ms=state["drawnAt"] - state["timeOrigin"] - launch_end,
             server_timing=parse_server_timing(launch_timing[0]) if launch_timing else {},
+            token_timing=parse_server_timing(token_timing[0]) if token_timing else {},
         )
 
 
@@ -528,17 +544,22 @@ def _persistent_context(playwright: Playwright, profile: Path) -> Iterator[Brows
         context.close()
 
 
-def baseline_config(stack: BenchStack, study_uid: str) -> tuple[str, str]:
-    """(launch id, app-config.js) of one real launch through our app, as a browser gets them."""
+def baseline_config(stack: BenchStack, study_uid: str) -> tuple[str, str, str]:
+    """(launch id, app-config.js, token answer) of one real launch through our app, as a
+    browser gets them."""
     with http_session() as browser:
         viewer = browser.get(stack.launch_url(study_uid), timeout=30)
         viewer.raise_for_status()
         launch_id = urlsplit(viewer.url).path.split("/")[2]
         config = browser.get(f"{stack.app_url}/launches/{launch_id}/app-config.js", timeout=30)
         config.raise_for_status()
-    if "Bearer " not in config.text:
-        raise RuntimeError("our app-config.js carries no token")
-    return launch_id, config.text
+        token = browser.get(f"{stack.app_url}/launches/{launch_id}/token", timeout=30)
+        token.raise_for_status()
+    if f"/launches/{launch_id}/token" not in config.text:
+        raise RuntimeError("our app-config.js does not ask for the token")
+    if not token.json()["authorization"].startswith("Bearer "):
+        raise RuntimeError("our token answer carries no token")
+    return launch_id, config.text, token.text
 
 
 def warm_up_servers(stack: BenchStack) -> None:
@@ -561,14 +582,15 @@ class Samples:
 
 
 def measure() -> list[_harness.Result]:
+    use_postgres_if_available()
     started = time.monotonic()
     with BenchStack.start(name=BENCHMARK) as stack:
         print(f"browser: stack up in {time.monotonic() - started:.1f} s", file=sys.stderr)
         study = stack.sample_study_uid("CT")
-        launch_id, app_config = baseline_config(stack, study)
+        launch_id, app_config, token = baseline_config(stack, study)
         bundle_dir = (OHIF_ROOT / "current").resolve()
         with (
-            StaticOhif(bundle_dir, launch_id=launch_id, app_config=app_config) as static,
+            StaticOhif(bundle_dir, launch_id=launch_id, app_config=app_config, token=token) as static,
             sync_playwright() as playwright,
         ):
             ours = Ours(stack, study)
@@ -641,7 +663,7 @@ def measure_warm(playwright: Playwright, ours: Ours, baseline: Baseline) -> Samp
             for _ in range(WARMUP_LOADS):
                 for side, page in pages.items():
                     side.load(page)
-            for run in range(RUNS):
+            for run in range(WARM_RUNS):
                 for side in (ours, baseline) if run % 2 == 0 else (baseline, ours):
                     (samples.ours if side is ours else samples.baseline).append(
                         side.load(pages[side])
@@ -689,7 +711,7 @@ def timing_results(kind: str, samples: Samples, server: str) -> list[Result]:
             f"{kind}: baseline, navigation → first image",
             "ms",
             baseline,
-            "same bundle and app-config.js from a static file server (no Django), same DICOMweb",
+            "same bundle, app-config.js and token from a static file server (no Django, no KHEOPS), same DICOMweb",
         ),
         Result(
             BENCHMARK,
@@ -708,11 +730,13 @@ def timing_results(kind: str, samples: Samples, server: str) -> list[Result]:
         ),
         Result(
             BENCHMARK,
-            f"{kind}: ours, launch endpoint (code → token → 302)",
+            f"{kind}: ours, launch endpoint (claim the code → 302)",
             "ms",
             [load.launch_ms for load in samples.ours],
-            "our /providers/ohif/launch as the browser saw it; its Server-Timing, medians: "
-            + (server_timing_medians(samples.ours) or "(none sent)"),
+            "our /providers/ohif/launch as the browser saw it (navigation start included); its "
+            "Server-Timing, medians: " + (server_timing_medians(samples.ours) or "(none sent)")
+            + "; the exchange, while OHIF loads (token request's Server-Timing): "
+            + (server_timing_medians(samples.ours, token=True) or "(none seen)"),
         ),
         Result(
             BENCHMARK,
@@ -724,10 +748,11 @@ def timing_results(kind: str, samples: Samples, server: str) -> list[Result]:
     ]
 
 
-def server_timing_medians(loads: list[Load]) -> str:
-    phases = sorted({phase for load in loads for phase in load.server_timing})
+def server_timing_medians(loads: list[Load], *, token: bool = False) -> str:
+    timings = [load.token_timing if token else load.server_timing for load in loads]
+    phases = sorted({phase for timing in timings for phase in timing})
     return ", ".join(
-        f"{phase} {statistics.median(load.server_timing.get(phase, 0.0) for load in loads):.0f} ms"
+        f"{phase} {statistics.median(timing.get(phase, 0.0) for timing in timings):.0f} ms"
         for phase in phases
     )
 

@@ -14,9 +14,11 @@ What it does, on loopback only, bounded in counts and time, and cleaning up afte
    codes carry no nonce: the same user, studies and client in the same second give the same
    code);
 4. fires N concurrent launches (threads released together): each POSTs /api/report at the
-   stand-in with a user token, reads the meta refresh, and GETs our launch URL, expecting
-   our 302 to the viewer;
-5. fires groups of concurrent uses of one same launch URL: exactly one may succeed;
+   stand-in with a user token, reads the meta refresh, GETs our launch URL, expecting our 302
+   to the viewer, then GETs the viewer's token URL as its page does (the code exchange),
+   expecting the token;
+5. fires groups of concurrent uses of one same launch URL: exactly one may succeed (and get
+   its token);
 6. checks 0 errors, one audit record per launch with the right outcome, and prints
    launches, errors, p50/p95/p99 latency and launches/s (also written to
    bench/results-load.json, git-ignored).
@@ -42,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import psycopg
 import requests
@@ -117,12 +120,19 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
             process.wait(timeout=10)
 
 
+def token_url(launch_url: str, location: str) -> str:
+    """The viewer's token URL on the server that answered the launch."""
+    launch_id = urlsplit(location).path.split("/")[2]
+    return urljoin(launch_url, f"/launches/{launch_id}/token")
+
+
 @dataclass
 class Launch:
     status: int | None = None
     error: str = ""
     report_seconds: float = 0.0
     launch_seconds: float = 0.0
+    token_seconds: float = 0.0
 
 
 @dataclass
@@ -260,6 +270,12 @@ class LoadTest:
             result.status = response.status_code
             if response.status_code != 302 or "/viewer?" not in response.headers.get("Location", ""):
                 result.error = f"launch {response.status_code}"
+                return result
+            exchanged = time.monotonic()
+            token = http.get(token_url(launch_url, response.headers["Location"]))
+            result.token_seconds = time.monotonic() - exchanged
+            if token.status_code != 200 or not token.json().get("authorization", "").startswith("Bearer "):
+                result.error = f"token {token.status_code}"
         except Exception as exc:  # every failure is counted, none stops the run
             result.error = type(exc).__name__
         finally:
@@ -297,7 +313,11 @@ class LoadTest:
             def use(_: int, url: str = url, barrier: threading.Barrier = barrier) -> int:
                 with TimeoutSession(timeout=120) as http:
                     barrier.wait(timeout=60)
-                    return http.get(url, allow_redirects=False).status_code
+                    response = http.get(url, allow_redirects=False)
+                    if response.status_code != 302:
+                        return response.status_code
+                    # The winner's viewer exchanges the code: 200 with its token.
+                    return http.get(token_url(url, response.headers["Location"])).status_code
 
             with ThreadPoolExecutor(max_workers=uses) as pool:
                 results.append(sorted(pool.map(use, range(uses))))
@@ -350,8 +370,13 @@ def main() -> int:
 
     errors = [launch for launch in result.launches if launch.error]
     launch_latency = [launch.launch_seconds for launch in result.launches if not launch.error]
-    end_to_end = [launch.report_seconds + launch.launch_seconds for launch in result.launches if not launch.error]
-    groups_ok = all(statuses == [302] + [409] * (options.duplicate_uses - 1) for statuses in duplicates)
+    token_latency = [launch.token_seconds for launch in result.launches if not launch.error]
+    end_to_end = [
+        launch.report_seconds + launch.launch_seconds + launch.token_seconds
+        for launch in result.launches
+        if not launch.error
+    ]
+    groups_ok = all(statuses == [200] + [409] * (options.duplicate_uses - 1) for statuses in duplicates)
     expected = Counter(
         {
             "success": options.launches + options.duplicate_groups,
@@ -368,6 +393,11 @@ def main() -> int:
             "p99": round(percentile(launch_latency, 99), 3),
             "max": round(max(launch_latency, default=0), 3),
             "mean": round(statistics.fmean(launch_latency), 3) if launch_latency else 0,
+        },
+        "token_latency_seconds": {
+            "p50": round(percentile(token_latency, 50), 3),
+            "p95": round(percentile(token_latency, 95), 3),
+            "p99": round(percentile(token_latency, 99), 3),
         },
         "end_to_end_latency_seconds": {
             "p50": round(percentile(end_to_end, 50), 3),
