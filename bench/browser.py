@@ -29,7 +29,7 @@ KHEOPS pages are not counted), against the decoded size of the same responses; t
 revalidated, fresh subresources come from the cache).
 
     bench/browser.py                         # prints the figures
-    BENCH_BROWSER_RUNS=3 bench/browser.py    # cold runs per side (default 5; warm: 4 more)
+    BENCH_BROWSER_RUNS=3 bench/browser.py    # cold runs per side (default 5; warm: 6 more)
     BENCH_BROWSER_TRACE=1 bench/browser.py   # also leaves artifacts/bench/ diagnostics
 """
 
@@ -77,7 +77,7 @@ BENCHMARK = "browser"
 VIEWPORT = {"width": 1280, "height": 800}
 RUNS = int(os.environ.get("BENCH_BROWSER_RUNS", "5"))
 # A warm load is half as long as a cold one and varies as much in absolute terms: more pairs.
-WARM_RUNS = int(os.environ.get("BENCH_BROWSER_WARM_RUNS", str(RUNS + 4)))
+WARM_RUNS = int(os.environ.get("BENCH_BROWSER_WARM_RUNS", str(RUNS + 6)))
 WARMUP_LOADS = 2
 # The bytes of a reload do not vary from run to run; three show that they do not.
 RELOAD_RUNS = min(RUNS, 3)

@@ -87,11 +87,15 @@ def rotate(*, grace: timedelta) -> tuple[SigningKey, SigningKey | None]:
 
 def published_keys() -> list[dict]:
     """The JWKS `keys`: the active key and retired keys still within their grace period."""
-    active_signing_key()
-    keys = SigningKey.objects.filter(active=True) | SigningKey.objects.filter(
+    # KHEOPS fetches this on every token exchange: one query, unless no key exists yet.
+    published = SigningKey.objects.filter(active=True) | SigningKey.objects.filter(
         active=False, retired_at__gt=timezone.now()
     )
-    return [key.public_jwk for key in keys.order_by("-created_at")]
+    keys = list(published.order_by("-created_at"))
+    if not any(key.active for key in keys):
+        active_signing_key()
+        keys = list(published.order_by("-created_at"))
+    return [key.public_jwk for key in keys]
 
 
 def forget_cached_key() -> None:
