@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import requests
+import urllib3
 
 USER_AGENT = "kheops-ohif (+https://github.com/kheops-ohif)"
 # A discovery or token answer is a few hundred bytes; refuse to buffer anything huge.
@@ -227,11 +228,26 @@ def _send(
             timings.append((call, time.perf_counter() - started))
 
 
+def _dropped_before_answering(exc: requests.ConnectionError) -> bool:
+    """The server closed the connection before any answer (not: refused, unresolvable)."""
+    reason = exc.args[0] if exc.args else None
+    return isinstance(reason, urllib3.exceptions.ProtocolError)
+
+
 def _send_timed(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
     timeout = getattr(session, "timeout", None)
     deadline = time.monotonic() + timeout if isinstance(timeout, int | float) else None
     try:
-        response = session.request(method, url, stream=True, **kwargs)
+        try:
+            response = session.request(method, url, stream=True, **kwargs)
+        except requests.ConnectionError as exc:
+            if isinstance(exc, requests.Timeout) or not _dropped_before_answering(exc):
+                raise
+            # A kept-alive connection the server closed just as we sent on it (measured by
+            # bench/loadtest.py: about 1 request in 400 under a burst). Each of our calls
+            # may be repeated: discovery and userinfo are GETs, and a KHEOPS code stays
+            # valid for several exchanges within its 600 s. Once, on a fresh connection.
+            response = session.request(method, url, stream=True, **kwargs)
     except requests.Timeout:
         raise KheopsTimeout(f"{urlsplit(url).netloc} did not answer in time") from None
     except requests.RequestException as exc:
