@@ -512,32 +512,31 @@ def _record_failure(row: LaunchGrant, failure: LaunchFailed, *, code: str) -> bo
     return stored
 
 
+# How each kind of KHEOPS failure reaches the user and the audit trail (most specific first:
+# a timeout is also "unavailable").
+_KHEOPS_FAILURES: list[tuple[type[kheops.KheopsError], LaunchOutcome, int, str]] = [
+    (kheops.KheopsTimeout, LaunchOutcome.KHEOPS_TIMEOUT, 504, "KHEOPS did not answer in time."),
+    (
+        kheops.KheopsRejected,
+        LaunchOutcome.CODE_REJECTED,
+        403,
+        "KHEOPS refused this launch: the link may have expired.",
+    ),
+    (
+        kheops.KheopsMalformed,
+        LaunchOutcome.KHEOPS_MALFORMED,
+        502,
+        "KHEOPS sent an answer this viewer does not understand.",
+    ),
+    (kheops.KheopsError, LaunchOutcome.KHEOPS_UNAVAILABLE, 502, "KHEOPS is unavailable."),
+]
+
+
 def _kheops_failure(exc: kheops.KheopsError, *, return_uri: str | None = None) -> LaunchFailed:
-    if isinstance(exc, kheops.KheopsTimeout):
-        return LaunchFailed(
-            LaunchOutcome.KHEOPS_TIMEOUT, 504, "KHEOPS did not answer in time.",
-            detail=str(exc), return_uri=return_uri,
-        )
-    if isinstance(exc, kheops.KheopsRejected):
-        return LaunchFailed(
-            LaunchOutcome.CODE_REJECTED,
-            403,
-            "KHEOPS refused this launch: the link may have expired.",
-            detail=str(exc),
-            return_uri=return_uri,
-        )
-    if isinstance(exc, kheops.KheopsMalformed):
-        return LaunchFailed(
-            LaunchOutcome.KHEOPS_MALFORMED,
-            502,
-            "KHEOPS sent an answer this viewer does not understand.",
-            detail=str(exc),
-            return_uri=return_uri,
-        )
-    return LaunchFailed(
-        LaunchOutcome.KHEOPS_UNAVAILABLE, 502, "KHEOPS is unavailable.",
-        detail=str(exc), return_uri=return_uri,
-    )
+    for kind, outcome, status, message in _KHEOPS_FAILURES:
+        if isinstance(exc, kind):
+            return LaunchFailed(outcome, status, message, detail=str(exc), return_uri=return_uri)
+    raise AssertionError("unreachable: every KheopsError matches the last row")
 
 
 def _release_database_connections() -> None:

@@ -20,6 +20,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -183,6 +184,20 @@ def raw_kheops(rsps: responses.RequestsMock, db: None, settings) -> Iterator[Raw
     server.stop()
 
 
+@contextmanager
+def kheops_back(rsps: responses.RequestsMock, gone: RawKheops) -> Iterator[RawKheops]:
+    """KHEOPS back up at a new address: the trusted server that was `gone` points there."""
+    back = RawKheops()
+    rsps.add_passthru(back.root)
+    try:
+        server = KheopsServer.objects.get(root_url=gone.root)
+        server.root_url = back.root
+        server.save()
+        yield back
+    finally:
+        back.stop()
+
+
 def launch_url(server: RawKheops, code: str | None = None) -> str:
     query = urlencode(
         {
@@ -327,16 +342,9 @@ def test_a_kheops_that_refuses_connections_is_unavailable_then_recovers(
     assert record.outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
     assert "unreachable" in record.failure_detail  # refused, not answered
 
-    back = RawKheops()
-    rsps.add_passthru(back.root)
-    try:
-        server = KheopsServer.objects.get(root_url=raw_kheops.root)
-        server.root_url = back.root
-        server.save()
+    with kheops_back(rsps, raw_kheops) as back:
         client.cookies.clear()
         assert_exchanged(client, launch_url(back))
-    finally:
-        back.stop()
 
 
 def test_a_kheops_that_goes_away_after_the_launch_fails_the_token_request_then_recovers(
@@ -358,15 +366,8 @@ def test_a_kheops_that_goes_away_after_the_launch_fails_the_token_request_then_r
     assert "unreachable" in record.failure_detail  # refused, not answered
     assert UsedCode.objects.count() == 0
 
-    back = RawKheops()
-    rsps.add_passthru(back.root)
-    try:
-        server = KheopsServer.objects.get(root_url=raw_kheops.root)
-        server.root_url = back.root
-        server.save()
+    with kheops_back(rsps, raw_kheops) as back:
         assert_exchanged(client, launch_url(back, code=parse_qs(urlsplit(url).query)["code"][0]))
-    finally:
-        back.stop()
 
 
 def test_a_huge_body_is_not_buffered(client: Client, raw_kheops: RawKheops) -> None:
