@@ -175,6 +175,7 @@ def test_the_admin_index_shows_one_health_line_per_trusted_server(admin_client: 
     record(age=timedelta(hours=3))
     record(age=timedelta(hours=1), outcome="code_rejected")
     record(age=timedelta(hours=2), outcome="kheops_timeout")
+    record(age=timedelta(hours=2), outcome="pending")  # not (yet) a failure
     record(age=timedelta(days=2), outcome="kheops_timeout")  # outside the window
     record(kheops_server=broken, age=timedelta(days=9))
 

@@ -43,7 +43,8 @@ class LaunchRecordPagination(CursorPagination):
 
 class LaunchRecordViewSet(AuditAPIMixin, ReadOnlyModelViewSet):
     """Launch attempts, newest first: who opened which studies, when, from where, and how it
-    ended. Failed attempts are included (`outcome` other than `success`)."""
+    ended. Failed attempts are included (`outcome` other than `success`); `pending` is a launch
+    whose viewer has not exchanged its code (yet, or ever: the tab was closed at once)."""
 
     queryset = LaunchRecord.objects.select_related("kheops_server", "provider")
     serializer_class = LaunchRecordSerializer
