@@ -106,8 +106,14 @@ window.browserImportFunction = function (name) {{ return import(name); }};
   function stop(error) {{
     // Our server answered with a reason: the viewer page now shows it, with the way back.
     var key = "kheops-ohif-refused:" + {launch_id};
-    if (error && error.answered && !sessionStorage.getItem(key)) {{
-      sessionStorage.setItem(key, "1");
+    var reloadOnce = false;
+    try {{  // storage may be off (private modes): then no reload, the message below
+      reloadOnce = !!(error && error.answered) && !sessionStorage.getItem(key);
+      if (reloadOnce) {{ sessionStorage.setItem(key, "1"); }}
+    }} catch (ignored) {{
+      reloadOnce = false;
+    }}
+    if (reloadOnce) {{
       location.replace(location.href);
     }} else {{
       var message = document.createElement("p");

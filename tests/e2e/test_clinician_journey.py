@@ -15,7 +15,7 @@ import pytest
 import requests
 from playwright.sync_api import Request
 
-from tests.e2e.journey import Journey
+from tests.e2e.journey import VIEWER_PATH, Journey
 from tests.stack import Stack
 
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"  # CT_small, explicit VR little endian
@@ -295,3 +295,22 @@ def test_a_length_measurement_saved_as_a_report_is_stored_in_the_same_study(
         assert study_tags(orthanc, live_stack, series["ID"]) == study_tags(
             orthanc, live_stack, ct_series
         )
+
+
+def test_a_code_kheops_refuses_while_ohif_loads_ends_on_our_error_page_with_the_way_back(
+    journey: Journey,
+) -> None:
+    with journey.step("KHEOPS will refuse the code at the token endpoint"):
+        journey.stack.kheops.set_faults(token_status=400)
+    with journey.step("click Open in OHIF: the viewer starts loading at once"):
+        journey.open_from_album(CT_STUDY)
+    with journey.step("the exchange fails while OHIF loads: our error page, at the viewer URL"):
+        journey.page.wait_for_selector("text=the link may have expired", timeout=30_000)
+        assert VIEWER_PATH.search(journey.page.url)
+        back = journey.page.locator(f'a[href="{journey.album_url()}"]')
+        assert back.count() == 1
+        token_answers = [r for r in journey.finished if r.url.endswith("/token")]
+        assert [r.response().status for r in token_answers if r.response()] == [403]
+        journey.screenshot("exchange-refused")
+    with journey.step("no DICOMweb request was made without a token"):
+        assert journey.dicomweb_requests() == []
