@@ -404,8 +404,9 @@ def _clean_up_now_and_then(now: datetime) -> None:
 def complete(launch_id: str, browser_key: str | None, *, http: Any) -> ViewerGrant:
     """The viewer's grant with its token: the first call exchanges the launch's code.
 
-    Raises ViewerRefused when this browser has no such grant or it has expired, and
-    LaunchFailed when the exchange fails now or failed before (the grant keeps why).
+    Raises ViewerRefused when this browser has no such grant, it has expired, or its
+    exchange failed before (the grant keeps why); LaunchFailed (a ViewerRefused) when the
+    exchange fails now.
     Two calls at once (a reload) may both exchange the code, which KHEOPS allows within its
     lifetime: the first to finish is kept, the other answers with it.
     """
