@@ -55,8 +55,9 @@ prepare: deps var/secret_key
 	$(PY) manage.py migrate --noinput --verbosity 0
 
 # Benchmarks (bench/*.py): a markdown table on stdout, JSON in git-ignored bench/results.json.
-# Each builds a throwaway database (temporary SQLite, or beside DATABASE_URL's).
-bench: deps-dev prepare
+# Each builds a throwaway database (temporary SQLite, or beside DATABASE_URL's). Orthanc and
+# Chromium too: the same Debian packages as the tests.
+bench: deps-dev system-deps-test prepare
 	$(PY) bench/run.py
 
 # Load test (bench/loadtest.py): 200 concurrent launches against gunicorn on PostgreSQL

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """Our Server-Timing header, `token;dur=12.5, app;dur=3.1` → {"token": 12.5, "app": 3.1}
+    (milliseconds): `app` is our own processing, every other entry a KHEOPS round trip."""
+    phases: dict[str, float] = {}
+    for entry in header.split(","):
+        name, _, params = entry.strip().partition(";")
+        duration = re.search(r"dur=([0-9.]+)", params)
+        if name and duration:
+            phases[name] = phases.get(name, 0.0) + float(duration.group(1))
+    return phases
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
@@ -72,6 +72,13 @@ _FOREIGN_ENV_PREFIXES = (
     "OHIF_",
 )
 _PROXY_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def token_url(launch_url: str, location: str) -> str:
+    """The viewer's token URL (what its app-config.js asks for), given our launch's 302
+    `Location`, on the server that answered the launch."""
+    launch_id = urlsplit(location).path.split("/")[2]
+    return urljoin(launch_url, f"/launches/{launch_id}/token")
 
 
 def use_postgres_if_available() -> None:

@@ -71,7 +71,7 @@ from playwright.sync_api import (  # noqa: E402
     sync_playwright,
 )
 
-from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.e2e.chromium import CANVAS_SHOWS_IMAGE_JS, CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 BENCHMARK = "browser"
 VIEWPORT = {"width": 1280, "height": 800}
@@ -98,18 +98,8 @@ FIRST_IMAGE_PROBE = """
   if (window.top !== window) { return; }
   const probe = { drawnAt: null, events: 0 };
   window.__benchFirstImage = probe;
-  const drawn = () => {
-    for (const canvas of document.querySelectorAll("canvas.cornerstone-canvas")) {
-      if (!canvas.width || !canvas.height) { continue; }
-      const context = canvas.getContext("2d", { willReadFrequently: true });
-      if (!context) { continue; }
-      const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
-      for (let i = 0; i < pixels.length; i += 4) {
-        if (pixels[i] || pixels[i + 1] || pixels[i + 2]) { return true; }
-      }
-    }
-    return false;
-  };
+""" + CANVAS_SHOWS_IMAGE_JS + """
+  const drawn = () => [...document.querySelectorAll("canvas.cornerstone-canvas")].some(canvasShowsImage);
   // The event does not bubble: listen in the capture phase. It fires after cornerstone has
   // copied the rendered image to the canvas, so the check sees exactly that frame.
   document.addEventListener("CORNERSTONE_IMAGE_RENDERED", () => {
@@ -427,17 +417,6 @@ class Load:
     token_timing: dict[str, float] = field(default_factory=dict)  # the token request's
 
 
-def parse_server_timing(header: str) -> dict[str, float]:
-    """`token;dur=12.5, app;dur=3.1` → {"token": 12.5, "app": 3.1} (milliseconds)."""
-    phases: dict[str, float] = {}
-    for entry in header.split(","):
-        name, _, params = entry.strip().partition(";")
-        duration = re.search(r"dur=([0-9.]+)", params)
-        if name and duration:
-            phases[name] = phases.get(name, 0.0) + float(duration.group(1))
-    return phases
-
-
 class BrowserSide:
     """Where the viewer comes from (ours or the baseline), and how a load is timed."""
 
@@ -489,8 +468,8 @@ class Ours(BrowserSide):
             before_viewer_ms=state["timeOrigin"] - clicked_at,
             launch_ms=launch_end,
             viewer_ms=state["drawnAt"] - state["timeOrigin"] - launch_end,
-            server_timing=parse_server_timing(launch_timing[0]) if launch_timing else {},
-            token_timing=parse_server_timing(token_timing[0]) if token_timing else {},
+            server_timing=_harness.parse_server_timing(launch_timing[0]) if launch_timing else {},
+            token_timing=_harness.parse_server_timing(token_timing[0]) if token_timing else {},
         )
 
 

@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -27,7 +26,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
 import _harness as harness  # noqa: E402
-from _stack import BenchStack, use_postgres_if_available  # noqa: E402
+from _stack import BenchStack, token_url, use_postgres_if_available  # noqa: E402
 
 BENCHMARK = "launch"
 SINGLE_LAUNCHES = 100
@@ -94,10 +93,7 @@ class Timed:
 
 def _server_timing(response: requests.Response) -> tuple[float, float]:
     """(our processing, upstream round trips) from a response's Server-Timing header."""
-    parts = dict(
-        (part.split(";")[0].strip(), float(part.split("dur=")[1]))
-        for part in response.headers["Server-Timing"].split(",")
-    )
+    parts = harness.parse_server_timing(response.headers["Server-Timing"])
     app = parts.pop("app")
     return app, sum(parts.values())
 
@@ -110,10 +106,8 @@ def timed_launch(http: requests.Session, url: str) -> Timed:
     if response.status_code != 302:
         raise RuntimeError(f"launch answered {response.status_code}: {response.text[:300]!r}")
     launch_app, launch_upstream = _server_timing(response)
-    launch_id = urlsplit(response.headers["Location"]).path.split("/")[-2]
-    token_url = urljoin(url, f"/launches/{launch_id}/token")
     started = time.perf_counter()
-    token = http.get(token_url, timeout=60)
+    token = http.get(token_url(url, response.headers["Location"]), timeout=60)
     token_ms = (time.perf_counter() - started) * 1000
     if token.status_code != 200 or not token.json().get("authorization", "").startswith("Bearer "):
         raise RuntimeError(f"token request answered {token.status_code}: {token.text[:300]!r}")

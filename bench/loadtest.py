@@ -44,7 +44,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import psycopg
 import requests
@@ -52,6 +51,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
+from _stack import token_url  # noqa: E402
 from sandbox_harness import SandboxServer, TimeoutSession, _server_env, free_port, meta_refresh_url  # noqa: E402
 
 POSTGRES = "postgres://postgres@127.0.0.1:5432"
@@ -118,12 +118,6 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-
-
-def token_url(launch_url: str, location: str) -> str:
-    """The viewer's token URL on the server that answered the launch."""
-    launch_id = urlsplit(location).path.split("/")[2]
-    return urljoin(launch_url, f"/launches/{launch_id}/token")
 
 
 @dataclass

@@ -33,8 +33,7 @@ ASSET_PATH = re.compile(r"\.(js|mjs|css|wasm|json|map|woff2?|ttf|png|jpe?g|gif|s
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    default = Provider.objects.filter(is_default=True, enabled=True).first()
-    return render(request, "launcher/home.html", {"provider": default})
+    return render(request, "launcher/home.html", {"provider": services.default_provider()})
 
 
 class _DocumentView(APIView):

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Request
 
+from tests.e2e.chromium import CANVAS_SHOWS_IMAGE_JS
 from tests.stack import Stack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,20 +34,15 @@ document.addEventListener("securitypolicyviolation", (event) => {
 
 # "The image is drawn": some cornerstone canvas has a pixel that is not black. OHIF answers an
 # unreadable study (401 included) by navigating to /notfoundstudy: report it instead of waiting.
-IMAGE_STATE = """(minimum) => {
+IMAGE_STATE = (
+    "(minimum) => {\n"
+    + CANVAS_SHOWS_IMAGE_JS
+    + """
   if (location.pathname.endsWith("/notfoundstudy")) { return "notfoundstudy"; }
-  let drawn = 0;
-  for (const canvas of document.querySelectorAll("canvas.cornerstone-canvas")) {
-    if (!canvas.width || !canvas.height) { continue; }
-    const context = canvas.getContext("2d", { willReadFrequently: true });
-    if (!context) { continue; }
-    const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
-    for (let i = 0; i < pixels.length; i += 4) {
-      if (pixels[i] || pixels[i + 1] || pixels[i + 2]) { drawn += 1; break; }
-    }
-  }
-  return drawn >= minimum ? "drawn" : false;
+  const canvases = [...document.querySelectorAll("canvas.cornerstone-canvas")];
+  return canvases.filter(canvasShowsImage).length >= minimum ? "drawn" : false;
 }"""
+)
 
 # A cheap checksum of the first viewport's pixels, to tell one drawn image from another.
 FINGERPRINT = """() => {
