@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.http.request import validate_host
 
-from launcher import ohif_bundle
+from launcher import keys, ohif_bundle
 
 
 def _is_loopback(host: str) -> bool:
@@ -68,3 +68,19 @@ def check_ohif_bundle(app_configs: Sequence[AppConfig] | None, **kwargs: Any) ->
             )
         ]
     return []
+
+
+@register()
+def check_signing_key_grace(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
+    if settings.SIGNING_KEY_GRACE_SECONDS >= keys.MINIMUM_GRACE_SECONDS:
+        return []
+    return [
+        Error(
+            f"SIGNING_KEY_GRACE_SECONDS is {settings.SIGNING_KEY_GRACE_SECONDS}, below "
+            f"{keys.MINIMUM_GRACE_SECONDS}.",
+            hint="After a rotation the new key signs only once it has been published "
+            f"{keys.PUBLISH_BEFORE_SIGNING_SECONDS} s; the previous key must stay published "
+            "until then and a little longer.",
+            id="launcher.E005",
+        )
+    ]

@@ -28,6 +28,11 @@ _PURPOSE = "signing-key"
 # KHEOPS accepts assertions expiring at most 600 s ahead (no leeway on that bound); a short
 # life limits what a leaked assertion is worth.
 ASSERTION_LIFETIME_SECONDS = 60
+# A new key signs only once it has been published this long: KHEOPS may read our JWKS from a
+# proxy's cache (Cache-Control max-age 60 s) or from a server process whose prepared
+# documents are a few seconds old (launcher.serving). Until then the previous key, still
+# published, goes on signing.
+PUBLISH_BEFORE_SIGNING_SECONDS = 90
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,10 @@ def rotate(*, grace: timedelta) -> tuple[SigningKey, SigningKey | None]:
 
 def published_keys() -> list[dict]:
     """The JWKS `keys`: the active key and retired keys still within their grace period."""
-    # KHEOPS fetches this on every token exchange: one query, unless no key exists yet.
+    return [key.public_jwk for key in _published_rows()]
+
+
+def _published_rows() -> list[SigningKey]:
     published = SigningKey.objects.filter(active=True) | SigningKey.objects.filter(
         active=False, retired_at__gt=timezone.now()
     )
@@ -95,7 +103,7 @@ def published_keys() -> list[dict]:
     if not any(key.active for key in keys):
         active_signing_key()
         keys = list(published.order_by("-created_at"))
-    return [key.public_jwk for key in keys]
+    return keys
 
 
 def forget_cached_key() -> None:
@@ -104,26 +112,36 @@ def forget_cached_key() -> None:
         _cached = None
 
 
-def _loaded_active_key() -> ActiveKey:
+def _signing_key_row(now: float) -> SigningKey:
+    """The newest published key that has been published long enough; the oldest published
+    one while none has (right after the very first key was made)."""
+    published = sorted(_published_rows(), key=lambda key: key.created_at, reverse=True)
+    for key in published:
+        if key.created_at.timestamp() <= now - PUBLISH_BEFORE_SIGNING_SECONDS:
+            return key
+    return published[-1]
+
+
+def _loaded_signing_key(now: float) -> ActiveKey:
     global _cached
-    now = time.monotonic()
+    started = time.monotonic()
     with _cache_lock:
-        if _cached is not None and now - _cached[0] < _CACHE_SECONDS:
+        if _cached is not None and started - _cached[0] < _CACHE_SECONDS:
             return _cached[1]
-    row = active_signing_key()
+    row = _signing_key_row(now)
     pem = sealing.unseal(row.sealed_private_key, purpose=_PURPOSE)
     private_key = serialization.load_pem_private_key(pem.encode(), password=None)
     assert isinstance(private_key, rsa.RSAPrivateKey)
     loaded = ActiveKey(kid=row.kid, private_key=private_key)
     with _cache_lock:
-        _cached = (now, loaded)
+        _cached = (started, loaded)
     return loaded
 
 
 def client_assertion(*, client_id: str, audience: str, now: float | None = None) -> str:
     """An RS256 private_key_jwt assertion for KHEOPS's token endpoint."""
-    key = _loaded_active_key()
     issued = int(now if now is not None else time.time())
+    key = _loaded_signing_key(issued)
     claims = {
         "iss": client_id,
         "sub": client_id,
@@ -133,6 +151,11 @@ def client_assertion(*, client_id: str, audience: str, now: float | None = None)
         "exp": issued + ASSERTION_LIFETIME_SECONDS,
     }
     return jwt.encode(claims, key.private_key, algorithm="RS256", headers={"kid": key.kid})
+
+
+# A retired key must outlive the time its successor waits before signing, a process's key
+# cache, and the assertions it signed meanwhile.
+MINIMUM_GRACE_SECONDS = PUBLISH_BEFORE_SIGNING_SECONDS + int(_CACHE_SECONDS) + ASSERTION_LIFETIME_SECONDS
 
 
 def grace_period() -> timedelta:

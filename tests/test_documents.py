@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from launcher import keys
@@ -104,7 +104,34 @@ def test_rotation_keeps_the_previous_key_published_for_the_grace_period(client: 
     kids = [k["kid"] for k in client.get("/jwks.json").json()["keys"]]
     new = SigningKey.objects.get(active=True)
     assert kids == [new.kid, old.kid]
-    assert jwt.get_unverified_header(keys.client_assertion(client_id="abcdefgh12", audience="a"))["kid"] == new.kid
+
+
+@pytest.mark.django_db
+def test_a_new_key_signs_only_once_it_has_been_published_long_enough() -> None:
+    # KHEOPS may read a JWKS a proxy cached for up to a minute before the rotation.
+    old = keys.active_signing_key()
+    call_command("rotate_signing_key", "--grace-seconds", "3600")
+    new = SigningKey.objects.get(active=True)
+    rotated_at = new.created_at.timestamp()
+
+    def signer(at: float) -> str:
+        keys.forget_cached_key()
+        assertion = keys.client_assertion(client_id="abcdefgh12", audience="a", now=at)
+        return jwt.get_unverified_header(assertion)["kid"]
+
+    assert signer(rotated_at + 1) == old.kid
+    assert signer(rotated_at + keys.PUBLISH_BEFORE_SIGNING_SECONDS - 1) == old.kid
+    assert signer(rotated_at + keys.PUBLISH_BEFORE_SIGNING_SECONDS + 1) == new.kid
+
+
+@pytest.mark.django_db
+def test_a_grace_period_shorter_than_the_publication_delay_is_refused() -> None:
+    old = keys.active_signing_key()
+
+    with pytest.raises(CommandError, match="at least"):
+        call_command("rotate_signing_key", "--grace-seconds", str(keys.MINIMUM_GRACE_SECONDS - 1))
+
+    assert SigningKey.objects.get(active=True) == old
 
 
 @pytest.mark.django_db

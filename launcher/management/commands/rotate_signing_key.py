@@ -1,6 +1,6 @@
 from datetime import timedelta
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from launcher import keys
 
@@ -19,7 +19,16 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, grace_seconds: int | None, **options: object) -> None:
         grace = timedelta(seconds=grace_seconds) if grace_seconds is not None else keys.grace_period()
+        if grace.total_seconds() < keys.MINIMUM_GRACE_SECONDS:
+            raise CommandError(
+                f"The grace period must be at least {keys.MINIMUM_GRACE_SECONDS} s: the new key "
+                f"signs only once it has been published {keys.PUBLISH_BEFORE_SIGNING_SECONDS} s, "
+                "and until then the previous one does."
+            )
         new, previous = keys.rotate(grace=grace)
-        self.stdout.write(f"New active signing key: kid={new.kid}")
+        self.stdout.write(
+            f"New signing key kid={new.kid}: published now, signing in "
+            f"{keys.PUBLISH_BEFORE_SIGNING_SECONDS} s"
+        )
         if previous is not None:
             self.stdout.write(f"Previous key kid={previous.kid} stays published until {previous.retired_at:%Y-%m-%d %H:%M:%S} UTC")
