@@ -159,17 +159,21 @@ TEMPLATES = [
     },
 ]
 
+ASGI_APPLICATION = "kheops_ohif.asgi.application"
 WSGI_APPLICATION = "kheops_ohif.wsgi.application"
 
 # SQLite is the embedded default; PostgreSQL via DATABASE_URL=postgres://user@host:5432/db.
+# Served under ASGI, Django gives each request a thread of its own for its database work,
+# so connections are not kept between requests (CONN_MAX_AGE=0, Django's advice for ASGI):
+# PostgreSQL's come from a pool instead, SQLite's are cheap to open.
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}",
-        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 60),
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envbool("DATABASE_POOL", True):
-    # A launch hands its connection back while it waits on KHEOPS (launcher.services): with
+    # Each unit of database work hands its connection back at once (launcher.blocking): with
     # a pool that is cheap, and a burst of launches cannot use up PostgreSQL's connections.
     # Pooling replaces persistent connections.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -178,6 +182,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envbool
         "max_size": envint("DATABASE_POOL_MAX_SIZE", 20),
         "timeout": envint("DATABASE_POOL_TIMEOUT", 10),
     }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several threads write at once: readers never wait for the writer (WAL), a writer waits
+    # its turn instead of failing (timeout), and takes the write lock when its transaction
+    # begins, so that two writers cannot deadlock upgrading from read to write (IMMEDIATE).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -285,8 +300,11 @@ CONTENT_SECURITY_POLICY = {
     }
 }
 
-# Outbound HTTP to KHEOPS: every call has this timeout (seconds).
+# Outbound HTTP to KHEOPS: every call has this timeout (seconds), counted from when it is
+# sent; each server process sends at most KHEOPS_MAX_CALLS_IN_FLIGHT calls at a time to one
+# KHEOPS server, and the others wait their turn (launcher.kheops.Client).
 KHEOPS_HTTP_TIMEOUT = float(os.environ.get("KHEOPS_HTTP_TIMEOUT", "5"))
+KHEOPS_MAX_CALLS_IN_FLIGHT = envint("KHEOPS_MAX_CALLS_IN_FLIGHT", 32)
 KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
 # Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
 KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)

@@ -39,14 +39,11 @@ class KheopsServerAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Test connection (fetch and validate the discovery document)"))
     def test_connection(self, request: HttpRequest, queryset: QuerySet[KheopsServer]) -> None:
-        with kheops.TimeoutSession(timeout=settings.KHEOPS_HTTP_TIMEOUT) as http:
-            for server in queryset:
-                try:
-                    verdict = services.check_server(server, http=http)
-                except kheops.KheopsError as exc:
-                    self.message_user(request, f"{server.name}: {exc}", messages.ERROR)
-                else:
-                    self.message_user(request, f"{server.name}: {verdict}", messages.SUCCESS)
+        servers = list(queryset)
+        verdicts = services.check_servers(servers, timeout=settings.KHEOPS_HTTP_TIMEOUT)
+        for server, verdict in zip(servers, verdicts, strict=True):
+            level = messages.ERROR if isinstance(verdict, kheops.KheopsError) else messages.SUCCESS
+            self.message_user(request, f"{server.name}: {verdict}", level)
 
 
 @admin.register(Provider)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,7 +19,6 @@ FAILURE_WINDOW = timedelta(hours=24)
 # such, and the verdict is reused for a minute rather than asked on every page view.
 DISCOVERY_CHECK_TIMEOUT = 2.0
 DISCOVERY_VERDICT_SECONDS = 60
-_MAX_PARALLEL_CHECKS = 8
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def server_health(*, now: datetime | None = None) -> list[ServerHealth]:
 def discovery_verdicts(servers: list[KheopsServer]) -> dict[int, DiscoveryVerdict]:
     """Whether each server's discovery document answers and validates; cached briefly.
 
-    Servers not in the cache are asked in parallel, so the page waits at most about one
+    Servers not in the cache are asked all at once, so the page waits at most about one
     DISCOVERY_CHECK_TIMEOUT however many servers are down.
     """
     verdicts: dict[int, DiscoveryVerdict] = {}
@@ -85,22 +83,17 @@ def discovery_verdicts(servers: list[KheopsServer]) -> dict[int, DiscoveryVerdic
         else:
             to_check.append(server)
     if to_check:
-        with ThreadPoolExecutor(max_workers=min(_MAX_PARALLEL_CHECKS, len(to_check))) as pool:
-            for server, verdict in zip(to_check, pool.map(_check, to_check), strict=True):
-                cache.set(_cache_key(server), verdict, DISCOVERY_VERDICT_SECONDS)
-                verdicts[server.pk] = verdict
+        timeout = min(settings.KHEOPS_HTTP_TIMEOUT, DISCOVERY_CHECK_TIMEOUT)
+        answers = services.check_servers(to_check, timeout=timeout)
+        for server, answer in zip(to_check, answers, strict=True):
+            verdict = DiscoveryVerdict(
+                answers=not isinstance(answer, kheops.KheopsError),
+                message=str(answer),
+                checked_at=timezone.now(),
+            )
+            cache.set(_cache_key(server), verdict, DISCOVERY_VERDICT_SECONDS)
+            verdicts[server.pk] = verdict
     return verdicts
-
-
-def _check(server: KheopsServer) -> DiscoveryVerdict:
-    timeout = min(settings.KHEOPS_HTTP_TIMEOUT, DISCOVERY_CHECK_TIMEOUT)
-    # One session per thread: a requests.Session is not meant to be shared across threads.
-    with kheops.TimeoutSession(timeout=timeout) as http:
-        try:
-            message = services.check_server(server, http=http)
-        except kheops.KheopsError as exc:
-            return DiscoveryVerdict(answers=False, message=str(exc), checked_at=timezone.now())
-    return DiscoveryVerdict(answers=True, message=message, checked_at=timezone.now())
 
 
 def _cache_key(server: KheopsServer) -> str:

@@ -1,4 +1,4 @@
-"""All HTTP to KHEOPS. Plain functions over a `requests.Session`; no settings, no request.
+"""All HTTP to KHEOPS: plain async functions over one `Client`; no settings, no request.
 
 Every answer is validated here, at the boundary, and every failure is one of three
 exceptions that views map to honest status codes:
@@ -8,25 +8,34 @@ exceptions that views map to honest status codes:
 - `KheopsMalformed` (an answer that is not what the protocol says).
 
 Exception messages never contain a code, token or assertion.
+
+Waiting for KHEOPS is an `await`: it holds no thread and no worker. This matters because
+KHEOPS fetches our configuration document and JWKS *during* each token exchange, from the
+very server that is waiting for its answer.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
-import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
-import requests
-import urllib3
+import httpx
 
 USER_AGENT = "kheops-ohif (+https://github.com/kheops-ohif)"
 # A discovery or token answer is a few hundred bytes; refuse to buffer anything huge.
 MAX_BODY_BYTES = 256 * 1024
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Errors raised while sending, before any answer: a kept-alive connection the server closed
+# just as we sent on it (about 1 request in 400 under a burst, measured by the load test).
+_DROPPED_BEFORE_ANSWERING = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+Timings = list[tuple[str, float]]
 
 
 class KheopsError(Exception):
@@ -78,37 +87,53 @@ class UserInfo:
     email: str
 
 
-class TimeoutSession(requests.Session):
-    """A session whose every request has a timeout and follows no redirect by default."""
+class Client:
+    """The connections a process keeps to KHEOPS servers, and the rules of every call.
 
-    def __init__(self, *, timeout: float) -> None:
-        super().__init__()
+    - `timeout` bounds each call as a whole (connecting, sending, and the complete answer,
+      however slowly it trickles in);
+    - at most `max_in_flight` calls go to one KHEOPS server at a time; the others wait for
+      their turn, and their timeout starts only then. A burst of launches then queues here,
+      costing nothing, instead of overloading KHEOPS until every call times out;
+    - no redirect is followed (it could lead outside the trusted root), no cookie is kept
+      between calls (they are made for different users), and the environment's proxy and
+      .netrc settings are ignored.
+
+    One per event loop: its connections belong to the loop that opened them.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        max_in_flight: int = 32,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.timeout = timeout
-        self.headers["User-Agent"] = USER_AGENT
-        # (call, seconds) of every KHEOPS call made through this session: the launch
-        # reports them in its Server-Timing header, apart from its own processing time.
-        self.timings: list[tuple[str, float]] = []
+        self.max_in_flight = max_in_flight
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=max_in_flight, keepalive_expiry=30
+            ),
+            follow_redirects=False,
+            trust_env=False,
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            headers={"User-Agent": USER_AGENT},
+            transport=transport,
+        )
+        self._turns: dict[str, asyncio.Semaphore] = {}
 
-    def request(self, method: str | bytes, url: str | bytes, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        kwargs.setdefault("timeout", self.timeout)
-        # A redirect could lead outside the trusted root.
-        kwargs.setdefault("allow_redirects", False)
-        return super().request(method, url, **kwargs)
+    def turn(self, url: str) -> asyncio.Semaphore:
+        """The semaphore that bounds the calls in flight to `url`'s server."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc.lower()}"
+        if origin not in self._turns:
+            self._turns[origin] = asyncio.Semaphore(self.max_in_flight)
+        return self._turns[origin]
 
-
-_per_thread = threading.local()
-
-
-def thread_session(*, timeout: float) -> TimeoutSession:
-    """This thread's session, kept across launches so that connections to KHEOPS (and their
-    TLS handshakes) are reused; its `timings` start empty for each caller."""
-    session = getattr(_per_thread, "session", None)
-    if session is None or session.timeout != timeout:
-        if session is not None:
-            session.close()
-        session = _per_thread.session = TimeoutSession(timeout=timeout)
-    session.timings = []
-    return session
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
 
 def is_under_root(url: str, root: str) -> bool:
@@ -125,10 +150,14 @@ def is_under_root(url: str, root: str) -> bool:
     return target.path == base_path or target.path.startswith(base_path + "/")
 
 
-def fetch_discovery(session: requests.Session, conf_uri: str, *, root: str) -> Discovery:
+async def fetch_discovery(
+    client: Client, conf_uri: str, *, root: str, timings: Timings | None = None
+) -> Discovery:
     """GET the KHEOPS discovery document and check that it describes `root` only."""
     body = _json(
-        _send(session, "discovery", "GET", conf_uri, headers={"Accept": "application/json"})
+        await _send(
+            client, "discovery", "GET", conf_uri, headers={"Accept": "application/json"}, timings=timings
+        )
     )
     if not isinstance(body, dict):
         raise KheopsMalformed("the discovery document is not a JSON object")
@@ -156,14 +185,15 @@ def fetch_discovery(session: requests.Session, conf_uri: str, *, root: str) -> D
     )
 
 
-def exchange_code(
-    session: requests.Session,
+async def exchange_code(
+    client: Client,
     token_endpoint: str,
     *,
     code: str,
     client_id: str,
     redirect_uri: str,
     client_assertion: str,
+    timings: Timings | None = None,
 ) -> TokenGrant:
     """The authorization_code grant with private_key_jwt client authentication.
 
@@ -177,10 +207,21 @@ def exchange_code(
         ("client_assertion_type", JWT_BEARER),
         ("client_assertion", client_assertion),
     ]
-    response = _send(
-        session, "token", "POST", token_endpoint, data=form, headers={"Accept": "application/json"}
+    body = _json(
+        await _send(
+            client,
+            "token",
+            "POST",
+            token_endpoint,
+            # Each field exactly once, in this order (a list, not a dict).
+            content=urlencode(form).encode(),
+            headers={
+                "Accept": "application/json",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            timings=timings,
+        )
     )
-    body = _json(response)
     if not isinstance(body, dict):
         raise KheopsMalformed("the token response is not a JSON object")
     access_token = body.get("access_token")
@@ -193,15 +234,19 @@ def exchange_code(
     return TokenGrant(access_token=access_token, expires_in=min(expires_in, 24 * 3600))
 
 
-def fetch_userinfo(session: requests.Session, userinfo_endpoint: str, *, access_token: str) -> UserInfo:
-    response = _send(
-        session,
-        "userinfo",
-        "GET",
-        userinfo_endpoint,
-        headers={"Accept": "application/json", "Authorization": f"Bearer {access_token}"},
+async def fetch_userinfo(
+    client: Client, userinfo_endpoint: str, *, access_token: str, timings: Timings | None = None
+) -> UserInfo:
+    body = _json(
+        await _send(
+            client,
+            "userinfo",
+            "GET",
+            userinfo_endpoint,
+            headers={"Accept": "application/json", "Authorization": f"Bearer {access_token}"},
+            timings=timings,
+        )
     )
-    body = _json(response)
     if not isinstance(body, dict) or not isinstance(body.get("sub"), str):
         raise KheopsMalformed("the userinfo response has no 'sub'")
 
@@ -216,108 +261,105 @@ def fetch_userinfo(session: requests.Session, userinfo_endpoint: str, *, access_
     return UserInfo(sub=text("sub"), name=text("name"), email=text("email"))
 
 
-def _send(
-    session: requests.Session, call: str, method: str, url: str, **kwargs: Any
-) -> requests.Response:
-    started = time.perf_counter()
-    try:
-        return _send_timed(session, method, url, **kwargs)
-    finally:
-        timings = getattr(session, "timings", None)
-        if isinstance(timings, list):
-            timings.append((call, time.perf_counter() - started))
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes
 
 
-def _dropped_before_answering(exc: requests.ConnectionError) -> bool:
-    """The server closed the connection before any answer (not: refused, unresolvable)."""
-    reason = exc.args[0] if exc.args else None
-    return isinstance(reason, urllib3.exceptions.ProtocolError)
-
-
-def _send_timed(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
-    timeout = getattr(session, "timeout", None)
-    deadline = time.monotonic() + timeout if isinstance(timeout, int | float) else None
-    try:
+async def _send(
+    client: Client,
+    call: str,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    content: bytes | None = None,
+    timings: Timings | None = None,
+) -> bytes:
+    """One call, its whole answer read (bounded), its status judged; the body of a 200."""
+    host = urlsplit(url).netloc
+    queued = time.perf_counter()
+    async with client.turn(url):
+        started = time.perf_counter()
+        if timings is not None and started - queued > 0.001:
+            timings.append((f"{call}-queue", started - queued))
         try:
-            response = session.request(method, url, stream=True, **kwargs)
-        except requests.ConnectionError as exc:
-            if isinstance(exc, requests.Timeout) or not _dropped_before_answering(exc):
-                raise
-            # A kept-alive connection the server closed just as we sent on it (measured by
-            # bench/loadtest.py: about 1 request in 400 under a burst). Each of our calls
-            # may be repeated: discovery and userinfo are GETs, and a KHEOPS code stays
-            # valid for several exchanges within its 600 s. Once, on a fresh connection.
-            response = session.request(method, url, stream=True, **kwargs)
-    except requests.Timeout:
-        raise KheopsTimeout(f"{urlsplit(url).netloc} did not answer in time") from None
-    except requests.RequestException as exc:
-        raise KheopsUnavailable(f"{urlsplit(url).netloc} unreachable: {type(exc).__name__}") from None
-    try:
-        body = _read_limited(response, deadline=deadline)
-    except (requests.RequestException, OSError) as exc:
-        if isinstance(exc, requests.Timeout) or (deadline is not None and time.monotonic() >= deadline):
-            raise KheopsTimeout(f"{urlsplit(url).netloc} did not finish its answer in time") from None
-        raise KheopsUnavailable(f"{urlsplit(url).netloc} broke off: {type(exc).__name__}") from None
-    finally:
-        response.close()
-    response._content = body  # the body is read and bounded; .json()/.text use it
-    if response.status_code >= 500:
-        raise KheopsUnavailable(f"{urlsplit(url).netloc} answered HTTP {response.status_code}")
-    if response.status_code in (400, 401, 403):
-        error = _oauth_error(response)
+            async with asyncio.timeout(client.timeout):
+                answer = await _send_once_more_if_dropped(client, method, url, headers, content)
+        except (TimeoutError, httpx.TimeoutException):
+            raise KheopsTimeout(f"{host} did not answer in time") from None
+        except _DROPPED_BEFORE_ANSWERING as exc:
+            raise KheopsUnavailable(f"{host} broke off: {type(exc).__name__}") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
+        finally:
+            if timings is not None:
+                timings.append((call, time.perf_counter() - started))
+    if answer.status >= 500:
+        raise KheopsUnavailable(f"{host} answered HTTP {answer.status}")
+    if answer.status in (400, 401, 403):
+        error = _oauth_error(answer.body)
         raise KheopsRejected(
-            f"KHEOPS refused ({response.status_code} {error or 'no error code'})",
+            f"KHEOPS refused ({answer.status} {error or 'no error code'})",
             error=error,
-            status=response.status_code,
+            status=answer.status,
         )
-    if response.status_code != 200:
-        raise KheopsMalformed(f"{urlsplit(url).netloc} answered HTTP {response.status_code}")
-    return response
+    if answer.status != 200:
+        raise KheopsMalformed(f"{host} answered HTTP {answer.status}")
+    return answer.body
 
 
-def _read_limited(response: requests.Response, *, deadline: float | None = None) -> bytes:
-    # requests' timeout bounds each socket read, not the whole answer: a server trickling
-    # its body a few bytes at a time would hold the launch for ever. At the deadline the
-    # watchdog shuts the connection down, which ends a blocked read at once.
-    watchdog = None
-    if deadline is not None and hasattr(response.raw, "shutdown"):
-        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shutdown, [response])
-        watchdog.daemon = True
-        watchdog.start()
+async def _send_once_more_if_dropped(
+    client: Client, method: str, url: str, headers: Mapping[str, str], content: bytes | None
+) -> _Answer:
+    for attempt in (1, 2):
+        request = client.http.build_request(method, url, headers=headers, content=content)
+        try:
+            response = await client.http.send(request, stream=True)
+        except _DROPPED_BEFORE_ANSWERING:
+            # Each of our calls may be repeated: discovery and userinfo are GETs, and a
+            # KHEOPS code stays valid for several exchanges within its 600 s. Once.
+            if attempt == 2:
+                raise
+            continue
+        try:
+            return _Answer(response.status_code, await _read_limited(response))
+        finally:
+            await response.aclose()
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
     chunks = []
     size = 0
     try:
-        for chunk in response.iter_content(16384):
+        async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise KheopsMalformed("the answer is larger than any protocol message")
             chunks.append(chunk)
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-    if deadline is not None and time.monotonic() >= deadline:
-        raise KheopsTimeout("the answer did not arrive in time")
+    except httpx.DecodingError:
+        raise KheopsMalformed("the answer's content encoding is broken") from None
+    except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+        # The answer had begun: not a connection dropped before answering.
+        raise KheopsUnavailable(f"{response.url.netloc.decode()} broke off: {type(exc).__name__}") from None
     return b"".join(chunks)
 
 
-def _shutdown(response: requests.Response) -> None:
-    with contextlib.suppress(ValueError, OSError):  # already closed: nothing left to stop
-        response.raw.shutdown()
-
-
-def _json(response: requests.Response) -> Any:
+def _json(body: bytes) -> Any:
     try:
-        return json.loads(response.content)
+        return json.loads(body)
     except ValueError:
         raise KheopsMalformed("the answer is not JSON") from None
 
 
-def _oauth_error(response: requests.Response) -> str:
+def _oauth_error(body: bytes) -> str:
     try:
-        body = json.loads(response.content)
+        parsed = json.loads(body)
     except ValueError:
         return ""
-    error = body.get("error") if isinstance(body, dict) else None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
     # Only the registered OAuth error code (a short token) is kept: descriptions could
     # echo request values.
     if isinstance(error, str) and error.replace("_", "").isalpha() and len(error) <= 40:

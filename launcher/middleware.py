@@ -1,9 +1,16 @@
 """Serving the installed OHIF bundle, and the Content-Security-Policy it needs."""
 
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import IO, Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from csp.constants import NONE, SELF, UNSAFE_EVAL, UNSAFE_INLINE
 from csp.middleware import CSPMiddleware, PolicyParts
 from django.conf import settings
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from launcher import ohif_bundle
@@ -26,19 +33,62 @@ OHIF_CSP_DIRECTIVES: dict[str, list[str]] = {
     "frame-ancestors": [NONE],
 }
 
+# Files are read this much at a time, off the event loop.
+_READ_SIZE = 256 * 1024
+
+
 class OhifWhiteNoiseMiddleware(WhiteNoiseMiddleware):
-    """WhiteNoise, plus the installed OHIF bundle under OHIF_ASSET_URL.
+    """WhiteNoise, plus the installed OHIF bundle under OHIF_ASSET_URL, and served without
+    a thread under ASGI.
+
+    WhiteNoise (6.x) is synchronous: under ASGI, Django would run it, and everything below
+    it, in a thread, and read every file whole into memory before sending it. Here its
+    lookup and headers (compressed variants, ranges, conditional requests) are kept, and
+    the file is streamed from an async iterator.
 
     The bundle directory is resolved once at start-up: a re-install switches the `current`
     link atomically, and a restarted process picks up the new bundle.
     """
 
-    def __init__(self, get_response=None, settings=settings) -> None:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[..., Any] | None = None, settings: Any = settings) -> None:
         super().__init__(get_response, settings=settings)
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
         bundle = ohif_bundle.installed_bundle(settings.OHIF_ROOT)
         if bundle is not None:
             prefix = settings.OHIF_ASSET_URL.removeprefix(settings.SCRIPT_NAME)
             self.add_files(str(bundle.static_dir), prefix=prefix)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._serve_async(request)
+        return super().__call__(request)
+
+    async def _serve_async(self, request: HttpRequest) -> HttpResponseBase:
+        found = self.find_file(request.path_info) if self.autorefresh else self.files.get(request.path_info)
+        if found is None:
+            get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
+            return await get_response(request)
+        answer = found.get_response(request.method, request.META)
+        response = StreamingHttpResponse(_chunks(answer.file), status=int(answer.status))
+        del response["Content-Type"]  # WhiteNoise's own headers say it
+        for name, value in answer.headers:
+            response[name] = value
+        return response
+
+
+async def _chunks(file: IO[bytes] | None) -> AsyncIterator[bytes]:
+    if file is None:  # HEAD, 304
+        return
+    try:
+        while chunk := await asyncio.to_thread(file.read, _READ_SIZE):
+            yield chunk
+    finally:
+        file.close()
 
 
 class ContentSecurityPolicyMiddleware(CSPMiddleware):

@@ -5,6 +5,7 @@ Views parse and render; everything that decides lives here, in keyword-only func
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -12,17 +13,20 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
+from weakref import WeakKeyDictionary
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, connections
+from django.db import IntegrityError
 from django.http import QueryDict
 from django.utils import timezone
 
-from launcher import keys, kheops, sealing, writes
+from launcher import blocking, keys, kheops, sealing, writes
 from launcher.models import (
     GrantState,
     KheopsServer,
@@ -262,35 +266,127 @@ def release_code(code: str) -> None:
     UsedCode.objects.filter(code_hash=_code_hash(code)).delete()
 
 
-def discovery_for(server: KheopsServer, *, http: Any) -> kheops.Discovery:
+# --- KHEOPS: this process's client, and the discovery document ------------------------------
+
+_clients: WeakKeyDictionary[asyncio.AbstractEventLoop, kheops.Client] = WeakKeyDictionary()
+
+
+def kheops_client() -> kheops.Client:
+    """The running event loop's client for KHEOPS: one per process in the server, so that
+    connections (and their TLS handshakes) are reused across launches."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    wanted = (settings.KHEOPS_HTTP_TIMEOUT, settings.KHEOPS_MAX_CALLS_IN_FLIGHT)
+    if client is None or (client.timeout, client.max_in_flight) != wanted:
+        client = _clients[loop] = kheops.Client(timeout=wanted[0], max_in_flight=wanted[1])
+    return client
+
+
+async def close_kheops_client() -> None:
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+def _discovery_cache_key(server: KheopsServer) -> str:
+    return "kheops-discovery:" + hashlib.sha256(server.discovery_url.encode()).hexdigest()
+
+
+def _describes(discovery: Any, server: KheopsServer) -> bool:
+    return isinstance(discovery, kheops.Discovery) and discovery.issuer.rstrip("/") == server.root_url
+
+
+_discovery_fetches: dict[str, asyncio.Future[kheops.Discovery]] = {}
+
+
+async def discovery_for(server: KheopsServer, *, timings: kheops.Timings | None = None) -> kheops.Discovery:
     """The server's discovery document, cached briefly: KHEOPS rarely changes it.
 
     Shared between processes for KHEOPS_DISCOVERY_CACHE_SECONDS (one fetch per minute for
     all of them), and kept by each process for a few seconds more cheaply than a cache
-    round trip (Redis).
+    round trip (Redis). Launches that find it missing at the same moment share one fetch.
     """
-    cache_key = "kheops-discovery:" + hashlib.sha256(server.discovery_url.encode()).hexdigest()
-
+    cache_key = _discovery_cache_key(server)
     hit = _lookups.get(cache_key)
-    cached = hit[1] if hit is not None and time.monotonic() - hit[0] < LOOKUP_CACHE_SECONDS else None
-    if cached is None:
-        cached = cache.get(cache_key)
-        if isinstance(cached, kheops.Discovery):
-            _lookups[cache_key] = (time.monotonic(), cached)
-    if isinstance(cached, kheops.Discovery) and cached.issuer.rstrip("/") == server.root_url:
-        return cached
-    discovery = kheops.fetch_discovery(http, server.discovery_url, root=server.root_url)
-    cache.set(cache_key, discovery, settings.KHEOPS_DISCOVERY_CACHE_SECONDS)
+    if hit is not None and time.monotonic() - hit[0] < LOOKUP_CACHE_SECONDS and _describes(hit[1], server):
+        return hit[1]
+    shared = await cache.aget(cache_key)
+    if _describes(shared, server):
+        _lookups[cache_key] = (time.monotonic(), shared)
+        return shared
+    fetch = _discovery_fetches.get(cache_key)
+    if fetch is None or fetch.get_loop() is not asyncio.get_running_loop():
+        fetch = _discovery_fetches[cache_key] = asyncio.ensure_future(
+            _fetch_discovery(server, cache_key, timings)
+        )
+        fetch.add_done_callback(partial(_fetch_done, cache_key))
+    return await asyncio.shield(fetch)
+
+
+async def _fetch_discovery(
+    server: KheopsServer, cache_key: str, timings: kheops.Timings | None
+) -> kheops.Discovery:
+    discovery = await kheops.fetch_discovery(
+        kheops_client(), server.discovery_url, root=server.root_url, timings=timings
+    )
+    await cache.aset(cache_key, discovery, settings.KHEOPS_DISCOVERY_CACHE_SECONDS)
     _lookups[cache_key] = (time.monotonic(), discovery)
     return discovery
 
 
-def launch(
+def _fetch_done(cache_key: str, fetch: asyncio.Future[kheops.Discovery]) -> None:
+    if _discovery_fetches.get(cache_key) is fetch:
+        del _discovery_fetches[cache_key]
+    if not fetch.cancelled():
+        fetch.exception()  # each waiter has its own copy; none is left unretrieved
+
+
+def check_servers(servers: list[KheopsServer], *, timeout: float) -> list[str | kheops.KheopsError]:
+    """Fetch and validate each server's discovery document, all at once (for the admin):
+    a verdict, or the KheopsError that says what is wrong."""
+    return async_to_sync(_check_servers)(servers, timeout)
+
+
+async def _check_servers(servers: list[KheopsServer], timeout: float) -> list[str | kheops.KheopsError]:
+    client = kheops.Client(timeout=timeout)
+    try:
+        answers = await asyncio.gather(
+            *(kheops.fetch_discovery(client, s.discovery_url, root=s.root_url) for s in servers),
+            return_exceptions=True,
+        )
+    finally:
+        await client.aclose()
+    verdicts: list[str | kheops.KheopsError] = []
+    for answer in answers:
+        if isinstance(answer, kheops.Discovery):
+            verdicts.append(
+                f"discovery document OK: token endpoint {answer.token_endpoint}, "
+                f"DICOMweb {answer.dicomweb_endpoint}"
+            )
+        elif isinstance(answer, kheops.KheopsError):
+            verdicts.append(answer)
+        else:
+            raise answer
+    return verdicts
+
+
+# --- The launch: validate → claim → record --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    provider: Provider
+    params: LaunchParams
+    server: KheopsServer
+    return_uri: str | None
+
+
+async def launch(
     *,
-    provider: Provider | None,
+    slug: str,
     query: QueryDict | None,
     remote_addr: str | None,
-    http: Any,
+    timings: kheops.Timings | None = None,
 ) -> ViewerGrant:
     """Accept a launch: check it, claim its code, keep the code sealed for the viewer.
 
@@ -299,116 +395,169 @@ def launch(
     trips overlap the bundle's download and start-up instead of preceding them. Always
     writes one LaunchRecord (pending, or why it was refused); raises LaunchFailed.
     """
-    record = LaunchRecord(provider=provider, remote_addr=remote_addr)
-    server: KheopsServer | None = None
+    record = LaunchRecord(remote_addr=remote_addr)
     try:
-        if provider is None:
-            raise LaunchFailed(
-                LaunchOutcome.UNKNOWN_PROVIDER, 404, "This launch address is not one of ours."
-            )
-        params = parse_launch_params(query)
-        record.client_id = params.client_id
-        record.study_uids = list(params.study_uids)
-        server = trusted_server_for(params.conf_uri)
-        if server is None:
-            raise LaunchFailed(
-                LaunchOutcome.UNTRUSTED_SERVER,
-                403,
-                "This KHEOPS server is not trusted by this viewer.",
-                detail="conf_uri is not the discovery URL of an enabled trusted server",
-            )
-        record.kheops_server = server
-        record.album_id = album_id_from(params.return_uri, server)
-        return_uri = safe_return_uri(params.return_uri, server)
-        if not provider.enabled:
-            raise LaunchFailed(
-                LaunchOutcome.PROVIDER_DISABLED,
-                403,
-                "This viewer has been disabled by its administrator.",
-                return_uri=return_uri,
-            )
-        # The viewer page needs the DICOMweb root (its data source, its CSP): cached.
+        accepted = await blocking.run(_accept, slug, query, record)
         try:
-            discovery = discovery_for(server, http=http)
+            # The viewer page needs the DICOMweb root (its data source, its CSP): cached.
+            discovery = await discovery_for(accepted.server, timings=timings)
         except kheops.KheopsError as exc:
-            raise _kheops_failure(exc, return_uri=return_uri) from None
-        now = timezone.now()
-        grant = ViewerGrant(
-            launch_id=secrets.token_urlsafe(16),
-            access_token="",
-            expires_at=(now + PENDING_LIFETIME).timestamp(),
-            dicomweb_endpoint=discovery.dicomweb_endpoint,
-            study_uids=params.study_uids,
-            mode=provider.mode,
-            return_uri=return_uri,
-            user_name="",
-            browser_key=secrets.token_urlsafe(32),
-            state=GrantState.PENDING,
-        )
-        record.launch_id = grant.launch_id
-        record.outcome = LaunchOutcome.PENDING
-        row = LaunchGrant(
-            launch_id=grant.launch_id,
-            browser_key_hash=_key_hash(grant.browser_key),
-            state=GrantState.PENDING,
-            sealed_code=sealing.seal(params.code, purpose=_CODE_PURPOSE),
-            expires_at=now + PENDING_LIFETIME,
-            client_id=params.client_id,
-            provider=provider,
-            kheops_server=server,
-            dicomweb_endpoint=grant.dicomweb_endpoint,
-            study_uids=list(grant.study_uids),
-            mode=grant.mode,
-            return_uri=return_uri or "",
-        )
-        # The claim (the used code's primary key), the grant and the audit row: one commit.
-        try:
-            writes.insert_together(UsedCode(code_hash=_code_hash(params.code), used_at=now), row, record)
-        except IntegrityError:
-            if not UsedCode.objects.filter(code_hash=_code_hash(params.code)).exists():
-                raise
-            raise LaunchFailed(
-                LaunchOutcome.REPLAY,
-                409,
-                "This launch link has already been used.",
-                return_uri=return_uri,
-            ) from None
-        logger.info(
-            "launch %s accepted: server=%s client_id=%s studies=%d",
-            grant.launch_id,
-            server.name,
-            params.client_id,
-            len(params.study_uids),
-        )
-        return grant
+            raise _kheops_failure(exc, return_uri=accepted.return_uri) from None
+        grant = _pending_grant(accepted, discovery)
+        await blocking.run(_claim, accepted, grant, record)
     except LaunchFailed as failure:
-        # Nothing of a refused launch was stored: its audit row is a fresh one.
-        record.pk = None
-        record.launch_id = None
-        record.outcome = failure.outcome
-        record.failure_detail = (failure.detail or failure.message)[:255]
-        record.save()
-        logger.warning("launch refused (%s): %s", failure.outcome, record.failure_detail)
+        await blocking.run(_record_refusal, record, failure)
         raise
+    logger.info(
+        "launch %s accepted: server=%s client_id=%s studies=%d",
+        grant.launch_id,
+        accepted.server.name,
+        accepted.params.client_id,
+        len(accepted.params.study_uids),
+    )
+    return grant
 
 
-def _clean_up_now_and_then(now: datetime) -> None:
-    # Opportunistic clean-up keeps the used codes at about ten minutes of launches and
-    # drops grants a day after they expired. Done by the token request, which the browser
-    # does not wait for, rather than by the launch, which it does.
-    if secrets.randbelow(20) == 0:
-        UsedCode.objects.filter(used_at__lt=now - USED_CODE_RETENTION).delete()
-        LaunchGrant.objects.filter(expires_at__lt=now - GRANT_RETENTION_AFTER_EXPIRY).delete()
+def _accept(slug: str, query: QueryDict | None, record: LaunchRecord) -> _Accepted:
+    """Check the launch request; note in `record` what the audit trail needs of it."""
+    provider = record.provider = provider_for(slug)
+    if provider is None:
+        raise LaunchFailed(
+            LaunchOutcome.UNKNOWN_PROVIDER, 404, "This launch address is not one of ours."
+        )
+    params = parse_launch_params(query)
+    record.client_id = params.client_id
+    record.study_uids = list(params.study_uids)
+    server = trusted_server_for(params.conf_uri)
+    if server is None:
+        raise LaunchFailed(
+            LaunchOutcome.UNTRUSTED_SERVER,
+            403,
+            "This KHEOPS server is not trusted by this viewer.",
+            detail="conf_uri is not the discovery URL of an enabled trusted server",
+        )
+    record.kheops_server = server
+    record.album_id = album_id_from(params.return_uri, server)
+    return_uri = safe_return_uri(params.return_uri, server)
+    if not provider.enabled:
+        raise LaunchFailed(
+            LaunchOutcome.PROVIDER_DISABLED,
+            403,
+            "This viewer has been disabled by its administrator.",
+            return_uri=return_uri,
+        )
+    return _Accepted(provider=provider, params=params, server=server, return_uri=return_uri)
 
 
-def complete(launch_id: str, browser_key: str | None, *, http: Any) -> ViewerGrant:
+def _pending_grant(accepted: _Accepted, discovery: kheops.Discovery) -> ViewerGrant:
+    return ViewerGrant(
+        launch_id=secrets.token_urlsafe(16),
+        access_token="",
+        expires_at=(timezone.now() + PENDING_LIFETIME).timestamp(),
+        dicomweb_endpoint=discovery.dicomweb_endpoint,
+        study_uids=accepted.params.study_uids,
+        mode=accepted.provider.mode,
+        return_uri=accepted.return_uri,
+        user_name="",
+        browser_key=secrets.token_urlsafe(32),
+        state=GrantState.PENDING,
+    )
+
+
+def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> None:
+    """The claim (the used code's primary key), the grant and the audit row: one commit."""
+    code = accepted.params.code
+    now = timezone.now()
+    record.launch_id = grant.launch_id
+    record.outcome = LaunchOutcome.PENDING
+    row = LaunchGrant(
+        launch_id=grant.launch_id,
+        browser_key_hash=_key_hash(grant.browser_key),
+        state=GrantState.PENDING,
+        sealed_code=sealing.seal(code, purpose=_CODE_PURPOSE),
+        expires_at=datetime.fromtimestamp(grant.expires_at, tz=UTC),
+        client_id=accepted.params.client_id,
+        provider=accepted.provider,
+        kheops_server=accepted.server,
+        dicomweb_endpoint=grant.dicomweb_endpoint,
+        study_uids=list(grant.study_uids),
+        mode=grant.mode,
+        return_uri=accepted.return_uri or "",
+    )
+    try:
+        writes.insert_together(UsedCode(code_hash=_code_hash(code), used_at=now), row, record)
+    except IntegrityError:
+        if not UsedCode.objects.filter(code_hash=_code_hash(code)).exists():
+            raise
+        raise LaunchFailed(
+            LaunchOutcome.REPLAY,
+            409,
+            "This launch link has already been used.",
+            return_uri=accepted.return_uri,
+        ) from None
+
+
+def _record_refusal(record: LaunchRecord, failure: LaunchFailed) -> None:
+    # Nothing of a refused launch was stored: its audit row is a fresh one.
+    record.pk = None
+    record.launch_id = None
+    record.outcome = failure.outcome
+    record.failure_detail = (failure.detail or failure.message)[:255]
+    record.save()
+    logger.warning("launch refused (%s): %s", failure.outcome, record.failure_detail)
+
+
+# --- The exchange, on the viewer's first token request: exchange → identify → record ------
+
+
+@dataclass(frozen=True)
+class _PendingExchange:
+    """A grant whose code is still to be exchanged, with what the exchange needs."""
+
+    grant: ViewerGrant
+    client_id: str
+    code: str = field(repr=False)
+    provider: Provider | None
+    server: KheopsServer | None
+
+
+async def complete(
+    launch_id: str, browser_key: str | None, *, timings: kheops.Timings | None = None
+) -> ViewerGrant:
     """The viewer's grant with its token: the first call exchanges the launch's code.
 
     Raises ViewerRefused when this browser has no such grant, it has expired, or its
     exchange failed before (the grant keeps why); LaunchFailed (a ViewerRefused) when the
     exchange fails now.
     Two calls at once (a reload) may both exchange the code, which KHEOPS allows within its
-    lifetime: the first to finish is kept, the other answers with it.
+    lifetime: the first to finish is kept, the other answers with it. A call cut short (the
+    browser went away, or the server stopped) leaves the grant pending and the code claimed:
+    the same browser's next request exchanges it.
+    """
+    found = await blocking.run(_grant_or_pending_exchange, launch_id, browser_key)
+    if isinstance(found, ViewerGrant):
+        return found
+    try:
+        token, user = await _exchange(found, timings)
+    except LaunchFailed as failure:
+        failure.return_uri = found.grant.return_uri
+        if await blocking.run(_record_failure, found, failure):
+            raise
+    else:
+        ready = await blocking.run(_record_success, found, token, user)
+        if ready is not None:
+            return ready
+    # Another request of this browser stored its outcome first: answer with that.
+    settled = await blocking.run(_grant_or_pending_exchange, launch_id, browser_key)
+    if isinstance(settled, ViewerGrant):
+        return settled
+    raise AssertionError("unreachable: an outcome was stored, the grant is no longer pending")
+
+
+def _grant_or_pending_exchange(launch_id: str, browser_key: str | None) -> ViewerGrant | _PendingExchange:
+    """What this browser may have of the launch: its ready grant, or the exchange still to do.
+
+    Raises ViewerRefused when the grant is not this browser's, has expired, or failed.
     """
     row = _grant_row(launch_id, browser_key)
     if row is None:
@@ -420,43 +569,82 @@ def complete(launch_id: str, browser_key: str | None, *, http: Any) -> ViewerGra
         )
     if grant.expired:
         raise ViewerRefused(410, EXPIRED, return_uri=grant.return_uri)
-    if row.state == GrantState.READY:
-        try:
-            token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
-        except sealing.SealError:
-            raise ViewerRefused(403, NOT_YOURS) from None
-        return replace(grant, access_token=token)
     try:
+        if row.state == GrantState.READY:
+            return replace(grant, access_token=sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE))
         code = sealing.unseal(row.sealed_code, purpose=_CODE_PURPOSE)
     except sealing.SealError:
-        # Sealed under a SECRET_KEY that is gone: nothing to exchange.
+        # Sealed under a SECRET_KEY that is gone: nothing to show or exchange.
         raise ViewerRefused(403, NOT_YOURS) from None
-    provider = _provider_by_id(row.provider_id)
-    server = _server_by_id(row.kheops_server_id)
-    try:
-        if server is None or not server.enabled:
-            raise LaunchFailed(
-                LaunchOutcome.UNTRUSTED_SERVER,
-                403,
-                "This KHEOPS server is not trusted by this viewer.",
-                detail="the server was disabled or removed before the exchange",
-            )
-        if provider is None or not provider.enabled:
-            raise LaunchFailed(
-                LaunchOutcome.PROVIDER_DISABLED,
-                403,
-                "This viewer has been disabled by its administrator.",
-            )
-        _release_database_connections()
-        token, user = _exchange(
-            provider=provider, server=server, client_id=row.client_id, code=code, http=http
+    return _PendingExchange(
+        grant=grant,
+        client_id=row.client_id,
+        code=code,
+        provider=_provider_by_id(row.provider_id),
+        server=_server_by_id(row.kheops_server_id),
+    )
+
+
+async def _exchange(
+    pending: _PendingExchange, timings: kheops.Timings | None
+) -> tuple[kheops.TokenGrant, kheops.UserInfo | None]:
+    server, provider = pending.server, pending.provider
+    if server is None or not server.enabled:
+        raise LaunchFailed(
+            LaunchOutcome.UNTRUSTED_SERVER,
+            403,
+            "This KHEOPS server is not trusted by this viewer.",
+            detail="the server was disabled or removed before the exchange",
         )
-    except LaunchFailed as failure:
-        failure.return_uri = grant.return_uri
-        if not _record_failure(row, failure, code=code):
-            # Another request of this browser stored its outcome first: answer with that.
-            return complete(launch_id, browser_key, http=http)
-        raise
+    if provider is None or not provider.enabled:
+        raise LaunchFailed(
+            LaunchOutcome.PROVIDER_DISABLED,
+            403,
+            "This viewer has been disabled by its administrator.",
+        )
+    client = kheops_client()
+    try:
+        discovery = await discovery_for(server, timings=timings)
+        assertion = await blocking.run(
+            keys.client_assertion, client_id=pending.client_id, audience=discovery.token_endpoint
+        )
+        token = await kheops.exchange_code(
+            client,
+            discovery.token_endpoint,
+            code=pending.code,
+            client_id=pending.client_id,
+            redirect_uri=provider.redirect_uri,
+            client_assertion=assertion,
+            timings=timings,
+        )
+    except kheops.KheopsError as exc:
+        raise _kheops_failure(exc) from None
+    return token, await _who_launched(client, discovery, token, timings)
+
+
+async def _who_launched(
+    client: kheops.Client,
+    discovery: kheops.Discovery,
+    token: kheops.TokenGrant,
+    timings: kheops.Timings | None,
+) -> kheops.UserInfo | None:
+    if not discovery.userinfo_endpoint or not settings.KHEOPS_FETCH_USERINFO:
+        return None
+    try:
+        return await kheops.fetch_userinfo(
+            client, discovery.userinfo_endpoint, access_token=token.access_token, timings=timings
+        )
+    except kheops.KheopsError as exc:
+        # Who launched is nice to have in the audit trail, not worth failing the launch.
+        logger.warning("userinfo unavailable for a launch: %s", exc)
+        return None
+
+
+def _record_success(
+    pending: _PendingExchange, token: kheops.TokenGrant, user: kheops.UserInfo | None
+) -> ViewerGrant | None:
+    """Keep the sealed token and say success; None if another request stored an outcome first."""
+    launch_id = pending.grant.launch_id
     expires_at = timezone.now() + timedelta(seconds=token.expires_in)
     user_fields = {"user_sub": user.sub, "user_name": user.name, "user_email": user.email} if user else {}
     stored = writes.update_both_if(
@@ -474,12 +662,11 @@ def complete(launch_id: str, browser_key: str | None, *, http: Any) -> ViewerGra
         {"launch_id": launch_id},
     )
     if not stored:
-        # Another request of this browser finished first: answer with what it stored.
-        return complete(launch_id, browser_key, http=http)
-    logger.info("launch %s exchanged its code: client_id=%s", launch_id, row.client_id)
+        return None
+    logger.info("launch %s exchanged its code: client_id=%s", launch_id, pending.client_id)
     _clean_up_now_and_then(timezone.now())
     return replace(
-        grant,
+        pending.grant,
         access_token=token.access_token,
         expires_at=expires_at.timestamp(),
         user_name=user.name if user else "",
@@ -487,8 +674,9 @@ def complete(launch_id: str, browser_key: str | None, *, http: Any) -> ViewerGra
     )
 
 
-def _record_failure(row: LaunchGrant, failure: LaunchFailed, *, code: str) -> bool:
+def _record_failure(pending: _PendingExchange, failure: LaunchFailed) -> bool:
     """Store why the exchange failed; False if another request stored an outcome first."""
+    launch_id = pending.grant.launch_id
     detail = (failure.detail or failure.message)[:255]
     stored = writes.update_both_if(
         LaunchGrant,
@@ -498,19 +686,28 @@ def _record_failure(row: LaunchGrant, failure: LaunchFailed, *, code: str) -> bo
             "failure_status": failure.status,
             "failure_message": failure.message[:255],
         },
-        {"launch_id": row.launch_id, "state": GrantState.PENDING},
+        {"launch_id": launch_id, "state": GrantState.PENDING},
         LaunchRecord,
         {"outcome": failure.outcome, "failure_detail": detail},
-        {"launch_id": row.launch_id},
+        {"launch_id": launch_id},
     )
     if stored:
         # A code counts as used once it has opened a viewer. After a failed exchange the
         # same link may be tried again (KHEOPS judges the code again): this matters since
         # KHEOPS's codes carry no nonce, so the same user launching the same study within
         # one second gets the very same code.
-        release_code(code)
-        logger.warning("launch %s failed (%s): %s", row.launch_id, failure.outcome, detail)
+        release_code(pending.code)
+        logger.warning("launch %s failed (%s): %s", launch_id, failure.outcome, detail)
     return stored
+
+
+def _clean_up_now_and_then(now: datetime) -> None:
+    # Opportunistic clean-up keeps the used codes at about ten minutes of launches and
+    # drops grants a day after they expired. Done by the token request, which the browser
+    # does not wait for, rather than by the launch, which it does.
+    if secrets.randbelow(20) == 0:
+        UsedCode.objects.filter(used_at__lt=now - USED_CODE_RETENTION).delete()
+        LaunchGrant.objects.filter(expires_at__lt=now - GRANT_RETENTION_AFTER_EXPIRY).delete()
 
 
 # How each kind of KHEOPS failure reaches the user and the audit trail (most specific first:
@@ -538,45 +735,6 @@ def _kheops_failure(exc: kheops.KheopsError, *, return_uri: str | None = None) -
         if isinstance(exc, kind):
             return LaunchFailed(outcome, status, message, detail=str(exc), return_uri=return_uri)
     raise AssertionError("unreachable: every KheopsError matches the last row")
-
-
-def _release_database_connections() -> None:
-    # The exchange waits on KHEOPS for up to three round trips, and KHEOPS calls back our
-    # configuration document and JWKS meanwhile. A connection held through that wait lets a
-    # slow KHEOPS or a burst of launches use up the database's connections for every page
-    # (measured by bench/loadtest.py); the next query opens a fresh one. Inside a
-    # transaction (tests, ATOMIC_REQUESTS) the connection must stay.
-    for each in connections.all(initialized_only=True):
-        if not each.in_atomic_block:
-            each.close()
-
-
-def _exchange(
-    *, provider: Provider, server: KheopsServer, client_id: str, code: str, http: Any
-) -> tuple[kheops.TokenGrant, kheops.UserInfo | None]:
-    try:
-        discovery = discovery_for(server, http=http)
-        assertion = keys.client_assertion(client_id=client_id, audience=discovery.token_endpoint)
-        grant = kheops.exchange_code(
-            http,
-            discovery.token_endpoint,
-            code=code,
-            client_id=client_id,
-            redirect_uri=provider.redirect_uri,
-            client_assertion=assertion,
-        )
-    except kheops.KheopsError as exc:
-        raise _kheops_failure(exc) from None
-    user = None
-    if discovery.userinfo_endpoint and settings.KHEOPS_FETCH_USERINFO:
-        try:
-            user = kheops.fetch_userinfo(
-                http, discovery.userinfo_endpoint, access_token=grant.access_token
-            )
-        except kheops.KheopsError as exc:
-            # Who launched is nice to have in the audit trail, not worth failing the launch.
-            logger.warning("userinfo unavailable for a launch: %s", exc)
-    return grant, user
 
 
 # --- The viewer grant ---------------------------------------------------------------
@@ -632,12 +790,3 @@ def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
 def origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def check_server(server: KheopsServer, *, http: Any) -> str:
-    """Fetch and validate the server's discovery document (raises kheops.KheopsError)."""
-    discovery = kheops.fetch_discovery(http, server.discovery_url, root=server.root_url)
-    return (
-        f"discovery document OK: token endpoint {discovery.token_endpoint}, "
-        f"DICOMweb {discovery.dicomweb_endpoint}"
-    )

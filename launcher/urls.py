@@ -6,13 +6,13 @@ urlpatterns = [
     path("", views.home, name="home"),
     path(
         ".well-known/kheops-report-configuration",
-        views.ProviderConfigurationView.as_view(),
+        views.provider_configuration,
         name="default-provider-configuration",
     ),
-    path("jwks.json", views.JwksView.as_view(), name="jwks"),
+    path("jwks.json", views.jwks, name="jwks"),
     path(
         "providers/<slug:slug>/configuration",
-        views.ProviderConfigurationView.as_view(),
+        views.provider_configuration,
         name="provider-configuration",
     ),
     path("providers/<slug:slug>/launch", views.launch, name="launch"),

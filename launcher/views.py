@@ -18,14 +18,11 @@ from django.http import (
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
-from rest_framework.request import Request
-from rest_framework.response import Response
-from rest_framework.views import APIView
+from django.views.decorators.http import require_GET, require_safe
 
-from launcher import keys, kheops, services, viewer
+from launcher import documents, kheops, services, viewer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
-from launcher.models import GrantState, Provider
+from launcher.models import GrantState
 
 # What OHIF's router would otherwise answer with index.html: a missing chunk must be a
 # real 404, or the browser parses HTML as JavaScript.
@@ -36,61 +33,45 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "launcher/home.html", {"provider": services.default_provider()})
 
 
-class _DocumentView(APIView):
-    authentication_classes: list = []
-    permission_classes: list = []
-
-    def cached(self, body: dict) -> Response:
-        # KHEOPS fetches these on every step; let proxies help, but not for long.
-        return Response(body, headers={"Cache-Control": "public, max-age=60"})
-
-
-def configuration_document(provider: Provider) -> dict:
-    document = {
-        "client_name": provider.client_name,
-        "redirect_uri": provider.redirect_uri,
-        "response_type": "code",
-        "token_endpoint_auth_method": "private_key_jwt",
-        "token_endpoint_auth_signing_alg": "RS256",
-        "jwks_uri": settings.PUBLIC_BASE_URL + "/jwks.json",
-        "client_uri": settings.PUBLIC_BASE_URL + "/",
-    }
-    if provider.supported_modalities:
-        document["supported_modalities"] = list(provider.supported_modalities)
-    return document
+@require_safe
+def provider_configuration(request: HttpRequest, slug: str | None = None) -> HttpResponse:
+    # The server answers these from memory (launcher.serving); this is the same document.
+    provider = services.provider_for(slug) if slug else services.default_provider()
+    if provider is None or not provider.enabled:
+        raise Http404("No such provider.")
+    return document_response(documents.configuration_document(provider))
 
 
-class ProviderConfigurationView(_DocumentView):
-    def get(self, request: Request, slug: str | None = None) -> Response:
-        # KHEOPS fetches this on each launch (and twice per exchange): the cached lookups.
-        provider = services.provider_for(slug) if slug else services.default_provider()
-        if provider is None or not provider.enabled:
-            raise Http404("No such provider.")
-        return self.cached(configuration_document(provider))
+@require_safe
+def jwks(request: HttpRequest) -> HttpResponse:
+    return document_response(documents.jwks())
 
 
-class JwksView(_DocumentView):
-    def get(self, request: Request) -> Response:
-        return self.cached({"keys": keys.published_keys()})
+def document_response(document: dict) -> HttpResponse:
+    # KHEOPS fetches these on every step; let proxies help, but not for long.
+    return HttpResponse(
+        documents.encode(document),
+        content_type=documents.CONTENT_TYPE,
+        headers={"Cache-Control": documents.CACHE_CONTROL},
+    )
 
 
 @never_cache
 @require_GET
-def launch(request: HttpRequest, slug: str) -> HttpResponse:
+async def launch(request: HttpRequest, slug: str) -> HttpResponse:
     started = time.perf_counter()
-    provider = services.provider_for(slug)
     try:
         query: QueryDict | None = request.GET
     except TooManyFieldsSent:
         # Django's bare 400 would skip the audit record and the human page.
         query = None
-    http = kheops.thread_session(timeout=settings.KHEOPS_HTTP_TIMEOUT)
+    timings: kheops.Timings = []
     try:
-        grant = services.launch(
-            provider=provider,
+        grant = await services.launch(
+            slug=slug,
             query=query,
             remote_addr=request.META.get("REMOTE_ADDR"),
-            http=http,
+            timings=timings,
         )
     except services.LaunchFailed as failure:
         response = error_page(request, failure.status, failure.message, return_uri=failure.return_uri)
@@ -102,7 +83,7 @@ def launch(request: HttpRequest, slug: str) -> HttpResponse:
         # cross-site top-level navigation from KHEOPS, and the cookie must come along on the
         # redirect to the viewer; scoped to this launch's viewer path.
         set_grant_cookie(response, grant.launch_id, grant.browser_key, seconds=grant.seconds_left)
-    response["Server-Timing"] = server_timing(http.timings, time.perf_counter() - started)
+    response["Server-Timing"] = server_timing(timings, time.perf_counter() - started)
     return response
 
 
@@ -208,17 +189,17 @@ def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
 
 @never_cache
 @require_GET
-def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
+async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
     """The viewer's KHEOPS token, for app-config.js; the first request exchanges the code.
 
     Same-origin JSON for the launching browser only (its cookie); never cached. On failure:
     the message and the way back, and the viewer page now shows the same error.
     """
     started = time.perf_counter()
-    http = kheops.thread_session(timeout=settings.KHEOPS_HTTP_TIMEOUT)
+    timings: kheops.Timings = []
     browser_key = request.COOKIES.get(grant_cookie_name(launch_id))
     try:
-        grant = services.complete(launch_id, browser_key, http=http)
+        grant = await services.complete(launch_id, browser_key, timings=timings)
     except services.ViewerRefused as refused:
         response = JsonResponse(
             {"error": refused.message, "returnUri": refused.return_uri}, status=refused.status
@@ -236,5 +217,5 @@ def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
         if browser_key:  # always: complete() refuses a request without it
             set_grant_cookie(response, launch_id, browser_key, seconds=grant.seconds_left)
     response["Cache-Control"] = "no-store"
-    response["Server-Timing"] = server_timing(http.timings, time.perf_counter() - started)
+    response["Server-Timing"] = server_timing(timings, time.perf_counter() - started)
     return response

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import responses
+import respx
 from django.core.cache import cache
 from django.test import Client
 
@@ -14,6 +15,19 @@ from launcher import keys, services
 from launcher.models import KheopsServer, Provider
 from tests.fakes import ROOT, FakeKheops, token_url_of
 from tests.stack import Stack, start_stack
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The live server (tests/stack.py) serves requests in threads of their own, each with its
+    # own connection: an SQLite test database must then be a file, not in memory.
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +60,17 @@ def rsps() -> Iterator[responses.RequestsMock]:
 
 
 @pytest.fixture
+def kheops_http() -> Iterator[respx.MockRouter]:
+    # Our KHEOPS client (httpx): any request to a URL not routed here fails.
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
 def fake_kheops(
-    rsps: responses.RequestsMock, kheops_server: KheopsServer, provider: Provider
+    kheops_http: respx.MockRouter, kheops_server: KheopsServer, provider: Provider
 ) -> FakeKheops:
-    fake = FakeKheops(rsps=rsps, provider=provider)
+    fake = FakeKheops(router=kheops_http, provider=provider)
     fake.install()
     return fake
 
@@ -90,6 +111,7 @@ def live_stack(stack: Stack, transactional_db: None, settings: Any) -> Iterator[
         slug="ohif", defaults={"client_name": "OHIF Viewer", "mode": "viewer", "is_default": True}
     )
     KheopsServer.objects.get_or_create(root_url=stack.kheops.root_url, defaults={"name": "KHEOPS stand-in"})
+    stack.viewer.refresh_documents()  # the URLs above, the tables just emptied
     stack.kheops.reset()
     if not stack.client_id:
         response = stack.kheops.register_provider(stack.config_url, "OHIF Viewer")

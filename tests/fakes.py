@@ -1,4 +1,4 @@
-"""The KHEOPS side faked at the HTTP boundary with `responses`.
+"""The KHEOPS side faked at the HTTP boundary with `respx` (our KHEOPS client is httpx).
 
 `FakeKheops` behaves like a KHEOPS server's discovery, token and userinfo endpoints and
 checks our token requests the way KHEOPS does, using the JWKS our app publishes.
@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import httpx
 import jwt
-import responses
+import respx
+from asgiref.sync import sync_to_async
 
 from launcher import keys
 from launcher.models import Provider
@@ -46,7 +48,7 @@ def discovery_document(root: str = ROOT) -> dict[str, Any]:
 @dataclass
 class TokenRequest:
     form: list[tuple[str, str]]
-    headers: dict[str, str]
+    headers: httpx.Headers
     assertion_header: dict[str, Any]
     assertion_claims: dict[str, Any]
 
@@ -55,7 +57,7 @@ class TokenRequest:
 class FakeKheops:
     """A KHEOPS server as our launch endpoint sees it."""
 
-    rsps: responses.RequestsMock
+    router: respx.MockRouter
     provider: Provider
     secrets_seen: list[str] = field(default_factory=list)
     token_requests: list[TokenRequest] = field(default_factory=list)
@@ -67,9 +69,12 @@ class FakeKheops:
     expires_in: int = 3600
 
     def install(self) -> None:
-        self.rsps.add_callback(responses.GET, DISCOVERY_URL, callback=self._discovery)
-        self.rsps.add_callback(responses.POST, TOKEN_URL, callback=self._token)
-        self.rsps.add_callback(responses.GET, USERINFO_URL, callback=self._userinfo)
+        self.router.get(DISCOVERY_URL).mock(side_effect=self._discovery)
+        self.router.post(TOKEN_URL).mock(side_effect=self._token)
+        self.router.get(USERINFO_URL).mock(side_effect=self._userinfo)
+        # Anything else on KHEOPS's host (a wrong method, an unknown path) finds nobody
+        # listening; a call to any other host fails the test (respx: "not mocked").
+        self.router.route(host=urlsplit(ROOT).hostname).mock(side_effect=httpx.ConnectError("no route"))
 
     def new_code(self) -> str:
         code = "eyJcode." + secrets.token_urlsafe(24)
@@ -96,29 +101,24 @@ class FakeKheops:
         params += [("studyUID", uid) for uid in studies]
         return f"/providers/{slug or self.provider.slug}/launch?{urlencode(params)}"
 
-    def _answer(self, knob: Any) -> tuple[int, dict[str, str], str] | None:
+    def _answer(self, knob: Any) -> httpx.Response | None:
         if knob is None:
             return None
         if isinstance(knob, BaseException):
             raise knob
         status, body = knob
-        text = body if isinstance(body, str) else json.dumps(body)
-        return status, {"Content-Type": "application/json"}, text
+        return _json_response(status, body)
 
-    def _discovery(self, request: Any) -> tuple[int, dict[str, str], str]:
-        return self._answer(self.discovery_answer) or (
-            200,
-            {"Content-Type": "application/json"},
-            json.dumps(discovery_document()),
-        )
+    def _discovery(self, request: httpx.Request) -> httpx.Response:
+        return self._answer(self.discovery_answer) or _json_response(200, discovery_document())
 
-    def _token(self, request: Any) -> tuple[int, dict[str, str], str]:
-        form = parse_qsl(request.body, keep_blank_values=True)
+    async def _token(self, request: httpx.Request) -> httpx.Response:
+        form = parse_qsl(request.content.decode(), keep_blank_values=True)
         assertion = dict(form).get("client_assertion", "")
         self.secrets_seen.append(assertion)
         header = jwt.get_unverified_header(assertion) if assertion else {}
         # What our /jwks.json publishes (the view returns exactly this list).
-        published = keys.published_keys()
+        published = await sync_to_async(keys.published_keys)()
         key = next((k for k in published if k["kid"] == header.get("kid")), None)
         claims: dict[str, Any] = {}
         if key is not None:
@@ -130,26 +130,24 @@ class FakeKheops:
                 options={"require": ["exp", "jti", "iss", "sub", "aud"]},
             )
         self.token_requests.append(
-            TokenRequest(form=form, headers=dict(request.headers), assertion_header=header, assertion_claims=claims)
+            TokenRequest(form=form, headers=request.headers, assertion_header=header, assertion_claims=claims)
         )
         answer = self._answer(self.token_answer)
         if answer is not None:
             return answer
         if key is None or dict(form).get("redirect_uri") != self.provider.redirect_uri:
-            return 400, {}, json.dumps({"error": "invalid_grant"})
+            return _json_response(400, {"error": "invalid_grant"})
         token = "eyJtoken." + secrets.token_urlsafe(32)
         self.secrets_seen.append(token)
-        return 200, {"Content-Type": "application/json"}, json.dumps(
-            {"access_token": token, "expires_in": self.expires_in}
-        )
+        return _json_response(200, {"access_token": token, "expires_in": self.expires_in})
 
-    def _userinfo(self, request: Any) -> tuple[int, dict[str, str], str]:
+    def _userinfo(self, request: httpx.Request) -> httpx.Response:
         self.userinfo_calls += 1
         answer = self._answer(self.userinfo_answer)
         if answer is not None:
             return answer
-        return 200, {"Content-Type": "application/json"}, json.dumps(
-            {"sub": "user-123", "name": "Dr Alice Martin", "email": "alice@example.org"}
+        return _json_response(
+            200, {"sub": "user-123", "name": "Dr Alice Martin", "email": "alice@example.org"}
         )
 
     @property
@@ -157,6 +155,10 @@ class FakeKheops:
         return [s for s in self.secrets_seen if s.startswith("eyJtoken.")]
 
 
+
+def _json_response(status: int, body: Any) -> httpx.Response:
+    text = body if isinstance(body, str) else json.dumps(body)
+    return httpx.Response(status, headers={"Content-Type": "application/json"}, text=text)
 
 
 def token_url_of(viewer_url: str) -> str:

@@ -142,33 +142,50 @@ def _gives_the_token(request: Any, response: Any) -> bool:
 def _watch_responses(check: LeakCheck) -> None:
     from django.core.handlers.base import BaseHandler
 
+    def before(request: Any) -> None:
+        for name, value in parse_qsl(request.META.get("QUERY_STRING", ""), keep_blank_values=True):
+            if name == "code":
+                check.register(value, "launch code")
+
+    def after(request: Any, response: Any) -> None:
+        where = f"response to {request.method} {request.path}"
+        for header, value in response.items():
+            check.see(f"{where}, header {header}", f"{header}: {value}")
+        for morsel in response.cookies.values():
+            check.see(f"{where}, Set-Cookie", morsel.OutputString())
+        content_type = response.get("Content-Type", "")
+        if (
+            not response.streaming
+            and content_type.startswith(SCANNED_CONTENT_TYPES)
+            and not _gives_the_token(request, response)
+        ):
+            check.see(f"{where}, body", response.content.decode("utf-8", "replace"))
+
     def wrapper(get_response: Callable[..., Any]) -> Callable[..., Any]:
         def get_response_watched(self: Any, request: Any) -> Any:
-            for name, value in parse_qsl(request.META.get("QUERY_STRING", ""), keep_blank_values=True):
-                if name == "code":
-                    check.register(value, "launch code")
+            before(request)
             _in_request.active = True
             try:
                 response = get_response(self, request)
             finally:
                 _in_request.active = False
-            where = f"response to {request.method} {request.path}"
-            for header, value in response.items():
-                check.see(f"{where}, header {header}", f"{header}: {value}")
-            for morsel in response.cookies.values():
-                check.see(f"{where}, Set-Cookie", morsel.OutputString())
-            content_type = response.get("Content-Type", "")
-            if (
-                not response.streaming
-                and content_type.startswith(SCANNED_CONTENT_TYPES)
-                and not _gives_the_token(request, response)
-            ):
-                check.see(f"{where}, body", response.content.decode("utf-8", "replace"))
+            after(request, response)
+            return response
+
+        return get_response_watched
+
+    def async_wrapper(get_response_async: Callable[..., Any]) -> Callable[..., Any]:
+        # The ASGI server's path (the live stack, uvicorn).
+        async def get_response_watched(self: Any, request: Any) -> Any:
+            before(request)
+            response = await get_response_async(self, request)
+            after(request, response)
             return response
 
         return get_response_watched
 
     _wrap(BaseHandler, "get_response", wrapper)
+    _wrap(BaseHandler, "get_response_async", async_wrapper)
 
 
 def _watch_secrets(check: LeakCheck) -> None:
@@ -183,9 +200,9 @@ def _watch_secrets(check: LeakCheck) -> None:
         return watched
 
     def exchange_wrapper(exchange_code: Callable[..., Any]) -> Callable[..., Any]:
-        def watched(*args: Any, **kwargs: Any) -> Any:
+        async def watched(*args: Any, **kwargs: Any) -> Any:
             check.register(kwargs.get("code"), "launch code")
-            grant = exchange_code(*args, **kwargs)
+            grant = await exchange_code(*args, **kwargs)
             check.register(grant.access_token, "KHEOPS access token")
             return grant
 

@@ -3,21 +3,27 @@
 - Orthanc (a real DICOMweb server) with the sample studies, on a free port;
 - the KHEOPS stand-in (`sandbox/`) as a subprocess on `http://localhost:<port>`: another *site*
   than the viewer's `http://127.0.0.1:<port>`, so the launch is a real cross-site navigation;
-- our app in a live-server thread of this test process, on the test database (SQLite or
-  PostgreSQL), with WhiteNoise serving the real OHIF bundle as in production.
+- our app under uvicorn, the production server, with its ASGI application
+  (kheops_ohif.asgi), in a thread of this test process: on the test database (SQLite or
+  PostgreSQL), with the real OHIF bundle served as in production.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import socket
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.db import connections
-from django.test.testcases import LiveServerThread
+import uvicorn
+
+from launcher.serving import Application
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sandbox"))
 
@@ -50,31 +56,47 @@ def start_stand_in(workdir: Path, orthanc_url: str) -> SandboxServer:
 
 
 class ViewerServer:
-    """Our app in a live-server thread, static files through WhiteNoise (not Django's
-    development static handler, which knows nothing of the OHIF bundle)."""
+    """Our app under uvicorn in a thread: same settings and database as the tests.
+
+    Requests are served as in production: the documents from memory (launcher.serving),
+    everything else by Django's ASGI handler, which does its database work in threads of its
+    own: the SQLite test database is a file for this (tests/conftest.py).
+    """
 
     def __init__(self) -> None:
-        overrides = {}
-        for connection in connections.all():
-            # An in-memory SQLite test database must be shared with the server thread.
-            if connection.vendor == "sqlite" and connection.is_in_memory_db():
-                overrides[connection.alias] = connection
-                connection.inc_thread_sharing()
-        self._shared = list(overrides.values())
-        self.thread = LiveServerThread(
-            "127.0.0.1", static_handler=lambda app: app, connections_override=overrides, port=0
+        from kheops_ohif.asgi import django_application
+
+        self.application = Application(django_application)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        config = uvicorn.Config(
+            self._app, interface="asgi3", lifespan="on", log_level="warning", access_log=False,
+            timeout_graceful_shutdown=5,
         )
-        self.thread.daemon = True
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [listener]}, name="viewer-server", daemon=True
+        )
         self.thread.start()
-        self.thread.is_ready.wait()
-        if self.thread.error:
-            raise self.thread.error
-        self.url = f"http://127.0.0.1:{self.thread.port}"
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start (see the log above)")
+            time.sleep(0.02)
+
+    async def _app(self, scope: Any, receive: Any, send: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.application(scope, receive, send)
+
+    def refresh_documents(self) -> None:
+        """Prepare the documents again now, from the current settings and database."""
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self.application.documents.refresh(), self.loop).result(timeout=30)
 
     def stop(self) -> None:
-        self.thread.terminate()
-        for connection in self._shared:
-            connection.dec_thread_sharing()
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import responses
+import respx
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -36,11 +36,13 @@ def test_trust_kheops_refuses_a_malformed_root(db: None, bad: str) -> None:
     assert KheopsServer.objects.count() == 0
 
 
-def test_test_connection_reports_success_and_failure(admin_client: Client, rsps: responses.RequestsMock) -> None:
+def test_test_connection_reports_success_and_failure(admin_client: Client, kheops_http: respx.MockRouter) -> None:
     good = KheopsServer.objects.create(name="Good", root_url=ROOT)
     bad = KheopsServer.objects.create(name="Bad", root_url="https://bad.test")
-    rsps.get(DISCOVERY_URL, json=discovery_document())
-    rsps.get("https://bad.test/api/.well-known/report-provider-configuration", json={**discovery_document(), "issuer": ROOT})
+    kheops_http.get(DISCOVERY_URL).respond(json=discovery_document())
+    kheops_http.get("https://bad.test/api/.well-known/report-provider-configuration").respond(
+        json={**discovery_document(), "issuer": ROOT}
+    )
 
     response = admin_client.post(
         "/admin/launcher/kheopsserver/",

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
-import requests
-import responses
+import respx
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
@@ -157,11 +157,11 @@ def test_launch_records_stay_read_only_with_the_export_action(admin_client: Clie
 
 
 @pytest.fixture
-def servers(kheops_server: KheopsServer, rsps: responses.RequestsMock) -> dict[str, KheopsServer]:
+def servers(kheops_server: KheopsServer, kheops_http: respx.MockRouter) -> dict[str, KheopsServer]:
     broken = KheopsServer.objects.create(name="Broken KHEOPS", root_url=OTHER_ROOT)
     disabled = KheopsServer.objects.create(name="Retired KHEOPS", root_url="https://retired.test", enabled=False)
-    rsps.get(DISCOVERY_URL, json=discovery_document())
-    rsps.get(OTHER_DISCOVERY, status=503)
+    kheops_http.get(DISCOVERY_URL).respond(json=discovery_document())
+    kheops_http.get(OTHER_DISCOVERY).respond(503)
     return {"good": kheops_server, "broken": broken, "disabled": disabled}
 
 
@@ -191,18 +191,18 @@ def test_the_admin_index_shows_one_health_line_per_trusted_server(admin_client: 
     assert "never" in retired and "not checked" in retired
 
 
-def test_the_discovery_verdict_is_reused_for_a_minute(admin_client: Client, servers: dict[str, KheopsServer], rsps: responses.RequestsMock) -> None:
+def test_the_discovery_verdict_is_reused_for_a_minute(admin_client: Client, servers: dict[str, KheopsServer], kheops_http: respx.MockRouter) -> None:
     admin_client.get("/admin/")
-    calls = len(rsps.calls)
+    calls = len(kheops_http.calls)
 
     admin_client.get("/admin/")
 
     assert calls == 2
-    assert len(rsps.calls) == calls
+    assert len(kheops_http.calls) == calls
 
 
-def test_a_server_that_does_not_answer_is_shown_failing_not_raised(admin_client: Client, kheops_server: KheopsServer, rsps: responses.RequestsMock) -> None:
-    rsps.get(DISCOVERY_URL, body=requests.ConnectTimeout("slow"))
+def test_a_server_that_does_not_answer_is_shown_failing_not_raised(admin_client: Client, kheops_server: KheopsServer, kheops_http: respx.MockRouter) -> None:
+    kheops_http.get(DISCOVERY_URL).mock(side_effect=httpx.ConnectTimeout("slow"))
 
     response = admin_client.get("/admin/")
 
@@ -210,16 +210,16 @@ def test_a_server_that_does_not_answer_is_shown_failing_not_raised(admin_client:
     assert 'alt="failing"> kheops.test did not answer in time' in _health_row(response.content.decode(), kheops_server)
 
 
-def test_the_dashboard_check_uses_a_short_timeout(admin_client: Client, kheops_server: KheopsServer, rsps: responses.RequestsMock, settings: Any) -> None:
+def test_the_dashboard_check_uses_a_short_timeout(admin_client: Client, kheops_server: KheopsServer, kheops_http: respx.MockRouter, settings: Any) -> None:
     settings.KHEOPS_HTTP_TIMEOUT = 30
-    rsps.get(DISCOVERY_URL, json=discovery_document())
+    kheops_http.get(DISCOVERY_URL).respond(json=discovery_document())
 
     admin_client.get("/admin/")
 
-    assert rsps.calls[0].request.req_kwargs["timeout"] == 2.0
+    assert kheops_http.calls[0].request.extensions["timeout"]["read"] == 2.0
 
 
-def test_the_health_panel_needs_the_server_view_permission(db: None, servers: dict[str, KheopsServer], rsps: responses.RequestsMock) -> None:
+def test_the_health_panel_needs_the_server_view_permission(db: None, servers: dict[str, KheopsServer], kheops_http: respx.MockRouter) -> None:
     staff = User.objects.create_user("clerk", "clerk@example.org", "pw-for-tests-only", is_staff=True)
     staff.user_permissions.add(Permission.objects.get(codename="view_launchrecord"))
     client = Client()
@@ -228,7 +228,7 @@ def test_the_health_panel_needs_the_server_view_permission(db: None, servers: di
     page = client.get("/admin/").content.decode()
 
     assert "kheops-health" not in page
-    assert len(rsps.calls) == 0
+    assert len(kheops_http.calls) == 0
 
 
 def test_the_server_list_shows_the_last_success_and_recent_failures(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:

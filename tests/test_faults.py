@@ -1,6 +1,6 @@
 """KHEOPS faults below HTTP: silence, trickle, huge bodies, resets, refused connections.
 
-`responses` cannot be slow or break a connection, so these tests run KHEOPS as a tiny raw
+A mock cannot be slow or break a connection, so these tests run KHEOPS as a tiny raw
 socket server on loopback whose every endpoint can be broken byte by byte. Each fault must
 give the right answer within our timeout + 1 s on the request that meets it, leave its audit
 record, and the same launch link must work again after recovery.
@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-import responses
+import respx
 from django.test import Client
 from django.utils.html import escape
 
@@ -175,20 +175,20 @@ def _reset(connection: socket.socket) -> None:
 
 
 @pytest.fixture
-def raw_kheops(rsps: responses.RequestsMock, db: None, settings) -> Iterator[RawKheops]:
+def raw_kheops(kheops_http: respx.MockRouter, db: None, settings) -> Iterator[RawKheops]:
     settings.KHEOPS_HTTP_TIMEOUT = TIMEOUT
     server = RawKheops()
-    rsps.add_passthru(server.root)
+    kheops_http.route(url__startswith=server.root).pass_through()
     KheopsServer.objects.create(name="Raw KHEOPS", root_url=server.root)
     yield server
     server.stop()
 
 
 @contextmanager
-def kheops_back(rsps: responses.RequestsMock, gone: RawKheops) -> Iterator[RawKheops]:
+def kheops_back(kheops_http: respx.MockRouter, gone: RawKheops) -> Iterator[RawKheops]:
     """KHEOPS back up at a new address: the trusted server that was `gone` points there."""
     back = RawKheops()
-    rsps.add_passthru(back.root)
+    kheops_http.route(url__startswith=back.root).pass_through()
     try:
         server = KheopsServer.objects.get(root_url=gone.root)
         server.root_url = back.root
@@ -328,7 +328,7 @@ def test_a_userinfo_fault_still_opens_the_viewer_in_time(
 
 
 def test_a_kheops_that_refuses_connections_is_unavailable_then_recovers(
-    client: Client, raw_kheops: RawKheops, rsps: responses.RequestsMock
+    client: Client, raw_kheops: RawKheops, kheops_http: respx.MockRouter
 ) -> None:
     raw_kheops.refuse_connections()  # nothing listens on the port any more
     url = launch_url(raw_kheops)
@@ -342,13 +342,13 @@ def test_a_kheops_that_refuses_connections_is_unavailable_then_recovers(
     assert record.outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
     assert "unreachable" in record.failure_detail  # refused, not answered
 
-    with kheops_back(rsps, raw_kheops) as back:
+    with kheops_back(kheops_http, raw_kheops) as back:
         client.cookies.clear()
         assert_exchanged(client, launch_url(back))
 
 
 def test_a_kheops_that_goes_away_after_the_launch_fails_the_token_request_then_recovers(
-    client: Client, raw_kheops: RawKheops, rsps: responses.RequestsMock
+    client: Client, raw_kheops: RawKheops, kheops_http: respx.MockRouter
 ) -> None:
     url = launch_url(raw_kheops)
     launch = client.get(url)  # the discovery document is fetched and cached here
@@ -366,7 +366,7 @@ def test_a_kheops_that_goes_away_after_the_launch_fails_the_token_request_then_r
     assert "unreachable" in record.failure_detail  # refused, not answered
     assert UsedCode.objects.count() == 0
 
-    with kheops_back(rsps, raw_kheops) as back:
+    with kheops_back(kheops_http, raw_kheops) as back:
         assert_exchanged(client, launch_url(back, code=parse_qs(urlsplit(url).query)["code"][0]))
 
 

@@ -157,8 +157,8 @@ def assert_properly_answered(
 
 
 def assert_only_kheops_called(fake: FakeKheops) -> None:
-    for call in fake.rsps.calls:
-        assert call.request.url.startswith(ROOT + "/"), call.request.url
+    for call in fake.router.calls:
+        assert str(call.request.url).startswith(ROOT + "/"), call.request.url
 
 
 def assert_token_properly_answered(

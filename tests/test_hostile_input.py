@@ -1,7 +1,7 @@
 """Hostile input at the launch endpoint and the viewer routes: one named case per attack.
 
 Every launch case asserts the status, the human page and where our server sent requests:
-the `responses` mock fails any unregistered URL, and `rsps.calls` must hold only calls to
+the `respx` mock fails any unregistered URL, and `router.calls` must hold only calls to
 the trusted KHEOPS (none at all when the launch is refused before discovery). An accepted
 launch redirects to the viewer before the exchange: its viewer's token request then
 exchanges the code, again with the trusted KHEOPS only.
@@ -256,7 +256,7 @@ def test_hostile_launch(client: Client, fake_kheops: FakeKheops, provider, case:
     if case.way_back is not None:
         assert ("Open again from KHEOPS" in page) is case.way_back
     assert_nothing_raw_echoed(page, params)
-    calls = [call.request.url for call in fake_kheops.rsps.calls]
+    calls = [str(call.request.url) for call in fake_kheops.router.calls]
     if case.outbound:
         assert calls and all(url.startswith(ROOT + "/api/") for url in calls), calls
     else:
@@ -284,7 +284,7 @@ def test_a_launch_accepts_only_get(client: Client, fake_kheops: FakeKheops, meth
     response = getattr(client, method)(fake_kheops.launch_url())
 
     assert response.status_code == 405
-    assert len(fake_kheops.rsps.calls) == 0
+    assert len(fake_kheops.router.calls) == 0
 
 
 @pytest.mark.parametrize("slug", ["nope", "OHIF", "ohif-", "a" * 200])
@@ -295,7 +295,7 @@ def test_a_launch_for_a_provider_that_is_not_ours_is_a_404_page(
 
     assert response.status_code == 404
     assert "not one of ours" in response.content.decode()
-    assert len(fake_kheops.rsps.calls) == 0
+    assert len(fake_kheops.router.calls) == 0
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.UNKNOWN_PROVIDER
 
 
@@ -367,7 +367,7 @@ def test_the_token_of_a_launch_that_is_not_ours_is_a_403(
     assert "belongs to another browser session" in response.json()["error"]
     assert "<img" not in response.content.decode()
     assert "no-store" in response["Cache-Control"]
-    assert len(fake_kheops.rsps.calls) == 0
+    assert len(fake_kheops.router.calls) == 0
 
 
 def test_the_config_of_a_launch_that_is_not_ours_is_a_403_script(client: Client, db: None) -> None:

@@ -11,8 +11,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
-import requests
 from django.test import Client
 from django.utils import timezone
 from django.utils.html import escape
@@ -63,7 +63,7 @@ def launch_id_of(viewer_url: str) -> str:
 
 
 def token_calls(fake: FakeKheops) -> list[Any]:
-    return [c for c in fake.rsps.calls if c.request.url == TOKEN_URL]
+    return [c for c in fake.router.calls if c.request.url == TOKEN_URL]
 
 
 def timing_names(response: Any) -> list[str]:
@@ -116,7 +116,7 @@ def test_the_launch_itself_calls_neither_the_token_endpoint_nor_userinfo(
     assert response.status_code == 302
     assert fake_kheops.token_requests == []
     assert fake_kheops.userinfo_calls == 0
-    assert [c.request.url for c in fake_kheops.rsps.calls] == [DISCOVERY_URL]
+    assert [c.request.url for c in fake_kheops.router.calls] == [DISCOVERY_URL]
     launch_id = launch_id_of(response["Location"])
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.PENDING
@@ -358,7 +358,7 @@ def test_it_refuses_bad_parameters(
 
     assert response.status_code == 400
     assert escape(message) in response.content.decode()
-    assert len(fake_kheops.rsps.calls) == 0
+    assert len(fake_kheops.router.calls) == 0
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.BAD_REQUEST
     assert LaunchGrant.objects.count() == 0
 
@@ -389,7 +389,7 @@ def test_it_refuses_an_untrusted_server_without_calling_it(
 
     assert response.status_code == 403
     assert "not trusted" in response.content.decode()
-    assert len(fake_kheops.rsps.calls) == 0
+    assert len(fake_kheops.router.calls) == 0
     assert "Open again from KHEOPS" not in response.content.decode()
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.UNTRUSTED_SERVER
 
@@ -401,7 +401,7 @@ def test_it_refuses_a_disabled_server(client: Client, fake_kheops: FakeKheops, k
     response = client.get(fake_kheops.launch_url())
 
     assert response.status_code == 403
-    assert len(fake_kheops.rsps.calls) == 0
+    assert len(fake_kheops.router.calls) == 0
 
 
 def test_it_refuses_a_disabled_provider_with_a_way_back(client: Client, fake_kheops: FakeKheops, provider) -> None:
@@ -454,8 +454,8 @@ def test_the_way_back_is_offered_only_into_the_trusted_server(
         ((200, {"access_token": "t", "expires_in": "3600"}), 502, LaunchOutcome.KHEOPS_MALFORMED),
         ((200, [1, 2]), 502, LaunchOutcome.KHEOPS_MALFORMED),
         ((302, ""), 502, LaunchOutcome.KHEOPS_MALFORMED),
-        (requests.ConnectionError("reset"), 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
-        (requests.ReadTimeout("slow"), 504, LaunchOutcome.KHEOPS_TIMEOUT),
+        (httpx.ConnectError("reset"), 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
+        (httpx.ReadTimeout("slow"), 504, LaunchOutcome.KHEOPS_TIMEOUT),
     ],
 )
 def test_it_handles_every_token_endpoint_failure(
@@ -502,13 +502,13 @@ def test_a_failed_exchange_answers_the_same_failure_again_without_calling_kheops
     fake_kheops.token_answer = (400, {"error": "invalid_grant"})
     launch, first = launch_and_exchange(client, fake_kheops.launch_url())
     assert first.status_code == 403
-    calls = len(fake_kheops.rsps.calls)
+    calls = len(fake_kheops.router.calls)
 
     second = client.get(token_url_of(launch["Location"]))
 
     assert second.status_code == 403
     assert second.json() == first.json()
-    assert len(fake_kheops.rsps.calls) == calls
+    assert len(fake_kheops.router.calls) == calls
     assert len(fake_kheops.token_requests) == 1
     assert fake_kheops.userinfo_calls == 0
     assert timing_names(second) == ["app"]
@@ -520,14 +520,14 @@ def test_a_failed_exchange_answers_the_same_failure_again_without_calling_kheops
     assert "HTTP 403" in page
     assert f'href="{RETURN_URI}"' in page
     assert "Open again from KHEOPS" in page
-    assert len(fake_kheops.rsps.calls) == calls
+    assert len(fake_kheops.router.calls) == calls
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.CODE_REJECTED
 
 
 def test_a_failed_timeout_shows_its_own_status_on_the_viewer_page(
     client: Client, fake_kheops: FakeKheops
 ) -> None:
-    fake_kheops.token_answer = requests.ReadTimeout("slow")
+    fake_kheops.token_answer = httpx.ReadTimeout("slow")
     launch, token = launch_and_exchange(client, fake_kheops.launch_url())
     assert token.status_code == 504
 
@@ -633,14 +633,14 @@ def test_it_refuses_a_discovery_document_that_leaves_the_trusted_root(
 
     assert response.status_code == 502
     assert fake_kheops.token_requests == []
-    assert [call.request.url for call in fake_kheops.rsps.calls] == [DISCOVERY_URL]
+    assert [call.request.url for call in fake_kheops.router.calls] == [DISCOVERY_URL]
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.KHEOPS_MALFORMED
     assert LaunchGrant.objects.count() == 0
     assert UsedCode.objects.count() == 0
 
 
 def test_discovery_down_is_unavailable(client: Client, fake_kheops: FakeKheops) -> None:
-    fake_kheops.discovery_answer = requests.ConnectionError("refused")
+    fake_kheops.discovery_answer = httpx.ConnectError("refused")
 
     response = client.get(fake_kheops.launch_url())
 
@@ -654,7 +654,7 @@ def test_the_discovery_document_is_cached_between_launches(client: Client, fake_
         launch, token = launch_and_exchange(client, fake_kheops.launch_url())
         assert (launch.status_code, token.status_code) == (302, 200)
 
-    discovery_calls = [c for c in fake_kheops.rsps.calls if c.request.url == DISCOVERY_URL]
+    discovery_calls = [c for c in fake_kheops.router.calls if c.request.url == DISCOVERY_URL]
     assert len(discovery_calls) == 1
     assert len(fake_kheops.token_requests) == 2
 
@@ -677,7 +677,7 @@ def test_a_userinfo_failure_does_not_fail_the_launch(client: Client, fake_kheops
 def test_userinfo_is_called_with_the_bearer_token(client: Client, fake_kheops: FakeKheops) -> None:
     launch_and_exchange(client, fake_kheops.launch_url())
 
-    [call] = [c for c in fake_kheops.rsps.calls if c.request.url.endswith("/userinfo")]
+    [call] = [c for c in fake_kheops.router.calls if str(c.request.url).endswith("/userinfo")]
     assert call.request.headers["Authorization"] == f"Bearer {fake_kheops.issued_tokens[0]}"
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
-import responses
 from django.conf import settings
-from django.test import Client
+from django.test import AsyncClient, Client
 
 from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord
 from tests.fakes import ROOT, STUDY_1, STUDY_2, TOKEN_URL, FakeKheops, token_url_of
@@ -169,16 +169,18 @@ def test_a_failed_exchange_that_lost_the_race_answers_what_was_stored(
     # succeeds and stores first, then KHEOPS fails the first one.
     location = launched(exchange=False)
     reloads: list[Any] = []
+    # The same browser (its cookies), on the event loop the first request waits on.
+    reloading = AsyncClient()
+    reloading.cookies = client.cookies
 
-    def token_endpoint(request: Any) -> tuple[int, dict[str, str], str]:
+    async def token_endpoint(request: httpx.Request) -> httpx.Response:
         if not reloads:
             reloads.append(None)
-            reloads[0] = client.get(token_url_of(location))  # the reload, while KHEOPS answers
-            return 502, {}, "{}"
-        return fake_kheops._token(request)
+            reloads[0] = await reloading.get(token_url_of(location))  # while KHEOPS answers
+            return httpx.Response(502, json={})
+        return await fake_kheops._token(request)
 
-    fake_kheops.rsps.remove(responses.POST, TOKEN_URL)
-    fake_kheops.rsps.add_callback(responses.POST, TOKEN_URL, callback=token_endpoint)
+    fake_kheops.router.post(TOKEN_URL).mock(side_effect=token_endpoint)
 
     first = client.get(token_url_of(location))
 

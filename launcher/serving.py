@@ -1,0 +1,201 @@
+"""The ASGI application the server runs: what KHEOPS fetches from memory, everything else Django.
+
+During every token exchange KHEOPS fetches our configuration document twice and our JWKS
+once, from the very server that is waiting for its answer. Here they are answered from
+bytes prepared in advance, on the event loop, without Django, the database or a thread: no
+burst of launches and no slow KHEOPS can make them wait.
+
+- At start-up (ASGI lifespan) the documents are built from the database, and the headers
+  Django would send with them are learnt by asking Django for one of them once, so both
+  paths answer alike (security headers included).
+- A background task rebuilds them every REFRESH_SECONDS and swaps them in when a provider
+  or a key changed, in whichever process the change was made. (A new signing key is
+  published well before it signs: launcher.keys.)
+- A request that is not a plain GET or HEAD of a document, for an allowed host, over https
+  when https is required, goes to Django, as does every request while no documents are
+  ready (the database was down at start-up, say).
+- At shutdown, once the server has finished the requests in flight, the KHEOPS client
+  closes its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+
+from launcher import blocking, documents, services
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+REFRESH_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    start: Message
+    body: Message
+
+
+class Documents:
+    """The documents as this process answers them, and their background refresh."""
+
+    def __init__(self) -> None:
+        self.prepared: dict[str, Prepared] = {}
+        self._bodies: dict[str, bytes] = {}
+        self._headers: list[tuple[bytes, bytes]] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    def answer_for(self, scope: Scope) -> Prepared | None:
+        if scope["method"] not in ("GET", "HEAD") or not self.prepared:
+            return None
+        prepared = self.prepared.get(scope["path"])
+        if prepared is None or not _host_allowed(scope) or not _secure_enough(scope):
+            return None
+        return prepared
+
+    async def start(self, django: ASGIApp) -> None:
+        self._headers = await _headers_django_sends(django, documents.JWKS_PATH)
+        await self.refresh()
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+
+    async def refresh(self) -> None:
+        bodies = await blocking.run(documents.all_bodies)
+        if bodies == self._bodies or self._headers is None:
+            return
+        headers = self._headers
+        self.prepared = {
+            path: Prepared(
+                start={
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())],
+                },
+                body={"type": "http.response.body", "body": body},
+            )
+            for path, body in bodies.items()
+        }
+        self._bodies = bodies
+        logger.info("documents prepared: %s", ", ".join(sorted(bodies)))
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                await self.refresh()
+            except Exception:
+                # The database may be away for a moment: keep answering what we have.
+                logger.exception("could not refresh the documents KHEOPS fetches")
+
+
+class Application:
+    """Our ASGI entry point (kheops_ohif.asgi): lifespan, the documents, then Django."""
+
+    def __init__(self, django: ASGIApp) -> None:
+        self.django = django
+        self.documents = Documents()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] == "http":
+            prepared = self.documents.answer_for(scope)
+            if prepared is not None:
+                await send(prepared.start)
+                await send(prepared.body if scope["method"] == "GET" else {"type": "http.response.body"})
+                return
+        await self.django(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.documents.start(self.django)
+                except Exception:
+                    logger.exception("documents not prepared at start-up: Django answers them")
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.documents.stop()
+                await services.close_kheops_client()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _host_allowed(scope: Scope) -> bool:
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"").decode("latin-1")
+    domain, _ = split_domain_port(host)
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+
+
+def _secure_enough(scope: Scope) -> bool:
+    """Whether Django would answer this request itself rather than redirect it to https."""
+    if not settings.SECURE_SSL_REDIRECT or scope.get("scheme") == "https":
+        return True
+    if settings.SECURE_PROXY_SSL_HEADER:
+        header, secure_value = settings.SECURE_PROXY_SSL_HEADER
+        name = header.removeprefix("HTTP_").replace("_", "-").lower().encode()
+        return any(key == name and value.decode("latin-1") == secure_value for key, value in scope["headers"])
+    return False
+
+
+async def _headers_django_sends(django: ASGIApp, path: str) -> list[tuple[bytes, bytes]]:
+    """The headers Django answers `path` with, as for a request to PUBLIC_BASE_URL, minus
+    those that depend on the body."""
+    public = urlsplit(settings.PUBLIC_BASE_URL)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": public.scheme,
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", public.netloc.encode())],
+        "client": ("127.0.0.1", 0),
+        "server": (public.hostname, public.port or (443 if public.scheme == "https" else 80)),
+    }
+    answered = asyncio.Event()
+    messages: list[Message] = []
+    requested = False
+
+    async def receive() -> Message:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
+
+    await django(scope, receive, send)
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    if start["status"] != 200:
+        raise RuntimeError(f"Django answered {path} with HTTP {start['status']}")
+    return [(name.lower(), value) for name, value in start["headers"] if name.lower() != b"content-length"]
