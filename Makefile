@@ -60,7 +60,8 @@ prepare: deps var/secret_key
 bench: deps-dev system-deps-test prepare
 	$(PY) bench/run.py
 
-# Load test (bench/loadtest.py): 200 concurrent launches against gunicorn on PostgreSQL
+# Load test (bench/loadtest.py): bursts of 1 to 500 simultaneous launches, and a slow KHEOPS,
+# against our production server and the WSGI baseline on PostgreSQL
 # (its own database on postgres://postgres@127.0.0.1:5432/, dropped afterwards); loopback only.
 loadtest: deps-dev prepare
 	$(PY) bench/loadtest.py

@@ -1,15 +1,15 @@
-"""The whole system under gunicorn, in a throwaway work dir, for benchmarks.
+"""The whole system as in production, in a throwaway work dir, for benchmarks.
 
-    with BenchStack.start(workers=2, threads=4) as stack:
+    with BenchStack.start(workers=2) as stack:
         url = stack.launch_url(stack.study_uids[0])   # KHEOPS's meta-refresh target
         ...
 
 Starts, each on a free loopback port:
 
 - Orthanc (a real DICOMweb server) loaded with the sample studies;
-- the KHEOPS stand-in (`sandbox.wsgi`) on `http://localhost:<port>`, its own SQLite database,
+- the KHEOPS stand-in (`sandbox.wsgi`, under gunicorn with threads) on `http://localhost:<port>`, its own SQLite database,
   migrated and seeded;
-- our app (`kheops_ohif.wsgi`) on `http://127.0.0.1:<port>` (another *site* than the stand-in:
+- our app (`kheops_ohif.asgi`, under uvicorn as the README's production command runs it) on `http://127.0.0.1:<port>` (another *site* than the stand-in:
   the launch is a real cross-site navigation), its own database (a SQLite file in the work dir,
   or, when DATABASE_URL names PostgreSQL, a fresh database created beside the named one and
   dropped afterwards: the named one is never touched), a generated SECRET_KEY and the OHIF
@@ -17,7 +17,7 @@ Starts, each on a free loopback port:
   the stand-in, and registered in the stand-in's demo album by its configuration URL.
 
 Unlike tests/stack.py (our app in a thread of the test process), everything here is a separate
-process as in production, so benchmarks measure gunicorn + WhiteNoise and can read the memory
+process as in production, so benchmarks measure the production server and can read the memory
 of the app's workers. Every wait is bounded; leaving the `with` block (or an error while
 starting) stops everything that was started and removes the work dir.
 """
@@ -169,12 +169,35 @@ class ThrowawayDatabase:
             self._drop = None
 
 
-# --- gunicorn processes ------------------------------------------------------------------------
+# --- server processes --------------------------------------------------------------------------
+
+
+def uvicorn_command(app: str, *, port: int, workers: int) -> list[str]:
+    """Our production server, as the README's command runs it."""
+    return [
+        sys.executable, "-m", "uvicorn", app,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers),
+        "--timeout-graceful-shutdown", "30",
+        "--no-access-log",
+    ]  # fmt: skip
+
+
+def gunicorn_command(app: str, *, port: int, workers: int, threads: int) -> list[str]:
+    """A threaded WSGI server: the KHEOPS stand-in (a synchronous Django app), and the
+    WSGI baseline the load test compares ours with."""
+    return [
+        sys.executable, "-m", "gunicorn", app,
+        "--bind", f"127.0.0.1:{port}",
+        "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
+        "--backlog", "2048", "--timeout", "120", "--graceful-timeout", "5",
+        "--no-control-socket",
+    ]  # fmt: skip
 
 
 @dataclass
-class GunicornServer:
-    """One gunicorn master (own process group) and the URL it serves."""
+class ServerProcess:
+    """One server's master process (own process group) and the URL it serves."""
 
     name: str
     url: str
@@ -182,39 +205,10 @@ class GunicornServer:
     log: Path
 
     @classmethod
-    def start(
-        cls,
-        name: str,
-        app: str,
-        *,
-        port: int,
-        url: str,
-        env: dict[str, str],
-        workers: int,
-        threads: int,
-        log: Path,
-    ) -> GunicornServer:
+    def start(cls, name: str, command: list[str], *, url: str, env: dict[str, str], log: Path) -> ServerProcess:
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    app,
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--worker-class",
-                    "gthread",
-                    "--workers",
-                    str(workers),
-                    "--threads",
-                    str(threads),
-                    "--timeout",
-                    "120",
-                    "--graceful-timeout",
-                    "5",
-                    "--no-control-socket",
-                ],
+                command,
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -249,19 +243,20 @@ class GunicornServer:
         )
 
     def worker_pids(self) -> list[int]:
-        """The gunicorn workers' PIDs (the master's children), read from /proc."""
+        """The worker processes' PIDs (the master's children, read from /proc); the server's
+        own when it runs without workers."""
         try:
             children = Path(
                 f"/proc/{self.process.pid}/task/{self.process.pid}/children"
             ).read_text()
         except OSError:
             return []
-        return [int(pid) for pid in children.split()]
+        return [int(pid) for pid in children.split()] or [self.process.pid]
 
     def stop(self) -> None:
         if self.process.poll() is not None:
             return
-        # SIGTERM: gunicorn's graceful shutdown of its workers (graceful-timeout 5 s).
+        # SIGTERM: a graceful shutdown (requests in flight finish first).
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
@@ -296,8 +291,8 @@ def _run(args: list[str], env: dict[str, str]) -> str:
 class BenchStack:
     workdir: Path
     orthanc: OrthancProcess
-    kheops: GunicornServer
-    app: GunicornServer
+    kheops: ServerProcess
+    app: ServerProcess
     database: ThrowawayDatabase
     app_env: dict[str, str]
     kheops_env: dict[str, str]
@@ -308,10 +303,8 @@ class BenchStack:
     # --- start and stop ------------------------------------------------------------------------
 
     @classmethod
-    def start(
-        cls, *, workers: int = 2, threads: int = 4, kheops_threads: int = 8, name: str = "bench"
-    ) -> BenchStack:
-        """Start everything (see the module docstring); `workers` and `threads` are our app's."""
+    def start(cls, *, workers: int = 2, kheops_threads: int = 8, name: str = "bench") -> BenchStack:
+        """Start everything (see the module docstring); `workers` are our app's."""
         workdir = Path(tempfile.mkdtemp(prefix=f"kheops-ohif-{name}-"))
         cleanup: list[Callable[[], None]] = [lambda: shutil.rmtree(workdir, ignore_errors=True)]
         try:
@@ -336,14 +329,11 @@ class BenchStack:
             album_id = next(
                 line.split()[1] for line in seeded.splitlines() if line.startswith("demo_album ")
             )
-            kheops = GunicornServer.start(
+            kheops = ServerProcess.start(
                 "KHEOPS stand-in",
-                "sandbox.wsgi",
-                port=kheops_port,
+                gunicorn_command("sandbox.wsgi", port=kheops_port, workers=1, threads=kheops_threads),
                 url=kheops_url,
                 env=kheops_env,
-                workers=1,
-                threads=kheops_threads,
                 log=workdir / "kheops.log",
             )
             cleanup.append(kheops.stop)
@@ -366,14 +356,11 @@ class BenchStack:
                 ["manage.py", "trust_kheops", kheops_url, "--name", "KHEOPS stand-in (bench)"],
                 app_env,
             )
-            app = GunicornServer.start(
+            app = ServerProcess.start(
                 "kheops-ohif",
-                "kheops_ohif.wsgi",
-                port=app_port,
+                uvicorn_command("kheops_ohif.asgi:application", port=app_port, workers=workers),
                 url=app_url,
                 env=app_env,
-                workers=workers,
-                threads=threads,
                 log=workdir / "app.log",
             )
             cleanup.append(app.stop)
@@ -472,7 +459,7 @@ class BenchStack:
         return next(s.study_uid for s in sample_studies() if modality in s.modalities)
 
     def worker_pids(self) -> list[int]:
-        """Our app's gunicorn worker PIDs."""
+        """Our app's worker PIDs."""
         return self.app.worker_pids()
 
     def user_token(self, username: str = "alice") -> str:

@@ -16,7 +16,7 @@ and the same DICOMweb (the stand-in's relay to Orthanc), timed from navigation s
 first drawn image. The
 server does what a well-configured static host does (nginx `brotli_static`/`gzip_static`,
 conditional requests, WhiteNoise's cache lifetimes), so the ratio is the cost of what we add:
-the KHEOPS launch round trips, Django/gunicorn serving and the banner.
+the KHEOPS launch round trips, Django/uvicorn serving and the banner.
 
 Cold: a fresh browser context each time (empty cache). Warm: one persistent profile per
 side, loaded twice beforehand (V8 keeps compiled code only from the second load of a script
@@ -174,7 +174,7 @@ class StaticOhif(ThreadingHTTPServer):
 
 
 class _StaticOhifHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn's gthread workers offer
+    protocol_version = "HTTP/1.1"  # keep-alive, as our server offers
     server: StaticOhif
 
     def do_GET(self) -> None:
@@ -542,7 +542,7 @@ def baseline_config(stack: BenchStack, study_uid: str) -> tuple[str, str, str]:
 
 
 def warm_up_servers(stack: BenchStack) -> None:
-    """A few launches without a browser, so that each gunicorn worker has most likely
+    """A few launches without a browser, so that each server worker has most likely
     served one (its first launch pays for lazy imports and connections)."""
     # KHEOPS's codes carry no nonce: the same user launching the same study within a second
     # gets the same code, which our app refuses as a replay. So no two launches here are
@@ -581,7 +581,7 @@ def measure() -> list[_harness.Result]:
             cold, wire, reload = measure_cold(playwright, stack, ours, baseline)
             warm = measure_warm(playwright, ours, baseline)
         workers = len(stack.worker_pids())
-    server = f"gunicorn {workers} workers x 4 threads; {stack.database.vendor}"
+    server = f"uvicorn {workers} workers; {stack.database.vendor}"
     print(f"browser: measured in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return [
         *timing_results("cold", cold, server),
@@ -596,7 +596,7 @@ def measure_cold(
     samples, wire, reload = Samples(), [], []
     browser = _launch_browser(playwright)
     try:
-        # Unmeasured: the servers' first requests (imports, page cache; every gunicorn
+        # Unmeasured: the servers' first requests (imports, page cache; every server
         # worker's first launch) and Chromium's own start-up are not what a click costs.
         warm_up_servers(stack)
         with _fresh_context(browser) as context:

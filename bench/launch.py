@@ -1,9 +1,9 @@
-"""Launch latency, throughput and memory: our app under gunicorn against the KHEOPS stand-in.
+"""Launch latency, throughput and memory: our app under uvicorn against the KHEOPS stand-in.
 
 For every launch the app's `Server-Timing` header splits the time into each KHEOPS round trip
 (discovery, token, userinfo: the floor no provider can go below) and `app`, our own
 processing. Measured single (one launch at a time) and under concurrency, then the resident
-memory of each gunicorn worker after all those launches.
+memory of each server worker after all those launches.
 
 The database is PostgreSQL when it answers on 127.0.0.1:5432 (a throwaway database created
 and dropped by bench/_stack.py), else a temporary SQLite file.
@@ -129,7 +129,7 @@ def rss_mb(pid: int) -> float:
 
 def run_config(label: str) -> list[harness.Result]:
     results: list[harness.Result] = []
-    with BenchStack.start(workers=2, threads=8, kheops_threads=16, name="launch") as stack:
+    with BenchStack.start(workers=2, kheops_threads=16, name="launch") as stack:
         launcher = Launcher(stack)
         # Warm up: the first launches create the signing key, open pools, fill caches.
         with requests.Session() as http:
@@ -151,7 +151,7 @@ def run_config(label: str) -> list[harness.Result]:
             session.close()
         rss = [rss_mb(pid) for pid in stack.worker_pids()]
 
-    where = f"{label}; gunicorn 2 workers x 8 threads"
+    where = f"{label}; uvicorn 2 workers"
     for kind, samples in (("single", single), (f"{CONCURRENCY} concurrent", concurrent)):
         launch_app = [s.launch_app_ms for s in samples]
         p50, p99 = statistics.median(launch_app), percentile(launch_app, 99)
@@ -201,7 +201,7 @@ def run_config(label: str) -> list[harness.Result]:
     worst = max(rss)
     results.append(
         harness.Result(
-            BENCHMARK, f"gunicorn worker RSS after {SINGLE_LAUNCHES + CONCURRENT_LAUNCHES + 5} launches, {label}",
+            BENCHMARK, f"server worker RSS after {SINGLE_LAUNCHES + CONCURRENT_LAUNCHES + 5} launches, {label}",
             "MB", rss,
             notes=f"target <= {TARGET_WORKER_RSS_MB:g} MB: {'met' if worst <= TARGET_WORKER_RSS_MB else 'MISSED'}",
         )

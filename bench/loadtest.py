@@ -1,421 +1,527 @@
-"""Load test: concurrent KHEOPS launches against our app under gunicorn on PostgreSQL.
+"""Load test: bursts of simultaneous KHEOPS launches against our app on PostgreSQL.
 
-    make loadtest                       # or: .venv/bin/python bench/loadtest.py [--launches N]
+    make loadtest           # or: .venv/bin/python bench/loadtest.py [--servers asgi,wsgi-2x16]
 
-What it does, on loopback only, bounded in counts and time, and cleaning up after itself:
+Each launch is what a clinician's click costs: the KHEOPS UI's form POST at the stand-in
+(which fetches our configuration document), our launch URL (its 302 to the viewer), then the
+viewer's token request (the code exchange, during which the stand-in fetches our
+configuration document twice and our JWKS once, from the server that is waiting for it).
 
-1. creates a fresh PostgreSQL database `kheops_ohif_load` on postgres://postgres@127.0.0.1:5432/
-   for our app and migrates it (the stand-in keeps SQLite in a temporary directory: it only
-   reads during launches, and PostgreSQL's 100 connections are for the app under test);
-2. starts the KHEOPS stand-in (sandbox/) and our app under gunicorn with threads (our app
-   twice: one gunicorn for the documents KHEOPS fetches, one for the launches; see start());
-3. trusts the stand-in and registers our provider in its demo album (several times: each
-   registration is a new client_id, so that every launch gets a distinct code — KHEOPS's
-   codes carry no nonce: the same user, studies and client in the same second give the same
-   code);
-4. fires N concurrent launches (threads released together): each POSTs /api/report at the
-   stand-in with a user token, reads the meta refresh, GETs our launch URL, expecting our 302
-   to the viewer, then GETs the viewer's token URL as its page does (the code exchange),
-   expecting the token;
-5. fires groups of concurrent uses of one same launch URL: exactly one may succeed (and get
-   its token);
-6. checks 0 errors, one audit record per launch with the right outcome, and prints
-   launches, errors, p50/p95/p99 latency and launches/s (also written to
-   bench/results-load.json, git-ignored).
+For each server configuration (ours: the README's production command, uvicorn with the ASGI
+application; the baselines: the WSGI entry point under gunicorn gthread, as `make run` and
+the README ran it before), against the same stand-in and database, on loopback only:
 
-Exit status 0 when every check holds.
+1. bursts of 1, 8, 96 and 500 launches released at once;
+2. a KHEOPS that takes 2 s to answer each token request: 200 launches spread over 10 s;
+3. groups of 8 simultaneous uses of one launch URL: exactly one may succeed.
+
+It prints a markdown table (failures, latencies, launches/s, peak threads and memory of our
+server's workers) and checks, for our server: no failure anywhere, one audit record per
+launch with the right outcome, one success per duplicated URL. Exit status 0 when they hold.
+Under `make bench` (bench/run.py) the same figures join the benchmark table.
+
+The app's database is a throwaway PostgreSQL database beside DATABASE_URL's (or on
+postgres://postgres@127.0.0.1:5432/), dropped afterwards; the stand-in keeps SQLite.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
+import secrets
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
-import requests
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "sandbox"))
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path[:0] = [str(REPO), str(BENCH_DIR), str(REPO / "tests" / "sandbox")]
 
-from _stack import token_url  # noqa: E402
-from sandbox_harness import SandboxServer, TimeoutSession, _server_env, free_port, meta_refresh_url  # noqa: E402
+import _harness as harness  # noqa: E402
+from _stack import (  # noqa: E402
+    ServerProcess,
+    StackError,
+    ThrowawayDatabase,
+    _base_env,
+    _run,
+    free_port,
+    gunicorn_command,
+    token_url,
+    use_postgres_if_available,
+    uvicorn_command,
+)
+from sandbox_harness import meta_refresh_url  # noqa: E402
 
-POSTGRES = "postgres://postgres@127.0.0.1:5432"
-APP_DB = "kheops_ohif_load"
-RESULTS = REPO / "bench" / "results-load.json"
-# Long enough never to be what fails under load on a small machine: this measures capacity.
-UPSTREAM_TIMEOUT_SECONDS = "30"
-RUN_DEADLINE_SECONDS = 600
-
-
-def recreate_database(name: str) -> None:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def run(args: list[str], env: dict[str, str]) -> None:
-    completed = subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"{args} failed:\n{completed.stdout}\n{completed.stderr}")
-
-
-def gunicorn(app: str, port: int, *, env: dict[str, str], workers: int, threads: int, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable, "-m", "gunicorn", app,
-            "--bind", f"127.0.0.1:{port}",
-            "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
-            "--backlog", "2048", "--timeout", "120", "--graceful-timeout", "5",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(url, timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not start:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+BENCHMARK = "load"
+RESULTS = BENCH_DIR / "results-load.json"
+BURSTS = (1, 8, 96, 500)
+SLOW_TOKEN_SECONDS = 2.0
+SLOW_LAUNCHES = 200
+SLOW_SPREAD_SECONDS = 10.0
+DUPLICATE_GROUPS = 5
+DUPLICATE_USES = 8
+CLIENT_TIMEOUT_SECONDS = 180.0
+# Servers compared: ours (the README's production command) and the WSGI baselines.
+SERVERS: dict[str, dict[str, Any]] = {
+    "asgi": {"label": "uvicorn, ASGI, 2 workers (production command)", "workers": 2},
+    "wsgi-2x16": {"label": "gunicorn gthread, WSGI, 2 workers x 16 threads", "workers": 2, "threads": 16},
+    "wsgi-2x4": {"label": "gunicorn gthread, WSGI, 2 workers x 4 threads", "workers": 2, "threads": 4},
+}
 
 
 @dataclass
 class Launch:
-    status: int | None = None
     error: str = ""
     report_seconds: float = 0.0
     launch_seconds: float = 0.0
     token_seconds: float = 0.0
 
+    @property
+    def total_seconds(self) -> float:
+        return self.report_seconds + self.launch_seconds + self.token_seconds
+
 
 @dataclass
-class Run:
-    launches: list[Launch] = field(default_factory=list)
-    wall_seconds: float = 0.0
+class Scenario:
+    server: str
+    name: str
+    launches: list[Launch]
+    wall_seconds: float
+    peak_threads: int = 0
+    peak_rss_mb: float = 0.0
+    audit_ok: bool = True
+
+    @property
+    def failures(self) -> list[Launch]:
+        return [launch for launch in self.launches if launch.error]
+
+    def row(self) -> dict[str, Any]:
+        done = [launch for launch in self.launches if not launch.error]
+        return {
+            "server": self.server,
+            "scenario": self.name,
+            "launches": len(self.launches),
+            "failed": len(self.failures),
+            "errors": dict(Counter(launch.error for launch in self.failures)),
+            "p50_s": _percentile([launch.total_seconds for launch in done], 50),
+            "p99_s": _percentile([launch.total_seconds for launch in done], 99),
+            "token_p50_s": _percentile([launch.token_seconds for launch in done], 50),
+            "launches_per_s": len(self.launches) / self.wall_seconds if self.wall_seconds else 0.0,
+            "peak_threads": self.peak_threads,
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "audit_ok": self.audit_ok,
+        }
 
 
-def percentile(values: list[float], p: float) -> float:
+def _percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return 0.0
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+    return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))], 3)
 
 
-class LoadTest:
-    def __init__(self, options: argparse.Namespace) -> None:
-        self.options = options
-        self.workdir = Path(tempfile.mkdtemp(prefix="kheops-ohif-load-"))
-        self.app_port, self.launch_port, self.sandbox_port = free_port(), free_port(), free_port()
+# --- the stack: the stand-in, the database, and our app under one server or another ----------
+
+
+class LoadStack:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.database = ThrowawayDatabase.create(workdir, "load")
+        if self.database.vendor != "postgresql":
+            raise StackError("the load test needs PostgreSQL (DATABASE_URL or 127.0.0.1:5432)")
+        self.app_port = free_port()
         self.app_url = f"http://127.0.0.1:{self.app_port}"
-        # The same app, a second gunicorn for the launches themselves (see run_launches_apart).
-        self.launch_url_base = f"http://127.0.0.1:{self.launch_port}"
+        kheops_port = free_port()
         # Another host name than the app's: the launch is a cross-site navigation, as in life.
-        self.sandbox_url = f"http://localhost:{self.sandbox_port}"
-        self.app: subprocess.Popen[bytes] | None = None
-        self.launcher: subprocess.Popen[bytes] | None = None
-        self.sandbox_process: subprocess.Popen[bytes] | None = None
-        base = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("DJANGO_", "SANDBOX_", "DATABASE_", "PUBLIC_", "ALLOWED_"))
-            and k.lower() not in {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-        }
-        base.setdefault("SECRET_KEY_FILE", str(REPO / "var" / "secret_key"))
+        self.kheops_url = f"http://localhost:{kheops_port}"
         self.app_env = {
-            **base,
+            **_base_env(),
             "DJANGO_SETTINGS_MODULE": "kheops_ohif.settings",
-            "DATABASE_URL": f"{POSTGRES}/{APP_DB}",
-            # Connections are opened per request: many threads, few database connections.
-            "DATABASE_CONN_MAX_AGE": "0",
+            "DATABASE_URL": self.database.url,
             "PUBLIC_BASE_URL": self.app_url,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "KHEOPS_HTTP_TIMEOUT": UPSTREAM_TIMEOUT_SECONDS,
+            "SECRET_KEY": secrets.token_urlsafe(50),
             "LOG_LEVEL": "WARNING",
         }
-        self.sandbox_env = _server_env(
-            self.workdir,
-            self.sandbox_port,
-            {
-                "SANDBOX_ROOT_URL": self.sandbox_url,
-                "SANDBOX_ALLOWED_HOSTS": "localhost,127.0.0.1",
-                "SANDBOX_PROVIDER_TIMEOUT_SECONDS": UPSTREAM_TIMEOUT_SECONDS,
-                "SANDBOX_ORTHANC_URL": "http://127.0.0.1:9",  # launches never reach DICOMweb
-            },
+        self.kheops_env = {
+            **_base_env(),
+            "DJANGO_SETTINGS_MODULE": "sandbox.settings",
+            "SANDBOX_ROOT_URL": self.kheops_url,
+            "SANDBOX_ALLOWED_HOSTS": "localhost,127.0.0.1",
+            "SANDBOX_DATABASE_URL": f"sqlite:///{workdir / 'sandbox.sqlite3'}",
+            "SANDBOX_SECRET": secrets.token_urlsafe(48),
+            "SANDBOX_ORTHANC_URL": "http://127.0.0.1:9",  # launches never reach DICOMweb
+        }
+        _run(["manage.py", "migrate", "--noinput", "--verbosity", "0"], self.app_env)
+        _run(["manage.py", "trust_kheops", self.kheops_url, "--name", "KHEOPS stand-in"], self.app_env)
+        _run(["-m", "django", "migrate", "--noinput", "--verbosity", "0"], self.kheops_env)
+        seeded = _run(["-m", "django", "sandbox_seed"], self.kheops_env)
+        self.album_id = next(line.split()[1] for line in seeded.splitlines() if line.startswith("demo_album "))
+        # Like a real KHEOPS, the stand-in has threads to spare: it is not what is measured.
+        self.kheops = ServerProcess.start(
+            "KHEOPS stand-in",
+            gunicorn_command("sandbox.wsgi", port=kheops_port, workers=2, threads=128),
+            url=self.kheops_url,
+            env=self.kheops_env,
+            log=workdir / "kheops.log",
         )
-        self.sandbox = SandboxServer(root_url=self.sandbox_url, env=self.sandbox_env, workdir=self.workdir)
+        self.kheops.wait_until_up("/api/.well-known/report-provider-configuration", workers=2)
+        self.app: ServerProcess | None = None
+        self.http = httpx.Client(trust_env=False, timeout=60)
+        self.client_ids: list[str] = []
 
-    # --- set-up -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        recreate_database(APP_DB)
-        run(["manage.py", "migrate", "--noinput", "--verbosity", "0"], self.app_env)
-        run(["-m", "django", "migrate", "--noinput", "--verbosity", "0"], self.sandbox_env)
-        run(["-m", "django", "sandbox_seed"], self.sandbox_env)
-        threads = self.options.server_threads
-        self.sandbox_process = gunicorn(
-            "sandbox.wsgi", self.sandbox_port, env=self.sandbox_env, workers=2, threads=128,
-            log=self.workdir / "sandbox.log",
-        )
-        # KHEOPS fetches our configuration document and JWKS *during* each token exchange:
-        # with one pool of threads, a burst of launches larger than the pool holds every
-        # thread while the fetches they wait for queue behind them, until KHEOPS gives up.
-        # So the documents get their own small gunicorn (in production: a proxy that caches
-        # them, they are `Cache-Control: public, max-age=60`), the launches the other one.
-        # Threads stay under PostgreSQL's 100 connections (CONN_MAX_AGE=0: one per thread).
-        self.app = gunicorn(
-            "kheops_ohif.wsgi", self.app_port, env=self.app_env, workers=1, threads=16,
-            log=self.workdir / "documents.log",
-        )
-        self.launcher = gunicorn(
-            "kheops_ohif.wsgi", self.launch_port, env=self.app_env, workers=2, threads=threads,
-            log=self.workdir / "app.log",
-        )
-        wait_until_up(self.sandbox.api("/.well-known/report-provider-configuration"), self.sandbox_process, self.workdir / "sandbox.log")
-        wait_until_up(f"{self.app_url}/healthz", self.app, self.workdir / "documents.log")
-        wait_until_up(f"{self.launch_url_base}/healthz", self.launcher, self.workdir / "app.log")
-        run(["manage.py", "trust_kheops", self.sandbox_url, "--name", "KHEOPS stand-in"], self.app_env)
-        state = self.sandbox.state()
-        albums = {album["name"]: album for album in state["albums"]}
-        self.sandbox.seeded = {"demo": albums["Demo album"], "other": albums["Other album"]}
-
-    def launch_plan(self, count: int) -> list[tuple[str, str, list[str]]]:
-        """(client_id, user, studies) for each launch, all distinct: distinct codes."""
-        studies = self.sandbox.demo_study_uids
-        combos = [
-            (user, list(order))
-            for user in ("alice", "bob")
-            for size in range(1, len(studies) + 1)
-            for order in itertools.permutations(studies, size)
-        ]
-        plan: list[tuple[str, str, list[str]]] = []
-        while len(plan) < count:
-            response = self.sandbox.register_provider(f"{self.app_url}/providers/ohif/configuration", "OHIF load")
-            if response.status_code != 201:
-                raise RuntimeError(f"registration failed: {response.status_code} {response.text}")
-            client_id = response.json()["client_id"]
-            plan += [(client_id, user, order) for user, order in combos]
-        return plan[:count]
-
-    # --- load ---------------------------------------------------------------------------
-
-    def to_launcher(self, url: str) -> str:
-        assert url.startswith(self.app_url + "/providers/"), url
-        return self.launch_url_base + url.removeprefix(self.app_url)
-
-    def one_launch(self, client_id: str, user_token: str, studies: list[str], barrier: threading.Barrier) -> Launch:
-        result = Launch()
-        http = TimeoutSession(timeout=120)
-        try:
-            barrier.wait(timeout=60)
-            started = time.monotonic()
-            report = self.sandbox.http.post(
-                self.sandbox.api("/report"),
-                data={"access_token": user_token, "client_id": client_id, "studyUID": studies,
-                      "return_uri": self.sandbox.url("/albums/load")},
+    def serve(self, server: str) -> None:
+        """(Re)start our app under `server` (a key of SERVERS)."""
+        self.stop_app()
+        config = SERVERS[server]
+        if "threads" in config:
+            command = gunicorn_command(
+                "kheops_ohif.wsgi", port=self.app_port, workers=config["workers"], threads=config["threads"]
             )
-            if report.status_code != 200:
-                result.error = f"report {report.status_code}"
-                return result
-            launch_url = self.to_launcher(meta_refresh_url(report))
-            result.report_seconds = time.monotonic() - started
-            launched = time.monotonic()
-            response = http.get(launch_url, allow_redirects=False)
-            result.launch_seconds = time.monotonic() - launched
-            result.status = response.status_code
-            if response.status_code != 302 or "/viewer?" not in response.headers.get("Location", ""):
-                result.error = f"launch {response.status_code}"
-                return result
-            exchanged = time.monotonic()
-            token = http.get(token_url(launch_url, response.headers["Location"]))
-            result.token_seconds = time.monotonic() - exchanged
-            if token.status_code != 200 or not token.json().get("authorization", "").startswith("Bearer "):
-                result.error = f"token {token.status_code}"
-        except Exception as exc:  # every failure is counted, none stops the run
-            result.error = type(exc).__name__
-        finally:
-            http.close()
-        return result
+        else:
+            command = uvicorn_command("kheops_ohif.asgi:application", port=self.app_port, workers=config["workers"])
+        self.app = ServerProcess.start(
+            "kheops-ohif", command, url=self.app_url, env=self.app_env, log=self.workdir / f"app-{server}.log"
+        )
+        self.app.wait_until_up("/healthz", workers=config["workers"])
+        if not self.client_ids:
+            self.client_ids.append(self.register())
 
-    def fire(self, plan: list[tuple[str, str, list[str]]]) -> Run:
-        tokens = {user: self.sandbox.user_token(user) for user in ("alice", "bob")}
-        barrier = threading.Barrier(len(plan))
-        started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=len(plan)) as pool:
-            futures = [
-                pool.submit(self.one_launch, client_id, tokens[user], studies, barrier)
-                for client_id, user, studies in plan
-            ]
-            launches = [future.result(timeout=RUN_DEADLINE_SECONDS) for future in futures]
-        return Run(launches=launches, wall_seconds=time.monotonic() - started)
+    def register(self) -> str:
+        response = self.http.post(
+            f"{self.kheops_url}/api/albums/{self.album_id}/reportproviders",
+            data={"url": f"{self.app_url}/providers/ohif/configuration", "name": "OHIF load"},
+            headers={"Authorization": f"Bearer {self.user_token('alice')}"},
+        )
+        if response.status_code != 201:
+            raise StackError(f"registration failed: {response.status_code} {response.text[:300]}")
+        return response.json()["client_id"]
 
-    def fire_duplicates(self, groups: int, uses: int) -> list[list[int]]:
-        """Groups of concurrent uses of one launch URL each; the statuses of each group."""
-        response = self.sandbox.register_provider(f"{self.app_url}/providers/ohif/configuration", "OHIF dup")
-        client_id = response.json()["client_id"]  # its own client_id: codes unlike the run's
-        token = self.sandbox.user_token("alice")
-        orders = [list(o) for n in (1, 2, 3) for o in itertools.permutations(self.sandbox.demo_study_uids, n)]
-        results = []
-        for studies in orders[:groups]:  # a distinct code per group
-            report = self.sandbox.http.post(
-                self.sandbox.api("/report"),
-                data={"access_token": token, "client_id": client_id, "studyUID": studies,
-                      "return_uri": self.sandbox.url("/albums/load")},
-            )
-            url = self.to_launcher(meta_refresh_url(report))
-            barrier = threading.Barrier(uses)
+    def user_token(self, username: str) -> str:
+        response = self.http.post(f"{self.kheops_url}/_sandbox/user-token", json={"username": username})
+        response.raise_for_status()
+        return response.json()["access_token"]
 
-            def use(_: int, url: str = url, barrier: threading.Barrier = barrier) -> int:
-                with TimeoutSession(timeout=120) as http:
-                    barrier.wait(timeout=60)
-                    response = http.get(url, allow_redirects=False)
-                    if response.status_code != 302:
-                        return response.status_code
-                    # The winner's viewer exchanges the code: 200 with its token.
-                    return http.get(token_url(url, response.headers["Location"])).status_code
+    def set_faults(self, **faults: Any) -> None:
+        if faults:
+            self.http.post(f"{self.kheops_url}/_sandbox/faults", json=faults).raise_for_status()
+        else:
+            self.http.delete(f"{self.kheops_url}/_sandbox/faults").raise_for_status()
 
-            with ThreadPoolExecutor(max_workers=uses) as pool:
-                results.append(sorted(pool.map(use, range(uses))))
-        return results
+    def study_uids(self) -> list[str]:
+        state = self.http.get(f"{self.kheops_url}/_sandbox/state").json()
+        [album] = [album for album in state["albums"] if album["album_id"] == self.album_id]
+        return [study["study_uid"] for study in album["studies"]]
 
-    # --- checks -------------------------------------------------------------------------
+    def plan(self, count: int) -> list[tuple[str, str, list[str]]]:
+        """(client_id, user token, studies) for `count` launches with distinct codes.
+
+        KHEOPS's codes carry no nonce: the same user, studies and client_id within one second
+        give the same code (rightly refused as a replay). Each registration is a new client_id.
+        """
+        tokens = [self.user_token(user) for user in ("alice", "bob")]
+        studies = self.study_uids()[:3]
+        orders = [list(order) for size in (1, 2, 3) for order in itertools.permutations(studies, size)]
+        while len(self.client_ids) * len(tokens) * len(orders) < count:
+            self.client_ids.append(self.register())
+        combos = itertools.product(self.client_ids, tokens, orders)
+        return [(client_id, token, order) for client_id, token, order in itertools.islice(combos, count)]
 
     def audit_outcomes(self) -> Counter[str]:
-        with psycopg.connect(f"{POSTGRES}/{APP_DB}") as conn:
+        with psycopg.connect(self.database.url) as conn:
             rows = conn.execute("SELECT outcome, count(*) FROM launcher_launchrecord GROUP BY outcome").fetchall()
         return Counter({outcome: count for outcome, count in rows})
 
-    def stop(self) -> None:
-        stop(self.launcher)
-        stop(self.app)
-        stop(self.sandbox_process)
-        self.sandbox.http.close()
+    def worker_pids(self) -> list[int]:
+        return self.app.worker_pids() if self.app is not None else []
+
+    def stop_app(self) -> None:
+        if self.app is not None:
+            self.app.stop()
+            self.app = None
+
+    def close(self) -> None:
+        self.stop_app()
+        self.kheops.stop()
+        self.http.close()
+        self.database.drop()
+
+
+# --- the clicks ---------------------------------------------------------------------------------
+
+
+async def one_launch(
+    http: httpx.AsyncClient, stack: LoadStack, client_id: str, user_token: str, studies: list[str]
+) -> Launch:
+    result = Launch()
+    try:
+        started = time.monotonic()
+        report = await http.post(
+            f"{stack.kheops_url}/api/report",
+            data={"access_token": user_token, "client_id": client_id, "studyUID": studies,
+                  "return_uri": f"{stack.kheops_url}/albums/{stack.album_id}"},
+        )  # fmt: skip
+        result.report_seconds = time.monotonic() - started
+        if report.status_code != 200:
+            result.error = f"KHEOPS report {report.status_code}"
+            return result
+        launch_url = meta_refresh_url(report)
+        started = time.monotonic()
+        launch = await http.get(launch_url)
+        result.launch_seconds = time.monotonic() - started
+        if launch.status_code != 302 or "/viewer?" not in launch.headers.get("Location", ""):
+            result.error = f"launch {launch.status_code}"
+            return result
+        started = time.monotonic()
+        # With the browser's grant cookie (the client's jar: it is scoped to this launch's path).
+        token = await http.get(token_url(launch_url, launch.headers["Location"]))
+        result.token_seconds = time.monotonic() - started
+        if token.status_code != 200 or not token.json().get("authorization", "").startswith("Bearer "):
+            result.error = f"token {token.status_code}"
+    except Exception as exc:  # every failure is counted, none stops the run
+        result.error = type(exc).__name__
+    return result
+
+
+def _client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        trust_env=False,
+        timeout=CLIENT_TIMEOUT_SECONDS,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+    )
+
+
+async def burst(stack: LoadStack, plan: list[tuple[str, str, list[str]]]) -> tuple[list[Launch], float]:
+    async with _client() as http:
+        started = time.monotonic()
+        launches = await asyncio.gather(*(one_launch(http, stack, *item) for item in plan))
+        return list(launches), time.monotonic() - started
+
+
+async def spread(
+    stack: LoadStack, plan: list[tuple[str, str, list[str]]], seconds: float
+) -> tuple[list[Launch], float]:
+    async with _client() as http:
+        started = time.monotonic()
+        gap = seconds / len(plan)
+
+        async def later(index: int, item: tuple[str, str, list[str]]) -> Launch:
+            await asyncio.sleep(index * gap)
+            return await one_launch(http, stack, *item)
+
+        launches = await asyncio.gather(*(later(n, item) for n, item in enumerate(plan)))
+        return list(launches), time.monotonic() - started
+
+
+async def duplicates(stack: LoadStack, groups: int, uses: int) -> list[list[int]]:
+    """Groups of simultaneous uses of one launch URL each; the statuses of each group."""
+    token = stack.user_token("alice")
+    client_id = stack.register()  # its own client_id: codes unlike the bursts'
+    studies = stack.study_uids()[:3]
+    orders = [list(o) for n in (1, 2, 3) for o in itertools.permutations(studies, n)]
+    statuses = []
+    async with _client() as http:
+        for order in orders[:groups]:
+            report = await http.post(
+                f"{stack.kheops_url}/api/report",
+                data={"access_token": token, "client_id": client_id, "studyUID": order,
+                      "return_uri": f"{stack.kheops_url}/albums/{stack.album_id}"},
+            )  # fmt: skip
+            url = meta_refresh_url(report)
+
+            async def use(url: str = url) -> int:
+                launch = await http.get(url)
+                if launch.status_code != 302:
+                    return launch.status_code
+                token_answer = await http.get(token_url(url, launch.headers["Location"]))
+                return token_answer.status_code
+
+            statuses.append(sorted(await asyncio.gather(*(use() for _ in range(uses)))))
+    return statuses
+
+
+@contextmanager
+def watching(stack: LoadStack, scenario: Scenario) -> Iterator[None]:
+    """Sample the peak thread count and memory of our server's workers meanwhile."""
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            threads, rss = 0, 0.0
+            for pid in stack.worker_pids():
+                status = _proc_status(pid)
+                threads += int(status.get("Threads", "0"))
+                rss = max(rss, int(status.get("VmRSS", "0 kB").split()[0]) / 1024)
+            scenario.peak_threads = max(scenario.peak_threads, threads)
+            scenario.peak_rss_mb = max(scenario.peak_rss_mb, rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sampler.join()
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {name: value.strip() for name, _, value in (line.partition(":") for line in lines)}
+
+
+def run_server(stack: LoadStack, server: str, bursts: tuple[int, ...], slow: int) -> tuple[list[Scenario], list[list[int]]]:
+    stack.serve(server)
+    scenarios = []
+    for size in bursts:
+        plan = stack.plan(size)
+        before = stack.audit_outcomes()
+        time.sleep(1.1)  # codes are second-precision: a new second, new codes
+        scenario = Scenario(server, f"burst of {size}", [], 0.0)
+        with watching(stack, scenario):
+            scenario.launches, scenario.wall_seconds = asyncio.run(burst(stack, plan))
+        scenario.audit_ok = _audit_grew(stack, before, scenario)
+        scenarios.append(scenario)
+        print(f"  {server}: {scenario.name}: {len(scenario.failures)} failed of {size}", file=sys.stderr, flush=True)
+    if slow:
+        stack.set_faults(token_delay_seconds=SLOW_TOKEN_SECONDS)
         try:
-            drop_database(APP_DB)
-        except psycopg.Error as exc:
-            print(f"could not drop {APP_DB}: {exc}", file=sys.stderr)
-        if self.options.keep_logs:
-            print(f"logs kept in {self.workdir}")
-        else:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            plan = stack.plan(slow)
+            before = stack.audit_outcomes()
+            time.sleep(1.1)
+            scenario = Scenario(server, f"KHEOPS {SLOW_TOKEN_SECONDS:g} s per token, {slow} over {SLOW_SPREAD_SECONDS:g} s", [], 0.0)
+            with watching(stack, scenario):
+                scenario.launches, scenario.wall_seconds = asyncio.run(spread(stack, plan, SLOW_SPREAD_SECONDS))
+            scenario.audit_ok = _audit_grew(stack, before, scenario)
+            scenarios.append(scenario)
+            print(f"  {server}: {scenario.name}: {len(scenario.failures)} failed", file=sys.stderr, flush=True)
+        finally:
+            stack.set_faults()
+    groups = asyncio.run(duplicates(stack, DUPLICATE_GROUPS, DUPLICATE_USES))
+    return scenarios, groups
+
+
+def _audit_grew(stack: LoadStack, before: Counter[str], scenario: Scenario) -> bool:
+    """One audit record per launch: a success for each that got its token."""
+    grown = stack.audit_outcomes() - before
+    succeeded = len(scenario.launches) - len(scenario.failures)
+    return grown["success"] == succeeded and sum(grown.values()) >= len(scenario.launches) - sum(
+        1 for launch in scenario.failures if launch.error.startswith("KHEOPS report")
+    )
+
+
+def measure_all(servers: list[str], bursts: tuple[int, ...], slow: int) -> dict[str, Any]:
+    use_postgres_if_available()
+    workdir = Path(tempfile.mkdtemp(prefix="kheops-ohif-load-"))
+    stack = LoadStack(workdir)
+    scenarios: list[Scenario] = []
+    groups: dict[str, list[list[int]]] = {}
+    try:
+        for server in servers:
+            found, groups[server] = run_server(stack, server, bursts, slow)
+            scenarios += found
+    finally:
+        stack.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"scenarios": scenarios, "duplicates": groups}
+
+
+def table(scenarios: list[Scenario]) -> str:
+    lines = [
+        "| server | scenario | failed | click to token p50 / p99 | token request p50 | launches/s | peak threads | peak RSS/worker |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for scenario in scenarios:
+        row = scenario.row()
+        errors = ", ".join(f"{kind}: {n}" for kind, n in row["errors"].items())
+        lines.append(
+            f"| {SERVERS[row['server']]['label']} | {row['scenario']} | {row['failed']} of {row['launches']}"
+            f"{f' ({errors})' if errors else ''} | {row['p50_s']:.2f} s / {row['p99_s']:.2f} s"
+            f" | {row['token_p50_s']:.2f} s | {row['launches_per_s']:.1f} | {row['peak_threads']}"
+            f" | {row['peak_rss_mb']:.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def checks(measured: dict[str, Any]) -> dict[str, bool]:
+    ours = [scenario for scenario in measured["scenarios"] if scenario.server == "asgi"]
+    groups = measured["duplicates"].get("asgi", [])
+    return {
+        "our server: no failed launch in any scenario": bool(ours) and not any(s.failures for s in ours),
+        "our server: one audit record per launch, right outcome": all(s.audit_ok for s in ours),
+        "our server: exactly one success per duplicated launch URL": bool(groups)
+        and all(statuses == [200] + [409] * (DUPLICATE_USES - 1) for statuses in groups),
+    }
+
+
+def measure() -> list[harness.Result]:
+    """For bench/run.py: our server and the WSGI baseline the README showed before."""
+    measured = measure_all(["asgi", "wsgi-2x16"], BURSTS, SLOW_LAUNCHES)
+    results = []
+    for scenario in measured["scenarios"]:
+        row = scenario.row()
+        label = SERVERS[scenario.server]["label"]
+        target = " (target 0)" if scenario.server == "asgi" else ""
+        results.append(
+            harness.Result(
+                BENCHMARK, f"failed launches, {row['scenario']}, {label}", "launches", [row["failed"]],
+                notes=f"of {row['launches']}{target}; click to token p50 {row['p50_s']:.2f} s, "
+                f"p99 {row['p99_s']:.2f} s; {row['launches_per_s']:.1f} launches/s; "
+                f"peak threads {row['peak_threads']}, RSS {row['peak_rss_mb']:.0f} MB/worker",
+            )
+        )
+    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--launches", type=int, default=200, help="concurrent launches (200)")
-    parser.add_argument("--duplicate-groups", type=int, default=5, help="groups of concurrent uses of one URL (5)")
-    parser.add_argument("--duplicate-uses", type=int, default=8, help="concurrent uses per group (8)")
-    parser.add_argument("--server-threads", type=int, default=32, help="launch gunicorn: threads per worker, 2 workers (32)")
-    parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--servers", default="asgi,wsgi-2x16", help=f"from {', '.join(SERVERS)} (asgi,wsgi-2x16)")
+    parser.add_argument("--bursts", default=",".join(map(str, BURSTS)), help="burst sizes (1,8,96,500)")
+    parser.add_argument("--slow", type=int, default=SLOW_LAUNCHES, help="launches against a slow KHEOPS (200; 0: none)")
+    parser.add_argument("--json", type=Path, help="write harness results here (for bench/run.py)")
     options = parser.parse_args()
-    if not 1 <= options.launches <= 1000 or not 2 <= options.duplicate_uses <= 50 or not 1 <= options.duplicate_groups <= 15:
-        parser.error("bounded on purpose: 1-1000 launches, 1-15 groups of 2-50 uses")
-
-    test = LoadTest(options)
-    try:
-        test.start()
-        plan = test.launch_plan(options.launches)
-        client_ids = sorted({client_id for client_id, _, _ in plan})
-        print(f"firing {len(plan)} concurrent launches ({len(client_ids)} client_ids) at {test.launch_url_base} …", flush=True)
-        result = test.fire(plan)
-        duplicates = test.fire_duplicates(options.duplicate_groups, options.duplicate_uses)
-        outcomes = test.audit_outcomes()
-    finally:
-        test.stop()
-
-    errors = [launch for launch in result.launches if launch.error]
-    launch_latency = [launch.launch_seconds for launch in result.launches if not launch.error]
-    token_latency = [launch.token_seconds for launch in result.launches if not launch.error]
-    end_to_end = [
-        launch.report_seconds + launch.launch_seconds + launch.token_seconds
-        for launch in result.launches
-        if not launch.error
-    ]
-    groups_ok = all(statuses == [200] + [409] * (options.duplicate_uses - 1) for statuses in duplicates)
-    expected = Counter(
-        {
-            "success": options.launches + options.duplicate_groups,
-            "replay": options.duplicate_groups * (options.duplicate_uses - 1),
-        }
+    if options.json:
+        options.json.write_text(json.dumps([result.as_json() for result in measure()]))
+        return 0
+    servers = [name.strip() for name in options.servers.split(",") if name.strip()]
+    bursts = tuple(int(size) for size in options.bursts.split(","))
+    if set(servers) - set(SERVERS) or not all(1 <= size <= 1000 for size in bursts) or not 0 <= options.slow <= 1000:
+        parser.error("bounded on purpose: known servers, bursts of 1-1000, at most 1000 slow launches")
+    measured = measure_all(servers, bursts, options.slow)
+    print(table(measured["scenarios"]))
+    print(f"\n{os.cpu_count()} CPUs; PostgreSQL; the stand-in under gunicorn 2 x 128 threads; loopback")
+    verdicts = checks(measured)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "scenarios": [scenario.row() for scenario in measured["scenarios"]],
+                "duplicates": measured["duplicates"],
+                "checks": verdicts,
+                "cpus": os.cpu_count(),
+            },
+            indent=2,
+        )
+        + "\n"
     )
-    figures: dict[str, Any] = {
-        "launches": len(result.launches),
-        "errors": len(errors),
-        "error_kinds": dict(Counter(launch.error for launch in errors)),
-        "launch_latency_seconds": {
-            "p50": round(percentile(launch_latency, 50), 3),
-            "p95": round(percentile(launch_latency, 95), 3),
-            "p99": round(percentile(launch_latency, 99), 3),
-            "max": round(max(launch_latency, default=0), 3),
-            "mean": round(statistics.fmean(launch_latency), 3) if launch_latency else 0,
-        },
-        "token_latency_seconds": {
-            "p50": round(percentile(token_latency, 50), 3),
-            "p95": round(percentile(token_latency, 95), 3),
-            "p99": round(percentile(token_latency, 99), 3),
-        },
-        "end_to_end_latency_seconds": {
-            "p50": round(percentile(end_to_end, 50), 3),
-            "p95": round(percentile(end_to_end, 95), 3),
-            "p99": round(percentile(end_to_end, 99), 3),
-        },
-        "wall_seconds": round(result.wall_seconds, 2),
-        "launches_per_second": round(len(result.launches) / result.wall_seconds, 1),
-        "duplicate_groups": duplicates,
-        "audit_records": dict(outcomes),
-        "audit_records_expected": dict(expected),
-        "cpus": os.cpu_count(),
-        "server": f"launches: gunicorn gthread 2 workers x {options.server_threads} threads; documents: 1 x 16; PostgreSQL",
-    }
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
-    checks = {
-        "no errors": not errors,
-        "one audit record per launch, right outcome": outcomes == expected,
-        "exactly one success per duplicated launch URL": groups_ok,
-    }
-    for name, ok in checks.items():
+    for name, ok in verdicts.items():
         print(f"{'PASS' if ok else 'FAIL'}: {name}")
-    return 0 if all(checks.values()) else 1
+    return 0 if all(verdicts.values()) else 1
 
 
 if __name__ == "__main__":

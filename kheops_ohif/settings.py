@@ -305,6 +305,9 @@ CONTENT_SECURITY_POLICY = {
 # KHEOPS server, and the others wait their turn (launcher.kheops.Client).
 KHEOPS_HTTP_TIMEOUT = float(os.environ.get("KHEOPS_HTTP_TIMEOUT", "5"))
 KHEOPS_MAX_CALLS_IN_FLIGHT = envint("KHEOPS_MAX_CALLS_IN_FLIGHT", 32)
+# On SIGTERM the server first lets the code exchanges in flight finish, for at most this long
+# (KHEOPS calls back for our documents meanwhile: launcher.serving).
+SHUTDOWN_DRAIN_SECONDS = envint("SHUTDOWN_DRAIN_SECONDS", 30)
 KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
 # Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
 KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)
@@ -360,10 +363,16 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # The server's access log names every URL: launch URLs carry the authorization code.
+    "filters": {"secrets": {"()": "launcher.logfilters.RedactSecretParameters"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["secrets"]}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "launcher": {"level": LOG_LEVEL},
         "django.request": {"level": "ERROR"},
+        "uvicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False, "filters": ["secrets"]},
+        "uvicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # One line per call to KHEOPS is noise; failures are ours to log (launcher.services).
+        "httpx": {"level": "WARNING"},
     },
 }

@@ -6,7 +6,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from launcher import ohif_bundle
+from launcher import ohif_bundle, serving
 
 
 @never_cache
@@ -32,6 +32,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["ohif"] = "installed for another prefix: run manage.py install_ohif"
     else:
         checks["ohif"] = "ok"
+    if serving.DRAIN.started:
+        checks["server"] = "stopping: finishing the code exchanges in flight"
     ready = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if ready else "unavailable", "checks": checks}
     if bundle is not None:

@@ -84,6 +84,7 @@ class LaunchFailed(ViewerRefused):
         self.detail = detail
 
 
+RESTARTING = "The viewer is restarting: reload this page in a moment."
 NOT_YOURS = (
     "This viewer link belongs to another browser session. Open the study again from KHEOPS."
 )
@@ -510,6 +511,26 @@ def _record_refusal(record: LaunchRecord, failure: LaunchFailed) -> None:
 # --- The exchange, on the viewer's first token request: exchange → identify → record ------
 
 
+@dataclass
+class _ExchangesInThisProcess:
+    """What a graceful stop waits for (launcher.serving): exchanges in flight, and whether
+    new ones may start. Read and written on the event loop only."""
+
+    in_flight: int = 0
+    accepting: bool = True
+
+
+_exchanges = _ExchangesInThisProcess()
+
+
+def exchanges_in_flight() -> int:
+    return _exchanges.in_flight
+
+
+def stop_accepting_exchanges() -> None:
+    _exchanges.accepting = False
+
+
 @dataclass(frozen=True)
 class _PendingExchange:
     """A grant whose code is still to be exchanged, with what the exchange needs."""
@@ -537,16 +558,24 @@ async def complete(
     found = await blocking.run(_grant_or_pending_exchange, launch_id, browser_key)
     if isinstance(found, ViewerGrant):
         return found
+    if not _exchanges.accepting:
+        # The server is stopping: the grant stays pending, its code claimed, for this
+        # browser's next request (launcher.serving).
+        raise ViewerRefused(503, RESTARTING, return_uri=found.grant.return_uri)
+    _exchanges.in_flight += 1
     try:
-        token, user = await _exchange(found, timings)
-    except LaunchFailed as failure:
-        failure.return_uri = found.grant.return_uri
-        if await blocking.run(_record_failure, found, failure):
-            raise
-    else:
-        ready = await blocking.run(_record_success, found, token, user)
-        if ready is not None:
-            return ready
+        try:
+            token, user = await _exchange(found, timings)
+        except LaunchFailed as failure:
+            failure.return_uri = found.grant.return_uri
+            if await blocking.run(_record_failure, found, failure):
+                raise
+        else:
+            ready = await blocking.run(_record_success, found, token, user)
+            if ready is not None:
+                return ready
+    finally:
+        _exchanges.in_flight -= 1
     # Another request of this browser stored its outcome first: answer with that.
     settled = await blocking.run(_grant_or_pending_exchange, launch_id, browser_key)
     if isinstance(settled, ViewerGrant):

@@ -14,8 +14,11 @@ burst of launches and no slow KHEOPS can make them wait.
 - A request that is not a plain GET or HEAD of a document, for an allowed host, over https
   when https is required, goes to Django, as does every request while no documents are
   ready (the database was down at start-up, say).
-- At shutdown, once the server has finished the requests in flight, the KHEOPS client
-  closes its connections.
+- A stop (SIGTERM, or Ctrl-C) first waits for the code exchanges in flight: while they wait
+  on KHEOPS, KHEOPS calls back for our documents, so the server must go on answering until
+  they are done (at most SHUTDOWN_DRAIN_SECONDS). /readyz says 503 meanwhile, so that a load
+  balancer sends new work elsewhere; a second signal stops at once. Then the server stops as
+  usual (it lets requests in flight finish) and the KHEOPS client closes its connections.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -107,6 +113,61 @@ class Documents:
                 logger.exception("could not refresh the documents KHEOPS fetches")
 
 
+class Drain:
+    """Stopping without cutting the exchanges in flight short (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self._previous: dict[int, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def install(self) -> None:
+        # Signals belong to the main thread: the server's, when it runs this application.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        if self.started or self._loop is None:
+            self._pass_on(sig, frame)  # a second signal: stop now
+            return
+        self.started = True
+        self._loop.call_soon_threadsafe(self._begin, sig)
+
+    def _begin(self, sig: int) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._drain(sig))
+
+    async def _drain(self, sig: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.SHUTDOWN_DRAIN_SECONDS
+        if services.exchanges_in_flight():
+            logger.warning("stopping: %d code exchange(s) in flight first", services.exchanges_in_flight())
+        while services.exchanges_in_flight() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        services.stop_accepting_exchanges()
+        self._pass_on(sig, None)
+
+    def _pass_on(self, sig: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(sig, signal.SIG_DFL)
+        if callable(previous):
+            previous(sig, frame)  # the server's own handler: it stops gracefully
+        else:
+            signal.signal(sig, previous)
+            signal.raise_signal(sig)
+
+
+# This process's drain: /readyz reads it.
+DRAIN = Drain()
+
+
 class Application:
     """Our ASGI entry point (kheops_ohif.asgi): lifespan, the documents, then Django."""
 
@@ -134,8 +195,10 @@ class Application:
                     await self.documents.start(self.django)
                 except Exception:
                     logger.exception("documents not prepared at start-up: Django answers them")
+                DRAIN.install()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                DRAIN.uninstall()
                 await self.documents.stop()
                 await services.close_kheops_client()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -160,20 +223,26 @@ def _secure_enough(scope: Scope) -> bool:
 
 
 async def _headers_django_sends(django: ASGIApp, path: str) -> list[tuple[bytes, bytes]]:
-    """The headers Django answers `path` with, as for a request to PUBLIC_BASE_URL, minus
-    those that depend on the body."""
+    """The headers Django answers `path` with, as for a request to PUBLIC_BASE_URL (over https
+    when https is required: the documents are answered from memory only then), minus those
+    that depend on the body."""
     public = urlsplit(settings.PUBLIC_BASE_URL)
+    scheme = "https" if settings.SECURE_SSL_REDIRECT else public.scheme
+    headers = [(b"host", public.netloc.encode())]
+    if settings.SECURE_PROXY_SSL_HEADER and scheme == "https":
+        header, secure_value = settings.SECURE_PROXY_SSL_HEADER
+        headers.append((header.removeprefix("HTTP_").replace("_", "-").lower().encode(), secure_value.encode()))
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "GET",
-        "scheme": public.scheme,
+        "scheme": scheme,
         "path": path,
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", public.netloc.encode())],
+        "headers": headers,
         "client": ("127.0.0.1", 0),
         "server": (public.hostname, public.port or (443 if public.scheme == "https" else 80)),
     }

@@ -27,6 +27,7 @@ from sandbox.samples import load_into_orthanc  # noqa: E402
 
 PYTHON = sys.executable
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
+UVICORN = str(Path(PYTHON).with_name("uvicorn"))
 VAR = REPO / "var"
 ORTHANC_PORT = int(os.environ.get("DEMO_ORTHANC_PORT", "8142"))
 KHEOPS_PORT = int(os.environ.get("DEMO_KHEOPS_PORT", "8100"))
@@ -90,7 +91,7 @@ def start_server(
 ) -> None:
     log = VAR / f"{name}.log"
     process = subprocess.Popen(
-        [*args, "--no-control-socket"], cwd=REPO, env=env, stdout=log.open("ab"),
+        args, cwd=REPO, env=env, stdout=log.open("ab"),
         stderr=subprocess.STDOUT, start_new_session=True,
     )
     children.append(process)  # before waiting: Ctrl-C meanwhile must stop it too
@@ -159,7 +160,10 @@ def main() -> None:
     album_id = next(line.split()[1] for line in seeded.splitlines() if line.startswith("demo_album "))
     start_server(
         "kheops-stand-in",
-        [GUNICORN, "sandbox.wsgi", "--bind", f"127.0.0.1:{KHEOPS_PORT}", "--workers", "1", "--threads", "8"],
+        [
+            GUNICORN, "sandbox.wsgi", "--bind", f"127.0.0.1:{KHEOPS_PORT}", "--workers", "1",
+            "--threads", "8", "--no-control-socket",
+        ],
         sandbox_env(),
         f"{KHEOPS_URL}/api/.well-known/report-provider-configuration",
         children,
@@ -170,7 +174,11 @@ def main() -> None:
     password = demo_admin_password()
     start_server(
         "viewer",
-        [GUNICORN, "kheops_ohif.wsgi", "--bind", f"127.0.0.1:{VIEWER_PORT}", "--workers", "2", "--threads", "4"],
+        # The README's production command.
+        [
+            UVICORN, "kheops_ohif.asgi:application", "--host", "127.0.0.1", "--port", str(VIEWER_PORT),
+            "--workers", "2", "--timeout-graceful-shutdown", "30",
+        ],
         viewer_env(),
         f"http://127.0.0.1:{VIEWER_PORT}/healthz",
         children,

@@ -41,7 +41,7 @@ SCANNED_APPS = {"launcher", "sessions", "admin"}
 # Loggers whose records are ours or Django's wherever they are written; any other logger's
 # records are scanned only while our app handles a request (the test's own HTTP client
 # logs the launch URL, code included, as a browser's history would hold it).
-APP_LOGGERS = ("launcher", "kheops_ohif", "django")
+APP_LOGGERS = ("launcher", "kheops_ohif", "django", "uvicorn", "httpx")
 # Response bodies read for secrets: pages, scripts (app-config.js) and JSON answers.
 SCANNED_CONTENT_TYPES = ("text/html", "text/plain", "text/javascript", "application/javascript", "application/json")
 # The view whose successful answer carries the token to the viewer, by design.
@@ -223,6 +223,10 @@ def _watch_secrets(check: LeakCheck) -> None:
 def install(check: LeakCheck = CHECK) -> None:
     """Capture logs at DEBUG and watch responses and secrets (idempotent)."""
     root = logging.getLogger()
+    # The server's access log does not propagate to the root logger (settings.LOGGING).
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(h, _CollectingHandler) for h in access.handlers):
+        access.addHandler(_CollectingHandler(check))
     if not any(isinstance(h, _CollectingHandler) for h in root.handlers):
         # The console handler keeps its former threshold: DEBUG is for the check, not the output.
         for handler in root.handlers:
@@ -279,6 +283,9 @@ def _leakcheck_installed() -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    # Anything that ran django.setup() again (an ASGI application made by
+    # get_asgi_application) configured logging anew, without our handlers.
+    install()
     try:
         result = yield
     except BaseException:

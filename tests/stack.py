@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from django.core.handlers.asgi import ASGIHandler
 
 from launcher.serving import Application
 
@@ -64,14 +65,16 @@ class ViewerServer:
     """
 
     def __init__(self) -> None:
-        from kheops_ohif.asgi import django_application
-
-        self.application = Application(django_application)
+        # kheops_ohif.asgi's application, less its django.setup(): Django is set up already,
+        # and setting it up again would configure logging anew (without the leak check's
+        # handlers).
+        self.application = Application(ASGIHandler())
         self.loop: asyncio.AbstractEventLoop | None = None
         listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         config = uvicorn.Config(
-            self._app, interface="asgi3", lifespan="on", log_level="warning", access_log=False,
+            # Its access log goes through our logging settings, and the leak check sees it.
+            self._app, interface="asgi3", lifespan="on", log_config=None, access_log=True,
             timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)

@@ -386,8 +386,6 @@ def at_once(work: Callable[[int], Any], writers: int) -> list[Any]:
 @pytest.fixture
 def database_server(transactional_db: None) -> tuple[Provider, KheopsServer]:
     # In autocommit only: other connections cannot see a test's transaction.
-    if connection.vendor == "sqlite":
-        pytest.skip("concurrent writers need a database server (the PostgreSQL run covers this)")
     return linked_rows()
 
 

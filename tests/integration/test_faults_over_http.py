@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from django.db import connection
 
 from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord
 from tests.integration.test_launch_over_http import ask_token, kheops_launch_url, launch
@@ -137,8 +136,6 @@ def test_discovery_down_then_back_without_waiting_for_a_cache(live_stack: Stack)
 
 
 def test_concurrent_uses_of_one_launch_link_open_one_viewer(live_stack: Stack) -> None:
-    if connection.vendor == "sqlite":
-        pytest.skip("concurrent requests need a database server (the PostgreSQL run covers this)")
     launch_url = kheops_launch_url(live_stack)
 
     def use(_: int) -> tuple[int, requests.Session, str]:

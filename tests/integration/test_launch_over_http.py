@@ -11,9 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 import requests
-from django.db import connection
 
 from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord
 from tests.fakes import token_url_of
@@ -217,8 +215,6 @@ def test_the_viewer_learns_the_real_token_lifetime(live_stack: Stack) -> None:
 
 
 def test_concurrent_token_requests_of_one_viewer_agree(live_stack: Stack) -> None:
-    if connection.vendor == "sqlite":
-        pytest.skip("concurrent requests need a database server (the PostgreSQL run covers this)")
     http = requests.Session()
     viewer_url = launch(http, live_stack, kheops_launch_url(live_stack))
 

@@ -1,0 +1,199 @@
+"""No request waits on KHEOPS in a worker: bursts, a stalling KHEOPS, and a graceful stop.
+
+KHEOPS fetches our configuration document twice and our JWKS once during every token
+exchange, from the server that is waiting for its answer. These tests run our app as
+production does (uvicorn, kheops_ohif.asgi) against the KHEOPS stand-in, over real HTTP.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings as django_settings
+
+from launcher import services
+from launcher.models import LaunchOutcome, LaunchRecord
+from tests.fakes import token_url_of
+from tests.stack import Stack, meta_refresh_url
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def distinct_launch_urls(stack: Stack, count: int, *, config_url: str | None = None) -> list[str]:
+    """`count` launch URLs with distinct codes, as KHEOPS's page refreshes to them.
+
+    KHEOPS's codes carry no nonce: the same user, studies and client_id within one second
+    give the same code. Users, study orders and registrations (client_ids) make them differ.
+    """
+    studies = stack.kheops.demo_study_uids[:3]
+    orders = [list(order) for size in (1, 2, 3) for order in itertools.permutations(studies, size)]
+    users = ("alice", "bob")
+    client_ids = [stack.client_id] if config_url is None else []
+    while len(client_ids) * len(users) * len(orders) < count:
+        response = stack.kheops.register_provider(config_url or stack.config_url, f"OHIF {len(client_ids)}")
+        assert response.status_code == 201, response.text
+        client_ids.append(response.json()["client_id"])
+    tokens = {user: stack.kheops.user_token(user) for user in users}
+    urls = []
+    for client_id, user, order in itertools.islice(itertools.product(client_ids, users, orders), count):
+        response = stack.kheops.launch(client_id, order, access_token=tokens[user])
+        assert response.status_code == 200, response.text
+        urls.append(meta_refresh_url(response))
+    return urls
+
+
+def click(launch_url: str, base_url: str | None = None) -> tuple[int, int]:
+    """A browser's launch and its viewer's token request: the two statuses."""
+    with requests.Session() as browser:
+        browser.trust_env = False
+        launch = browser.get(launch_url, allow_redirects=False, timeout=60)
+        if launch.status_code != 302:
+            return launch.status_code, 0
+        base = base_url or f"{urlsplit(launch_url).scheme}://{urlsplit(launch_url).netloc}"
+        token = browser.get(base + token_url_of(launch.headers["Location"]), timeout=60)
+        return launch.status_code, token.status_code
+
+
+def test_a_burst_larger_than_every_pool_completes(live_stack: Stack, settings: Any) -> None:
+    # Fewer calls in flight to KHEOPS than launches, and (PostgreSQL) fewer pooled database
+    # connections: the rest must wait their turn without failing or holding anything.
+    settings.KHEOPS_MAX_CALLS_IN_FLIGHT = 4
+    pool = django_settings.DATABASES["default"].get("OPTIONS", {}).get("pool", {})
+    burst = 64
+    assert burst > max(settings.KHEOPS_MAX_CALLS_IN_FLIGHT, pool.get("max_size", 0))
+    urls = distinct_launch_urls(live_stack, burst)
+
+    with ThreadPoolExecutor(max_workers=burst) as clients:
+        statuses = list(clients.map(click, urls))
+
+    assert statuses == [(302, 200)] * burst
+    assert LaunchRecord.objects.filter(outcome=LaunchOutcome.SUCCESS).count() == burst
+
+
+def test_the_documents_answer_at_once_while_exchanges_wait_on_a_stalling_kheops(
+    live_stack: Stack, settings: Any
+) -> None:
+    settings.KHEOPS_HTTP_TIMEOUT = 20  # stalled, not failed
+    waiting = 64
+    urls = distinct_launch_urls(live_stack, waiting)
+    live_stack.kheops.set_faults(token_delay_seconds=3)
+    documents = [f"{live_stack.viewer.url}/jwks.json", live_stack.config_url]
+
+    with ThreadPoolExecutor(max_workers=waiting) as clients:
+        exchanges = [clients.submit(click, url) for url in urls]
+        # Every launch redirected, every token request waiting on KHEOPS (or for its turn).
+        _wait_for(lambda: services.exchanges_in_flight() == waiting, seconds=30)
+        time.sleep(0.3)  # past their signatures, into the wait
+        assert not any(exchange.done() for exchange in exchanges)
+        timings = []
+        with requests.Session() as kheops_fetching:
+            kheops_fetching.trust_env = False
+            for url in documents * 10:
+                started = time.perf_counter()
+                answer = kheops_fetching.get(url, timeout=5)
+                timings.append(time.perf_counter() - started)
+                assert answer.status_code == 200
+        still_waiting = sum(not exchange.done() for exchange in exchanges)
+        statuses = [exchange.result() for exchange in exchanges]
+
+    assert still_waiting == waiting
+    assert max(timings) < 0.050, sorted(timings)
+    assert statuses == [(302, 200)] * waiting
+
+
+def test_a_graceful_stop_finishes_the_exchanges_in_flight(live_stack: Stack, tmp_path: Path) -> None:
+    # The production server (uvicorn) in its own process, on the test database, registered
+    # in the stand-in under its own configuration URL.
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "uvicorn", "kheops_ohif.asgi:application",
+            "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "20",
+        ],
+        cwd=REPO,
+        env=_app_env(url),
+        stdout=(tmp_path / "server.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _wait_until_up(f"{url}/healthz", server, tmp_path / "server.log")
+        [launch_url] = distinct_launch_urls(live_stack, 1, config_url=f"{url}/providers/ohif/configuration")
+        live_stack.kheops.set_faults(token_delay_seconds=2)
+        with ThreadPoolExecutor(max_workers=1) as browser:
+            exchange = browser.submit(click, launch_url, url)
+            time.sleep(0.8)  # the token request waits on KHEOPS
+            assert not exchange.done()
+            server.send_signal(signal.SIGTERM)
+            # Still serving while the exchange waits (KHEOPS calls back), but not ready for more.
+            time.sleep(0.3)
+            readiness = requests.get(f"{url}/readyz", timeout=5)
+            statuses = exchange.result(timeout=30)
+        exit_code = server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+    log = (tmp_path / "server.log").read_text()
+    assert statuses == (302, 200), log[-2000:]
+    assert readiness.status_code == 503
+    assert "stopping" in readiness.json()["checks"]["server"]
+    # uvicorn stops gracefully, then lets the signal end the process as it would have.
+    assert exit_code == -signal.SIGTERM
+    assert "Application shutdown complete" in log
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.SUCCESS
+
+
+def _wait_for(condition: Any, *, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _app_env(public_url: str) -> dict[str, str]:
+    database = django_settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database_url = f"sqlite:///{database['NAME']}"
+    else:
+        database_url = (
+            f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+        )
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_", "PUBLIC_"))},
+        "DJANGO_SETTINGS_MODULE": "kheops_ohif.settings",
+        "DATABASE_URL": database_url,
+        "PUBLIC_BASE_URL": public_url,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECRET_KEY": django_settings.SECRET_KEY,
+    }
+
+
+def _wait_until_up(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise AssertionError(f"the server did not start:\n{log.read_text()}")
