@@ -1,17 +1,16 @@
 """ASGI entry point, what production runs: `uvicorn kheops_ohif.asgi:application`.
 
 Django, behind launcher.serving, which answers the documents KHEOPS fetches during every
-exchange from memory and closes our KHEOPS connections at shutdown.
+exchange from memory, reuses request threads, and stops gracefully.
 """
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kheops_ohif.settings")
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application() does
 
-django_application = get_asgi_application()
+from launcher.serving import Application, DjangoHandler  # noqa: E402 - needs the apps loaded
 
-from launcher.serving import Application  # noqa: E402 - needs the apps loaded above
-
-application = Application(django_application)
+application = Application(DjangoHandler())

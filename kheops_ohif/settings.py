@@ -130,16 +130,17 @@ INSTALLED_APPS = [
     "launcher",
 ]
 
+# Django's own middleware, subclassed to run on the event loop under ASGI (launcher.middleware).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "launcher.middleware.SecurityMiddleware",
     "launcher.middleware.ContentSecurityPolicyMiddleware",
     "launcher.middleware.OhifWhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "launcher.middleware.SessionMiddleware",
+    "launcher.middleware.CommonMiddleware",
+    "launcher.middleware.CsrfViewMiddleware",
+    "launcher.middleware.AuthenticationMiddleware",
+    "launcher.middleware.MessageMiddleware",
+    "launcher.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "kheops_ohif.urls"
@@ -281,7 +282,14 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # includeSubDomains and preload are commitments about *other* hosts of the hospital's
 # domain; they stay opt-in, so their deploy-check reminders are silenced by default.
-SILENCED_SYSTEM_CHECKS = envlist("SILENCED_SYSTEM_CHECKS", ["security.W005", "security.W021"])
+SILENCED_SYSTEM_CHECKS = [
+    *envlist("SILENCED_SYSTEM_CHECKS", ["security.W005", "security.W021"]),
+    # Django looks for its security, clickjacking and CSRF middleware by their exact names;
+    # ours are subclasses (they run on the event loop). launcher.W006 checks for them instead.
+    "security.W001",
+    "security.W002",
+    "security.W003",
+]
 
 # Content-Security-Policy (django-csp). Our own pages run no inline script at all; the OHIF
 # viewer pages get the wider policy from launcher.middleware.OHIF_CSP_DIRECTIVES.
@@ -363,15 +371,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    # The server's access log names every URL: launch URLs carry the authorization code.
+    # Launch URLs carry the authorization code: no line may quote one (the server's access
+    # log gets the same filter from launcher.serving, leaving the server's own settings).
     "filters": {"secrets": {"()": "launcher.logfilters.RedactSecretParameters"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["secrets"]}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "launcher": {"level": LOG_LEVEL},
         "django.request": {"level": "ERROR"},
-        "uvicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False, "filters": ["secrets"]},
-        "uvicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # One line per call to KHEOPS is noise; failures are ours to log (launcher.services).
         "httpx": {"level": "WARNING"},
     },

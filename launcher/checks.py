@@ -8,6 +8,7 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.http.request import validate_host
+from django.utils.module_loading import import_string
 
 from launcher import keys, ohif_bundle
 
@@ -83,4 +84,27 @@ def check_signing_key_grace(app_configs: Sequence[AppConfig] | None, **kwargs: A
             "until then and a little longer.",
             id="launcher.E005",
         )
+    ]
+
+
+# What Django's security.W001-W003 look for by name (settings silence those): the middleware
+# classes, or subclasses of them such as launcher.middleware's.
+_PROTECTIVE_MIDDLEWARE = {
+    "django.middleware.security.SecurityMiddleware": "HSTS, nosniff, the referrer policy and the https redirect",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": "X-Frame-Options",
+    "django.middleware.csrf.CsrfViewMiddleware": "CSRF protection of every form",
+}
+
+
+@register(Tags.security, deploy=True)
+def check_protective_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
+    installed = [import_string(path) for path in settings.MIDDLEWARE]
+    return [
+        Warning(
+            f"No {path} (or subclass) in MIDDLEWARE: no {what}.",
+            hint="Keep launcher.middleware's classes in MIDDLEWARE, as settings.py has them.",
+            id="launcher.W006",
+        )
+        for path, what in _PROTECTIVE_MIDDLEWARE.items()
+        if not any(isinstance(cls, type) and issubclass(cls, import_string(path)) for cls in installed)
     ]

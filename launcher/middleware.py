@@ -6,11 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import IO, Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from csp.constants import NONE, SELF, UNSAFE_EVAL, UNSAFE_INLINE
 from csp.middleware import CSPMiddleware, PolicyParts
 from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as message_middleware
+from django.contrib.sessions import middleware as session_middleware
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.middleware import clickjacking, common, csrf, security
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from launcher import ohif_bundle
@@ -91,7 +95,80 @@ async def _chunks(file: IO[bytes] | None) -> AsyncIterator[bytes]:
         file.close()
 
 
-class ContentSecurityPolicyMiddleware(CSPMiddleware):
+# --- Django's middleware, on the event loop ---------------------------------------------------
+#
+# Under ASGI Django runs every hook of a (MiddlewareMixin) middleware through sync_to_async:
+# a hand-off to the request's thread and back, twice per middleware and request, which cost
+# more than everything our launch does (measured: a trivial view took 7.5 ms of CPU behind
+# the eleven middlewares). These subclasses run the hooks on the event loop instead, where
+# they do no I/O (headers, cookies, lazy objects); the session and the messages hand off to
+# the thread only when they have something to store.
+
+
+class _OnTheLoop:
+    get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+    async_mode: bool
+
+    def __init__(self, get_response: Callable[..., Any]) -> None:
+        super().__init__(get_response)  # type: ignore[call-arg]
+        process_view = getattr(self, "process_view", None)
+        if self.async_mode and process_view is not None:
+            # Django hands a synchronous process_view to a thread; a coroutine it awaits.
+            async def process_view_on_the_loop(*args: Any) -> HttpResponseBase | None:
+                return process_view(*args)
+
+            self.process_view = process_view_on_the_loop
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = await self._process_response_async(request, response)
+        return response
+
+    async def _process_response_async(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        return self.process_response(request, response)  # type: ignore[attr-defined]
+
+
+class SecurityMiddleware(_OnTheLoop, security.SecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(_OnTheLoop, common.CommonMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(_OnTheLoop, csrf.CsrfViewMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(_OnTheLoop, auth_middleware.AuthenticationMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(_OnTheLoop, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+class SessionMiddleware(_OnTheLoop, session_middleware.SessionMiddleware):
+    async def _process_response_async(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        session = getattr(request, "session", None)
+        if session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST):
+            return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+        return self.process_response(request, response)
+
+
+class MessageMiddleware(_OnTheLoop, message_middleware.MessageMiddleware):
+    async def _process_response_async(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        storage = getattr(request, "_messages", None)
+        if storage is not None and (storage.used or storage.added_new):
+            return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+        return self.process_response(request, response)
+
+
+class ContentSecurityPolicyMiddleware(_OnTheLoop, CSPMiddleware):
     """django-csp, with OHIF's policy on every file of the OHIF bundle.
 
     Workers get the CSP of their own script response, so the decode worker needs the

@@ -192,13 +192,29 @@ LOOKUP_CACHE_SECONDS = 5.0
 _lookups: dict[str, tuple[float, Any]] = {}
 
 
-def _cached(key: str, load: Any) -> Any:
-    now = time.monotonic()
+_MISSING = object()
+
+
+def _in_memory(key: str) -> Any:
     hit = _lookups.get(key)
-    if hit is not None and now - hit[0] < LOOKUP_CACHE_SECONDS:
+    if hit is not None and time.monotonic() - hit[0] < LOOKUP_CACHE_SECONDS:
         return hit[1]
-    value = load()
-    _lookups[key] = (now, value)
+    return _MISSING
+
+
+def _cached(key: str, load: Any) -> Any:
+    value = _in_memory(key)
+    if value is _MISSING:
+        value = load()
+        _lookups[key] = (time.monotonic(), value)
+    return value
+
+
+async def _looked_up(key: str, load: Any) -> Any:
+    """A lookup from memory on the event loop; from the database off it, when not in memory."""
+    value = _in_memory(key)
+    if value is _MISSING:
+        value = await blocking.run(_cached, key, load)
     return value
 
 
@@ -207,7 +223,15 @@ def forget_lookups(**kwargs: Any) -> None:
 
 
 def provider_for(slug: str) -> Provider | None:
-    return _cached(f"provider:{slug}", lambda: Provider.objects.filter(slug=slug).first())
+    return _cached(f"provider:{slug}", partial(_load_provider, slug))
+
+
+def _load_provider(slug: str) -> Provider | None:
+    return Provider.objects.filter(slug=slug).first()
+
+
+def _load_trusted_servers() -> list[KheopsServer]:
+    return list(KheopsServer.objects.filter(enabled=True))
 
 
 def default_provider() -> Provider | None:
@@ -229,11 +253,10 @@ def _server_by_id(pk: int | None) -> KheopsServer | None:
     return _cached(f"server-id:{pk}", lambda: KheopsServer.objects.filter(pk=pk).first())
 
 
-def trusted_server_for(conf_uri: str) -> KheopsServer | None:
+def trusted_server_for(conf_uri: str, servers: list[KheopsServer] | None = None) -> KheopsServer | None:
     # Exact string equality with the discovery URL of an enabled, trusted server: no
     # normalisation that an attacker could play with.
-    servers = _cached("servers", lambda: list(KheopsServer.objects.filter(enabled=True)))
-    for server in servers:
+    for server in servers if servers is not None else _cached("servers", _load_trusted_servers):
         if server.discovery_url == conf_uri:
             return server
     return None
@@ -398,7 +421,9 @@ async def launch(
     """
     record = LaunchRecord(remote_addr=remote_addr)
     try:
-        accepted = await blocking.run(_accept, slug, query, record)
+        provider = await _looked_up(f"provider:{slug}", partial(_load_provider, slug))
+        servers = await _looked_up("servers", _load_trusted_servers)
+        accepted = _accept(provider, servers, query, record)
         try:
             # The viewer page needs the DICOMweb root (its data source, its CSP): cached.
             discovery = await discovery_for(accepted.server, timings=timings)
@@ -419,9 +444,11 @@ async def launch(
     return grant
 
 
-def _accept(slug: str, query: QueryDict | None, record: LaunchRecord) -> _Accepted:
+def _accept(
+    provider: Provider | None, servers: list[KheopsServer], query: QueryDict | None, record: LaunchRecord
+) -> _Accepted:
     """Check the launch request; note in `record` what the audit trail needs of it."""
-    provider = record.provider = provider_for(slug)
+    record.provider = provider
     if provider is None:
         raise LaunchFailed(
             LaunchOutcome.UNKNOWN_PROVIDER, 404, "This launch address is not one of ours."
@@ -429,7 +456,7 @@ def _accept(slug: str, query: QueryDict | None, record: LaunchRecord) -> _Accept
     params = parse_launch_params(query)
     record.client_id = params.client_id
     record.study_uids = list(params.study_uids)
-    server = trusted_server_for(params.conf_uri)
+    server = trusted_server_for(params.conf_uri, servers)
     if server is None:
         raise LaunchFailed(
             LaunchOutcome.UNTRUSTED_SERVER,
@@ -540,6 +567,10 @@ class _PendingExchange:
     code: str = field(repr=False)
     provider: Provider | None
     server: KheopsServer | None
+    redirect_uri: str
+    # Signed at once when the server's discovery document was in memory (one hand-off less).
+    discovery: kheops.Discovery | None
+    assertion: str | None = field(repr=False)
 
 
 async def complete(
@@ -605,12 +636,23 @@ def _grant_or_pending_exchange(launch_id: str, browser_key: str | None) -> Viewe
     except sealing.SealError:
         # Sealed under a SECRET_KEY that is gone: nothing to show or exchange.
         raise ViewerRefused(403, NOT_YOURS) from None
+    provider, server = _provider_by_id(row.provider_id), _server_by_id(row.kheops_server_id)
+    discovery = _in_memory(_discovery_cache_key(server)) if server is not None else None
+    if not _describes(discovery, server):  # type: ignore[arg-type]
+        discovery = None
     return _PendingExchange(
         grant=grant,
         client_id=row.client_id,
         code=code,
-        provider=_provider_by_id(row.provider_id),
-        server=_server_by_id(row.kheops_server_id),
+        provider=provider,
+        server=server,
+        redirect_uri=provider.redirect_uri if provider is not None else "",
+        discovery=discovery,
+        assertion=(
+            keys.client_assertion(client_id=row.client_id, audience=discovery.token_endpoint)
+            if discovery is not None
+            else None
+        ),
     )
 
 
@@ -633,8 +675,8 @@ async def _exchange(
         )
     client = kheops_client()
     try:
-        discovery = await discovery_for(server, timings=timings)
-        assertion = await blocking.run(
+        discovery = pending.discovery or await discovery_for(server, timings=timings)
+        assertion = pending.assertion or await blocking.run(
             keys.client_assertion, client_id=pending.client_id, audience=discovery.token_endpoint
         )
         token = await kheops.exchange_code(
@@ -642,7 +684,7 @@ async def _exchange(
             discovery.token_endpoint,
             code=pending.code,
             client_id=pending.client_id,
-            redirect_uri=provider.redirect_uri,
+            redirect_uri=pending.redirect_uri,
             client_assertion=assertion,
             timings=timings,
         )

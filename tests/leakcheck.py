@@ -223,10 +223,6 @@ def _watch_secrets(check: LeakCheck) -> None:
 def install(check: LeakCheck = CHECK) -> None:
     """Capture logs at DEBUG and watch responses and secrets (idempotent)."""
     root = logging.getLogger()
-    # The server's access log does not propagate to the root logger (settings.LOGGING).
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(h, _CollectingHandler) for h in access.handlers):
-        access.addHandler(_CollectingHandler(check))
     if not any(isinstance(h, _CollectingHandler) for h in root.handlers):
         # The console handler keeps its former threshold: DEBUG is for the check, not the output.
         for handler in root.handlers:

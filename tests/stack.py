@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from django.core.handlers.asgi import ASGIHandler
 
-from launcher.serving import Application
+from launcher.serving import Application, DjangoHandler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sandbox"))
 
@@ -68,7 +67,7 @@ class ViewerServer:
         # kheops_ohif.asgi's application, less its django.setup(): Django is set up already,
         # and setting it up again would configure logging anew (without the leak check's
         # handlers).
-        self.application = Application(ASGIHandler())
+        self.application = Application(DjangoHandler())
         self.loop: asyncio.AbstractEventLoop | None = None
         listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"

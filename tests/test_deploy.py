@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.test import Client
 
+from launcher import checks
 from tests.fakes import FakeKheops
 from tests.test_settings_and_health import STRONG_KEY, run_django
 
@@ -49,11 +50,32 @@ def test_check_deploy_is_clean_in_other_production_set_ups(env: dict[str, str]) 
     assert "System check identified no issues" in result.stdout
 
 
-def test_only_the_opt_in_hsts_reminders_are_silenced() -> None:
+def test_only_the_opt_in_hsts_reminders_and_the_checks_by_class_name_are_silenced() -> None:
     code = "from django.conf import settings as s;print(sorted(s.SILENCED_SYSTEM_CHECKS))"
     result = run_django(["shell", "-c", code], SECRET_KEY=STRONG_KEY, PUBLIC_BASE_URL=VIEWER)
 
-    assert result.stdout.splitlines()[-1] == "['security.W005', 'security.W021']"
+    assert result.stdout.splitlines()[-1] == (
+        "['security.W001', 'security.W002', 'security.W003', 'security.W005', 'security.W021']"
+    )
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "launcher.middleware.SecurityMiddleware",
+        "launcher.middleware.XFrameOptionsMiddleware",
+        "launcher.middleware.CsrfViewMiddleware",
+    ],
+)
+def test_the_protective_middleware_is_checked_by_class(settings, missing: str) -> None:
+    # Django's own checks (silenced) look for its class names; ours accept subclasses.
+    assert checks.check_protective_middleware(None) == []
+    settings.MIDDLEWARE = [path for path in settings.MIDDLEWARE if path != missing]
+
+    [warning] = checks.check_protective_middleware(None)
+
+    assert warning.id == "launcher.W006"
+    assert missing.rsplit(".", 1)[1] in warning.msg
 
 
 @pytest.fixture
