@@ -36,7 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -112,13 +113,13 @@ def http_session() -> requests.Session:
     return session
 
 
-def _base_env() -> dict[str, str]:
+def _base_env(code: Path = REPO) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(_FOREIGN_ENV_PREFIXES) and key.lower() not in _PROXY_ENV
     }
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = str(code)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -205,11 +206,13 @@ class ServerProcess:
     log: Path
 
     @classmethod
-    def start(cls, name: str, command: list[str], *, url: str, env: dict[str, str], log: Path) -> ServerProcess:
+    def start(
+        cls, name: str, command: list[str], *, url: str, env: dict[str, str], log: Path, cwd: Path = REPO
+    ) -> ServerProcess:
         with log.open("ab") as out:
             process = subprocess.Popen(
                 command,
-                cwd=REPO,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -251,7 +254,8 @@ class ServerProcess:
             ).read_text()
         except OSError:
             return []
-        return [int(pid) for pid in children.split()] or [self.process.pid]
+        workers = [int(pid) for pid in children.split() if not _is_helper_process(int(pid))]
+        return workers or [self.process.pid]
 
     def stop(self) -> None:
         if self.process.poll() is not None:
@@ -266,11 +270,20 @@ class ServerProcess:
             self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
 
 
-def _run(args: list[str], env: dict[str, str]) -> str:
+def _is_helper_process(pid: int) -> bool:
+    """multiprocessing's resource tracker, which uvicorn's process manager starts beside its
+    workers: not a worker."""
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path = REPO) -> str:
     try:
         completed = subprocess.run(
             [sys.executable, *args],
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             capture_output=True,
             text=True,
@@ -282,6 +295,34 @@ def _run(args: list[str], env: dict[str, str]) -> str:
     if completed.returncode != 0:
         raise StackError(f"{' '.join(args)} failed:\n{completed.stdout}{completed.stderr}")
     return completed.stdout
+
+
+@dataclass(frozen=True)
+class PreviousRelease:
+    """Our app as it was at an earlier commit, served as it was then: the baseline of a
+    side-by-side comparison. A temporary git worktree of this repository; the stand-in,
+    the database server and the harness stay the current ones."""
+
+    commit: str
+    workers: int
+    threads: int
+    label: str
+
+    @contextmanager
+    def checked_out(self) -> Iterator[Path]:
+        where = Path(tempfile.mkdtemp(prefix="kheops-ohif-previous-")) / "code"
+        try:
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(where), self.commit],
+                cwd=REPO, check=True, capture_output=True, timeout=COMMAND_TIMEOUT_SECONDS,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise StackError(f"cannot check out {self.commit} (a shallow clone?): {exc}") from exc
+        try:
+            yield where
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=REPO, capture_output=True)
+            shutil.rmtree(where.parent, ignore_errors=True)
 
 
 # --- the stack ---------------------------------------------------------------------------------
@@ -303,8 +344,16 @@ class BenchStack:
     # --- start and stop ------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, *, workers: int = 2, kheops_threads: int = 8, name: str = "bench") -> BenchStack:
-        """Start everything (see the module docstring); `workers` are our app's."""
+    def start(
+        cls,
+        *,
+        workers: int = 2,
+        kheops_threads: int = 8,
+        name: str = "bench",
+        previous: tuple[PreviousRelease, Path] | None = None,
+    ) -> BenchStack:
+        """Start everything (see the module docstring); `workers` are our app's. With
+        `previous` (a release and its checked-out code), that release is our app instead."""
         workdir = Path(tempfile.mkdtemp(prefix=f"kheops-ohif-{name}-"))
         cleanup: list[Callable[[], None]] = [lambda: shutil.rmtree(workdir, ignore_errors=True)]
         try:
@@ -342,8 +391,9 @@ class BenchStack:
             cleanup.append(database.drop)
             app_port = free_port()
             app_url = f"http://127.0.0.1:{app_port}"
+            code = previous[1] if previous else REPO
             app_env = {
-                **_base_env(),
+                **_base_env(code),
                 "DJANGO_SETTINGS_MODULE": "kheops_ohif.settings",
                 "PUBLIC_BASE_URL": app_url,
                 "DATABASE_URL": database.url,
@@ -351,22 +401,28 @@ class BenchStack:
                 "OHIF_ROOT": str(OHIF_ROOT),
                 "LOG_LEVEL": "WARNING",
             }
-            _run(["manage.py", "migrate", "--noinput", "--verbosity", "0"], app_env)
+            _run(["manage.py", "migrate", "--noinput", "--verbosity", "0"], app_env, cwd=code)
             _run(
                 ["manage.py", "trust_kheops", kheops_url, "--name", "KHEOPS stand-in (bench)"],
                 app_env,
+                cwd=code,
             )
+            if previous:
+                release = previous[0]
+                command = gunicorn_command(
+                    "kheops_ohif.wsgi", port=app_port, workers=release.workers, threads=release.threads
+                )
+                workers = release.workers
+            else:
+                command = uvicorn_command("kheops_ohif.asgi:application", port=app_port, workers=workers)
             app = ServerProcess.start(
-                "kheops-ohif",
-                uvicorn_command("kheops_ohif.asgi:application", port=app_port, workers=workers),
-                url=app_url,
-                env=app_env,
-                log=workdir / "app.log",
+                "kheops-ohif", command, url=app_url, env=app_env, log=workdir / "app.log", cwd=code
             )
             cleanup.append(app.stop)
             kheops.wait_until_up("/api/.well-known/report-provider-configuration", workers=1)
-            # readyz, not healthz: it also says the OHIF bundle is installed.
-            app.wait_until_up("/readyz", workers=workers)
+            # readyz, not healthz: it also says the OHIF bundle is installed (not in a
+            # previous release's checkout, which launches alone measure).
+            app.wait_until_up("/healthz" if previous else "/readyz", workers=workers)
 
             stack = cls(
                 workdir=workdir,

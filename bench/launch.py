@@ -26,7 +26,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
 import _harness as harness  # noqa: E402
-from _stack import BenchStack, token_url, use_postgres_if_available  # noqa: E402
+from _stack import BenchStack, PreviousRelease, StackError, token_url, use_postgres_if_available  # noqa: E402
 
 BENCHMARK = "launch"
 SINGLE_LAUNCHES = 100
@@ -36,6 +36,14 @@ CONCURRENCY = 8
 TARGET_APP_P50_MS = 5.0
 TARGET_APP_P99_MS = 15.0
 TARGET_WORKER_RSS_MB = 120.0
+# The figures of the README before serving went async (2026-11-28, gunicorn gthread 2 x 8,
+# the same stand-in and harness): the throughput target is twice theirs.
+BEFORE_LAUNCHES_PER_SECOND_8 = 22.3
+TARGET_LAUNCHES_PER_SECOND_8 = 2 * BEFORE_LAUNCHES_PER_SECOND_8
+# That code itself, measured side by side in the same run.
+PREVIOUS = PreviousRelease(
+    commit="84513e1", workers=2, threads=8, label="before async serving (84513e1, gunicorn gthread 2 x 8)"
+)
 
 
 class Launcher:
@@ -127,9 +135,9 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def run_config(label: str) -> list[harness.Result]:
+def run_config(label: str, previous: tuple[PreviousRelease, Path] | None = None) -> list[harness.Result]:
     results: list[harness.Result] = []
-    with BenchStack.start(workers=2, kheops_threads=16, name="launch") as stack:
+    with BenchStack.start(workers=2, kheops_threads=16, name="launch", previous=previous) as stack:
         launcher = Launcher(stack)
         # Warm up: the first launches create the signing key, open pools, fill caches.
         with requests.Session() as http:
@@ -151,7 +159,7 @@ def run_config(label: str) -> list[harness.Result]:
             session.close()
         rss = [rss_mb(pid) for pid in stack.worker_pids()]
 
-    where = f"{label}; uvicorn 2 workers"
+    where = f"{label}; {'gunicorn gthread 2 x 8' if previous else 'uvicorn 2 workers'}"
     for kind, samples in (("single", single), (f"{CONCURRENCY} concurrent", concurrent)):
         launch_app = [s.launch_app_ms for s in samples]
         p50, p99 = statistics.median(launch_app), percentile(launch_app, 99)
@@ -191,11 +199,20 @@ def run_config(label: str) -> list[harness.Result]:
                 notes=f"p99 {percentile([s.token_client_ms for s in samples], 99):.1f} ms; "
                 "the exchange's KHEOPS round trips included",
             ),
+            harness.Result(
+                BENCHMARK, f"the exchange, launch then token request, {kind}, {label}", "ms",
+                [s.launch_client_ms + s.token_client_ms for s in samples],
+                notes="the two requests one after the other, as the client sees them",
+            ),
         ]
+    throughput = CONCURRENT_LAUNCHES / wall
     results.append(
         harness.Result(
             BENCHMARK, f"launches per second, {CONCURRENCY} concurrent, {label}", "launches/s",
-            [CONCURRENT_LAUNCHES / wall], notes=f"{CONCURRENT_LAUNCHES} launches in {wall:.1f} s; {where}",
+            [throughput],
+            notes=f"{CONCURRENT_LAUNCHES} launches in {wall:.1f} s; {where}; before: "
+            f"{BEFORE_LAUNCHES_PER_SECOND_8:g}, target >= {TARGET_LAUNCHES_PER_SECOND_8:g}: "
+            f"{'met' if throughput >= TARGET_LAUNCHES_PER_SECOND_8 else 'MISSED'}",
         )
     )
     worst = max(rss)
@@ -215,6 +232,11 @@ def measure() -> list[harness.Result]:
     results = []
     os.environ.pop("REDIS_URL", None)
     results += run_config(database)
+    try:
+        with PREVIOUS.checked_out() as code:
+            results += run_config(f"{database}, {PREVIOUS.label}", previous=(PREVIOUS, code))
+    except StackError as exc:
+        print(f"no side-by-side baseline: {exc}", file=sys.stderr)
     if _redis_available():
         # The recommended production set-up: sessions and used codes in Redis.
         os.environ["REDIS_URL"] = REDIS_URL

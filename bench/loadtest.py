@@ -8,8 +8,9 @@ viewer's token request (the code exchange, during which the stand-in fetches our
 configuration document twice and our JWKS once, from the server that is waiting for it).
 
 For each server configuration (ours: the README's production command, uvicorn with the ASGI
-application; the baselines: the WSGI entry point under gunicorn gthread, as `make run` and
-the README ran it before), against the same stand-in and database, on loopback only:
+application; the baseline: the code before async serving, checked out from git, run as its
+README's production command ran it: gunicorn gthread 2 x 16), against the same stand-in and
+database, on loopback only:
 
 1. bursts of 1, 8, 96 and 500 launches released at once;
 2. a KHEOPS that takes 2 s to answer each token request: 200 launches spread over 10 s;
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -48,11 +50,12 @@ import httpx
 import psycopg
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-sys.path[:0] = [str(REPO), str(BENCH_DIR), str(REPO / "tests" / "sandbox")]
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR), str(BENCH_DIR.parent / "tests" / "sandbox")]
 
 import _harness as harness  # noqa: E402
 from _stack import (  # noqa: E402
+    REPO,
+    PreviousRelease,
     ServerProcess,
     StackError,
     ThrowawayDatabase,
@@ -75,11 +78,20 @@ SLOW_SPREAD_SECONDS = 10.0
 DUPLICATE_GROUPS = 5
 DUPLICATE_USES = 8
 CLIENT_TIMEOUT_SECONDS = 180.0
-# Servers compared: ours (the README's production command) and the WSGI baselines.
+# Servers compared: ours (the README's production command); the code before async serving as
+# it was run then (the README's production command, and `make run`'s); and today's code
+# through its WSGI entry point.
+BEFORE = PreviousRelease(commit="84513e1", workers=2, threads=16, label="before async serving (84513e1)")
 SERVERS: dict[str, dict[str, Any]] = {
     "asgi": {"label": "uvicorn, ASGI, 2 workers (production command)", "workers": 2},
-    "wsgi-2x16": {"label": "gunicorn gthread, WSGI, 2 workers x 16 threads", "workers": 2, "threads": 16},
-    "wsgi-2x4": {"label": "gunicorn gthread, WSGI, 2 workers x 4 threads", "workers": 2, "threads": 4},
+    "before-2x16": {
+        "label": "before: gunicorn gthread 2 x 16 (its production command)", "workers": 2, "threads": 16,
+        "previous": True,
+    },
+    "before-2x4": {
+        "label": "before: gunicorn gthread 2 x 4 (its make run)", "workers": 2, "threads": 4, "previous": True,
+    },
+    "wsgi-2x16": {"label": "today's WSGI entry point, gunicorn gthread 2 x 16", "workers": 2, "threads": 16},
 }
 
 
@@ -184,10 +196,13 @@ class LoadStack:
         self.http = httpx.Client(trust_env=False, timeout=60)
         self.client_ids: list[str] = []
 
-    def serve(self, server: str) -> None:
-        """(Re)start our app under `server` (a key of SERVERS)."""
+    def serve(self, server: str, previous_code: Path | None = None) -> None:
+        """(Re)start our app under `server` (a key of SERVERS); a previous release's from its
+        checked-out code."""
         self.stop_app()
         config = SERVERS[server]
+        code = previous_code if config.get("previous") else REPO
+        assert code is not None, f"{server} needs the previous release checked out"
         if "threads" in config:
             command = gunicorn_command(
                 "kheops_ohif.wsgi", port=self.app_port, workers=config["workers"], threads=config["threads"]
@@ -195,7 +210,8 @@ class LoadStack:
         else:
             command = uvicorn_command("kheops_ohif.asgi:application", port=self.app_port, workers=config["workers"])
         self.app = ServerProcess.start(
-            "kheops-ohif", command, url=self.app_url, env=self.app_env, log=self.workdir / f"app-{server}.log"
+            "kheops-ohif", command, url=self.app_url, env={**self.app_env, "PYTHONPATH": str(code)},
+            log=self.workdir / f"app-{server}.log", cwd=code,
         )
         self.app.wait_until_up("/healthz", workers=config["workers"])
         if not self.client_ids:
@@ -386,8 +402,10 @@ def _proc_status(pid: int) -> dict[str, str]:
     return {name: value.strip() for name, _, value in (line.partition(":") for line in lines)}
 
 
-def run_server(stack: LoadStack, server: str, bursts: tuple[int, ...], slow: int) -> tuple[list[Scenario], list[list[int]]]:
-    stack.serve(server)
+def run_server(
+    stack: LoadStack, server: str, bursts: tuple[int, ...], slow: int, previous_code: Path | None
+) -> tuple[list[Scenario], list[list[int]]]:
+    stack.serve(server, previous_code)
     scenarios = []
     for size in bursts:
         plan = stack.plan(size)
@@ -433,9 +451,13 @@ def measure_all(servers: list[str], bursts: tuple[int, ...], slow: int) -> dict[
     scenarios: list[Scenario] = []
     groups: dict[str, list[list[int]]] = {}
     try:
-        for server in servers:
-            found, groups[server] = run_server(stack, server, bursts, slow)
-            scenarios += found
+        with contextlib.ExitStack() as cleanup:
+            previous_code = None
+            if any(SERVERS[server].get("previous") for server in servers):
+                previous_code = cleanup.enter_context(BEFORE.checked_out())
+            for server in servers:
+                found, groups[server] = run_server(stack, server, bursts, slow, previous_code)
+                scenarios += found
     finally:
         stack.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -472,7 +494,7 @@ def checks(measured: dict[str, Any]) -> dict[str, bool]:
 
 def measure() -> list[harness.Result]:
     """For bench/run.py: our server and the WSGI baseline the README showed before."""
-    measured = measure_all(["asgi", "wsgi-2x16"], BURSTS, SLOW_LAUNCHES)
+    measured = measure_all(["asgi", "before-2x16"], BURSTS, SLOW_LAUNCHES)
     results = []
     for scenario in measured["scenarios"]:
         row = scenario.row()
@@ -491,7 +513,9 @@ def measure() -> list[harness.Result]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--servers", default="asgi,wsgi-2x16", help=f"from {', '.join(SERVERS)} (asgi,wsgi-2x16)")
+    parser.add_argument(
+        "--servers", default="asgi,before-2x16", help=f"from {', '.join(SERVERS)} (asgi,before-2x16)"
+    )
     parser.add_argument("--bursts", default=",".join(map(str, BURSTS)), help="burst sizes (1,8,96,500)")
     parser.add_argument("--slow", type=int, default=SLOW_LAUNCHES, help="launches against a slow KHEOPS (200; 0: none)")
     parser.add_argument("--json", type=Path, help="write harness results here (for bench/run.py)")
