@@ -53,8 +53,13 @@ class KheopsServerAdmin(admin.ModelAdmin):
 class ProviderAdmin(admin.ModelAdmin):
     list_display = ["client_name", "slug", "mode", "enabled", "is_default", "configuration_url"]
     list_filter = ["enabled", "mode"]
-    readonly_fields = ["configuration_url_to_copy", "redirect_uri"]
+    readonly_fields = ["configuration_url_to_copy", "launch_url"]
     prepopulated_fields = {"slug": ["client_name"]}
+
+    @admin.display(description=_("launch URL (redirect_uri)"))
+    def launch_url(self, provider: Provider) -> str:
+        # An unsaved provider has no slug yet, hence no URL.
+        return provider.redirect_uri if provider.pk else _("filled in automatically when saved")
 
     @admin.display(description=_("configuration URL (register this in KHEOPS)"))
     def configuration_url_to_copy(self, provider: Provider) -> str:

@@ -76,3 +76,10 @@ def test_launch_records_are_read_only(admin_client: Client) -> None:
     assert admin_client.get("/admin/launcher/launchrecord/add/").status_code == 403
     assert admin_client.post(f"/admin/launcher/launchrecord/{record.pk}/delete/", {"post": "yes"}).status_code == 403
     assert LaunchRecord.objects.filter(pk=record.pk).exists()
+
+
+def test_the_provider_add_page_opens_and_says_the_launch_url_comes_later(admin_client: Client) -> None:
+    response = admin_client.get("/admin/launcher/provider/add/")
+
+    assert response.status_code == 200
+    assert "filled in automatically when saved" in response.content.decode()
