@@ -125,7 +125,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_filters",
-    "oauth2_provider",
+    # django-oauth-toolkit, shown in the admin as "Audit API clients".
+    "launcher.api.apps.AuditApiClientsConfig",
     "drf_spectacular",
     "launcher",
 ]
@@ -304,7 +305,7 @@ REST_FRAMEWORK = {
 }
 
 # The audit API's bearer tokens (django-oauth-toolkit, client-credentials grant). Admins
-# create API clients under "Django OAuth Toolkit > Applications".
+# create API clients under "Audit API clients > Applications".
 AUDIT_READ_SCOPE = "audit:read"
 OAUTH2_PROVIDER = {
     "SCOPES": {AUDIT_READ_SCOPE: "Read the launch audit trail, trusted servers and providers"},

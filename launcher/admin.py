@@ -1,4 +1,5 @@
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -7,6 +8,14 @@ from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from oauth2_provider.forms import ApplicationForm
+from oauth2_provider.models import (
+    get_access_token_model,
+    get_application_model,
+    get_grant_model,
+    get_id_token_model,
+    get_refresh_token_model,
+)
 
 from launcher import audit, dashboard, kheops, services
 from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey
@@ -118,3 +127,35 @@ class LaunchRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: LaunchRecord | None = None) -> bool:
         return False
+
+
+# --- The audit API's clients (django-oauth-toolkit) -----------------------------------
+# Tokens, grants and ID tokens are the toolkit's own bookkeeping: an admin never edits
+# them (`manage.py cleartokens` deletes the expired ones; deleting a client deletes its
+# tokens).
+for toolkit_model in (get_access_token_model(), get_refresh_token_model(), get_grant_model(), get_id_token_model()):
+    admin.site.unregister(toolkit_model)
+ApiClient = get_application_model()
+admin.site.unregister(ApiClient)
+
+
+class ApiClientForm(ApplicationForm):
+    """The toolkit's form (its "copy the secret before saving" help), for the one kind of
+    client the audit API takes: confidential, client-credentials grant."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.instance.pk:
+            self.instance.client_type = ApiClient.CLIENT_CONFIDENTIAL
+            self.instance.authorization_grant_type = ApiClient.GRANT_CLIENT_CREDENTIALS
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(admin.ModelAdmin):
+    form = ApiClientForm
+    list_display = ["name", "client_id", "created"]
+    search_fields = ["name", "client_id"]
+    fields = ["name", "client_id", "client_secret", "client_type", "authorization_grant_type"]
+    readonly_fields = ["client_type", "authorization_grant_type"]
+    # Its get_absolute_url names the toolkit's own pages, which are not served here.
+    view_on_site = False
