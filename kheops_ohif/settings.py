@@ -262,7 +262,10 @@ SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000 if PUBLIC_IS_HTTPS 
 SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
-SECURE_REFERRER_POLICY = "no-referrer"
+# Browsers send a real Origin with same-origin form POSTs (the admin's CSRF check needs it)
+# and no Referer to other origins; the launch and viewer responses set `no-referrer`
+# themselves (launcher.headers).
+SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # includeSubDomains and preload are commitments about *other* hosts of the hospital's

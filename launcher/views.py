@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from launcher import keys, kheops, services, viewer
+from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 from launcher.models import GrantState, Provider
 
@@ -74,6 +75,7 @@ class JwksView(_DocumentView):
         return self.cached({"keys": keys.published_keys()})
 
 
+@no_referrer
 @never_cache
 @require_GET
 def launch(request: HttpRequest, slug: str) -> HttpResponse:
@@ -153,6 +155,7 @@ def error_page(
     return response
 
 
+@no_referrer
 @never_cache
 @require_GET
 def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpResponse:
@@ -191,6 +194,7 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
     return response
 
 
+@no_referrer
 @never_cache
 @require_GET
 def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
@@ -206,6 +210,7 @@ def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
     return response
 
 
+@no_referrer
 @never_cache
 @require_GET
 def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
