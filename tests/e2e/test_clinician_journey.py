@@ -53,7 +53,7 @@ def test_open_in_ohif_from_the_album_draws_the_study_with_the_token_kept_out_of_
         journey.open_from_album(CT_STUDY)
     with journey.step("the CT image is drawn"):
         journey.wait_for_image()
-        journey.screenshot("viewer")
+        journey.page_screenshot("viewer")
         assert "CT" in journey.page.locator('[data-cy="studyBrowser-panel"]').inner_text()
     with journey.step("every DICOMweb request carried the launch's token"):
         token = journey.token()
@@ -87,7 +87,7 @@ def test_the_viewer_survives_a_reload_refuses_other_browsers_and_ignores_a_token
         assert response is not None and response.status == 403
         assert "belongs to another browser session" in stranger.content()
         assert not stranger.locator("canvas.cornerstone-canvas").count()
-        journey.screenshot("other-browser-403", page=stranger)
+        journey.page_screenshot("error-other-browser-403", page=stranger)
     with journey.step("&token=other is stripped by a redirect and the real token stays in use"):
         before = len(journey.finished)
         response = journey.page.goto(viewer_url + "&token=other")
@@ -115,7 +115,7 @@ def test_going_back_to_the_launch_url_shows_the_replay_page_not_a_second_viewer(
         assert "already been used" in journey.page.content()
         assert "/launches/" not in journey.page.url
         assert sum("/app-config.js" in r.url for r in journey.requests) == configs
-        journey.screenshot("replay-refused")
+        journey.page_screenshot("error-replay-409")
 
 
 def test_a_launch_with_two_studies_shows_both_in_the_study_panel(journey: Journey) -> None:
@@ -181,7 +181,7 @@ def test_the_banner_counts_down_then_offers_to_open_the_study_again_from_kheops(
         banner = journey.page.locator("#kheops-ohif-banner")
         banner.wait_for(state="visible", timeout=1_000)
         assert re.search(r"ends in 0:[01]\d\.", banner.inner_text()), banner.inner_text()
-        journey.screenshot("banner")
+        journey.page_screenshot("viewer-banner-counting-down")
     with journey.step("the banner leaves OHIF's toolbar usable"):
         for tool in ("Length-btn", "Zoom-btn", "Pan-btn"):
             box = journey.page.locator(f'[data-cy="{tool}"]').bounding_box()
@@ -196,7 +196,7 @@ def test_the_banner_counts_down_then_offers_to_open_the_study_again_from_kheops(
         assert "expired" in banner.inner_text()
         link = banner.get_by_role("link", name="Open again from KHEOPS")
         assert link.get_attribute("href").startswith(journey.album_url())
-        journey.screenshot("expired")
+        journey.page_screenshot("viewer-banner-expired")
     with journey.step("follow the link: the album page loads"):
         with journey.page.expect_navigation() as navigation:
             link.click()
@@ -311,6 +311,6 @@ def test_a_code_kheops_refuses_while_ohif_loads_ends_on_our_error_page_with_the_
         assert back.count() == 1
         token_answers = [r for r in journey.finished if r.url.endswith("/token")]
         assert [r.response().status for r in token_answers if r.response()] == [403]
-        journey.screenshot("exchange-refused")
+        journey.page_screenshot("error-exchange-refused-403")
     with journey.step("no DICOMweb request was made without a token"):
         assert journey.dicomweb_requests() == []

@@ -1,0 +1,174 @@
+"""The admin in headless Chromium, as an IT administrator uses it: sign in, trust a KHEOPS
+server, test it, set up a provider, export the audit trail, sign out.
+
+A real browser sends an `Origin` header with every form POST (the test client sends none):
+under a referrer policy that makes it `null`, Django's CSRF check refused every one of
+these forms. Each admin page visited leaves a 1440x900 screenshot in artifacts/e2e/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import secrets
+from pathlib import Path
+
+import pytest
+import requests
+from django.contrib.auth.models import User
+from playwright.sync_api import Page
+
+from launcher import audit
+from launcher.models import KheopsServer, Provider
+from tests.e2e.journey import Journey
+from tests.stack import Stack
+
+CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+
+
+@pytest.fixture
+def admin_password(live_stack: Stack) -> str:
+    password = secrets.token_urlsafe(16)
+    User.objects.create_superuser("it-admin", "it@hospital.test", password)
+    return password
+
+
+def submit(page: Page, button: str = 'input[name="_save"]') -> None:
+    with page.expect_navigation():
+        page.locator(button).click()
+
+
+def admin_message(page: Page) -> str:
+    return page.locator("ul.messagelist").inner_text()
+
+
+def test_an_it_admin_sets_up_the_viewer_in_the_admin_and_exports_the_audit_trail(
+    journey: Journey, live_stack: Stack, admin_password: str
+) -> None:
+    page = journey.page
+    viewer = live_stack.viewer.url
+    # The stand-in is trusted by the admin in this scenario, not by the fixture.
+    KheopsServer.objects.filter(root_url=live_stack.kheops.root_url).delete()
+
+    with journey.step("the admin asks to sign in"):
+        page.goto(viewer + "/")
+        journey.page_screenshot("home")
+        page.goto(viewer + "/admin/")
+        assert page.url.startswith(viewer + "/admin/login/")
+
+    with journey.step("sign in with the real login form"):
+        journey.page_screenshot("admin-login")
+        page.locator("#id_username").fill("it-admin")
+        page.locator("#id_password").fill(admin_password)
+        submit(page, 'input[type="submit"]')
+        assert page.url == viewer + "/admin/", page.url
+        journey.page_screenshot("admin-index-before-any-launch")
+
+    with journey.step("add the stand-in as a trusted KHEOPS server"):
+        page.goto(viewer + "/admin/launcher/kheopsserver/add/")
+        journey.page_screenshot("admin-server-add")
+        page.locator("#id_name").fill("KHEOPS (e2e)")
+        page.locator("#id_root_url").fill(live_stack.kheops.root_url)
+        submit(page)
+        assert "was added successfully" in admin_message(page)
+        server = KheopsServer.objects.get(root_url=live_stack.kheops.root_url)
+
+    with journey.step("rename it"):
+        page.goto(f"{viewer}/admin/launcher/kheopsserver/{server.pk}/change/")
+        journey.page_screenshot("admin-server-change")
+        page.locator("#id_name").fill("KHEOPS stand-in")
+        submit(page)
+        assert "was changed successfully" in admin_message(page)
+        server.refresh_from_db()
+        assert server.name == "KHEOPS stand-in"
+
+    with journey.step("Test connection fetches and validates its discovery document"):
+        page.locator(f'input[name="_selected_action"][value="{server.pk}"]').check()
+        page.locator('select[name="action"]').select_option("test_connection")
+        submit(page, 'button[name="index"]')
+        message = admin_message(page)
+        assert "KHEOPS stand-in: discovery document OK" in message, message
+        journey.page_screenshot("admin-server-list-after-test-connection")
+
+    with journey.step("add a provider for CT and MR"):
+        page.goto(viewer + "/admin/launcher/provider/add/")
+        journey.page_screenshot("admin-provider-add")
+        page.locator("#id_client_name").press_sequentially("OHIF for CT and MR")
+        assert page.locator("#id_slug").input_value() == "ohif-for-ct-and-mr"
+        choose_modalities(page, ["CT", "MR"])
+        submit(page, 'input[name="_continue"]')
+        assert "was added successfully" in admin_message(page)
+        provider = Provider.objects.get(slug="ohif-for-ct-and-mr")
+        assert provider.supported_modalities == ["CT", "MR"]
+
+    with journey.step("edit it: ultrasound too; its configuration document lists the three"):
+        journey.page_screenshot("admin-provider-change")
+        choose_modalities(page, ["US"])
+        submit(page, 'input[name="_continue"]')
+        assert "was changed successfully" in admin_message(page)
+        document = requests.get(f"{viewer}/providers/ohif-for-ct-and-mr/configuration", timeout=10)
+        assert document.status_code == 200
+        assert sorted(document.json()["supported_modalities"]) == ["CT", "MR", "US"]
+
+    with journey.step("open the CT study from the album: a launch record"):
+        journey.open_from_album(CT_STUDY)
+        journey.wait_for_image()
+
+    with journey.step("the launch records list it, and the health panel counts it"):
+        page.goto(viewer + "/admin/launcher/launchrecord/")
+        journey.page_screenshot("admin-launch-records")
+        page.locator("#result_list tbody tr").first.locator("th a, td a").first.click()
+        page.wait_for_url(re.compile(r"/admin/launcher/launchrecord/\d+/change/"))
+        journey.page_screenshot("admin-launch-record")
+        page.goto(viewer + "/admin/")
+        journey.page_screenshot("admin-index")
+        assert "KHEOPS stand-in" in page.locator("#kheops-health").inner_text()
+
+    with journey.step("export the launch records as CSV"):
+        page.goto(viewer + "/admin/launcher/launchrecord/")
+        page.locator("#action-toggle").check()
+        page.locator('select[name="action"]').select_option("export_csv")
+        with page.expect_download() as download:
+            page.locator('button[name="index"]').click()
+        text = Path(download.value.path()).read_text(encoding="utf-8")
+        rows = list(csv.reader(io.StringIO(text)))
+        assert rows[0] == audit.CSV_COLUMNS
+        records = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
+        assert any(
+            r["outcome"] == "success" and r["study_uids"] == CT_STUDY and r["kheops_server"] == "KHEOPS stand-in"
+            for r in records
+        ), records
+
+    with journey.step("the other admin pages an admin opens"):
+        for name, path in [
+            ("admin-server-list", "/admin/launcher/kheopsserver/"),
+            ("admin-provider-list", "/admin/launcher/provider/"),
+            ("admin-signing-keys", "/admin/launcher/signingkey/"),
+            ("admin-api-client-add", "/admin/oauth2_provider/application/add/"),
+        ]:
+            response = page.goto(viewer + path)
+            assert response is not None and response.status == 200, path
+            journey.page_screenshot(name)
+
+    with journey.step("sign out"):
+        submit(page, "#logout-form button")
+        assert "Logged out" in page.content()
+        journey.page_screenshot("admin-logged-out")
+
+    with journey.step("no form was refused, and every POST carried the real Origin"):
+        ours = [r for r in journey.finished if r.url.startswith(viewer)]
+        refused = [(r.method, r.url) for r in ours if (res := r.response()) and res.status == 403]
+        assert refused == []
+        # (a download never "finishes" as a page request: look at every request sent)
+        posts = [r for r in journey.requests if r.url.startswith(viewer) and r.method == "POST"]
+        # sign-in, add + change server, Test connection, add + change provider, export, sign out
+        assert len(posts) >= 8, [r.url for r in posts]
+        assert {r.all_headers().get("origin") for r in posts} == {viewer}
+
+
+def choose_modalities(page: Page, codes: list[str]) -> None:
+    field = page.locator("#id_supported_modalities")
+    chosen = json.loads(field.input_value() or "[]")
+    field.fill(json.dumps(chosen + codes))
