@@ -30,6 +30,7 @@ class KheopsServerAdmin(admin.ModelAdmin):
         "discovery_url",
         "last_successful_launch",
         "recent_failures",
+        "recent_replays",
     ]
     list_filter = ["enabled"]
     search_fields = ["name", "root_url"]
@@ -45,6 +46,10 @@ class KheopsServerAdmin(admin.ModelAdmin):
     @admin.display(description=_("failed launches, last 24 h"), ordering="failures_in_window")
     def recent_failures(self, server: KheopsServer) -> int:
         return server.failures_in_window  # type: ignore[attr-defined]
+
+    @admin.display(description=_("refused as replays, last 24 h"), ordering="replays_in_window")
+    def recent_replays(self, server: KheopsServer) -> int:
+        return server.replays_in_window  # type: ignore[attr-defined]
 
     @admin.action(description=_("Test connection (fetch and validate the discovery document)"))
     def test_connection(self, request: HttpRequest, queryset: QuerySet[KheopsServer]) -> None:
