@@ -20,21 +20,32 @@ from oauth2_provider.models import (
 from launcher import audit, dashboard, kheops, services
 from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey
 
+# The index lists every section already: the navigation sidebar only took 300 px from the
+# lists, which then no longer fitted a 1440 px screen.
+admin.site.enable_nav_sidebar = False
+admin.site.site_header = _("KHEOPS → OHIF administration")
+admin.site.site_title = _("KHEOPS → OHIF")
+
 
 @admin.register(KheopsServer)
 class KheopsServerAdmin(admin.ModelAdmin):
+    # The discovery URL is the root URL plus a fixed path: on the server's page only.
     list_display = [
         "name",
         "root_url",
         "enabled",
-        "discovery_url",
         "last_successful_launch",
         "recent_failures",
         "recent_replays",
     ]
     list_filter = ["enabled"]
     search_fields = ["name", "root_url"]
+    readonly_fields = ["discovery_document_url"]
     actions = ["test_connection"]
+
+    @admin.display(description=_("discovery document URL"))
+    def discovery_document_url(self, server: KheopsServer) -> str:
+        return server.discovery_url if server.pk else "-"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[KheopsServer]:
         return dashboard.with_launch_counts(super().get_queryset(request))
@@ -101,7 +112,8 @@ class SigningKeyAdmin(admin.ModelAdmin):
 
 @admin.register(LaunchRecord)
 class LaunchRecordAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "outcome", "kheops_server", "provider", "user_name", "album_id", "remote_addr"]
+    # What fits a 1440 px screen; the album, e-mail and studies are on the record's page.
+    list_display = ["created_at", "outcome", "kheops_server", "provider", "user_name", "remote_addr"]
     list_filter = ["outcome", "kheops_server", "provider", "created_at"]
     # The search box finds a study UID, a user (id, name or e-mail), a client or an album.
     search_fields = ["study_uids", "user_name", "user_email", "user_sub", "client_id", "album_id"]

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.translation import gettext_lazy as _
 
 # KHEOPS serves its discovery document at a fixed path under its root.
@@ -160,19 +162,21 @@ class UsedCode(models.Model):
 
 
 class LaunchOutcome(models.TextChoices):
-    SUCCESS = "success", _("success")
+    # Labels an admin reads in the lists and filters: opened, accepted, refused (the launch
+    # was not acceptable) or failed (KHEOPS let it down).
+    SUCCESS = "success", _("Viewer opened")
     # The launch was accepted and its viewer is loading; the code is exchanged when the
     # viewer asks for its token. A launch whose viewer never asked stays pending.
-    PENDING = "pending", _("pending: viewer not loaded")
-    BAD_REQUEST = "bad_request", _("invalid launch parameters")
-    UNKNOWN_PROVIDER = "unknown_provider", _("unknown provider")
-    PROVIDER_DISABLED = "provider_disabled", _("provider disabled")
-    UNTRUSTED_SERVER = "untrusted_server", _("untrusted or disabled KHEOPS server")
-    REPLAY = "replay", _("launch link used twice")
-    CODE_REJECTED = "code_rejected", _("code rejected by KHEOPS")
-    KHEOPS_UNAVAILABLE = "kheops_unavailable", _("KHEOPS unavailable")
-    KHEOPS_TIMEOUT = "kheops_timeout", _("KHEOPS too slow")
-    KHEOPS_MALFORMED = "kheops_malformed", _("invalid answer from KHEOPS")
+    PENDING = "pending", _("Accepted, viewer not loaded (yet)")
+    BAD_REQUEST = "bad_request", _("Refused: invalid launch link")
+    UNKNOWN_PROVIDER = "unknown_provider", _("Refused: unknown provider")
+    PROVIDER_DISABLED = "provider_disabled", _("Refused: provider disabled")
+    UNTRUSTED_SERVER = "untrusted_server", _("Refused: KHEOPS server not trusted")
+    REPLAY = "replay", _("Refused: link already used (replay)")
+    CODE_REJECTED = "code_rejected", _("Failed: KHEOPS refused the code")
+    KHEOPS_UNAVAILABLE = "kheops_unavailable", _("Failed: KHEOPS unavailable")
+    KHEOPS_TIMEOUT = "kheops_timeout", _("Failed: KHEOPS did not answer in time")
+    KHEOPS_MALFORMED = "kheops_malformed", _("Failed: KHEOPS's answer not understood")
 
 
 class LaunchRecord(models.Model):
@@ -184,19 +188,25 @@ class LaunchRecord(models.Model):
     launch_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
     provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.SET_NULL)
     kheops_server = models.ForeignKey(
-        KheopsServer, null=True, blank=True, on_delete=models.SET_NULL
+        KheopsServer,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        verbose_name=_("KHEOPS server"),
     )
-    client_id = models.CharField(max_length=64, blank=True)
-    album_id = models.CharField(max_length=64, blank=True)
-    study_uids = models.JSONField(default=list, blank=True)
-    user_sub = models.CharField(max_length=255, blank=True)
-    user_name = models.CharField(max_length=255, blank=True)
-    user_email = models.CharField(max_length=255, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    outcome = models.CharField(max_length=32, choices=LaunchOutcome.choices, db_index=True)
-    failure_detail = models.CharField(max_length=255, blank=True)
-    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    client_id = models.CharField(_("KHEOPS client id"), max_length=64, blank=True)
+    album_id = models.CharField(_("album id"), max_length=64, blank=True)
+    study_uids = models.JSONField(_("study UIDs"), default=list, blank=True)
+    user_sub = models.CharField(_("KHEOPS user id"), max_length=255, blank=True)
+    user_name = models.CharField(_("user"), max_length=255, blank=True)
+    user_email = models.CharField(_("user e-mail"), max_length=255, blank=True)
+    created_at = models.DateTimeField(_("when"), auto_now_add=True, db_index=True)
+    expires_at = models.DateTimeField(_("access until"), null=True, blank=True)
+    outcome = models.CharField(
+        _("outcome"), max_length=32, choices=LaunchOutcome.choices, db_index=True
+    )
+    failure_detail = models.CharField(_("failure detail"), max_length=255, blank=True)
+    remote_addr = models.GenericIPAddressField(_("from address"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("launch record")
@@ -208,7 +218,12 @@ class LaunchRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.outcome}"
+        # The title of the record's admin page, e.g. "Refused: link already used (replay),
+        # 2026-11-29 15:51 UTC".
+        if self.created_at is None:
+            return str(self.get_outcome_display())
+        when = date_format(timezone.localtime(self.created_at), "DATETIME_FORMAT")
+        return f"{self.get_outcome_display()}, {when}"
 
 
 class GrantState(models.TextChoices):

@@ -270,3 +270,14 @@ def test_the_server_list_shows_the_last_success_recent_failures_and_replays_apar
     assert '<td class="field-recent_failures">0</td>' in broken
     assert '<td class="field-recent_replays">0</td>' in broken
 
+
+def test_a_launch_record_is_titled_with_its_outcome_in_words(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+    replayed = record(outcome="replay")
+    replayed.refresh_from_db()
+
+    page = admin_client.get(f"/admin/launcher/launchrecord/{replayed.pk}/change/").content.decode()
+    listing = admin_client.get("/admin/launcher/launchrecord/").content.decode()
+
+    assert str(replayed).startswith("Refused: link already used (replay), ")
+    assert f"<h2>{replayed!s}</h2>" in page
+    assert '<td class="field-outcome">Refused: link already used (replay)</td>' in listing

@@ -21,7 +21,7 @@ from django.contrib.auth.models import User
 from playwright.sync_api import Page
 
 from launcher import audit
-from launcher.models import KheopsServer, Provider
+from launcher.models import KheopsServer, LaunchOutcome, LaunchRecord, Provider
 from tests.e2e.journey import Journey
 from tests.stack import Stack
 
@@ -116,10 +116,35 @@ def test_an_it_admin_sets_up_the_viewer_in_the_admin_and_exports_the_audit_trail
         journey.open_from_album(CT_STUDY)
         journey.wait_for_image()
 
+    with journey.step("the lists fit a 1440 px screen, long values included"):
+        long_named = KheopsServer.objects.create(
+            name="Hôpitaux universitaires, KHEOPS de recherche clinique",
+            root_url="https://kheops-recherche-clinique.hopitaux-universitaires.example.org",
+            enabled=False,
+        )
+        LaunchRecord.objects.create(
+            outcome=LaunchOutcome.UNTRUSTED_SERVER,
+            kheops_server=long_named,
+            provider=provider,
+            user_name="Dr Maria-Magdalena Vasquez-Oberhauser",
+            user_email="maria-magdalena.vasquez-oberhauser@hopitaux-universitaires.example.org",
+            album_id="Zx81AbCdEfGhIjKlMnOpQr",
+            remote_addr="2001:db8:85a3::8a2e:370:7334",
+            study_uids=[CT_STUDY],
+        )
+        for path in ("/admin/launcher/launchrecord/", "/admin/launcher/kheopsserver/"):
+            page.goto(viewer + path)
+            # The admin scrolls a table wider than its column sideways, out of sight.
+            overflow = page.evaluate(
+                "[document.documentElement, document.querySelector('#changelist .results')]"
+                ".map((e) => e.scrollWidth - e.clientWidth)"
+            )
+            assert overflow == [0, 0], (path, overflow)
+
     with journey.step("the launch records list it, and the health panel counts it"):
         page.goto(viewer + "/admin/launcher/launchrecord/")
         journey.page_screenshot("admin-launch-records")
-        page.locator("#result_list tbody tr", has_text="success").first.locator("th a").click()
+        page.locator("#result_list tbody tr", has_text="Viewer opened").first.locator("th a").click()
         page.wait_for_url(re.compile(r"/admin/launcher/launchrecord/\d+/change/"))
         journey.page_screenshot("admin-launch-record")
         page.goto(viewer + "/admin/")
