@@ -204,6 +204,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Dates as 2026-11-29 15:51 UTC everywhere (kheops_ohif/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["kheops_ohif.formats"]
 
 # Static files. The OHIF bundle is installed by `manage.py install_ohif` into OHIF_ROOT and
 # served by WhiteNoise under OHIF_ASSET_URL; its build-time asset prefix is rewritten to

@@ -6,7 +6,7 @@ import csv
 import io
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -281,3 +281,21 @@ def test_a_launch_record_is_titled_with_its_outcome_in_words(admin_client: Clien
     assert str(replayed).startswith("Refused: link already used (replay), ")
     assert f"<h2>{replayed!s}</h2>" in page
     assert '<td class="field-outcome">Refused: link already used (replay)</td>' in listing
+
+
+def test_a_date_reads_the_same_on_the_index_in_the_lists_and_on_the_pages(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:
+    when = datetime(2026, 11, 29, 15, 51, 7, tzinfo=UTC)
+    chosen = record()
+    LaunchRecord.objects.filter(pk=chosen.pk).update(created_at=when, expires_at=when + timedelta(hours=1))
+    chosen.refresh_from_db()
+
+    index = admin_client.get("/admin/").content.decode()
+    launch_list = admin_client.get("/admin/launcher/launchrecord/").content.decode()
+    launch_page = admin_client.get(f"/admin/launcher/launchrecord/{chosen.pk}/change/").content.decode()
+    server_list = admin_client.get("/admin/launcher/kheopsserver/").content.decode()
+
+    for page in (index, launch_list, launch_page, server_list):
+        assert "2026-11-29 15:51 UTC" in page
+        assert "Nov. 29" not in page and "p.m." not in page
+    assert "2026-11-29 16:51 UTC" in launch_page  # access until
+    assert str(chosen) == "Viewer opened, 2026-11-29 15:51 UTC"
