@@ -1,10 +1,12 @@
 from datetime import datetime
 from typing import Any
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -18,6 +20,7 @@ from oauth2_provider.models import (
 )
 
 from launcher import audit, dashboard, kheops, services
+from launcher.modalities import MODALITIES
 from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey
 
 # The index lists every section already: the navigation sidebar only took 300 px from the
@@ -74,26 +77,66 @@ class KheopsServerAdmin(admin.ModelAdmin):
                     self.message_user(request, f"{server.name}: {verdict}", messages.SUCCESS)
 
 
+class ProviderForm(forms.ModelForm):
+    # Still a JSON list in the model (the configuration document and the API are
+    # unchanged); here, boxes to tick, each code with its name.
+    supported_modalities = forms.MultipleChoiceField(
+        label=_("Modalities"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=Provider._meta.get_field("supported_modalities").help_text,
+    )
+
+    class Meta:
+        model = Provider
+        fields = ["client_name", "slug", "mode", "supported_modalities", "enabled", "is_default"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        stored = self.instance.supported_modalities or []
+        # A code stored before (through the API or a script) stays choosable, unnamed.
+        unknown = [code for code in stored if isinstance(code, str) and code not in MODALITIES]
+        self.fields["supported_modalities"].choices = [
+            (code, f"{code} ({name})") for code, name in MODALITIES.items()
+        ] + [(code, code) for code in unknown]
+
+
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
     list_display = ["client_name", "slug", "mode", "enabled", "is_default", "configuration_url"]
     list_filter = ["enabled", "mode"]
     readonly_fields = ["configuration_url_to_copy", "launch_url"]
     prepopulated_fields = {"slug": ["client_name"]}
 
-    @admin.display(description=_("launch URL (redirect_uri)"))
-    def launch_url(self, provider: Provider) -> str:
-        # An unsaved provider has no slug yet, hence no URL.
-        return provider.redirect_uri if provider.pk else _("filled in automatically when saved")
+    class Media:
+        js = ["launcher/copy.js"]
 
-    @admin.display(description=_("configuration URL (register this in KHEOPS)"))
+    @admin.display(description=_("launch URL"))
+    def launch_url(self, provider: Provider) -> str:
+        if not provider.pk:  # no short name yet, hence no URL
+            return _("Filled in automatically when saved.")
+        return format_html(
+            "{}<div class=\"readonly-help\">{}</div>",
+            provider.redirect_uri,
+            _("Where KHEOPS sends clinicians (the redirect_uri of the configuration); nothing to do."),
+        )
+
+    @admin.display(description=_("configuration URL"))
     def configuration_url_to_copy(self, provider: Provider) -> str:
         if not provider.pk:
-            return "-"
+            return _("Shown when saved: the address to register in KHEOPS.")
         return format_html(
-            '<input type="text" readonly size="80" value="{}" aria-label="configuration URL">',
-            provider.configuration_url,
+            "{}<div class=\"readonly-help\">{}</div>",
+            copy_field(provider.configuration_url, field_id="configuration-url", label=_("configuration URL")),
+            _("Register it in KHEOPS: in the album's settings, add a report provider with this URL."),
         )
+
+
+def copy_field(value: str, *, field_id: str, label: str) -> str:
+    return render_to_string(
+        "launcher/copy_field.html", {"value": value, "field_id": field_id, "label": label}
+    )
 
 
 @admin.register(SigningKey)

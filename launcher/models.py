@@ -64,22 +64,48 @@ class OhifMode(models.TextChoices):
 class Provider(models.Model):
     """What a KHEOPS album admin registers: one configuration document and launch URL."""
 
-    slug = models.SlugField(_("slug"), unique=True)
-    client_name = models.CharField(_("display name (client_name)"), max_length=100)
+    slug = models.SlugField(
+        _("short name"),
+        unique=True,
+        help_text=_(
+            "Lower-case letters, digits and hyphens. It names this provider's addresses "
+            "(…/providers/short-name/configuration and …/launch): changing it changes them, "
+            "and KHEOPS albums that registered the old configuration URL stop working."
+        ),
+    )
+    client_name = models.CharField(
+        _("name in KHEOPS"),
+        max_length=100,
+        help_text=_(
+            "What clinicians see in the study menu of a KHEOPS album, e.g. “OHIF Viewer”. "
+            "KHEOPS reads it when an album admin registers the configuration URL."
+        ),
+    )
     mode = models.CharField(
-        _("OHIF mode"), max_length=32, choices=OhifMode.choices, default=OhifMode.VIEWER
+        _("OHIF mode"),
+        max_length=32,
+        choices=OhifMode.choices,
+        default=OhifMode.VIEWER,
+        help_text=_("The set of OHIF tools the study opens with."),
     )
     supported_modalities = models.JSONField(
-        _("supported modalities"),
+        _("modalities"),
         default=list,
         blank=True,
-        help_text=_('Modality codes, e.g. ["CT", "MR"]. Empty: KHEOPS offers it for every study.'),
+        help_text=_(
+            "KHEOPS offers this viewer only for studies with one of the chosen modalities. "
+            "None chosen: for every study."
+        ),
     )
-    enabled = models.BooleanField(_("enabled"), default=True)
+    enabled = models.BooleanField(
+        _("enabled"),
+        default=True,
+        help_text=_("Untick to refuse its launches (clinicians are told so) without deleting it."),
+    )
     is_default = models.BooleanField(
-        _("default"),
+        _("default provider"),
         default=False,
-        help_text=_("Also served at /.well-known/kheops-report-configuration."),
+        help_text=_("Its configuration is also served at /.well-known/kheops-report-configuration."),
     )
 
     class Meta:
