@@ -51,10 +51,15 @@ def test_an_it_admin_sets_up_the_viewer_in_the_admin_and_exports_the_audit_trail
     # The stand-in is trusted by the admin in this scenario, not by the fixture.
     KheopsServer.objects.filter(root_url=live_stack.kheops.root_url).delete()
 
-    with journey.step("the admin asks to sign in"):
+    with journey.step("the home page: the default configuration URL to copy, the way to the admin"):
+        journey.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=viewer)
         page.goto(viewer + "/")
+        page.get_by_role("button", name="Copy").click()
+        page.locator(".copy-status", has_text="Copied").wait_for()
+        assert page.evaluate("navigator.clipboard.readText()") == live_stack.config_url
         journey.page_screenshot("home")
-        page.goto(viewer + "/admin/")
+        with page.expect_navigation():
+            page.get_by_role("link", name="Administration").click()
         assert page.url.startswith(viewer + "/admin/login/")
 
     with journey.step("sign in with the real login form"):
@@ -112,7 +117,6 @@ def test_an_it_admin_sets_up_the_viewer_in_the_admin_and_exports_the_audit_trail
         assert sorted(document.json()["supported_modalities"]) == ["CT", "MR", "US"]
 
     with journey.step("copy its configuration URL with the Copy button"):
-        journey.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=viewer)
         page.get_by_role("button", name="Copy").click()
         page.locator(".copy-status", has_text="Copied").wait_for()
         copied = page.evaluate("navigator.clipboard.readText()")
