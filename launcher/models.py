@@ -287,6 +287,8 @@ class LaunchGrant(models.Model):
     user_name = models.CharField(max_length=255, blank=True)
     failure_status = models.PositiveSmallIntegerField(null=True, blank=True)
     failure_message = models.CharField(max_length=255, blank=True)
+    # What the clinician can do about it (services.ADVICE).
+    failure_advice = models.CharField(max_length=255, blank=True)
 
     class Meta:
         verbose_name = _("viewer grant")

@@ -53,14 +53,32 @@ PENDING_LIFETIME = timedelta(seconds=600)
 GRANT_RETENTION_AFTER_EXPIRY = timedelta(days=1)
 
 
-class ViewerRefused(Exception):
-    """The viewer of a launch cannot open: what the error page and the token answer say."""
+# What to do, when a refusal does not say better.
+OPEN_AGAIN = "Open the study again from KHEOPS."
 
-    def __init__(self, status: int, message: str, *, return_uri: str | None = None) -> None:
+
+class ViewerRefused(Exception):
+    """The viewer of a launch cannot open: what the error page and the token answer say.
+
+    `message` says what happened and `advice` what to do, one plain sentence each;
+    `return_uri` (the way back into KHEOPS) and `study_uids` when they are known.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        advice: str = OPEN_AGAIN,
+        return_uri: str | None = None,
+        study_uids: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.advice = advice
         self.return_uri = return_uri
+        self.study_uids = study_uids
 
 
 class LaunchFailed(ViewerRefused):
@@ -75,15 +93,31 @@ class LaunchFailed(ViewerRefused):
         detail: str = "",
         return_uri: str | None = None,
     ) -> None:
-        super().__init__(status, message, return_uri=return_uri)
+        super().__init__(status, message, advice=ADVICE.get(outcome, OPEN_AGAIN), return_uri=return_uri)
         self.outcome = outcome
         self.detail = detail
 
 
-NOT_YOURS = (
-    "This viewer link belongs to another browser session. Open the study again from KHEOPS."
-)
-EXPIRED = "Your access to this study has expired. Open it again from KHEOPS."
+# What a clinician can do about each refused or failed launch.
+ADVICE: dict[LaunchOutcome, str] = {
+    LaunchOutcome.BAD_REQUEST: "Open the study again from KHEOPS; if this happens again, "
+    "show this page to your KHEOPS administrator.",
+    LaunchOutcome.UNKNOWN_PROVIDER: "Ask your KHEOPS album administrator to register this "
+    "viewer again with its configuration URL.",
+    LaunchOutcome.PROVIDER_DISABLED: "Choose another viewer in KHEOPS, or ask this viewer's "
+    "administrator to enable it again.",
+    LaunchOutcome.UNTRUSTED_SERVER: "Ask this viewer's administrator to add your KHEOPS "
+    "server to its trusted servers.",
+    LaunchOutcome.REPLAY: "Open the study again from KHEOPS: each click makes a new link.",
+    LaunchOutcome.CODE_REJECTED: OPEN_AGAIN,
+    LaunchOutcome.KHEOPS_UNAVAILABLE: "Wait a moment, then open the study again from KHEOPS.",
+    LaunchOutcome.KHEOPS_TIMEOUT: "Wait a moment, then open the study again from KHEOPS.",
+    LaunchOutcome.KHEOPS_MALFORMED: "Open the study again from KHEOPS; if this happens again, "
+    "tell this viewer's administrator.",
+}
+NOT_YOURS = "This viewer link belongs to another browser session."
+NOT_YOURS_ADVICE = "Open the study from KHEOPS in this browser."
+EXPIRED = "Your access to this study has expired."
 
 
 @dataclass(frozen=True)
@@ -115,6 +149,7 @@ class ViewerGrant:
     state: str = GrantState.READY
     failure_status: int | None = None
     failure_message: str = ""
+    failure_advice: str = ""
 
     @property
     def seconds_left(self) -> int:
@@ -382,6 +417,7 @@ def launch(
         )
         return grant
     except LaunchFailed as failure:
+        failure.study_uids = tuple(record.study_uids)
         # Nothing of a refused launch was stored: its audit row is a fresh one.
         record.pk = None
         record.launch_id = None
@@ -412,25 +448,22 @@ def complete(launch_id: str, browser_key: str | None, *, http: Any) -> ViewerGra
     """
     row = _grant_row(launch_id, browser_key)
     if row is None:
-        raise ViewerRefused(403, NOT_YOURS)
+        raise refusal_for_another_browser(launch_id)
     grant = _viewer_grant(row)
-    if row.state == GrantState.FAILED:
-        raise ViewerRefused(
-            row.failure_status or 403, row.failure_message, return_uri=grant.return_uri
-        )
-    if grant.expired:
-        raise ViewerRefused(410, EXPIRED, return_uri=grant.return_uri)
+    refusal = refusal_of(grant)
+    if refusal is not None:
+        raise refusal
     if row.state == GrantState.READY:
         try:
             token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
         except sealing.SealError:
-            raise ViewerRefused(403, NOT_YOURS) from None
+            raise refusal_for_another_browser(launch_id) from None
         return replace(grant, access_token=token)
     try:
         code = sealing.unseal(row.sealed_code, purpose=_CODE_PURPOSE)
     except sealing.SealError:
         # Sealed under a SECRET_KEY that is gone: nothing to exchange.
-        raise ViewerRefused(403, NOT_YOURS) from None
+        raise refusal_for_another_browser(launch_id) from None
     provider = _provider_by_id(row.provider_id)
     server = _server_by_id(row.kheops_server_id)
     try:
@@ -453,6 +486,7 @@ def complete(launch_id: str, browser_key: str | None, *, http: Any) -> ViewerGra
         )
     except LaunchFailed as failure:
         failure.return_uri = grant.return_uri
+        failure.study_uids = grant.study_uids
         if not _record_failure(row, failure, code=code):
             # Another request of this browser stored its outcome first: answer with that.
             return complete(launch_id, browser_key, http=http)
@@ -497,6 +531,7 @@ def _record_failure(row: LaunchGrant, failure: LaunchFailed, *, code: str) -> bo
             "sealed_code": "",
             "failure_status": failure.status,
             "failure_message": failure.message[:255],
+            "failure_advice": failure.advice[:255],
         },
         {"launch_id": row.launch_id, "state": GrantState.PENDING},
         LaunchRecord,
@@ -608,6 +643,37 @@ def _viewer_grant(row: LaunchGrant) -> ViewerGrant:
         state=row.state,
         failure_status=row.failure_status,
         failure_message=row.failure_message,
+        failure_advice=row.failure_advice,
+    )
+
+
+def refusal_of(grant: ViewerGrant) -> ViewerRefused | None:
+    """Why the viewer of `grant` cannot open any more (its exchange failed, or it expired)."""
+    if grant.state == GrantState.FAILED:
+        return ViewerRefused(
+            grant.failure_status or 403,
+            grant.failure_message,
+            advice=grant.failure_advice or OPEN_AGAIN,
+            return_uri=grant.return_uri,
+            study_uids=grant.study_uids,
+        )
+    if grant.expired:
+        return ViewerRefused(
+            410, EXPIRED, return_uri=grant.return_uri, study_uids=grant.study_uids
+        )
+    return None
+
+
+def refusal_for_another_browser(launch_id: str) -> ViewerRefused:
+    """What a browser without the launch's key is told: never the viewer, but the way back
+    to KHEOPS and the studies concerned (neither is a secret) when the launch exists."""
+    row = writes.fetch_one(LaunchGrant, launch_id=launch_id)
+    return ViewerRefused(
+        403,
+        NOT_YOURS,
+        advice=NOT_YOURS_ADVICE,
+        return_uri=(row.return_uri or None) if row else None,
+        study_uids=tuple(row.study_uids) if row else (),
     )
 
 

@@ -89,7 +89,8 @@ window.browserImportFunction = function (name) {{ return import(name); }};
   }}).then(function (response) {{
     return response.json().then(function (body) {{
       if (!response.ok) {{
-        var refused = new Error(body.error || "The viewer could not open this study.");
+        var refused = new Error([body.error, body.advice].filter(Boolean).join(" ") ||
+          "The viewer could not open this study.");
         refused.answered = true;
         throw refused;
       }}

@@ -87,6 +87,10 @@ def test_the_viewer_survives_a_reload_refuses_other_browsers_and_ignores_a_token
         assert response is not None and response.status == 403
         assert "belongs to another browser session" in stranger.content()
         assert not stranger.locator("canvas.cornerstone-canvas").count()
+        # The way back to the album, and the study it was about.
+        back = stranger.get_by_role("link", name="Back to KHEOPS")
+        assert back.get_attribute("href") == journey.album_url()
+        assert CT_STUDY in stranger.locator(".studies").inner_text()
         journey.page_screenshot("error-other-browser-403", page=stranger)
     with journey.step("&token=other is stripped by a redirect and the real token stays in use"):
         before = len(journey.finished)
