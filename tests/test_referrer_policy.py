@@ -8,12 +8,12 @@ tests/e2e/test_admin_journey.py checks the same in Chromium.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections import deque
 from urllib.parse import urljoin, urlsplit
 
 import pytest
+from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.contrib.auth.models import Group, User
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
@@ -76,8 +76,8 @@ def test_the_decorator_serves_async_views_too() -> None:
     async def view(request: HttpRequest) -> HttpResponse:
         return HttpResponse("ok")
 
-    assert asyncio.iscoroutinefunction(view)
-    response = asyncio.run(view(HttpRequest()))
+    assert iscoroutinefunction(view)
+    response = async_to_sync(view)(HttpRequest())
     assert response["Referrer-Policy"] == "no-referrer"
 
 
