@@ -19,7 +19,7 @@ from oauth2_provider.models import (
     get_refresh_token_model,
 )
 
-from launcher import audit, dashboard, kheops, services
+from launcher import audit, branding, dashboard, kheops, services
 from launcher.modalities import MODALITIES
 from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey
 
@@ -87,9 +87,28 @@ class ProviderForm(forms.ModelForm):
         help_text=Provider._meta.get_field("supported_modalities").help_text,
     )
 
+    logo_upload = forms.FileField(
+        label=_("Logo"),
+        required=False,
+        help_text=_(
+            "PNG, JPEG or WebP, at most 256 KB, shown 28 px high (a wide logo at most 96 px "
+            "wide). Without one, the viewer shows a neutral mark."
+        ),
+        widget=forms.FileInput(attrs={"accept": "image/png,image/jpeg,image/webp"}),
+    )
+    remove_logo = forms.BooleanField(label=_("Remove the logo"), required=False)
+
     class Meta:
         model = Provider
-        fields = ["client_name", "slug", "mode", "supported_modalities", "enabled", "is_default"]
+        fields = [
+            "client_name",
+            "slug",
+            "mode",
+            "supported_modalities",
+            "enabled",
+            "is_default",
+            "viewer_title",
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -100,14 +119,31 @@ class ProviderForm(forms.ModelForm):
             (code, f"{code} ({name})") for code, name in MODALITIES.items()
         ] + [(code, code) for code in unknown]
 
+    def clean_logo_upload(self) -> bytes | None:
+        upload = self.cleaned_data.get("logo_upload")
+        if not upload:
+            return None
+        if upload.size > branding.MAX_LOGO_BYTES:
+            raise forms.ValidationError(_("The logo is larger than 256 KB."))
+        image = upload.read()
+        # By its bytes, not its name or declared type. SVG is refused: it can carry script.
+        if branding.image_type(image) is None:
+            raise forms.ValidationError(_("The logo must be a PNG, JPEG or WebP image."))
+        return image
+
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
     list_display = ["client_name", "slug", "mode", "enabled", "is_default", "configuration_url"]
     list_filter = ["enabled", "mode"]
-    readonly_fields = ["configuration_url_to_copy", "launch_url"]
+    readonly_fields = ["configuration_url_to_copy", "launch_url", "current_logo"]
     prepopulated_fields = {"slug": ["client_name"]}
+    fieldsets = [
+        (None, {"fields": ["client_name", "slug", "mode", "supported_modalities", "enabled", "is_default"]}),
+        (_("Registration in KHEOPS"), {"fields": ["configuration_url_to_copy", "launch_url"]}),
+        (_("The viewer's header"), {"fields": ["viewer_title", "current_logo", "logo_upload", "remove_logo"]}),
+    ]
 
     class Media:
         js = ["launcher/copy.js"]
@@ -121,6 +157,19 @@ class ProviderAdmin(admin.ModelAdmin):
             provider.redirect_uri,
             _("Where KHEOPS sends clinicians (the redirect_uri of the configuration); nothing to do."),
         )
+
+    def save_model(self, request: HttpRequest, obj: Provider, form: ProviderForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if form.cleaned_data.get("logo_upload"):
+            branding.store_logo(obj, form.cleaned_data["logo_upload"])
+        elif form.cleaned_data.get("remove_logo"):
+            branding.store_logo(obj, None)
+
+    @admin.display(description=_("current logo"))
+    def current_logo(self, provider: Provider) -> str:
+        if not provider.logo_url:
+            return _("None: the viewer shows a neutral mark.")
+        return format_html('<img class="provider-logo" src="{}" alt="{}">', provider.logo_url, _("logo"))
 
     @admin.display(description=_("configuration URL"))
     def configuration_url_to_copy(self, provider: Provider) -> str:

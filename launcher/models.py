@@ -107,6 +107,18 @@ class Provider(models.Model):
         default=False,
         help_text=_("Its configuration is also served at /.well-known/kheops-report-configuration."),
     )
+    # White label: what the viewer's header shows (launcher/branding.py).
+    viewer_title = models.CharField(
+        _("name in the viewer"),
+        max_length=60,
+        blank=True,
+        help_text=_(
+            "Shown in the viewer's header next to the logo, e.g. the hospital's name. "
+            "Empty: the name in KHEOPS."
+        ),
+    )
+    # Names the logo's URL (a hash of its bytes); empty: no logo, a neutral mark instead.
+    logo_digest = models.CharField(max_length=16, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("provider")
@@ -141,6 +153,29 @@ class Provider(models.Model):
     @property
     def redirect_uri(self) -> str:
         return public_url("launch", slug=self.slug)
+
+    @property
+    def logo_url(self) -> str | None:
+        if not self.logo_digest:
+            return None
+        return reverse("provider-logo", kwargs={"slug": self.slug, "digest": self.logo_digest})
+
+
+class ProviderLogo(models.Model):
+    """A provider's logo, in the database: no media storage to run or back up apart.
+
+    Kept out of the provider's row, which launches, lists and joins read all the time.
+    """
+
+    provider = models.OneToOneField(
+        Provider, on_delete=models.CASCADE, primary_key=True, related_name="logo"
+    )
+    image = models.BinaryField()
+    content_type = models.CharField(max_length=16)
+    digest = models.CharField(max_length=16)
+
+    def __str__(self) -> str:
+        return f"logo of {self.provider_id}"
 
 
 def public_url(view_name: str, **kwargs: str) -> str:

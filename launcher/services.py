@@ -150,6 +150,7 @@ class ViewerGrant:
     failure_status: int | None = None
     failure_message: str = ""
     failure_advice: str = ""
+    provider_id: int | None = None
 
     @property
     def seconds_left(self) -> int:
@@ -644,7 +645,12 @@ def _viewer_grant(row: LaunchGrant) -> ViewerGrant:
         failure_status=row.failure_status,
         failure_message=row.failure_message,
         failure_advice=row.failure_advice,
+        provider_id=row.provider_id,
     )
+
+
+def provider_of(grant: ViewerGrant) -> Provider | None:
+    return _provider_by_id(grant.provider_id)
 
 
 def refusal_of(grant: ViewerGrant) -> ViewerRefused | None:

@@ -22,6 +22,7 @@ from playwright.sync_api import Page
 from launcher import audit
 from launcher.models import KheopsServer, LaunchOutcome, LaunchRecord, Provider
 from tests.e2e.journey import Journey
+from tests.images import png
 from tests.stack import Stack
 
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
@@ -123,9 +124,33 @@ def test_an_it_admin_sets_up_the_viewer_in_the_admin_and_exports_the_audit_trail
         assert copied == f"{viewer}/providers/ohif-for-ct-and-mr/configuration"
         journey.page_screenshot("admin-provider-change-copied")
 
-    with journey.step("open the CT study from the album: a launch record"):
+    with journey.step("white label the album's provider: the hospital's name and logo"):
+        ohif = Provider.objects.get(slug="ohif")
+        page.goto(f"{viewer}/admin/launcher/provider/{ohif.pk}/change/")
+        page.locator("#id_viewer_title").fill("Hôpital du Lac")
+        page.locator("#id_logo_upload").set_input_files(
+            files=[{"name": "logo.png", "mimeType": "image/png", "buffer": png(96, 32)}]
+        )
+        submit(page, 'input[name="_continue"]')
+        assert "was changed successfully" in admin_message(page)
+        ohif.refresh_from_db()
+        assert ohif.logo_url
+        logo = page.locator("img.provider-logo")
+        assert logo.get_attribute("src") == ohif.logo_url
+        assert logo.evaluate("(img) => img.complete && img.naturalWidth") == 96
+        logo.scroll_into_view_if_needed()
+        journey.page_screenshot("admin-provider-white-label")
+
+    with journey.step("open the CT study from the album: the header shows the hospital"):
         journey.open_from_album(CT_STUDY)
         journey.wait_for_image()
+        brand = page.locator('[data-cy="kheops-ohif-brand"]')
+        assert brand.inner_text() == "Hôpital du Lac"
+        header_logo = brand.locator("img")
+        assert header_logo.get_attribute("src") == ohif.logo_url
+        assert header_logo.evaluate("(img) => img.complete && img.naturalWidth") == 96
+        assert page.get_by_label("OHIF logo").count() == 0
+        journey.page_screenshot("viewer-white-label")
 
     with journey.step("the lists fit a 1440 px screen, long values included"):
         long_named = KheopsServer.objects.create(

@@ -55,6 +55,12 @@ def test_open_in_ohif_from_the_album_draws_the_study_with_the_token_kept_out_of_
         journey.wait_for_image()
         journey.page_screenshot("viewer")
         assert "CT" in journey.page.locator('[data-cy="studyBrowser-panel"]').inner_text()
+    with journey.step("the header shows the provider's name and our neutral mark, not OHIF's"):
+        brand = journey.page.locator('[data-cy="kheops-ohif-brand"]')
+        assert brand.inner_text() == "OHIF Viewer"
+        mark = brand.locator("img")
+        assert re.search(r"/static/launcher/viewer-mark(\.[0-9a-f]{12})?\.svg$", mark.get_attribute("src"))
+        assert mark.evaluate("(img) => img.complete && img.naturalWidth > 0")
     with journey.step("every DICOMweb request carried the launch's token"):
         token = journey.token()
         dicomweb = journey.dicomweb_requests()
