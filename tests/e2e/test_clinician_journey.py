@@ -201,12 +201,15 @@ def test_the_banner_counts_down_then_offers_to_open_the_study_again_from_kheops(
                 [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2],
             )
             assert not under, f"the banner covers {tool}"
+        assert_banner_on_one_line_clear_of_the_overlays(journey)
     with journey.step("then the expired state, with a link back to the album"):
         journey.page.locator("#kheops-ohif-banner.expired").wait_for(timeout=(lifetime + 5) * 1000)
         assert "expired" in banner.inner_text()
         link = banner.get_by_role("link", name="Open again from KHEOPS")
         assert link.get_attribute("href").startswith(journey.album_url())
         journey.page_screenshot("viewer-banner-expired")
+    with journey.step("expired, it is one line and hides none of the viewport's bottom overlays"):
+        assert_banner_on_one_line_clear_of_the_overlays(journey)
     with journey.step("follow the link: the album page loads"):
         with journey.page.expect_navigation() as navigation:
             link.click()
@@ -215,6 +218,25 @@ def test_the_banner_counts_down_then_offers_to_open_the_study_again_from_kheops(
         assert journey.page.url.startswith(journey.album_url())
         journey.page.get_by_role("heading", name=re.compile("Demo album")).wait_for()
         journey.screenshot("album-again")
+
+
+def assert_banner_on_one_line_clear_of_the_overlays(journey: Journey) -> None:
+    banner = journey.page.locator("#kheops-ohif-banner").bounding_box()
+    assert banner is not None and banner["height"] < 40, banner  # one line
+    overlays = journey.page.locator('[data-cy^="viewport-overlay-bottom"]')
+    # The window/level readout is one of them: "W: 2064 L: 136".
+    assert any(re.search(r"W:\s*\d+\s*L:\s*\d+", text) for text in overlays.all_inner_texts())
+    for index in range(overlays.count()):
+        box = overlays.nth(index).bounding_box()
+        if not box or not box["width"]:
+            continue
+        apart = (
+            box["x"] + box["width"] <= banner["x"]
+            or banner["x"] + banner["width"] <= box["x"]
+            or box["y"] + box["height"] <= banner["y"]
+            or banner["y"] + banner["height"] <= box["y"]
+        )
+        assert apart, (overlays.nth(index).inner_text(), box, banner)
 
 
 @pytest.fixture
