@@ -210,6 +210,13 @@ def test_the_banner_counts_down_then_offers_to_open_the_study_again_from_kheops(
         journey.page_screenshot("viewer-banner-expired")
     with journey.step("expired, it is one line and hides none of the viewport's bottom overlays"):
         assert_banner_on_one_line_clear_of_the_overlays(journey)
+    with journey.step("the viewer URL, opened again now, is the expired page with the way back"):
+        again = journey.context.new_page()
+        response = again.goto(journey.page.url)
+        assert response is not None and response.status == 410
+        assert again.get_by_role("link", name="Back to KHEOPS").get_attribute("href") == journey.album_url()
+        journey.page_screenshot("error-expired-410", page=again)
+        again.close()
     with journey.step("follow the link: the album page loads"):
         with journey.page.expect_navigation() as navigation:
             link.click()
