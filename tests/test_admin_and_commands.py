@@ -6,21 +6,12 @@ import re
 
 import pytest
 import responses
-from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
 
 from launcher import keys
 from launcher.models import KheopsServer, LaunchRecord, Provider
 from tests.fakes import DISCOVERY_URL, ROOT, discovery_document
-
-
-@pytest.fixture
-def admin_client(db: None) -> Client:
-    user = User.objects.create_superuser("admin", "admin@example.org", "pw-for-tests-only")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_trust_kheops_is_idempotent(db: None) -> None:

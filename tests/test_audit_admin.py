@@ -24,13 +24,6 @@ OTHER_DISCOVERY = f"{OTHER_ROOT}/api/.well-known/report-provider-configuration"
 
 
 @pytest.fixture
-def admin_client(db: None) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_superuser("admin", "admin@example.org", "pw-for-tests-only"))
-    return client
-
-
-@pytest.fixture
 def record(kheops_server: KheopsServer, provider: Provider) -> Callable[..., LaunchRecord]:
     def make(age: timedelta = timedelta(0), **fields: Any) -> LaunchRecord:
         values: dict[str, Any] = {

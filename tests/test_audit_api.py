@@ -464,13 +464,6 @@ def test_the_openapi_schema_describes_the_api_and_its_oauth2_flow(client: Client
 # --- API clients in the admin ------------------------------------------------------------
 
 
-@pytest.fixture
-def admin_client(db: None) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_superuser("admin", "admin@example.org", "pw-for-tests-only"))
-    return client
-
-
 def test_the_admin_groups_the_toolkit_as_audit_api_clients_with_only_their_applications(admin_client: Client) -> None:
     page = admin_client.get("/admin/").content.decode()
 
