@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+\Z")
 # KHEOPS issues 22 alphanumeric characters; a little slack in case that ever changes.
 CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9]{8,64}\Z")
+# Ours are secrets.token_urlsafe(16): 22 URL-safe characters (the column holds 32).
+LAUNCH_ID = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 MAX_CODE_LENGTH = 8192
 MAX_STUDIES = 50
 # KHEOPS codes live 600 s plus 60 s leeway: a used-code row older than that guards nothing.
@@ -673,7 +675,8 @@ def refusal_of(grant: ViewerGrant) -> ViewerRefused | None:
 def refusal_for_another_browser(launch_id: str) -> ViewerRefused:
     """What a browser without the launch's key is told: never the viewer, but the way back
     to KHEOPS and the studies concerned (neither is a secret) when the launch exists."""
-    row = writes.fetch_one(LaunchGrant, launch_id=launch_id)
+    # Only what could be one of our ids reaches the database (no NUL for PostgreSQL).
+    row = writes.fetch_one(LaunchGrant, launch_id=launch_id) if LAUNCH_ID.match(launch_id) else None
     return ViewerRefused(
         403,
         NOT_YOURS,

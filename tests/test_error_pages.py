@@ -194,3 +194,10 @@ def test_the_page_of_a_server_without_the_viewer_installed(
 
     assert_plain(page)
     assert (page.status, page.message, page.advice) == (503, "The OHIF viewer is not installed on this server.", "Tell this viewer's administrator.")
+
+
+@pytest.mark.parametrize("launch_id", ["a%00b", "x" * 40, "%E2%80%AE", "..%2F"])
+def test_a_viewer_link_with_a_hostile_id_gets_the_plain_403_page(db: None, launch_id: str) -> None:
+    page = read(Client().get(f"/launches/{launch_id}/viewer"))
+
+    assert (page.status, page.way_back, page.studies) == (403, None, [])
