@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Request
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Locator, Page, Request
 
 from tests.e2e.chromium import CANVAS_SHOWS_IMAGE_JS
 from tests.stack import Stack
@@ -156,11 +156,14 @@ class Journey:
         self.last_screenshot = path
         return path
 
-    def page_screenshot(self, page_name: str, *, page: Page | None = None) -> Path:
+    def page_screenshot(
+        self, page_name: str, *, page: Page | None = None, mask: list[Locator] | None = None
+    ) -> Path:
         """The page as a person sees it at 1440x900, as artifacts/e2e/page-<page_name>.png,
-        so that the next person can look at every page without running anything."""
+        so that the next person can look at every page without running anything. `mask`
+        covers what no picture may keep (a secret on the page)."""
         path = ARTIFACTS / f"page-{_slug(page_name)}.png"
-        (page or self.page).screenshot(path=str(path))
+        (page or self.page).screenshot(path=str(path), mask=mask or [])
         self.last_screenshot = path
         return path
 
