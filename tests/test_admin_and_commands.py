@@ -127,8 +127,8 @@ def test_a_code_stored_earlier_stays_choosable_when_the_provider_is_edited(admin
     assert provider.supported_modalities == ["CD", "CT", "US"]
 
 
-def test_the_provider_page_shows_the_configuration_url_with_a_copy_button(admin_client: Client) -> None:
-    page = admin_client.get("/admin/launcher/provider/1/change/").content.decode()
+def test_the_provider_page_shows_the_configuration_url_with_a_copy_button(admin_client: Client, provider: Provider) -> None:
+    page = admin_client.get(f"/admin/launcher/provider/{provider.pk}/change/").content.decode()
 
     assert re.search(r'<input type="text" readonly id="configuration-url" value="http://127.0.0.1:8000/providers/ohif/configuration"', page)
     assert '<button type="button" class="copy-button" data-copy="configuration-url">Copy</button>' in page

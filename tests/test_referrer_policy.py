@@ -23,7 +23,7 @@ from oauth2_provider.models import Application
 
 from launcher import keys
 from launcher.headers import no_referrer
-from launcher.models import KheopsServer, LaunchRecord
+from launcher.models import KheopsServer, LaunchRecord, Provider
 from tests.fakes import FakeKheops, token_url_of
 
 # The policies under which a browser sends the page's origin with a same-origin POST.
@@ -144,18 +144,20 @@ def test_every_admin_page_with_a_form_lets_browsers_send_the_origin(
     pages.update(crawl(staff, "/admin/", within="/admin/"))
     with_forms = pages_with_post_forms(pages)
 
+    server = KheopsServer.objects.get()
+    provider = Provider.objects.get(slug="ohif")
     expected = {
         "/admin/login/",
         "/admin/",  # the sign-out button is a form on every page
         "/admin/password_change/",
         "/admin/launcher/kheopsserver/",
         "/admin/launcher/kheopsserver/add/",
-        "/admin/launcher/kheopsserver/1/change/",
-        "/admin/launcher/kheopsserver/1/delete/",
+        f"/admin/launcher/kheopsserver/{server.pk}/change/",
+        f"/admin/launcher/kheopsserver/{server.pk}/delete/",
         "/admin/launcher/provider/add/",
-        "/admin/launcher/provider/1/change/",
+        f"/admin/launcher/provider/{provider.pk}/change/",
         "/admin/launcher/launchrecord/",
-        "/admin/auth/user/1/change/",
+        f"/admin/auth/user/{everything_in_the_admin.pk}/change/",
         "/admin/auth/group/add/",
         "/admin/oauth2_provider/application/add/",
     }
