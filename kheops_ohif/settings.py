@@ -125,7 +125,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_filters",
-    "oauth2_provider",
+    # django-oauth-toolkit, shown in the admin as "Audit API clients".
+    "launcher.api.apps.AuditApiClientsConfig",
     "drf_spectacular",
     "launcher",
 ]
@@ -219,6 +220,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Dates as 2026-11-29 15:51 UTC everywhere (kheops_ohif/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["kheops_ohif.formats"]
 
 # Static files. The OHIF bundle is installed by `manage.py install_ohif` into OHIF_ROOT and
 # served by WhiteNoise under OHIF_ASSET_URL; its build-time asset prefix is rewritten to
@@ -277,7 +280,10 @@ SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000 if PUBLIC_IS_HTTPS 
 SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
-SECURE_REFERRER_POLICY = "no-referrer"
+# Browsers send a real Origin with same-origin form POSTs (the admin's CSRF check needs it)
+# and no Referer to other origins; the launch and viewer responses set `no-referrer`
+# themselves (launcher.headers).
+SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # includeSubDomains and preload are commitments about *other* hosts of the hospital's
@@ -333,7 +339,7 @@ REST_FRAMEWORK = {
 }
 
 # The audit API's bearer tokens (django-oauth-toolkit, client-credentials grant). Admins
-# create API clients under "Django OAuth Toolkit > Applications".
+# create API clients under "Audit API clients > Applications".
 AUDIT_READ_SCOPE = "audit:read"
 OAUTH2_PROVIDER = {
     "SCOPES": {AUDIT_READ_SCOPE: "Read the launch audit trail, trusted servers and providers"},

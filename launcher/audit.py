@@ -28,9 +28,11 @@ a `writes` count column at the end.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime
+from itertools import islice
 
+from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.models import QuerySet
 
@@ -76,6 +78,20 @@ def csv_lines(records: Iterable[LaunchRecord]) -> Iterator[str]:
     yield writer.writerow(CSV_COLUMNS)
     for record in records:
         yield writer.writerow([_cell(value) for value in _csv_values(record)])
+
+
+async def streamed(lines: Iterator[str], *, chunk: int = 500) -> AsyncIterator[str]:
+    """`lines` for a streaming response under ASGI, read a chunk at a time in the request's
+    thread (where the export's database cursor lives). Given a plain iterator, Django would
+    read it whole into memory before sending anything."""
+    read = sync_to_async(_next_lines, thread_sensitive=True)
+    while lines_read := await read(lines, chunk):
+        for line in lines_read:
+            yield line
+
+
+def _next_lines(lines: Iterator[str], count: int) -> list[str]:
+    return list(islice(lines, count))
 
 
 def export_queryset(queryset: QuerySet[LaunchRecord]) -> Iterator[LaunchRecord]:

@@ -33,23 +33,32 @@ class ServerHealth:
     server: KheopsServer
     last_success_at: datetime | None
     failures_in_window: int
+    replays_in_window: int
     # None when the server is disabled: nobody can launch from it, so it is not asked.
     discovery: DiscoveryVerdict | None
+
+
+# Not failures: a launch that worked, one whose viewer has not asked for its token (yet),
+# and a replay, the same KHEOPS link opened twice (a double click, the Back button), refused
+# as it should be while the first launch went on. Replays are counted apart.
+NOT_FAILURES = [LaunchOutcome.SUCCESS, LaunchOutcome.PENDING, LaunchOutcome.REPLAY]
 
 
 def with_launch_counts(
     servers: QuerySet[KheopsServer], *, now: datetime | None = None
 ) -> QuerySet[KheopsServer]:
-    """`servers` annotated with `last_success_at` and `failures_in_window` (one query)."""
-    since = (now or timezone.now()) - FAILURE_WINDOW
+    """`servers` annotated with `last_success_at`, `failures_in_window` and
+    `replays_in_window` (one query)."""
+    in_window = Q(launchrecord__created_at__gte=(now or timezone.now()) - FAILURE_WINDOW)
     return servers.annotate(
         last_success_at=Max(
             "launchrecord__created_at", filter=Q(launchrecord__outcome=LaunchOutcome.SUCCESS)
         ),
         failures_in_window=Count(
-            "launchrecord",
-            filter=~Q(launchrecord__outcome__in=[LaunchOutcome.SUCCESS, LaunchOutcome.PENDING])
-            & Q(launchrecord__created_at__gte=since),
+            "launchrecord", filter=~Q(launchrecord__outcome__in=NOT_FAILURES) & in_window
+        ),
+        replays_in_window=Count(
+            "launchrecord", filter=Q(launchrecord__outcome=LaunchOutcome.REPLAY) & in_window
         ),
     )
 
@@ -62,6 +71,7 @@ def server_health(*, now: datetime | None = None) -> list[ServerHealth]:
             server=server,
             last_success_at=server.last_success_at,  # type: ignore[attr-defined]
             failures_in_window=server.failures_in_window,  # type: ignore[attr-defined]
+            replays_in_window=server.replays_in_window,  # type: ignore[attr-defined]
             discovery=verdicts.get(server.pk),
         )
         for server in servers

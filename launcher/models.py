@@ -6,6 +6,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.translation import gettext_lazy as _
 
 # KHEOPS serves its discovery document at a fixed path under its root.
@@ -62,23 +64,61 @@ class OhifMode(models.TextChoices):
 class Provider(models.Model):
     """What a KHEOPS album admin registers: one configuration document and launch URL."""
 
-    slug = models.SlugField(_("slug"), unique=True)
-    client_name = models.CharField(_("display name (client_name)"), max_length=100)
+    slug = models.SlugField(
+        _("short name"),
+        unique=True,
+        help_text=_(
+            "Lower-case letters, digits and hyphens. It names this provider's addresses "
+            "(…/providers/short-name/configuration and …/launch): changing it changes them, "
+            "and KHEOPS albums that registered the old configuration URL stop working."
+        ),
+    )
+    client_name = models.CharField(
+        _("name in KHEOPS"),
+        max_length=100,
+        help_text=_(
+            "What clinicians see in the study menu of a KHEOPS album, e.g. “OHIF Viewer”. "
+            "KHEOPS reads it when an album admin registers the configuration URL."
+        ),
+    )
     mode = models.CharField(
-        _("OHIF mode"), max_length=32, choices=OhifMode.choices, default=OhifMode.VIEWER
+        _("OHIF mode"),
+        max_length=32,
+        choices=OhifMode.choices,
+        default=OhifMode.VIEWER,
+        help_text=_("The set of OHIF tools the study opens with."),
     )
     supported_modalities = models.JSONField(
-        _("supported modalities"),
+        _("modalities"),
         default=list,
         blank=True,
-        help_text=_('Modality codes, e.g. ["CT", "MR"]. Empty: KHEOPS offers it for every study.'),
+        help_text=_(
+            "KHEOPS offers this viewer only for studies with one of the chosen modalities. "
+            "None chosen: for every study."
+        ),
     )
-    enabled = models.BooleanField(_("enabled"), default=True)
+    enabled = models.BooleanField(
+        _("enabled"),
+        default=True,
+        help_text=_("Untick to refuse its launches (clinicians are told so) without deleting it."),
+    )
     is_default = models.BooleanField(
-        _("default"),
+        _("default provider"),
         default=False,
-        help_text=_("Also served at /.well-known/kheops-report-configuration."),
+        help_text=_("Its configuration is also served at /.well-known/kheops-report-configuration."),
     )
+    # White label: what the viewer's header shows (launcher/branding.py).
+    viewer_title = models.CharField(
+        _("name in the viewer"),
+        max_length=60,
+        blank=True,
+        help_text=_(
+            "Shown in the viewer's header next to the logo, e.g. the hospital's name. "
+            "Empty: the name in KHEOPS."
+        ),
+    )
+    # Names the logo's URL (a hash of its bytes); empty: no logo, a neutral mark instead.
+    logo_digest = models.CharField(max_length=16, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("provider")
@@ -113,6 +153,29 @@ class Provider(models.Model):
     @property
     def redirect_uri(self) -> str:
         return public_url("launch", slug=self.slug)
+
+    @property
+    def logo_url(self) -> str | None:
+        if not self.logo_digest:
+            return None
+        return reverse("provider-logo", kwargs={"slug": self.slug, "digest": self.logo_digest})
+
+
+class ProviderLogo(models.Model):
+    """A provider's logo, in the database: no media storage to run or back up apart.
+
+    Kept out of the provider's row, which launches, lists and joins read all the time.
+    """
+
+    provider = models.OneToOneField(
+        Provider, on_delete=models.CASCADE, primary_key=True, related_name="logo"
+    )
+    image = models.BinaryField()
+    content_type = models.CharField(max_length=16)
+    digest = models.CharField(max_length=16)
+
+    def __str__(self) -> str:
+        return f"logo of {self.provider_id}"
 
 
 def public_url(view_name: str, **kwargs: str) -> str:
@@ -160,19 +223,21 @@ class UsedCode(models.Model):
 
 
 class LaunchOutcome(models.TextChoices):
-    SUCCESS = "success", _("success")
+    # Labels an admin reads in the lists and filters: opened, accepted, refused (the launch
+    # was not acceptable) or failed (KHEOPS let it down).
+    SUCCESS = "success", _("Viewer opened")
     # The launch was accepted and its viewer is loading; the code is exchanged when the
     # viewer asks for its token. A launch whose viewer never asked stays pending.
-    PENDING = "pending", _("pending: viewer not loaded")
-    BAD_REQUEST = "bad_request", _("invalid launch parameters")
-    UNKNOWN_PROVIDER = "unknown_provider", _("unknown provider")
-    PROVIDER_DISABLED = "provider_disabled", _("provider disabled")
-    UNTRUSTED_SERVER = "untrusted_server", _("untrusted or disabled KHEOPS server")
-    REPLAY = "replay", _("launch link used twice")
-    CODE_REJECTED = "code_rejected", _("code rejected by KHEOPS")
-    KHEOPS_UNAVAILABLE = "kheops_unavailable", _("KHEOPS unavailable")
-    KHEOPS_TIMEOUT = "kheops_timeout", _("KHEOPS too slow")
-    KHEOPS_MALFORMED = "kheops_malformed", _("invalid answer from KHEOPS")
+    PENDING = "pending", _("Accepted, viewer not loaded (yet)")
+    BAD_REQUEST = "bad_request", _("Refused: invalid launch link")
+    UNKNOWN_PROVIDER = "unknown_provider", _("Refused: unknown provider")
+    PROVIDER_DISABLED = "provider_disabled", _("Refused: provider disabled")
+    UNTRUSTED_SERVER = "untrusted_server", _("Refused: KHEOPS server not trusted")
+    REPLAY = "replay", _("Refused: link already used (replay)")
+    CODE_REJECTED = "code_rejected", _("Failed: KHEOPS refused the code")
+    KHEOPS_UNAVAILABLE = "kheops_unavailable", _("Failed: KHEOPS unavailable")
+    KHEOPS_TIMEOUT = "kheops_timeout", _("Failed: KHEOPS did not answer in time")
+    KHEOPS_MALFORMED = "kheops_malformed", _("Failed: KHEOPS's answer not understood")
 
 
 class LaunchRecord(models.Model):
@@ -184,19 +249,25 @@ class LaunchRecord(models.Model):
     launch_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
     provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.SET_NULL)
     kheops_server = models.ForeignKey(
-        KheopsServer, null=True, blank=True, on_delete=models.SET_NULL
+        KheopsServer,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        verbose_name=_("KHEOPS server"),
     )
-    client_id = models.CharField(max_length=64, blank=True)
-    album_id = models.CharField(max_length=64, blank=True)
-    study_uids = models.JSONField(default=list, blank=True)
-    user_sub = models.CharField(max_length=255, blank=True)
-    user_name = models.CharField(max_length=255, blank=True)
-    user_email = models.CharField(max_length=255, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    outcome = models.CharField(max_length=32, choices=LaunchOutcome.choices, db_index=True)
-    failure_detail = models.CharField(max_length=255, blank=True)
-    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    client_id = models.CharField(_("KHEOPS client id"), max_length=64, blank=True)
+    album_id = models.CharField(_("album id"), max_length=64, blank=True)
+    study_uids = models.JSONField(_("study UIDs"), default=list, blank=True)
+    user_sub = models.CharField(_("KHEOPS user id"), max_length=255, blank=True)
+    user_name = models.CharField(_("user"), max_length=255, blank=True)
+    user_email = models.CharField(_("user e-mail"), max_length=255, blank=True)
+    created_at = models.DateTimeField(_("when"), auto_now_add=True, db_index=True)
+    expires_at = models.DateTimeField(_("access until"), null=True, blank=True)
+    outcome = models.CharField(
+        _("outcome"), max_length=32, choices=LaunchOutcome.choices, db_index=True
+    )
+    failure_detail = models.CharField(_("failure detail"), max_length=255, blank=True)
+    remote_addr = models.GenericIPAddressField(_("from address"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("launch record")
@@ -208,7 +279,12 @@ class LaunchRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.outcome}"
+        # The title of the record's admin page, e.g. "Refused: link already used (replay),
+        # 2026-11-29 15:51 UTC".
+        if self.created_at is None:
+            return str(self.get_outcome_display())
+        when = date_format(timezone.localtime(self.created_at), "DATETIME_FORMAT")
+        return f"{self.get_outcome_display()}, {when}"
 
 
 class GrantState(models.TextChoices):
@@ -246,6 +322,8 @@ class LaunchGrant(models.Model):
     user_name = models.CharField(max_length=255, blank=True)
     failure_status = models.PositiveSmallIntegerField(null=True, blank=True)
     failure_message = models.CharField(max_length=255, blank=True)
+    # What the clinician can do about it (services.ADVICE).
+    failure_advice = models.CharField(max_length=255, blank=True)
 
     class Meta:
         verbose_name = _("viewer grant")

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+\Z")
 # KHEOPS issues 22 alphanumeric characters; a little slack in case that ever changes.
 CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9]{8,64}\Z")
+# Ours are secrets.token_urlsafe(16): 22 URL-safe characters (the column holds 32).
+LAUNCH_ID = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 MAX_CODE_LENGTH = 8192
 MAX_STUDIES = 50
 # KHEOPS codes live 600 s plus 60 s leeway: a used-code row older than that guards nothing.
@@ -57,14 +59,32 @@ PENDING_LIFETIME = timedelta(seconds=600)
 GRANT_RETENTION_AFTER_EXPIRY = timedelta(days=1)
 
 
-class ViewerRefused(Exception):
-    """The viewer of a launch cannot open: what the error page and the token answer say."""
+# What to do, when a refusal does not say better.
+OPEN_AGAIN = "Open the study again from KHEOPS."
 
-    def __init__(self, status: int, message: str, *, return_uri: str | None = None) -> None:
+
+class ViewerRefused(Exception):
+    """The viewer of a launch cannot open: what the error page and the token answer say.
+
+    `message` says what happened and `advice` what to do, one plain sentence each;
+    `return_uri` (the way back into KHEOPS) and `study_uids` when they are known.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        advice: str = OPEN_AGAIN,
+        return_uri: str | None = None,
+        study_uids: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.advice = advice
         self.return_uri = return_uri
+        self.study_uids = study_uids
 
 
 class LaunchFailed(ViewerRefused):
@@ -79,16 +99,33 @@ class LaunchFailed(ViewerRefused):
         detail: str = "",
         return_uri: str | None = None,
     ) -> None:
-        super().__init__(status, message, return_uri=return_uri)
+        super().__init__(status, message, advice=ADVICE.get(outcome, OPEN_AGAIN), return_uri=return_uri)
         self.outcome = outcome
         self.detail = detail
 
 
-RESTARTING = "The viewer is restarting: reload this page in a moment."
-NOT_YOURS = (
-    "This viewer link belongs to another browser session. Open the study again from KHEOPS."
-)
-EXPIRED = "Your access to this study has expired. Open it again from KHEOPS."
+# What a clinician can do about each refused or failed launch.
+ADVICE: dict[LaunchOutcome, str] = {
+    LaunchOutcome.BAD_REQUEST: "Open the study again from KHEOPS; if this happens again, "
+    "show this page to your KHEOPS administrator.",
+    LaunchOutcome.UNKNOWN_PROVIDER: "Ask your KHEOPS album administrator to register this "
+    "viewer again with its configuration URL.",
+    LaunchOutcome.PROVIDER_DISABLED: "Choose another viewer in KHEOPS, or ask this viewer's "
+    "administrator to enable it again.",
+    LaunchOutcome.UNTRUSTED_SERVER: "Ask this viewer's administrator to add your KHEOPS "
+    "server to its trusted servers.",
+    LaunchOutcome.REPLAY: "Open the study again from KHEOPS: each click makes a new link.",
+    LaunchOutcome.CODE_REJECTED: OPEN_AGAIN,
+    LaunchOutcome.KHEOPS_UNAVAILABLE: "Wait a moment, then open the study again from KHEOPS.",
+    LaunchOutcome.KHEOPS_TIMEOUT: "Wait a moment, then open the study again from KHEOPS.",
+    LaunchOutcome.KHEOPS_MALFORMED: "Open the study again from KHEOPS; if this happens again, "
+    "tell this viewer's administrator.",
+}
+NOT_YOURS = "This viewer link belongs to another browser session."
+NOT_YOURS_ADVICE = "Open the study from KHEOPS in this browser."
+EXPIRED = "Your access to this study has expired."
+RESTARTING = "The viewer is restarting."
+RESTARTING_ADVICE = "Reload this page in a moment."
 
 
 @dataclass(frozen=True)
@@ -120,6 +157,8 @@ class ViewerGrant:
     state: str = GrantState.READY
     failure_status: int | None = None
     failure_message: str = ""
+    failure_advice: str = ""
+    provider_id: int | None = None
 
     @property
     def seconds_left(self) -> int:
@@ -432,6 +471,7 @@ async def launch(
         grant = _pending_grant(accepted, discovery)
         await blocking.run(_claim, accepted, grant, record)
     except LaunchFailed as failure:
+        failure.study_uids = tuple(record.study_uids)
         await blocking.run(_record_refusal, record, failure)
         raise
     logger.info(
@@ -592,13 +632,20 @@ async def complete(
     if not _exchanges.accepting:
         # The server is stopping: the grant stays pending, its code claimed, for this
         # browser's next request (launcher.serving).
-        raise ViewerRefused(503, RESTARTING, return_uri=found.grant.return_uri)
+        raise ViewerRefused(
+            503,
+            RESTARTING,
+            advice=RESTARTING_ADVICE,
+            return_uri=found.grant.return_uri,
+            study_uids=found.grant.study_uids,
+        )
     _exchanges.in_flight += 1
     try:
         try:
             token, user = await _exchange(found, timings)
         except LaunchFailed as failure:
             failure.return_uri = found.grant.return_uri
+            failure.study_uids = found.grant.study_uids
             if await blocking.run(_record_failure, found, failure):
                 raise
         else:
@@ -621,21 +668,18 @@ def _grant_or_pending_exchange(launch_id: str, browser_key: str | None) -> Viewe
     """
     row = _grant_row(launch_id, browser_key)
     if row is None:
-        raise ViewerRefused(403, NOT_YOURS)
+        raise refusal_for_another_browser(launch_id)
     grant = _viewer_grant(row)
-    if row.state == GrantState.FAILED:
-        raise ViewerRefused(
-            row.failure_status or 403, row.failure_message, return_uri=grant.return_uri
-        )
-    if grant.expired:
-        raise ViewerRefused(410, EXPIRED, return_uri=grant.return_uri)
+    refusal = refusal_of(grant)
+    if refusal is not None:
+        raise refusal
     try:
         if row.state == GrantState.READY:
             return replace(grant, access_token=sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE))
         code = sealing.unseal(row.sealed_code, purpose=_CODE_PURPOSE)
     except sealing.SealError:
         # Sealed under a SECRET_KEY that is gone: nothing to show or exchange.
-        raise ViewerRefused(403, NOT_YOURS) from None
+        raise refusal_for_another_browser(launch_id) from None
     provider, server = _provider_by_id(row.provider_id), _server_by_id(row.kheops_server_id)
     discovery = _in_memory(_discovery_cache_key(server)) if server is not None else None
     if not _describes(discovery, server):  # type: ignore[arg-type]
@@ -756,6 +800,7 @@ def _record_failure(pending: _PendingExchange, failure: LaunchFailed) -> bool:
             "sealed_code": "",
             "failure_status": failure.status,
             "failure_message": failure.message[:255],
+            "failure_advice": failure.advice[:255],
         },
         {"launch_id": launch_id, "state": GrantState.PENDING},
         LaunchRecord,
@@ -837,6 +882,43 @@ def _viewer_grant(row: LaunchGrant) -> ViewerGrant:
         state=row.state,
         failure_status=row.failure_status,
         failure_message=row.failure_message,
+        failure_advice=row.failure_advice,
+        provider_id=row.provider_id,
+    )
+
+
+def provider_of(grant: ViewerGrant) -> Provider | None:
+    return _provider_by_id(grant.provider_id)
+
+
+def refusal_of(grant: ViewerGrant) -> ViewerRefused | None:
+    """Why the viewer of `grant` cannot open any more (its exchange failed, or it expired)."""
+    if grant.state == GrantState.FAILED:
+        return ViewerRefused(
+            grant.failure_status or 403,
+            grant.failure_message,
+            advice=grant.failure_advice or OPEN_AGAIN,
+            return_uri=grant.return_uri,
+            study_uids=grant.study_uids,
+        )
+    if grant.expired:
+        return ViewerRefused(
+            410, EXPIRED, return_uri=grant.return_uri, study_uids=grant.study_uids
+        )
+    return None
+
+
+def refusal_for_another_browser(launch_id: str) -> ViewerRefused:
+    """What a browser without the launch's key is told: never the viewer, but the way back
+    to KHEOPS and the studies concerned (neither is a secret) when the launch exists."""
+    # Only what could be one of our ids reaches the database (no NUL for PostgreSQL).
+    row = writes.fetch_one(LaunchGrant, launch_id=launch_id) if LAUNCH_ID.match(launch_id) else None
+    return ViewerRefused(
+        403,
+        NOT_YOURS,
+        advice=NOT_YOURS_ADVICE,
+        return_uri=(row.return_uri or None) if row else None,
+        study_uids=tuple(row.study_uids) if row else (),
     )
 
 

@@ -8,9 +8,10 @@ burst of launches and no slow KHEOPS can make them wait.
 - At start-up (ASGI lifespan) the documents are built from the database, and the headers
   Django would send with them are learnt by asking Django for one of them once, so both
   paths answer alike (security headers included).
-- A background task rebuilds them every REFRESH_SECONDS and swaps them in when a provider
-  or a key changed, in whichever process the change was made. (A new signing key is
-  published well before it signs: launcher.keys.)
+- A background task rebuilds them every REFRESH_SECONDS, and at once when a provider or a
+  key was saved in this process, and swaps them in when something changed: other processes
+  see a change within REFRESH_SECONDS. (A new signing key is published well before it
+  signs: launcher.keys.)
 - A request that is not a plain GET or HEAD of a document, for an allowed host, over https
   when https is required, goes to Django, as does every request while no documents are
   ready (the database was down at start-up, say).
@@ -28,6 +29,7 @@ import contextlib
 import logging
 import signal
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from urllib.parse import urlsplit
 from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.db import transaction
 from django.http.request import split_domain_port, validate_host
 
 from launcher import blocking, documents, services
@@ -74,6 +77,8 @@ class Documents:
         self._bodies: dict[str, bytes] = {}
         self._headers: list[tuple[bytes, bytes]] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def answer_for(self, scope: Scope) -> Prepared | None:
         if scope["method"] not in ("GET", "HEAD") or not self.prepared:
@@ -86,9 +91,17 @@ class Documents:
     async def start(self, django: ASGIApp) -> None:
         self._headers = await _headers_django_sends(django, documents.JWKS_PATH)
         await self.refresh()
+        self._loop, self._changed = asyncio.get_running_loop(), asyncio.Event()
         self._refresher = asyncio.create_task(self._refresh_forever())
+        _STARTED.add(self)
+
+    def changed(self) -> None:
+        """Refresh now (from any thread): a provider or key of this process changed."""
+        if self._loop is not None and self._changed is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._changed.set)
 
     async def stop(self) -> None:
+        _STARTED.discard(self)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -114,8 +127,11 @@ class Documents:
         logger.info("documents prepared: %s", ", ".join(sorted(bodies)))
 
     async def _refresh_forever(self) -> None:
+        assert self._changed is not None
         while True:
-            await asyncio.sleep(REFRESH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), REFRESH_SECONDS)
+            self._changed.clear()
             try:
                 await self.refresh()
             except Exception:
@@ -176,6 +192,20 @@ class Drain:
 
 # This process's drain: /readyz reads it.
 DRAIN = Drain()
+
+
+# The documents this process answers: told at once when one of its providers or keys changes
+# (launcher.apps), after the change is committed.
+_STARTED: weakref.WeakSet[Documents] = weakref.WeakSet()
+
+
+def documents_changed(**kwargs: Any) -> None:
+    transaction.on_commit(_tell_documents)
+
+
+def _tell_documents() -> None:
+    for prepared in list(_STARTED):
+        prepared.changed()
 
 
 class DjangoHandler(ASGIHandler):

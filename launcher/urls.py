@@ -1,6 +1,6 @@
 from django.urls import path
 
-from launcher import views
+from launcher import branding, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -16,6 +16,8 @@ urlpatterns = [
         name="provider-configuration",
     ),
     path("providers/<slug:slug>/launch", views.launch, name="launch"),
+    path("providers/<slug:slug>/logo/<str:digest>", branding.logo, name="provider-logo"),
+    path("favicon.ico", branding.favicon, name="favicon"),
     path("launches/<str:launch_id>/", views.viewer_page, name="viewer-root"),
     path("launches/<str:launch_id>/app-config.js", views.app_config, name="viewer-app-config"),
     path("launches/<str:launch_id>/token", views.viewer_token, name="viewer-token"),

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.templatetags.static import static
 from django.urls import reverse
 
-from launcher import ohif_bundle
+from launcher import branding, ohif_bundle, services
 from launcher.services import ViewerGrant
 
 # Values measured on OHIF 3.13 against KHEOPS (shared/ohif-notes.md): KHEOPS's own OHIF
@@ -73,6 +73,7 @@ def app_config_js(grant: ViewerGrant) -> str:
     }
     launch_id = js_literal(grant.launch_id)
     token_url = js_literal(reverse("viewer-token", kwargs={"launch_id": grant.launch_id}))
+    brand = js_literal(branding.header_brand(services.provider_of(grant)))
     return f"""/* kheops-ohif: generated for one launch and this browser session only. Never cached. */
 window.PUBLIC_URL = {js_literal(settings.OHIF_ASSET_URL)};
 window.browserImportFunction = function (name) {{ return import(name); }};
@@ -89,7 +90,8 @@ window.browserImportFunction = function (name) {{ return import(name); }};
   }}).then(function (response) {{
     return response.json().then(function (body) {{
       if (!response.ok) {{
-        var refused = new Error(body.error || "The viewer could not open this study.");
+        var refused = new Error([body.error, body.advice].filter(Boolean).join(" ") ||
+          "The viewer could not open this study.");
         refused.answered = true;
         throw refused;
       }}
@@ -144,6 +146,24 @@ window.browserImportFunction = function (name) {{ return import(name); }};
       return token.then(function (body) {{ authorization = body.authorization; }}, stop);
     }}
   }}];
+  // White label: the provider's logo (or our neutral mark) and name in OHIF's header,
+  // where OHIF 3.13 would draw its own logo. OHIF's header gives it about 240 px.
+  var brand = {brand};
+  config.whiteLabeling = {{
+    createLogoComponentFn: function (React) {{
+      return React.createElement("span", {{
+        "data-cy": "kheops-ohif-brand",
+        title: brand.title,
+        style: {{ display: "inline-flex", alignItems: "center", gap: "8px", maxWidth: "236px",
+          color: "hsl(var(--foreground, 0 0% 98%))", font: "500 14px/1.2 system-ui, sans-serif" }}
+      }},
+        React.createElement("img", {{ src: brand.logo, alt: "",
+          style: {{ height: "28px", width: "auto", maxWidth: "96px", objectFit: "contain", flex: "none" }} }}),
+        brand.title ? React.createElement("span", {{
+          style: {{ overflow: "hidden", textOverflow: "ellipsis", whiteSpace: "nowrap" }}
+        }}, brand.title) : null);
+    }}
+  }};
   window.config = config;
 }})();
 """

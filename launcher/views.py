@@ -21,8 +21,12 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_safe
 
 from launcher import documents, kheops, services, viewer
+from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 from launcher.models import GrantState
+
+NOT_INSTALLED = "The OHIF viewer is not installed on this server."
+TELL_ADMIN = "Tell this viewer's administrator."
 
 # What OHIF's router would otherwise answer with index.html: a missing chunk must be a
 # real 404, or the browser parses HTML as JavaScript.
@@ -56,6 +60,7 @@ def document_response(document: dict) -> HttpResponse:
     )
 
 
+@no_referrer
 @never_cache
 @require_GET
 async def launch(request: HttpRequest, slug: str) -> HttpResponse:
@@ -74,7 +79,7 @@ async def launch(request: HttpRequest, slug: str) -> HttpResponse:
             timings=timings,
         )
     except services.LaunchFailed as failure:
-        response = error_page(request, failure.status, failure.message, return_uri=failure.return_uri)
+        response = error_page(request, failure)
     else:
         # Post/Redirect/Get: the code leaves the address bar and the history right away.
         # The code is exchanged while the viewer loads (services.complete).
@@ -121,19 +126,15 @@ def viewer_url(grant: services.ViewerGrant) -> str:
     return f"{path}?{urlencode({'StudyInstanceUIDs': ','.join(grant.study_uids)})}"
 
 
-def error_page(
-    request: HttpRequest, status: int, message: str, *, return_uri: str | None = None
-) -> HttpResponse:
+def error_page(request: HttpRequest, refusal: services.ViewerRefused) -> HttpResponse:
     response = render(
-        request,
-        "launcher/error.html",
-        {"message": message, "return_uri": return_uri, "status": status},
-        status=status,
+        request, "launcher/error.html", {"refusal": refusal}, status=refusal.status
     )
     response["Cache-Control"] = "no-store"
     return response
 
 
+@no_referrer
 @never_cache
 @require_GET
 def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpResponse:
@@ -151,19 +152,16 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
         return HttpResponseRedirect(request.path + ("?" + urlencode(query) if query else ""))
     grant = grant_from(request, launch_id)
     if grant is None:
-        return error_page(request, 403, services.NOT_YOURS)
+        return error_page(request, services.refusal_for_another_browser(launch_id))
     if not route:
         return HttpResponseRedirect(viewer_url(grant))
-    if grant.state == GrantState.FAILED:
-        # The exchange failed while OHIF loaded; its page sends the browser here.
-        return error_page(
-            request, grant.failure_status or 403, grant.failure_message, return_uri=grant.return_uri
-        )
-    if grant.expired:
-        return error_page(request, 410, services.EXPIRED, return_uri=grant.return_uri)
+    # A failed exchange (while OHIF loaded: its page sends the browser here), or expired.
+    refusal = services.refusal_of(grant)
+    if refusal is not None:
+        return error_page(request, refusal)
     html = viewer.index_html(grant)
     if html is None:
-        return error_page(request, 503, "The OHIF viewer is not installed on this server.")
+        return error_page(request, services.ViewerRefused(503, NOT_INSTALLED, advice=TELL_ADMIN))
     response = HttpResponse(html, content_type="text/html; charset=utf-8")
     response._csp_replace = {  # type: ignore[attr-defined]  # django-csp's per-response hook
         **OHIF_CSP_DIRECTIVES,
@@ -172,6 +170,7 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
     return response
 
 
+@no_referrer
 @never_cache
 @require_GET
 def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
@@ -187,6 +186,7 @@ def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
     return response
 
 
+@no_referrer
 @never_cache
 @require_GET
 async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
@@ -202,7 +202,8 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
         grant = await services.complete(launch_id, browser_key, timings=timings)
     except services.ViewerRefused as refused:
         response = JsonResponse(
-            {"error": refused.message, "returnUri": refused.return_uri}, status=refused.status
+            {"error": refused.message, "advice": refused.advice, "returnUri": refused.return_uri},
+            status=refused.status,
         )
     else:
         response = JsonResponse(

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import responses
 import respx
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test import Client
 
@@ -40,6 +41,14 @@ def _fresh_process_state() -> Iterator[None]:
     cache.clear()
     keys.forget_cached_key()
     services.forget_lookups()
+
+
+@pytest.fixture
+def admin_client(db: None) -> Client:
+    """A browser signed in to the admin as a superuser (replaces pytest-django's own)."""
+    client = Client()
+    client.force_login(User.objects.create_superuser("admin", "admin@example.org", "pw-for-tests-only"))
+    return client
 
 
 @pytest.fixture

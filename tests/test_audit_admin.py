@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -20,13 +21,6 @@ from tests.fakes import DISCOVERY_URL, STUDY_1, STUDY_2, discovery_document
 
 OTHER_ROOT = "https://other.test"
 OTHER_DISCOVERY = f"{OTHER_ROOT}/api/.well-known/report-provider-configuration"
-
-
-@pytest.fixture
-def admin_client(db: None) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_superuser("admin", "admin@example.org", "pw-for-tests-only"))
-    return client
 
 
 @pytest.fixture
@@ -176,19 +170,42 @@ def test_the_admin_index_shows_one_health_line_per_trusted_server(admin_client: 
     record(age=timedelta(hours=1), outcome="code_rejected")
     record(age=timedelta(hours=2), outcome="kheops_timeout")
     record(age=timedelta(hours=2), outcome="pending")  # not (yet) a failure
+    record(age=timedelta(minutes=5), outcome="replay")  # the same link twice: counted apart
     record(age=timedelta(days=2), outcome="kheops_timeout")  # outside the window
+    record(age=timedelta(days=2), outcome="replay")
     record(kheops_server=broken, age=timedelta(days=9))
 
     page = admin_client.get("/admin/").content.decode()
 
     assert page.count('class="kheops-health-row"') == 3
+    assert "Refused as replays<br>last 24 h" in page
     good_row, broken_row = _health_row(page, good), _health_row(page, broken)
-    assert "hours ago" in good_row and '<td class="failures">2</td>' in good_row
+    assert "hours ago" in good_row and '<td class="count failures">2</td>' in good_row
+    assert '<td class="count replays">1</td>' in good_row
     assert "answers" in good_row
-    assert "days ago" in broken_row and '<td class="failures">0</td>' in broken_row
+    assert "days ago" in broken_row and '<td class="count failures">0</td>' in broken_row
+    assert '<td class="count replays">0</td>' in broken_row
     assert 'alt="failing"' in broken_row and "503" in broken_row
     retired = _health_row(page, servers["disabled"])
     assert "never" in retired and "not checked" in retired
+
+
+def test_the_counts_come_from_one_query(servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord], django_assert_num_queries: Any) -> None:
+    from launcher import dashboard
+
+    record(outcome="replay")
+    record(outcome="kheops_unavailable")
+
+    with django_assert_num_queries(1):
+        counted = {s.name: (s.failures_in_window, s.replays_in_window) for s in dashboard.with_launch_counts(KheopsServer.objects.all())}
+
+    assert counted == {"KHEOPS test": (1, 1), "Broken KHEOPS": (0, 0), "Retired KHEOPS": (0, 0)}
+
+
+def test_the_admin_pages_load_our_stylesheet(admin_client: Client) -> None:
+    page = admin_client.get("/admin/").content.decode()
+
+    assert re.search(r'<link rel="stylesheet" href="/static/launcher/admin(\.[0-9a-f]{12})?\.css">', page)
 
 
 def test_the_discovery_verdict_is_reused_for_a_minute(admin_client: Client, servers: dict[str, KheopsServer], kheops_http: respx.MockRouter) -> None:
@@ -231,12 +248,47 @@ def test_the_health_panel_needs_the_server_view_permission(db: None, servers: di
     assert len(kheops_http.calls) == 0
 
 
-def test_the_server_list_shows_the_last_success_and_recent_failures(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:
+def test_the_server_list_shows_the_last_success_recent_failures_and_replays_apart(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:
     record(age=timedelta(minutes=5), outcome="replay")
     record(age=timedelta(minutes=6), outcome="replay")
+    record(age=timedelta(minutes=7), outcome="code_rejected")
 
     page = admin_client.get("/admin/launcher/kheopsserver/").content.decode()
+    good = page[page.index(f'value="{servers["good"].pk}"') :].split("</tr>", 1)[0]
+    broken = page[page.index(f'value="{servers["broken"].pk}"') :].split("</tr>", 1)[0]
 
     assert "last successful launch" in page.lower()
-    assert '<td class="field-recent_failures">2</td>' in page
-    assert '<td class="field-recent_failures">0</td>' in page
+    assert '<td class="field-recent_failures">1</td>' in good
+    assert '<td class="field-recent_replays">2</td>' in good
+    assert '<td class="field-recent_failures">0</td>' in broken
+    assert '<td class="field-recent_replays">0</td>' in broken
+
+
+def test_a_launch_record_is_titled_with_its_outcome_in_words(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+    replayed = record(outcome="replay")
+    replayed.refresh_from_db()
+
+    page = admin_client.get(f"/admin/launcher/launchrecord/{replayed.pk}/change/").content.decode()
+    listing = admin_client.get("/admin/launcher/launchrecord/").content.decode()
+
+    assert str(replayed).startswith("Refused: link already used (replay), ")
+    assert f"<h2>{replayed!s}</h2>" in page
+    assert '<td class="field-outcome">Refused: link already used (replay)</td>' in listing
+
+
+def test_a_date_reads_the_same_on_the_index_in_the_lists_and_on_the_pages(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:
+    when = datetime(2026, 11, 29, 15, 51, 7, tzinfo=UTC)
+    chosen = record()
+    LaunchRecord.objects.filter(pk=chosen.pk).update(created_at=when, expires_at=when + timedelta(hours=1))
+    chosen.refresh_from_db()
+
+    index = admin_client.get("/admin/").content.decode()
+    launch_list = admin_client.get("/admin/launcher/launchrecord/").content.decode()
+    launch_page = admin_client.get(f"/admin/launcher/launchrecord/{chosen.pk}/change/").content.decode()
+    server_list = admin_client.get("/admin/launcher/kheopsserver/").content.decode()
+
+    for page in (index, launch_list, launch_page, server_list):
+        assert "2026-11-29 15:51 UTC" in page
+        assert "Nov. 29" not in page and "p.m." not in page
+    assert "2026-11-29 16:51 UTC" in launch_page  # access until
+    assert str(chosen) == "Viewer opened, 2026-11-29 15:51 UTC"

@@ -459,3 +459,49 @@ def test_the_openapi_schema_describes_the_api_and_its_oauth2_flow(client: Client
     assert {"study_uid", "created_after", "created_before", "cursor", "page_size", "kheops_server", "outcome"} <= {
         p["name"] for p in launches["parameters"]
     }
+
+
+# --- API clients in the admin ------------------------------------------------------------
+
+
+def test_the_admin_groups_the_toolkit_as_audit_api_clients_with_only_their_applications(admin_client: Client) -> None:
+    page = admin_client.get("/admin/").content.decode()
+
+    assert "Audit API clients" in page
+    assert "Django OAuth Toolkit" not in page
+    assert "/admin/oauth2_provider/application/" in page
+    for bookkeeping in ("accesstoken", "refreshtoken", "grant", "idtoken"):
+        assert f"/admin/oauth2_provider/{bookkeeping}/" not in page
+        assert admin_client.get(f"/admin/oauth2_provider/{bookkeeping}/").status_code == 404
+
+
+def test_an_api_client_added_in_the_admin_is_confidential_with_client_credentials_and_gets_a_token(admin_client: Client) -> None:
+    form = admin_client.get("/admin/oauth2_provider/application/add/")
+    page = form.content.decode()
+    # The toolkit proposes a client id and secret; the admin copies them before saving.
+    secret = form.context["adminform"].form["client_secret"].value()
+    client_id = form.context["adminform"].form["client_id"].value()
+
+    saved = admin_client.post(
+        "/admin/oauth2_provider/application/add/",
+        {"name": "Hospital SIEM", "client_id": client_id, "client_secret": secret},
+    )
+
+    assert "Copy and store this secret now" in page
+    for not_needed in ("redirect_uris", "allowed_origins", "skip_authorization", "algorithm", "hash_client_secret"):
+        assert f'name="{not_needed}"' not in page
+    assert "Confidential" in page and "Client credentials" in page
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    app = Application.objects.get(name="Hospital SIEM")
+    assert (app.client_type, app.authorization_grant_type) == ("confidential", "client-credentials")
+    assert app.client_secret != secret  # only its hash is kept
+    token = Client().post("/oauth/token/", {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret})
+    assert token.status_code == 200
+    assert token.json()["scope"] == "audit:read"
+
+
+def test_an_api_clients_page_has_no_view_on_site_link_to_pages_we_do_not_serve(admin_client: Client, application: Application) -> None:
+    response = admin_client.get(f"/admin/oauth2_provider/application/{application.pk}/change/")
+
+    assert response.status_code == 200
+    assert "viewsitelink" not in response.content.decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -151,3 +152,12 @@ def test_the_private_key_is_sealed_at_rest() -> None:
 
     assert "PRIVATE KEY" not in key.sealed_private_key
     assert "PRIVATE KEY" not in repr(SigningKey.objects.values().get())
+
+
+def test_the_home_page_offers_the_configuration_url_to_copy_and_the_way_to_the_admin(client: Client, provider: Provider) -> None:
+    page = client.get("/").content.decode()
+
+    assert '<input type="text" readonly id="configuration-url" value="http://127.0.0.1:8000/providers/ohif/configuration"' in page
+    assert 'data-copy="configuration-url">Copy</button>' in page
+    assert re.search(r'<script defer src="/static/launcher/copy(\.[0-9a-f]{12})?\.js">', page)
+    assert '<a href="/admin/">Administration</a>' in page

@@ -288,7 +288,7 @@ def test_a_kheops_fault_gets_the_right_page_in_time_and_recovery_works(
         assert response["Content-Type"].startswith("application/json")
         assert "no-store" in response["Cache-Control"]
         body = response.json()
-        assert set(body) == {"error", "returnUri"}
+        assert set(body) == {"error", "advice", "returnUri"}  # advice added; the old fields unchanged
         assert body["error"] and body["returnUri"] == f"{raw_kheops.root}/albums/AbCd1234"
         assert "eyJraw" not in response.content.decode()
         assert LaunchGrant.objects.get().state == GrantState.FAILED

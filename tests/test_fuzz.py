@@ -187,7 +187,7 @@ def assert_token_properly_answered(
         # KHEOPS's lifetime, capped at a day; 0 for a token that expires within the second.
         assert isinstance(body["expiresIn"], int) and 0 <= body["expiresIn"] <= 24 * 3600
     else:
-        assert set(body) == {"error", "returnUri"}
+        assert set(body) == {"error", "advice", "returnUri"}  # advice added; the old fields unchanged
         assert isinstance(body["error"], str) and body["error"]
     # Apart from the token it must carry, nothing secret: neither the code nor the
     # assertion, and no token in a refusal (decoded too: JSON escapes what is not ASCII).

@@ -81,7 +81,7 @@ class LaunchCase:
     outbound: bool = False  # whether the trusted KHEOPS may be called at all
     discovery: Any = None  # the discovery document KHEOPS serves, if not the right one
     provider_enabled: bool = True
-    way_back: bool | None = None  # "Open again from KHEOPS" expected (True) or forbidden (False)
+    way_back: bool | None = None  # "Back to KHEOPS" expected (True) or forbidden (False)
 
 
 def refused(change: Callable[[Params], Params], message: str) -> LaunchCase:
@@ -254,7 +254,7 @@ def test_hostile_launch(client: Client, fake_kheops: FakeKheops, provider, case:
         assert escape(case.message) in page
         assert "no-store" in response["Cache-Control"]
     if case.way_back is not None:
-        assert ("Open again from KHEOPS" in page) is case.way_back
+        assert ("Back to KHEOPS" in page) is case.way_back
     assert_nothing_raw_echoed(page, params)
     calls = [str(call.request.url) for call in fake_kheops.router.calls]
     if case.outbound:

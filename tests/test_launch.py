@@ -390,7 +390,7 @@ def test_it_refuses_an_untrusted_server_without_calling_it(
     assert response.status_code == 403
     assert "not trusted" in response.content.decode()
     assert len(fake_kheops.router.calls) == 0
-    assert "Open again from KHEOPS" not in response.content.decode()
+    assert "Back to KHEOPS" not in response.content.decode()
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.UNTRUSTED_SERVER
 
 
@@ -436,7 +436,7 @@ def test_the_way_back_is_offered_only_into_the_trusted_server(
     response = client.get(fake_kheops.launch_url(return_uri=return_uri))
 
     assert response.status_code == 403
-    assert "Open again from KHEOPS" not in response.content.decode()
+    assert "Back to KHEOPS" not in response.content.decode()
     assert LaunchRecord.objects.get().album_id == ""
 
 
@@ -472,7 +472,7 @@ def test_it_handles_every_token_endpoint_failure(
     assert token.status_code == status
     assert "no-store" in token["Cache-Control"]
     body = token.json()
-    assert set(body) == {"error", "returnUri"}
+    assert set(body) == {"error", "advice", "returnUri"}  # advice added; the old fields unchanged
     assert body["error"]
     assert body["returnUri"] == RETURN_URI
     record = LaunchRecord.objects.get()
@@ -519,7 +519,7 @@ def test_a_failed_exchange_answers_the_same_failure_again_without_calling_kheops
     assert escape(first.json()["error"]) in page
     assert "HTTP 403" in page
     assert f'href="{RETURN_URI}"' in page
-    assert "Open again from KHEOPS" in page
+    assert "Back to KHEOPS" in page
     assert len(fake_kheops.router.calls) == calls
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.CODE_REJECTED
 

@@ -35,19 +35,36 @@
       var m = Math.floor(seconds / 60), s = seconds % 60;
       return m + ":" + (s < 10 ? "0" : "") + s;
     }
+    // Above every bottom overlay of the viewports (window/level, instance number) that
+    // the banner would otherwise cover; CSS places it above the usual ones already.
+    function keepClear() {
+      var box = banner.getBoundingClientRect();
+      var highest = Infinity;
+      document.querySelectorAll('[data-cy^="viewport-overlay-bottom"]').forEach(function (overlay) {
+        var r = overlay.getBoundingClientRect();
+        if (r.width && r.height && r.left < box.right && r.right > box.left) {
+          highest = Math.min(highest, r.top);
+        }
+      });
+      if (highest < box.bottom + 8) {
+        banner.style.bottom = Math.round(window.innerHeight - highest + 8) + "px";
+      }
+    }
     function update() {
       var left = secondsLeft();
       if (left <= 0) {
         banner.hidden = false;
         banner.className = "expired";
-        text.textContent = "Your access to this study has expired: images and saving no longer work.";
+        text.textContent = "Your access has expired.";
         if (link) { link.hidden = false; }
+        keepClear();
         return false;
       }
       if (left <= WARN_SECONDS) {
         banner.hidden = false;
-        text.textContent = "Access to this study ends in " + format(left) + ".";
+        text.textContent = "Access ends in " + format(left) + ".";
         if (link) { link.hidden = false; }
+        keepClear();
       }
       return true;
     }

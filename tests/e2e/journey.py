@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Request
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Locator, Page, Request
 
 from tests.e2e.chromium import CANVAS_SHOWS_IMAGE_JS
 from tests.stack import Stack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "artifacts" / "e2e"
+# The screen size the pages are judged at (screenshots of every page, artifacts/e2e/page-*).
+VIEWPORT = {"width": 1440, "height": 900}
 
 # Chromium reports CSP violations in the console too, but only the event says which directive.
 REPORT_CSP_VIOLATIONS = """
@@ -104,7 +106,7 @@ class Journey:
 
     def new_context(self) -> BrowserContext:
         """A context of its own (cookies, cache): another browser, as far as servers can tell."""
-        context = self.browser.new_context(viewport={"width": 1280, "height": 800})
+        context = self.browser.new_context(viewport=VIEWPORT)
         context.set_default_timeout(20_000)
         context.add_init_script(REPORT_CSP_VIOLATIONS)
         context.on("console", self._on_console)
@@ -151,6 +153,17 @@ class Journey:
             if not quiet:
                 raise
             return self.last_screenshot
+        self.last_screenshot = path
+        return path
+
+    def page_screenshot(
+        self, page_name: str, *, page: Page | None = None, mask: list[Locator] | None = None
+    ) -> Path:
+        """The page as a person sees it at 1440x900, as artifacts/e2e/page-<page_name>.png,
+        so that the next person can look at every page without running anything. `mask`
+        covers what no picture may keep (a secret on the page)."""
+        path = ARTIFACTS / f"page-{_slug(page_name)}.png"
+        (page or self.page).screenshot(path=str(path), mask=mask or [])
         self.last_screenshot = path
         return path
 

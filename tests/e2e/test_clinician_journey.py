@@ -53,8 +53,14 @@ def test_open_in_ohif_from_the_album_draws_the_study_with_the_token_kept_out_of_
         journey.open_from_album(CT_STUDY)
     with journey.step("the CT image is drawn"):
         journey.wait_for_image()
-        journey.screenshot("viewer")
+        journey.page_screenshot("viewer")
         assert "CT" in journey.page.locator('[data-cy="studyBrowser-panel"]').inner_text()
+    with journey.step("the header shows the provider's name and our neutral mark, not OHIF's"):
+        brand = journey.page.locator('[data-cy="kheops-ohif-brand"]')
+        assert brand.inner_text() == "OHIF Viewer"
+        mark = brand.locator("img")
+        assert re.search(r"/static/launcher/viewer-mark(\.[0-9a-f]{12})?\.svg$", mark.get_attribute("src"))
+        assert mark.evaluate("(img) => img.complete && img.naturalWidth > 0")
     with journey.step("every DICOMweb request carried the launch's token"):
         token = journey.token()
         dicomweb = journey.dicomweb_requests()
@@ -87,7 +93,11 @@ def test_the_viewer_survives_a_reload_refuses_other_browsers_and_ignores_a_token
         assert response is not None and response.status == 403
         assert "belongs to another browser session" in stranger.content()
         assert not stranger.locator("canvas.cornerstone-canvas").count()
-        journey.screenshot("other-browser-403", page=stranger)
+        # The way back to the album, and the study it was about.
+        back = stranger.get_by_role("link", name="Back to KHEOPS")
+        assert back.get_attribute("href") == journey.album_url()
+        assert CT_STUDY in stranger.locator(".studies").inner_text()
+        journey.page_screenshot("error-other-browser-403", page=stranger)
     with journey.step("&token=other is stripped by a redirect and the real token stays in use"):
         before = len(journey.finished)
         response = journey.page.goto(viewer_url + "&token=other")
@@ -115,7 +125,7 @@ def test_going_back_to_the_launch_url_shows_the_replay_page_not_a_second_viewer(
         assert "already been used" in journey.page.content()
         assert "/launches/" not in journey.page.url
         assert sum("/app-config.js" in r.url for r in journey.requests) == configs
-        journey.screenshot("replay-refused")
+        journey.page_screenshot("error-replay-409")
 
 
 def test_a_launch_with_two_studies_shows_both_in_the_study_panel(journey: Journey) -> None:
@@ -181,7 +191,7 @@ def test_the_banner_counts_down_then_offers_to_open_the_study_again_from_kheops(
         banner = journey.page.locator("#kheops-ohif-banner")
         banner.wait_for(state="visible", timeout=1_000)
         assert re.search(r"ends in 0:[01]\d\.", banner.inner_text()), banner.inner_text()
-        journey.screenshot("banner")
+        journey.page_screenshot("viewer-banner-counting-down")
     with journey.step("the banner leaves OHIF's toolbar usable"):
         for tool in ("Length-btn", "Zoom-btn", "Pan-btn"):
             box = journey.page.locator(f'[data-cy="{tool}"]').bounding_box()
@@ -191,12 +201,22 @@ def test_the_banner_counts_down_then_offers_to_open_the_study_again_from_kheops(
                 [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2],
             )
             assert not under, f"the banner covers {tool}"
+        assert_banner_on_one_line_clear_of_the_overlays(journey)
     with journey.step("then the expired state, with a link back to the album"):
         journey.page.locator("#kheops-ohif-banner.expired").wait_for(timeout=(lifetime + 5) * 1000)
         assert "expired" in banner.inner_text()
         link = banner.get_by_role("link", name="Open again from KHEOPS")
         assert link.get_attribute("href").startswith(journey.album_url())
-        journey.screenshot("expired")
+        journey.page_screenshot("viewer-banner-expired")
+    with journey.step("expired, it is one line and hides none of the viewport's bottom overlays"):
+        assert_banner_on_one_line_clear_of_the_overlays(journey)
+    with journey.step("the viewer URL, opened again now, is the expired page with the way back"):
+        again = journey.context.new_page()
+        response = again.goto(journey.page.url)
+        assert response is not None and response.status == 410
+        assert again.get_by_role("link", name="Back to KHEOPS").get_attribute("href") == journey.album_url()
+        journey.page_screenshot("error-expired-410", page=again)
+        again.close()
     with journey.step("follow the link: the album page loads"):
         with journey.page.expect_navigation() as navigation:
             link.click()
@@ -205,6 +225,25 @@ def test_the_banner_counts_down_then_offers_to_open_the_study_again_from_kheops(
         assert journey.page.url.startswith(journey.album_url())
         journey.page.get_by_role("heading", name=re.compile("Demo album")).wait_for()
         journey.screenshot("album-again")
+
+
+def assert_banner_on_one_line_clear_of_the_overlays(journey: Journey) -> None:
+    banner = journey.page.locator("#kheops-ohif-banner").bounding_box()
+    assert banner is not None and banner["height"] < 40, banner  # one line
+    overlays = journey.page.locator('[data-cy^="viewport-overlay-bottom"]')
+    # The window/level readout is one of them: "W: 2064 L: 136".
+    assert any(re.search(r"W:\s*\d+\s*L:\s*\d+", text) for text in overlays.all_inner_texts())
+    for index in range(overlays.count()):
+        box = overlays.nth(index).bounding_box()
+        if not box or not box["width"]:
+            continue
+        apart = (
+            box["x"] + box["width"] <= banner["x"]
+            or banner["x"] + banner["width"] <= box["x"]
+            or box["y"] + box["height"] <= banner["y"]
+            or banner["y"] + banner["height"] <= box["y"]
+        )
+        assert apart, (overlays.nth(index).inner_text(), box, banner)
 
 
 @pytest.fixture
@@ -311,6 +350,6 @@ def test_a_code_kheops_refuses_while_ohif_loads_ends_on_our_error_page_with_the_
         assert back.count() == 1
         token_answers = [r for r in journey.finished if r.url.endswith("/token")]
         assert [r.response().status for r in token_answers if r.response()] == [403]
-        journey.screenshot("exchange-refused")
+        journey.page_screenshot("error-exchange-refused-403")
     with journey.step("no DICOMweb request was made without a token"):
         assert journey.dicomweb_requests() == []

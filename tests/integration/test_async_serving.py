@@ -23,7 +23,8 @@ import requests
 from django.conf import settings as django_settings
 
 from launcher import services
-from launcher.models import LaunchOutcome, LaunchRecord
+from launcher.models import LaunchOutcome, LaunchRecord, Provider
+from launcher.serving import REFRESH_SECONDS
 from tests.fakes import token_url_of
 from tests.stack import Stack, meta_refresh_url
 
@@ -197,3 +198,19 @@ def _wait_until_up(url: str, server: subprocess.Popen[bytes], log: Path) -> None
         except requests.RequestException:
             time.sleep(0.1)
     raise AssertionError(f"the server did not start:\n{log.read_text()}")
+
+
+def test_a_provider_saved_here_is_answered_at_once_not_at_the_next_refresh(live_stack: Stack) -> None:
+    provider = Provider.objects.get(slug="ohif")
+    provider.client_name = "Viewer of Hôpital X"
+    provider.save()  # committed (transactional test): this process prepares its documents again
+
+    seen: list[str] = []
+    started = time.monotonic()
+    while time.monotonic() - started < REFRESH_SECONDS / 2:
+        seen.append(requests.get(live_stack.config_url, timeout=5).json()["client_name"])
+        if seen[-1] == "Viewer of Hôpital X":
+            break
+        time.sleep(0.02)
+
+    assert seen[-1] == "Viewer of Hôpital X", seen

@@ -1,0 +1,28 @@
+/* kheops-ohif: the "Copy" button beside a read-only value (templates/launcher/copy_field.html).
+ * The clipboard API needs a secure context (HTTPS or localhost); elsewhere the value is
+ * selected and copied the old way, or left selected for Ctrl+C. */
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("button[data-copy]");
+    if (!button) { return; }
+    var field = document.getElementById(button.getAttribute("data-copy"));
+    var status = button.parentNode.querySelector(".copy-status");
+    if (!field) { return; }
+    function report(copied) {
+      if (status) { status.textContent = copied ? "Copied" : "Selected: press Ctrl+C to copy"; }
+    }
+    function byHand() {
+      field.focus();
+      field.select();
+      var copied = false;
+      try { copied = document.execCommand("copy"); } catch (ignored) { copied = false; }
+      report(copied);
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(field.value).then(function () { report(true); }, byHand);
+    } else {
+      byHand();
+    }
+  });
+})();
