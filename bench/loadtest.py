@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,7 @@ class Scenario:
     peak_threads: int = 0
     peak_rss_mb: float = 0.0
     audit_ok: bool = True
+    failure_details: dict[str, int] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[Launch]:
@@ -136,6 +137,7 @@ class Scenario:
             "peak_threads": self.peak_threads,
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "audit_ok": self.audit_ok,
+            "failure_details": self.failure_details,
         }
 
 
@@ -152,9 +154,6 @@ def _percentile(values: list[float], p: float) -> float:
 class LoadStack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.database = ThrowawayDatabase.create(workdir, "load")
-        if self.database.vendor != "postgresql":
-            raise StackError("the load test needs PostgreSQL (DATABASE_URL or 127.0.0.1:5432)")
         self.app_port = free_port()
         self.app_url = f"http://127.0.0.1:{self.app_port}"
         kheops_port = free_port()
@@ -163,7 +162,6 @@ class LoadStack:
         self.app_env = {
             **_base_env(),
             "DJANGO_SETTINGS_MODULE": "kheops_ohif.settings",
-            "DATABASE_URL": self.database.url,
             "PUBLIC_BASE_URL": self.app_url,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "SECRET_KEY": secrets.token_urlsafe(50),
@@ -178,8 +176,12 @@ class LoadStack:
             "SANDBOX_SECRET": secrets.token_urlsafe(48),
             "SANDBOX_ORTHANC_URL": "http://127.0.0.1:9",  # launches never reach DICOMweb
         }
-        _run(["manage.py", "migrate", "--noinput", "--verbosity", "0"], self.app_env)
-        _run(["manage.py", "trust_kheops", self.kheops_url, "--name", "KHEOPS stand-in"], self.app_env)
+        # One database per version of the code: each migrated by its own migrations.
+        self.databases: dict[Path, ThrowawayDatabase] = {}
+        self.database = self._database_for(REPO)
+        if self.database.vendor != "postgresql":
+            self.database.drop()
+            raise StackError("the load test needs PostgreSQL (DATABASE_URL or 127.0.0.1:5432)")
         _run(["-m", "django", "migrate", "--noinput", "--verbosity", "0"], self.kheops_env)
         seeded = _run(["-m", "django", "sandbox_seed"], self.kheops_env)
         self.album_id = next(line.split()[1] for line in seeded.splitlines() if line.startswith("demo_album "))
@@ -209,13 +211,28 @@ class LoadStack:
             )
         else:
             command = uvicorn_command("kheops_ohif.asgi:application", port=self.app_port, workers=config["workers"])
+        self.database = self._database_for(code)
         self.app = ServerProcess.start(
-            "kheops-ohif", command, url=self.app_url, env={**self.app_env, "PYTHONPATH": str(code)},
+            "kheops-ohif", command, url=self.app_url, env=self._env_for(code),
             log=self.workdir / f"app-{server}.log", cwd=code,
         )
         self.app.wait_until_up("/healthz", workers=config["workers"])
         if not self.client_ids:
             self.client_ids.append(self.register())
+
+    def _env_for(self, code: Path) -> dict[str, str]:
+        return {**self.app_env, "PYTHONPATH": str(code), "DATABASE_URL": self.databases[code].url}
+
+    def _database_for(self, code: Path) -> ThrowawayDatabase:
+        if code not in self.databases:
+            self.databases[code] = ThrowawayDatabase.create(self.workdir, f"load{len(self.databases)}")
+            _run(["manage.py", "migrate", "--noinput", "--verbosity", "0"], self._env_for(code), cwd=code)
+            _run(
+                ["manage.py", "trust_kheops", self.kheops_url, "--name", "KHEOPS stand-in"],
+                self._env_for(code),
+                cwd=code,
+            )
+        return self.databases[code]
 
     def register(self) -> str:
         response = self.http.post(
@@ -262,6 +279,17 @@ class LoadStack:
             rows = conn.execute("SELECT outcome, count(*) FROM launcher_launchrecord GROUP BY outcome").fetchall()
         return Counter({outcome: count for outcome, count in rows})
 
+    def failure_details(self, since: float) -> dict[str, int]:
+        """What the audit trail says of the launches that failed since `since` (time.time())."""
+        with psycopg.connect(self.database.url) as conn:
+            rows = conn.execute(
+                "SELECT outcome || ': ' || failure_detail, count(*) FROM launcher_launchrecord "
+                "WHERE created_at >= to_timestamp(%s) AND outcome NOT IN ('success', 'pending') "
+                "GROUP BY 1",
+                [since],
+            ).fetchall()
+        return {detail: count for detail, count in rows}
+
     def worker_pids(self) -> list[int]:
         return self.app.worker_pids() if self.app is not None else []
 
@@ -274,16 +302,18 @@ class LoadStack:
         self.stop_app()
         self.kheops.stop()
         self.http.close()
-        self.database.drop()
+        for database in self.databases.values():
+            database.drop()
 
 
 # --- the clicks ---------------------------------------------------------------------------------
 
 
-async def one_launch(
-    http: httpx.AsyncClient, stack: LoadStack, client_id: str, user_token: str, studies: list[str]
-) -> Launch:
+async def one_launch(stack: LoadStack, client_id: str, user_token: str, studies: list[str]) -> Launch:
+    """One clinician's click, in a browser of its own (its connections, its cookies)."""
     result = Launch()
+    phase = "KHEOPS report"
+    http = _browser()
     try:
         started = time.monotonic()
         report = await http.post(
@@ -296,51 +326,50 @@ async def one_launch(
             result.error = f"KHEOPS report {report.status_code}"
             return result
         launch_url = meta_refresh_url(report)
-        started = time.monotonic()
+        started, phase = time.monotonic(), "launch"
         launch = await http.get(launch_url)
         result.launch_seconds = time.monotonic() - started
         if launch.status_code != 302 or "/viewer?" not in launch.headers.get("Location", ""):
             result.error = f"launch {launch.status_code}"
             return result
-        started = time.monotonic()
+        started, phase = time.monotonic(), "token"
         # With the browser's grant cookie (the client's jar: it is scoped to this launch's path).
         token = await http.get(token_url(launch_url, launch.headers["Location"]))
         result.token_seconds = time.monotonic() - started
         if token.status_code != 200 or not token.json().get("authorization", "").startswith("Bearer "):
             result.error = f"token {token.status_code}"
     except Exception as exc:  # every failure is counted, none stops the run
-        result.error = type(exc).__name__
+        result.error = f"{phase} {type(exc).__name__}"
+    finally:
+        await http.aclose()
     return result
 
 
-def _client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        trust_env=False,
-        timeout=CLIENT_TIMEOUT_SECONDS,
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-    )
+def _browser() -> httpx.AsyncClient:
+    # One per simulated browser: a pool shared by hundreds of them would reuse connections
+    # that sat idle past the server's keep-alive timeout (a race real browsers retry).
+    # Plain http on loopback: no TLS settings to load for each of them.
+    return httpx.AsyncClient(trust_env=False, timeout=CLIENT_TIMEOUT_SECONDS, verify=False)  # noqa: S501
 
 
 async def burst(stack: LoadStack, plan: list[tuple[str, str, list[str]]]) -> tuple[list[Launch], float]:
-    async with _client() as http:
-        started = time.monotonic()
-        launches = await asyncio.gather(*(one_launch(http, stack, *item) for item in plan))
-        return list(launches), time.monotonic() - started
+    started = time.monotonic()
+    launches = await asyncio.gather(*(one_launch(stack, *item) for item in plan))
+    return list(launches), time.monotonic() - started
 
 
 async def spread(
     stack: LoadStack, plan: list[tuple[str, str, list[str]]], seconds: float
 ) -> tuple[list[Launch], float]:
-    async with _client() as http:
-        started = time.monotonic()
-        gap = seconds / len(plan)
+    started = time.monotonic()
+    gap = seconds / len(plan)
 
-        async def later(index: int, item: tuple[str, str, list[str]]) -> Launch:
-            await asyncio.sleep(index * gap)
-            return await one_launch(http, stack, *item)
+    async def later(index: int, item: tuple[str, str, list[str]]) -> Launch:
+        await asyncio.sleep(index * gap)
+        return await one_launch(stack, *item)
 
-        launches = await asyncio.gather(*(later(n, item) for n, item in enumerate(plan)))
-        return list(launches), time.monotonic() - started
+    launches = await asyncio.gather(*(later(n, item) for n, item in enumerate(plan)))
+    return list(launches), time.monotonic() - started
 
 
 async def duplicates(stack: LoadStack, groups: int, uses: int) -> list[list[int]]:
@@ -350,23 +379,23 @@ async def duplicates(stack: LoadStack, groups: int, uses: int) -> list[list[int]
     studies = stack.study_uids()[:3]
     orders = [list(o) for n in (1, 2, 3) for o in itertools.permutations(studies, n)]
     statuses = []
-    async with _client() as http:
-        for order in orders[:groups]:
-            report = await http.post(
+    for order in orders[:groups]:
+        async with _browser() as kheops_ui:
+            report = await kheops_ui.post(
                 f"{stack.kheops_url}/api/report",
                 data={"access_token": token, "client_id": client_id, "studyUID": order,
                       "return_uri": f"{stack.kheops_url}/albums/{stack.album_id}"},
             )  # fmt: skip
-            url = meta_refresh_url(report)
+        url = meta_refresh_url(report)
 
-            async def use(url: str = url) -> int:
+        async def use(url: str = url) -> int:
+            async with _browser() as http:  # each use in a browser of its own
                 launch = await http.get(url)
                 if launch.status_code != 302:
                     return launch.status_code
-                token_answer = await http.get(token_url(url, launch.headers["Location"]))
-                return token_answer.status_code
+                return (await http.get(token_url(url, launch.headers["Location"]))).status_code
 
-            statuses.append(sorted(await asyncio.gather(*(use() for _ in range(uses)))))
+        statuses.append(sorted(await asyncio.gather(*(use() for _ in range(uses)))))
     return statuses
 
 
@@ -412,9 +441,11 @@ def run_server(
         before = stack.audit_outcomes()
         time.sleep(1.1)  # codes are second-precision: a new second, new codes
         scenario = Scenario(server, f"burst of {size}", [], 0.0)
+        since = time.time()
         with watching(stack, scenario):
             scenario.launches, scenario.wall_seconds = asyncio.run(burst(stack, plan))
         scenario.audit_ok = _audit_grew(stack, before, scenario)
+        scenario.failure_details = stack.failure_details(since)
         scenarios.append(scenario)
         print(f"  {server}: {scenario.name}: {len(scenario.failures)} failed of {size}", file=sys.stderr, flush=True)
     if slow:
@@ -424,9 +455,11 @@ def run_server(
             before = stack.audit_outcomes()
             time.sleep(1.1)
             scenario = Scenario(server, f"KHEOPS {SLOW_TOKEN_SECONDS:g} s per token, {slow} over {SLOW_SPREAD_SECONDS:g} s", [], 0.0)
+            since = time.time()
             with watching(stack, scenario):
                 scenario.launches, scenario.wall_seconds = asyncio.run(spread(stack, plan, SLOW_SPREAD_SECONDS))
             scenario.audit_ok = _audit_grew(stack, before, scenario)
+            scenario.failure_details = stack.failure_details(since)
             scenarios.append(scenario)
             print(f"  {server}: {scenario.name}: {len(scenario.failures)} failed", file=sys.stderr, flush=True)
         finally:
@@ -503,7 +536,9 @@ def measure() -> list[harness.Result]:
         results.append(
             harness.Result(
                 BENCHMARK, f"failed launches, {row['scenario']}, {label}", "launches", [row["failed"]],
-                notes=f"of {row['launches']}{target}; click to token p50 {row['p50_s']:.2f} s, "
+                notes=f"of {row['launches']}{target}"
+                + "".join(f", {kind}: {n}" for kind, n in row["errors"].items())
+                + f"; click to token p50 {row['p50_s']:.2f} s, "
                 f"p99 {row['p99_s']:.2f} s; {row['launches_per_s']:.1f} launches/s; "
                 f"peak threads {row['peak_threads']}, RSS {row['peak_rss_mb']:.0f} MB/worker",
             )
@@ -529,6 +564,9 @@ def main() -> int:
         parser.error("bounded on purpose: known servers, bursts of 1-1000, at most 1000 slow launches")
     measured = measure_all(servers, bursts, options.slow)
     print(table(measured["scenarios"]))
+    for scenario in measured["scenarios"]:
+        if scenario.failure_details:
+            print(f"  {scenario.server}, {scenario.name}: the audit trail says {scenario.failure_details}")
     print(f"\n{os.cpu_count()} CPUs; PostgreSQL; the stand-in under gunicorn 2 x 128 threads; loopback")
     verdicts = checks(measured)
     RESULTS.write_text(

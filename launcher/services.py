@@ -259,6 +259,7 @@ async def _looked_up(key: str, load: Any) -> Any:
 
 def forget_lookups(**kwargs: Any) -> None:
     _lookups.clear()
+    _known_discoveries.clear()
 
 
 def provider_for(slug: str) -> Provider | None:
@@ -360,29 +361,38 @@ def _describes(discovery: Any, server: KheopsServer) -> bool:
 
 
 _discovery_fetches: dict[str, asyncio.Future[kheops.Discovery]] = {}
+# The last discovery document each server gave this process, and when (time.monotonic()).
+_known_discoveries: dict[str, tuple[float, kheops.Discovery]] = {}
 
 
 async def discovery_for(server: KheopsServer, *, timings: kheops.Timings | None = None) -> kheops.Discovery:
-    """The server's discovery document, cached briefly: KHEOPS rarely changes it.
+    """The server's discovery document, cached: KHEOPS rarely changes it.
 
     Shared between processes for KHEOPS_DISCOVERY_CACHE_SECONDS (one fetch per minute for
     all of them), and kept by each process for a few seconds more cheaply than a cache
     round trip (Redis). Launches that find it missing at the same moment share one fetch.
+    Once the shared copy has expired, the last one this process had keeps serving while a
+    fresh one is fetched in the background: a burst of launches never waits on (nor fails
+    with) a KHEOPS made slow by that very burst.
     """
     cache_key = _discovery_cache_key(server)
-    hit = _lookups.get(cache_key)
-    if hit is not None and time.monotonic() - hit[0] < LOOKUP_CACHE_SECONDS and _describes(hit[1], server):
-        return hit[1]
+    known = _known_discoveries.get(cache_key)
+    if known is not None and not _describes(known[1], server):
+        known = None
+    if known is not None and time.monotonic() - known[0] < LOOKUP_CACHE_SECONDS:
+        return known[1]
     shared = await cache.aget(cache_key)
     if _describes(shared, server):
-        _lookups[cache_key] = (time.monotonic(), shared)
+        _known_discoveries[cache_key] = (time.monotonic(), shared)
         return shared
     fetch = _discovery_fetches.get(cache_key)
     if fetch is None or fetch.get_loop() is not asyncio.get_running_loop():
         fetch = _discovery_fetches[cache_key] = asyncio.ensure_future(
-            _fetch_discovery(server, cache_key, timings)
+            _fetch_discovery(server, cache_key, timings if known is None else None)
         )
         fetch.add_done_callback(partial(_fetch_done, cache_key))
+    if known is not None:
+        return known[1]  # the fetch goes on in the background
     return await asyncio.shield(fetch)
 
 
@@ -393,15 +403,16 @@ async def _fetch_discovery(
         kheops_client(), server.discovery_url, root=server.root_url, timings=timings
     )
     await cache.aset(cache_key, discovery, settings.KHEOPS_DISCOVERY_CACHE_SECONDS)
-    _lookups[cache_key] = (time.monotonic(), discovery)
+    _known_discoveries[cache_key] = (time.monotonic(), discovery)
     return discovery
 
 
 def _fetch_done(cache_key: str, fetch: asyncio.Future[kheops.Discovery]) -> None:
     if _discovery_fetches.get(cache_key) is fetch:
         del _discovery_fetches[cache_key]
-    if not fetch.cancelled():
-        fetch.exception()  # each waiter has its own copy; none is left unretrieved
+    if not fetch.cancelled() and fetch.exception() is not None and cache_key in _known_discoveries:
+        # A background refresh: the last document goes on serving; the next use tries again.
+        logger.warning("KHEOPS discovery document not refreshed: %s", fetch.exception())
 
 
 def check_servers(servers: list[KheopsServer], *, timeout: float) -> list[str | kheops.KheopsError]:
@@ -681,7 +692,8 @@ def _grant_or_pending_exchange(launch_id: str, browser_key: str | None) -> Viewe
         # Sealed under a SECRET_KEY that is gone: nothing to show or exchange.
         raise refusal_for_another_browser(launch_id) from None
     provider, server = _provider_by_id(row.provider_id), _server_by_id(row.kheops_server_id)
-    discovery = _in_memory(_discovery_cache_key(server)) if server is not None else None
+    known = _known_discoveries.get(_discovery_cache_key(server)) if server is not None else None
+    discovery = known[1] if known is not None and time.monotonic() - known[0] < LOOKUP_CACHE_SECONDS else None
     if not _describes(discovery, server):  # type: ignore[arg-type]
         discovery = None
     return _PendingExchange(

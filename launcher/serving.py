@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import threading
@@ -37,11 +38,12 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.db import transaction
 from django.http.request import split_domain_port, validate_host
+from django.urls import Resolver404, resolve
 
 from launcher import blocking, documents, services
 from launcher.logfilters import RedactSecretParameters
@@ -209,25 +211,38 @@ def _tell_documents() -> None:
 
 
 class DjangoHandler(ASGIHandler):
-    """Django's ASGI handler, with each request's thread taken from those kept idle.
+    """Django's ASGI handler, with request threads that are reused, and shared by async views.
 
     Django runs a request's synchronous parts (its signals, a synchronous view, database
-    work through launcher.blocking) in one thread of the request's own; asgiref makes that
-    thread for each request and joins it at the end, which cost about 1 ms of CPU per
-    request here. The thread of a finished request serves the next one instead (as under
-    WSGI); up to KEEP_IDLE are kept. A request that waits on KHEOPS waits on the event loop:
-    its thread idles meanwhile, and is not one of a fixed number others could run out of.
+    work through launcher.blocking) in a thread of the request's: asgiref makes one for each
+    request and joins it at the end, which cost about 1 ms of CPU per request here, and the
+    request keeps it for its whole life, waits on KHEOPS included.
+
+    - A request for an async view (the launch, the token request: those that wait on
+      KHEOPS) runs its synchronous parts on one of SHARED_THREADS threads, shared by all
+      such requests: while it awaits KHEOPS it holds no thread, and those threads are a
+      bounded pool (keep it within the database's connection pool).
+    - A synchronous view (the admin, say) has a thread to itself for the request, as under
+      WSGI: taken from those a finished request left idle (up to KEEP_IDLE are kept).
     """
 
+    SHARED_THREADS = 8
     KEEP_IDLE = 64
 
     def __init__(self) -> None:
         super().__init__()
         self._idle: list[ThreadPoolExecutor] = []
+        self._shared = [ThreadPoolExecutor(1, f"django-async-views-{n}") for n in range(self.SHARED_THREADS)]
+        self._next_shared = itertools.cycle(self._shared)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        if self._for_an_async_view(scope):
+            # Round robin: each of these calls is short (a query, a commit, a signature).
+            async with ThreadSensitiveContext(executor=next(self._next_shared)):
+                await self.handle(scope, receive, send)
+            return
         thread = self._idle.pop() if self._idle else ThreadPoolExecutor(1, "django-request")
         try:
             async with ThreadSensitiveContext(executor=thread):
@@ -237,6 +252,17 @@ class DjangoHandler(ASGIHandler):
                 self._idle.append(thread)
             else:
                 thread.shutdown(wait=False)
+
+    @staticmethod
+    def _for_an_async_view(scope: Scope) -> bool:
+        path = scope["path"]
+        script_name = settings.FORCE_SCRIPT_NAME or scope.get("root_path", "")
+        if script_name and path.startswith(script_name):
+            path = path[len(script_name) :]
+        try:
+            return iscoroutinefunction(resolve(path).func)
+        except Resolver404:
+            return True  # static files (answered by async middleware) and Django's 404 page
 
 
 class Application:

@@ -17,14 +17,16 @@ import httpx
 import pytest
 import respx
 from asgiref.sync import async_to_sync
+from django.core.cache import cache
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 
-from launcher import kheops
+from launcher import kheops, services
 from launcher.logfilters import redact
-from launcher.models import Provider
+from launcher.models import KheopsServer, Provider
 from launcher.serving import Application
+from tests.fakes import ROOT, FakeKheops, discovery_document
 
 T = TypeVar("T")
 DOCUMENTS = ["/jwks.json", "/.well-known/kheops-report-configuration", "/providers/ohif/configuration"]
@@ -224,3 +226,35 @@ def test_the_client_keeps_no_cookie_and_ignores_proxy_settings(
 
     assert seen == [None, None]
     assert trusts_environment is False
+
+
+def test_an_expired_discovery_document_serves_on_while_a_fresh_one_is_fetched(
+    fake_kheops: FakeKheops, kheops_server: KheopsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # During a burst, KHEOPS may be slow: a launch must not wait on (or fail with) the
+    # refresh of a document it had a minute ago.
+    key = services._discovery_cache_key(kheops_server)
+
+    def age_it() -> None:
+        fetched_at, document = services._known_discoveries[key]
+        services._known_discoveries[key] = (fetched_at - 3600, document)
+        cache.delete(key)
+
+    async def scenario() -> list[str]:
+        endpoints = [(await services.discovery_for(kheops_server)).dicomweb_endpoint]
+        age_it()
+        fake_kheops.discovery_answer = httpx.ReadTimeout("slow")
+        endpoints.append((await services.discovery_for(kheops_server)).dicomweb_endpoint)
+        await asyncio.sleep(0.1)  # the refresh fails in the background
+        fake_kheops.discovery_answer = (200, {**discovery_document(), "dicomweb_endpoint": f"{ROOT}/api/v2"})
+        endpoints.append((await services.discovery_for(kheops_server)).dicomweb_endpoint)
+        await asyncio.sleep(0.1)  # this refresh succeeds
+        endpoints.append((await services.discovery_for(kheops_server)).dicomweb_endpoint)
+        return endpoints
+
+    with caplog.at_level(logging.WARNING, logger="launcher.services"):
+        endpoints = async_to_sync(scenario)()
+
+    assert endpoints == [f"{ROOT}/api", f"{ROOT}/api", f"{ROOT}/api", f"{ROOT}/api/v2"]
+    assert len(fake_kheops.router.calls) == 3
+    assert "discovery document not refreshed" in caplog.text

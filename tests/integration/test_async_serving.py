@@ -14,11 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 from django.conf import settings as django_settings
 
@@ -29,6 +31,21 @@ from tests.fakes import token_url_of
 from tests.stack import Stack, meta_refresh_url
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _only_our_registration_left(live_stack: Stack) -> Iterator[None]:
+    # The registrations these tests add would show as more "Open in …" buttons on the album
+    # page that later browser tests click.
+    yield
+    album = f"/albums/{live_stack.kheops.demo_album_id}/reportproviders"
+    owner = {"Authorization": f"Bearer {live_stack.kheops.user_token('alice')}"}
+    for provider in live_stack.kheops.http.get(live_stack.kheops.api(album), headers=owner).json():
+        if provider["client_id"] != live_stack.client_id:
+            removed = live_stack.kheops.http.delete(
+                live_stack.kheops.api(f"{album}/{provider['client_id']}"), headers=owner
+            )
+            assert removed.status_code in (200, 204), removed.text
 
 
 def distinct_launch_urls(stack: Stack, count: int, *, config_url: str | None = None) -> list[str]:
