@@ -57,7 +57,7 @@ def store_logo(provider: Provider, image: bytes | None) -> None:
 
 
 def header_brand(provider: Provider | None) -> dict[str, str]:
-    """What OHIF's header shows for a launch through `provider` (app-config.js)."""
+    """What OHIF's header shows for a launch through `provider` (static/launcher/launch.js)."""
     if provider is None:
         return {"title": "", "logo": static(NEUTRAL_MARK)}
     return {

@@ -55,7 +55,7 @@ PRUNED_FILES = frozenset(
         "_headers",
         "_redirects",
         "serve.json",
-        "app-config.js",  # generated per launch by Django
+        "app-config.js",  # replaced by our static/launcher/launch.js and the launch's data
         "index.html",  # kept outside static/: Django serves it per launch
     }
 )
@@ -392,9 +392,9 @@ def _rewrite_prefix(static_dir: Path, index_html: Path, prefix: str) -> None:
 def rewrite_index_html(html: str, prefix: str) -> str:
     """OHIF's index.html with its assets under `prefix` and no inline script left.
 
-    The two inline scripts (`window.PUBLIC_URL`, `browserImportFunction`) move into the
-    generated app-config.js so that the page runs under `script-src 'self'` plus eval; the
-    app-config.js reference becomes a placeholder the viewer view fills per launch.
+    The two inline scripts (`window.PUBLIC_URL`, `browserImportFunction`) move into our
+    static/launcher/launch.js so that the page runs under `script-src 'self'` plus eval; the
+    app-config.js script becomes a placeholder the viewer view fills per launch (viewer.py).
     """
     html = re.sub(r"<script>(?:(?!</script>).)*</script>", "", html, flags=re.S)
     html = html.replace('src="/app-config.js"', f'src="{APP_CONFIG_PLACEHOLDER}"')

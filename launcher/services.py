@@ -78,6 +78,7 @@ class ViewerRefused(Exception):
         advice: str = OPEN_AGAIN,
         return_uri: str | None = None,
         study_uids: tuple[str, ...] = (),
+        retryable: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -85,6 +86,8 @@ class ViewerRefused(Exception):
         self.advice = advice
         self.return_uri = return_uri
         self.study_uids = study_uids
+        # The same request may succeed in a moment (KHEOPS slow or away, a restart).
+        self.retryable = retryable
 
 
 class LaunchFailed(ViewerRefused):
@@ -99,10 +102,20 @@ class LaunchFailed(ViewerRefused):
         detail: str = "",
         return_uri: str | None = None,
     ) -> None:
-        super().__init__(status, message, advice=ADVICE.get(outcome, OPEN_AGAIN), return_uri=return_uri)
+        super().__init__(
+            status,
+            message,
+            advice=ADVICE.get(outcome, OPEN_AGAIN),
+            return_uri=return_uri,
+            retryable=outcome in TRANSIENT,
+        )
         self.outcome = outcome
         self.detail = detail
 
+
+# Failures of the exchange worth trying again: its grant stays pending (the browser that
+# launched asks again), its code stays claimed (nobody else can use it).
+TRANSIENT = frozenset({LaunchOutcome.KHEOPS_TIMEOUT, LaunchOutcome.KHEOPS_UNAVAILABLE})
 
 # What a clinician can do about each refused or failed launch.
 ADVICE: dict[LaunchOutcome, str] = {
@@ -323,11 +336,6 @@ def album_id_from(return_uri: str | None, server: KheopsServer) -> str:
 
 def _code_hash(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
-
-
-def release_code(code: str) -> None:
-    """Forget a claimed code whose exchange failed, so that a retry is not called a replay."""
-    UsedCode.objects.filter(code_hash=_code_hash(code)).delete()
 
 
 # --- KHEOPS: this process's client, and the discovery document ------------------------------
@@ -649,6 +657,7 @@ async def complete(
             advice=RESTARTING_ADVICE,
             return_uri=found.grant.return_uri,
             study_uids=found.grant.study_uids,
+            retryable=True,
         )
     _exchanges.in_flight += 1
     try:
@@ -802,29 +811,38 @@ def _record_success(
 
 
 def _record_failure(pending: _PendingExchange, failure: LaunchFailed) -> bool:
-    """Store why the exchange failed; False if another request stored an outcome first."""
+    """Record why the exchange failed; False if another request stored an outcome first.
+
+    A transient failure (KHEOPS slow or away) leaves the grant pending: the browser that
+    launched tries again, and a success then replaces the audit record's outcome. Any other
+    failure is final for the grant. Either way the code stays claimed: the launch URL, which
+    sits in browser histories and proxy logs, opens no other viewer, even while KHEOPS
+    would still accept its code.
+    """
     launch_id = pending.grant.launch_id
     detail = (failure.detail or failure.message)[:255]
-    stored = writes.update_both_if(
-        LaunchGrant,
-        {
-            "state": GrantState.FAILED,
-            "sealed_code": "",
-            "failure_status": failure.status,
-            "failure_message": failure.message[:255],
-            "failure_advice": failure.advice[:255],
-        },
-        {"launch_id": launch_id, "state": GrantState.PENDING},
-        LaunchRecord,
-        {"outcome": failure.outcome, "failure_detail": detail},
-        {"launch_id": launch_id},
-    )
+    if failure.outcome in TRANSIENT:
+        stored = (
+            LaunchRecord.objects.filter(launch_id=launch_id)
+            .exclude(outcome=LaunchOutcome.SUCCESS)
+            .update(outcome=failure.outcome, failure_detail=detail)
+        ) > 0
+    else:
+        stored = writes.update_both_if(
+            LaunchGrant,
+            {
+                "state": GrantState.FAILED,
+                "sealed_code": "",
+                "failure_status": failure.status,
+                "failure_message": failure.message[:255],
+                "failure_advice": failure.advice[:255],
+            },
+            {"launch_id": launch_id, "state": GrantState.PENDING},
+            LaunchRecord,
+            {"outcome": failure.outcome, "failure_detail": detail},
+            {"launch_id": launch_id},
+        )
     if stored:
-        # A code counts as used once it has opened a viewer. After a failed exchange the
-        # same link may be tried again (KHEOPS judges the code again): this matters since
-        # KHEOPS's codes carry no nonce, so the same user launching the same study within
-        # one second gets the very same code.
-        release_code(pending.code)
         logger.warning("launch %s failed (%s): %s", launch_id, failure.outcome, detail)
     return stored
 

@@ -19,7 +19,6 @@ urlpatterns = [
     path("providers/<slug:slug>/logo/<str:digest>", branding.logo, name="provider-logo"),
     path("favicon.ico", branding.favicon, name="favicon"),
     path("launches/<str:launch_id>/", views.viewer_page, name="viewer-root"),
-    path("launches/<str:launch_id>/app-config.js", views.app_config, name="viewer-app-config"),
     path("launches/<str:launch_id>/token", views.viewer_token, name="viewer-token"),
     path("launches/<str:launch_id>/<path:route>", views.viewer_page, name="viewer"),
 ]

@@ -1,8 +1,15 @@
-"""The per-launch OHIF page: OHIF's own index.html and a generated app-config.js."""
+"""The per-launch OHIF page: OHIF's own index.html, with the launch's data and our script.
+
+OHIF's index.html loads its configuration from a script before the bundle. Ours is
+static/launcher/launch.js, the same for every launch (hashed, cached for ever); what is
+particular to the launch is a JSON data block in the page (`launch_data`): no secret, the
+page is for this browser only and never cached, and a data block is not a script (the CSP
+keeps `script-src 'self'`).
+"""
 
 from __future__ import annotations
 
-import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -10,11 +17,12 @@ from typing import Any
 from django.conf import settings
 from django.templatetags.static import static
 from django.urls import reverse
+from django.utils.html import json_script
 
 from launcher import branding, ohif_bundle, services
 from launcher.services import ViewerGrant
 
-# Values measured on OHIF 3.13 against KHEOPS (shared/ohif-notes.md): KHEOPS's own OHIF
+# Values measured on OHIF 3.13 against KHEOPS (docs/ohif.md): KHEOPS's own OHIF
 # data-source settings, exactly one data source, and nothing that loads configuration or
 # images from a URL parameter (our token would be attached to those requests).
 DATA_SOURCE_CONFIGURATION: dict[str, Any] = {
@@ -34,24 +42,19 @@ DATA_SOURCE_CONFIGURATION: dict[str, Any] = {
 }
 
 
-def js_literal(value: Any) -> str:
-    """JSON that is also safe inside any JavaScript context (no `</script>`, no U+2028)."""
-    return (
-        json.dumps(value, separators=(",", ":"))
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
-        .replace("\u2028", "\\u2028")
-        .replace("\u2029", "\\u2029")
-    )
+LAUNCH_DATA_ID = "kheops-ohif-launch"
+# Where OHIF's index.html loaded its app-config.js (see ohif_bundle.rewrite_index_html).
+_CONFIG_SCRIPT = re.compile(r'<script[^>]*src="' + re.escape(ohif_bundle.APP_CONFIG_PLACEHOLDER) + '"[^>]*></script>')
+_LAUNCH_SLOT = "<!--kheops-ohif-launch-->"
 
 
 def router_basename(launch_id: str) -> str:
     return reverse("viewer-root", kwargs={"launch_id": launch_id}).rstrip("/")
 
 
-def app_config_js(grant: ViewerGrant) -> str:
-    config = {
+def ohif_config(grant: ViewerGrant) -> dict[str, Any]:
+    """OHIF's configuration for the launch, less its functions (launch.js adds them)."""
+    return {
         "routerBasename": router_basename(grant.launch_id),
         "showStudyList": False,
         "investigationalUseDialog": {"option": "never"},
@@ -71,107 +74,26 @@ def app_config_js(grant: ViewerGrant) -> str:
             }
         ],
     }
-    launch_id = js_literal(grant.launch_id)
-    token_url = js_literal(reverse("viewer-token", kwargs={"launch_id": grant.launch_id}))
-    brand = js_literal(branding.header_brand(services.provider_of(grant)))
-    return f"""/* kheops-ohif: generated for one launch and this browser session only. Never cached. */
-window.PUBLIC_URL = {js_literal(settings.OHIF_ASSET_URL)};
-window.browserImportFunction = function (name) {{ return import(name); }};
-(function () {{
-  "use strict";
-  var config = {js_literal(config)};
-  var returnUri = {js_literal(grant.return_uri)};
-  // The KHEOPS code is exchanged while OHIF loads: ask for the token at once, and make
-  // OHIF wait for it only where it would first need it. The token never enters a URL.
-  var token = fetch({token_url}, {{
-    credentials: "same-origin",
-    cache: "no-store",
-    headers: {{ Accept: "application/json" }}
-  }}).then(function (response) {{
-    return response.json().then(function (body) {{
-      if (!response.ok) {{
-        var refused = new Error([body.error, body.advice].filter(Boolean).join(" ") ||
-          "The viewer could not open this study.");
-        refused.answered = true;
-        throw refused;
-      }}
-      return body;
-    }});
-  }});
-  var authorization = null;
-  window.kheopsLaunch = {{
-    returnUri: returnUri,
-    ready: token.then(function (body) {{ return {{ expiresIn: body.expiresIn, userName: body.userName }}; }})
-  }};
-  window.kheopsLaunch.ready.catch(function () {{}});
 
-  function stop(error) {{
-    // Our server answered with a reason: the viewer page now shows it, with the way back.
-    var key = "kheops-ohif-refused:" + {launch_id};
-    var reloadOnce = false;
-    try {{  // storage may be off (private modes): then no reload, the message below
-      reloadOnce = !!(error && error.answered) && !sessionStorage.getItem(key);
-      if (reloadOnce) {{ sessionStorage.setItem(key, "1"); }}
-    }} catch (ignored) {{
-      reloadOnce = false;
-    }}
-    if (reloadOnce) {{
-      location.replace(location.href);
-    }} else {{
-      var message = document.createElement("p");
-      message.style.cssText = "color:#fff;font:16px sans-serif;padding:2em";
-      message.textContent = (error && error.message) || "The viewer could not open this study.";
-      if (returnUri) {{
-        var back = document.createElement("a");
-        back.href = returnUri;
-        back.rel = "noreferrer";
-        back.textContent = " Back to KHEOPS";
-        back.style.color = "#7cf";
-        message.appendChild(back);
-      }}
-      document.body.replaceChildren(message);
-    }}
-    return new Promise(function () {{}});  // OHIF goes no further
-  }}
 
-  // OHIF 3.13 takes DICOMweb headers from its user-authentication service only; an
-  // extension's preRegistration runs after services exist and before any data source,
-  // and OHIF awaits it.
-  config.extensions = [{{
-    id: "kheops-ohif-launch-auth",
-    preRegistration: function (args) {{
-      args.servicesManager.services.userAuthenticationService.setServiceImplementation({{
-        getAuthorizationHeader: function () {{ return authorization ? {{ Authorization: authorization }} : {{}}; }}
-      }});
-      return token.then(function (body) {{ authorization = body.authorization; }}, stop);
-    }}
-  }}];
-  // White label: the provider's logo (or our neutral mark) and name in OHIF's header,
-  // where OHIF 3.13 would draw its own logo. OHIF's header gives it about 240 px.
-  var brand = {brand};
-  config.whiteLabeling = {{
-    createLogoComponentFn: function (React) {{
-      return React.createElement("span", {{
-        "data-cy": "kheops-ohif-brand",
-        title: brand.title,
-        style: {{ display: "inline-flex", alignItems: "center", gap: "8px", maxWidth: "236px",
-          color: "hsl(var(--foreground, 0 0% 98%))", font: "500 14px/1.2 system-ui, sans-serif" }}
-      }},
-        React.createElement("img", {{ src: brand.logo, alt: "",
-          style: {{ height: "28px", width: "auto", maxWidth: "96px", objectFit: "contain", flex: "none" }} }}),
-        brand.title ? React.createElement("span", {{
-          style: {{ overflow: "hidden", textOverflow: "ellipsis", whiteSpace: "nowrap" }}
-        }}, brand.title) : null);
-    }}
-  }};
-  window.config = config;
-}})();
-"""
+def launch_data(grant: ViewerGrant) -> dict[str, Any]:
+    """What launch.js needs of this launch (the page's JSON data block)."""
+    return {
+        "launchId": grant.launch_id,
+        "publicUrl": settings.OHIF_ASSET_URL,
+        "tokenUrl": reverse("viewer-token", kwargs={"launch_id": grant.launch_id}),
+        "returnUri": grant.return_uri,
+        "brand": branding.header_brand(services.provider_of(grant)),
+        "config": ohif_config(grant),
+    }
 
 
 @lru_cache(maxsize=4)
 def _index_template(path: Path, mtime_ns: int) -> str:
     html = path.read_text(encoding="utf-8")
+    html, found = _CONFIG_SCRIPT.subn(_LAUNCH_SLOT, html, count=1)
+    if not found:
+        raise ohif_bundle.BundleError("the installed index.html has no configuration script")
     banner = (
         f'<link rel="stylesheet" href="{static("launcher/banner.css")}">'
         f'<script defer src="{static("launcher/banner.js")}"></script>'
@@ -185,5 +107,5 @@ def index_html(grant: ViewerGrant) -> str | None:
     if bundle is None:
         return None
     template = _index_template(bundle.index_html, bundle.index_html.stat().st_mtime_ns)
-    config_url = reverse("viewer-app-config", kwargs={"launch_id": grant.launch_id})
-    return template.replace(ohif_bundle.APP_CONFIG_PLACEHOLDER, config_url)
+    launch = json_script(launch_data(grant), LAUNCH_DATA_ID) + f'<script src="{static("launcher/launch.js")}"></script>'
+    return template.replace(_LAUNCH_SLOT, launch, 1)

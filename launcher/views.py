@@ -23,7 +23,6 @@ from django.views.decorators.http import require_GET, require_safe
 from launcher import documents, kheops, services, viewer
 from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
-from launcher.models import GrantState
 
 NOT_INSTALLED = "The OHIF viewer is not installed on this server."
 TELL_ADMIN = "Tell this viewer's administrator."
@@ -173,24 +172,8 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
 @no_referrer
 @never_cache
 @require_GET
-def app_config(request: HttpRequest, launch_id: str) -> HttpResponse:
-    grant = grant_from(request, launch_id)
-    if grant is None or grant.expired or grant.state == GrantState.FAILED:
-        return HttpResponse(
-            "/* No viewer grant for this browser session. */\n",
-            status=403,
-            content_type="text/javascript; charset=utf-8",
-        )
-    response = HttpResponse(viewer.app_config_js(grant), content_type="text/javascript; charset=utf-8")
-    response["Cache-Control"] = "no-store"
-    return response
-
-
-@no_referrer
-@never_cache
-@require_GET
 async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
-    """The viewer's KHEOPS token, for app-config.js; the first request exchanges the code.
+    """The viewer's KHEOPS token, for launch.js; the first request exchanges the code.
 
     Same-origin JSON for the launching browser only (its cookie); never cached. On failure:
     the message and the way back, and the viewer page now shows the same error.
@@ -202,7 +185,14 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
         grant = await services.complete(launch_id, browser_key, timings=timings)
     except services.ViewerRefused as refused:
         response = JsonResponse(
-            {"error": refused.message, "advice": refused.advice, "returnUri": refused.return_uri},
+            {
+                "error": refused.message,
+                "advice": refused.advice,
+                "returnUri": refused.return_uri,
+                # Worth asking again in a moment (KHEOPS slow or away, the server restarting):
+                # the viewer's launch.js does, a few times, before it shows the error.
+                "retryable": refused.retryable,
+            },
             status=refused.status,
         )
     else:

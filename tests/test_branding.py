@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
@@ -32,13 +34,13 @@ def save_provider(client: Client, provider: Provider, **fields: object) -> objec
 
 
 def config_of(client: Client, location: str) -> str:
-    page = client.get(location).content.decode()
-    [url] = re.findall(r'<script[^>]*src="([^"]*app-config\.js)"', page)
-    return client.get(url).content.decode()
+    """The viewer page (its launch data holds the brand)."""
+    return client.get(location).content.decode()
 
 
-def brand_in(script: str) -> dict[str, str]:
-    return json.loads(re.search(r"var brand = (\{.*?\});\n", script).group(1))
+def brand_in(page: str) -> dict[str, str]:
+    [data] = re.findall(r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page, re.S)
+    return json.loads(data)["brand"]
 
 
 @pytest.mark.parametrize(
@@ -125,12 +127,13 @@ def test_removing_the_logo_brings_back_the_neutral_mark(admin_client: Client, pr
 def test_the_viewer_header_shows_the_providers_name_and_our_neutral_mark_by_default(
     client: Client, launched: Callable[..., str]
 ) -> None:
-    script = config_of(client, launched())
+    page = config_of(client, launched())
 
-    assert brand_in(script)["title"] == "OHIF Viewer"
-    assert re.fullmatch(r"/static/launcher/viewer-mark(\.[0-9a-f]{12})?\.svg", brand_in(script)["logo"])
-    assert "config.whiteLabeling = {" in script
-    assert "createLogoComponentFn: function (React)" in script
+    assert brand_in(page)["title"] == "OHIF Viewer"
+    assert re.fullmatch(r"/static/launcher/viewer-mark(\.[0-9a-f]{12})?\.svg", brand_in(page)["logo"])
+    launch_js = (Path(settings.BASE_DIR) / "static/launcher/launch.js").read_text()
+    assert "config.whiteLabeling = {" in launch_js
+    assert "createLogoComponentFn: function (React)" in launch_js
 
 
 def test_the_viewer_header_shows_the_white_label_of_the_launchs_provider(
@@ -140,10 +143,10 @@ def test_the_viewer_header_shows_the_white_label_of_the_launchs_provider(
     provider.save()
     branding.store_logo(provider, png(8, 8))
 
-    script = config_of(client, launched())
+    page = config_of(client, launched())
 
-    assert brand_in(script) == {"title": provider.viewer_title, "logo": provider.logo_url}
-    assert "</script>" not in script
+    assert brand_in(page) == {"title": provider.viewer_title, "logo": provider.logo_url}
+    assert "<script>alert(1)" not in page
 
 
 def test_favicon_ico_is_our_icon(db: None, client: Client) -> None:

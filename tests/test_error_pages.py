@@ -92,6 +92,7 @@ def test_another_browser_asking_for_the_token_gets_the_way_back_too(
         "error": "This viewer link belongs to another browser session.",
         "advice": "Open the study from KHEOPS in this browser.",
         "returnUri": RETURN_URI,
+        "retryable": False,
     }
 
 
@@ -141,7 +142,6 @@ def test_the_page_of_a_damaged_launch_link_names_what_is_wrong(client: Client, f
     ("answer", "status", "advice"),
     [
         ((400, {"error": "invalid_grant"}), 403, "Open the study again from KHEOPS."),
-        ((503, "down"), 502, "Wait a moment, then open the study again from KHEOPS."),
         ((200, "not json"), 502, "Open the study again from KHEOPS; if this happens again, tell this viewer's administrator."),
     ],
 )
@@ -159,6 +159,21 @@ def test_a_failed_exchange_keeps_its_advice_for_the_viewer_page(
     assert token.json()["advice"] == page.advice == advice
     assert token.json()["error"] == page.message
     assert (page.way_back, page.studies) == (RETURN_URI, [STUDY_1])
+
+
+def test_a_transient_failure_tells_the_viewer_to_wait_and_keeps_the_viewer(
+    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    # launch.js asks again a few times, then shows this answer itself.
+    fake_kheops.token_answer = (503, "down")
+    location = launched(exchange=False)
+
+    token = client.get(token_url_of(location))
+
+    assert token.status_code == 502
+    assert token.json()["advice"] == "Wait a moment, then open the study again from KHEOPS."
+    assert token.json()["retryable"] is True
+    assert client.get(location).status_code == 200
 
 
 def test_the_expired_page(client: Client, launched: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ exchanges the code, again with the trusted KHEOPS only.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -370,11 +371,12 @@ def test_the_token_of_a_launch_that_is_not_ours_is_a_403(
     assert len(fake_kheops.router.calls) == 0
 
 
-def test_the_config_of_a_launch_that_is_not_ours_is_a_403_script(client: Client, db: None) -> None:
-    response = client.get("/launches/NotOurs123/app-config.js")
+def test_the_viewer_of_a_launch_that_is_not_ours_is_a_403_page_without_launch_data(client: Client, db: None) -> None:
+    response = client.get("/launches/NotOurs123/viewer")
 
     assert response.status_code == 403
-    assert response["Content-Type"].startswith("text/javascript")
+    assert response["Content-Type"].startswith("text/html")
+    assert "kheops-ohif-launch" not in response.content.decode()
     assert "Bearer" not in response.content.decode()
 
 
@@ -402,9 +404,9 @@ def test_another_sessions_launch_id_gets_nothing(
         stranger.cookies[f"kheops_ohif_grant_{launch_id}"] = key
     exchanges = len(fake_kheops.token_requests)
 
-    assert stranger.get(location).status_code == 403
-    config = stranger.get(f"/launches/{launch_id}/app-config.js")
-    assert config.status_code == 403
+    page = stranger.get(location)
+    assert page.status_code == 403
+    assert "kheops-ohif-launch" not in page.content.decode()
     token = stranger.get(token_url)
     assert token.status_code == 403
     assert "belongs to another browser session" in token.json()["error"]
@@ -414,7 +416,7 @@ def test_another_sessions_launch_id_gets_nothing(
     assert len(fake_kheops.token_requests) == exchanges
     grant = LaunchGrant.objects.get(launch_id=launch_id)
     assert grant.state == (GrantState.READY if exchanged else GrantState.PENDING)
-    for body in (config.content.decode(), token.content.decode()):
+    for body in (page.content.decode(), token.content.decode()):
         assert "Bearer" not in body
         for secret in fake_kheops.issued_tokens:
             assert secret not in body
@@ -454,11 +456,10 @@ def test_a_token_parameter_on_the_launch_does_not_replace_ours(
     assert response.status_code == 302
     assert "eyJattacker" not in response["Location"]
     page = client.get(response["Location"]).content.decode()
-    [config_url] = re.findall(r'src="([^"]*app-config\.js)"', page)
-    script = client.get(config_url).content.decode()
-    assert "eyJattacker" not in script
-    # The token the viewer gets: from the URL its app-config.js fetches.
-    [token_url] = re.findall(r'fetch\("([^"]+)"', script)
+    assert "eyJattacker" not in page
+    # The token the viewer gets: from the URL its launch data names.
+    [data] = re.findall(r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page, re.S)
+    token_url = json.loads(data)["tokenUrl"]
     assert token_url == token_url_of(response["Location"])
 
     token = client.get(token_url)

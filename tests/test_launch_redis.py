@@ -14,7 +14,7 @@ import redis
 from django.test import Client
 
 from launcher.models import LaunchOutcome, LaunchRecord, UsedCode
-from tests.fakes import FakeKheops, launch_and_exchange
+from tests.fakes import FakeKheops, launch_and_exchange, token_url_of
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -63,7 +63,7 @@ def test_a_replay_is_refused_with_redis_configured(with_redis: redis.Redis, fake
     assert LaunchRecord.objects.filter(outcome=LaunchOutcome.REPLAY).count() == 1
 
 
-def test_a_failed_exchange_releases_the_code_with_redis_configured(
+def test_a_transient_failure_is_retried_by_the_same_browser_with_redis_configured(
     with_redis: redis.Redis, fake_kheops: FakeKheops
 ) -> None:
     client = Client()
@@ -71,11 +71,12 @@ def test_a_failed_exchange_releases_the_code_with_redis_configured(
     fake_kheops.token_answer = (503, "busy")
     launch, token = launch_and_exchange(client, url)
     assert (launch.status_code, token.status_code) == (302, 502)
-    assert UsedCode.objects.count() == 0
+    assert UsedCode.objects.count() == 1
 
     fake_kheops.token_answer = None
-    launch, token = launch_and_exchange(client, url)
-    assert (launch.status_code, token.status_code) == (302, 200)
+    again = client.get(token_url_of(launch["Location"]))
+    assert again.status_code == 200
+    assert Client().get(url).status_code == 409  # nobody else
     assert UsedCode.objects.count() == 1
     assert len(fake_kheops.token_requests) == 2
 

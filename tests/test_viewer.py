@@ -15,13 +15,22 @@ import pytest
 from django.conf import settings
 from django.test import AsyncClient, Client
 
-from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord
-from tests.fakes import ROOT, STUDY_1, STUDY_2, TOKEN_URL, FakeKheops, token_url_of
+from launcher import services
+from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord, Provider
+from tests.fakes import ALBUM_ID, ROOT, STUDY_1, STUDY_2, TOKEN_URL, FakeKheops, token_url_of
 
 
-def config_url_of(page: str) -> str:
-    [url] = re.findall(r'<script[^>]*src="([^"]*app-config\.js)"', page)
-    return url
+def launch_data_of(page: str) -> dict[str, Any]:
+    """The launch's JSON data block (what static/launcher/launch.js reads)."""
+    [data] = re.findall(r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page, re.S)
+    return json.loads(data)
+
+
+def script_sources(page: str) -> list[str]:
+    return re.findall(r'<script[^>]*\bsrc="([^"]*)"', page)
+
+
+LAUNCH_JS = (Path(settings.BASE_DIR) / "static/launcher/launch.js").read_text()
 
 
 def launch_id_of(location: str) -> str:
@@ -37,10 +46,19 @@ def test_the_viewer_page_is_ohifs_index_with_our_config(client: Client, launched
     page = response.content.decode()
     assert '<div id="root">' in page
     launch_id = urlsplit(location).path.split("/")[2]
-    assert config_url_of(page) == f"/launches/{launch_id}/app-config.js"
+    assert launch_data_of(page)["launchId"] == launch_id
+    # Our script, the same for every launch, before OHIF's bundle; cached for ever (hashed).
+    [launch_js] = [src for src in script_sources(page) if "/launcher/launch." in src]
+    assert re.fullmatch(r"/static/launcher/launch\.[0-9a-f]{12}\.js", launch_js)
+    assert script_sources(page).index(launch_js) < min(
+        i for i, src in enumerate(script_sources(page)) if src.startswith(settings.OHIF_ASSET_URL)
+    )
     assert "no-store" in response["Cache-Control"]
-    # No inline script may remain: the page runs under script-src 'self'.
-    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == []
+    # No inline script may remain (the page runs under script-src 'self'): the launch's data
+    # is a JSON data block, which browsers do not run.
+    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == [
+        '<script id="kheops-ohif-launch" type="application/json">'
+    ]
 
 
 def test_the_viewer_page_allows_exactly_the_dicomweb_origin(client: Client, launched: Callable[..., str]) -> None:
@@ -53,38 +71,42 @@ def test_the_viewer_page_allows_exactly_the_dicomweb_origin(client: Client, laun
     assert "'unsafe-inline'" not in csp.split("script-src", 1)[1].split(";", 1)[0]
 
 
-def test_app_config_fetches_the_token_and_installs_one_kheops_data_source(
+def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(
     client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
 ) -> None:
     location = launched(studies=(STUDY_1, STUDY_2))
     page = client.get(location).content.decode()
 
-    response = client.get(config_url_of(page))
+    data = launch_data_of(page)
 
-    assert response.status_code == 200
-    assert response["Content-Type"].startswith("text/javascript")
-    assert "no-store" in response["Cache-Control"]
-    script = response.content.decode()
-    # The token is never in the script (a cacheable, loggable resource): it asks for it.
+    assert set(data) == {"launchId", "publicUrl", "tokenUrl", "returnUri", "brand", "config"}
+    # The token is never in the page: launch.js asks for it.
     [token] = fake_kheops.issued_tokens
-    assert token not in script
-    assert "Bearer" not in script
-    assert f'fetch("/launches/{launch_id_of(location)}/token"' in script
-    assert 'credentials: "same-origin"' in script
-    assert "userAuthenticationService.setServiceImplementation" in script
-    assert "preRegistration" in script
-    config = json.loads(re.search(r"var config = (\{.*\});\n", script).group(1))
+    assert token not in page
+    assert "Bearer" not in page
+    assert data["tokenUrl"] == f"/launches/{launch_id_of(location)}/token"
+    assert data["publicUrl"] == settings.OHIF_ASSET_URL
+    assert settings.OHIF_ASSET_URL.startswith("/static/ohif/")
+    assert data["returnUri"] == f"{ROOT}/albums/{ALBUM_ID}"
+    config = data["config"]
     assert config["showStudyList"] is False
-    assert config["routerBasename"] == config_url_of(page).removesuffix("/app-config.js")
+    assert config["routerBasename"] == f"/launches/{launch_id_of(location)}"
+    assert config["defaultDataSourceName"] == "kheops"
     [source] = config["dataSources"]
     assert source["namespace"] == "@ohif/extension-default.dataSourcesModule.dicomweb"
     assert source["configuration"]["qidoRoot"] == source["configuration"]["wadoRoot"] == f"{ROOT}/api"
     assert source["configuration"]["thumbnailRendering"] == "wadors"
-    assert script.count("dataSourcesModule") == 1
     for unsafe in ("dangerouslyUseDynamicConfig", "customizationUrlPrefixes", "oidc", "dicomjson", "dicomwebproxy"):
-        assert unsafe not in script
-    assert f'window.PUBLIC_URL = "{settings.OHIF_ASSET_URL}"' in script
-    assert settings.OHIF_ASSET_URL.startswith("/static/ohif/")
+        assert unsafe not in json.dumps(data) and unsafe not in LAUNCH_JS
+
+
+def test_launch_js_asks_for_the_token_and_installs_it_where_ohif_takes_headers() -> None:
+    assert "fetch(launch.tokenUrl, {" in LAUNCH_JS
+    assert 'credentials: "same-origin"' in LAUNCH_JS
+    assert "userAuthenticationService.setServiceImplementation" in LAUNCH_JS
+    assert "preRegistration" in LAUNCH_JS
+    assert "window.PUBLIC_URL = launch.publicUrl;" in LAUNCH_JS
+    assert 'document.getElementById("kheops-ohif-launch")' in LAUNCH_JS
 
 
 def test_the_page_and_its_config_load_before_the_exchange(
@@ -93,11 +115,9 @@ def test_the_page_and_its_config_load_before_the_exchange(
     location = launched(exchange=False)
 
     page = client.get(location)
-    config = client.get(config_url_of(page.content.decode()))
 
     assert page.status_code == 200
-    assert config.status_code == 200
-    assert f'fetch("{token_url_of(location)}"' in config.content.decode()
+    assert launch_data_of(page.content.decode())["tokenUrl"] == token_url_of(location)
     # Only the token request exchanges the code.
     assert fake_kheops.token_requests == []
     assert fake_kheops.issued_tokens == []
@@ -200,17 +220,16 @@ def test_another_browser_gets_a_403_page_and_never_the_token(
     stranger = Client()
 
     page = stranger.get(location)
-    config = stranger.get(location.split("?")[0].rsplit("/", 1)[0] + "/app-config.js")
     token = stranger.get(token_url_of(location))
 
     assert page.status_code == 403
     assert "another browser session" in page.content.decode()
-    assert config.status_code == 403
+    assert "kheops-ohif-launch" not in page.content.decode()
     assert token.status_code == 403
     assert "another browser session" in token.json()["error"]
     assert "authorization" not in token.json()
     [issued] = fake_kheops.issued_tokens
-    for response in (page, config, token):
+    for response in (page, token):
         assert issued not in response.content.decode()
 
 
@@ -279,13 +298,11 @@ def test_an_expired_grant_shows_the_way_back(
     monkeypatch.setattr(time, "time", lambda: two_hours_later)
 
     page = client.get(location)
-    config = client.get(location.split("?")[0].rsplit("/", 1)[0] + "/app-config.js")
     token = client.get(token_url_of(location))
 
     assert page.status_code == 410
     assert "expired" in page.content.decode()
     assert f'href="{ROOT}/albums/' in page.content.decode()
-    assert config.status_code == 403
     assert token.status_code == 410
     assert "expired" in token.json()["error"]
     assert token.json()["returnUri"].startswith(f"{ROOT}/albums/")
@@ -301,17 +318,16 @@ def test_a_failed_exchange_turns_the_viewer_into_its_error_page(
 
     token = client.get(token_url_of(location))
     page = client.get(location)
-    config = client.get(location.split("?")[0].rsplit("/", 1)[0] + "/app-config.js")
     again = client.get(token_url_of(location))
 
     assert token.status_code == 403
     assert "may have expired" in token.json()["error"]
     assert token.json()["returnUri"].startswith(f"{ROOT}/albums/")
+    assert token.json()["retryable"] is False
     assert page.status_code == 403
     assert "Cannot open the viewer" in page.content.decode()
     assert "may have expired" in page.content.decode()
     assert f'href="{ROOT}/albums/' in page.content.decode()
-    assert config.status_code == 403
     # The failure is kept: no second exchange of the same code.
     assert again.status_code == 403
     assert again.json() == token.json()
@@ -324,17 +340,15 @@ def test_the_token_answer_tells_the_banner_how_long_is_left(
     fake_kheops.expires_in = 120
     location = launched(exchange=False)
     page = client.get(location).content.decode()
-    script = client.get(config_url_of(page)).content.decode()
 
     token = client.get(token_url_of(location)).json()
 
     assert 110 <= token["expiresIn"] <= 120
     assert token["userName"] == "Dr Alice Martin"
-    # The config hands the banner the way back and a promise of the token's lifetime.
-    return_uri = json.loads(re.search(r"var returnUri = (\"[^\"]*\");", script).group(1))
-    assert return_uri.startswith(f"{ROOT}/albums/")
-    launch = re.search(r"window\.kheopsLaunch = \{(.*?)\n  \};", script, re.S).group(1)
-    assert "returnUri: returnUri" in launch
+    # launch.js hands the banner the way back and a promise of the token's lifetime.
+    assert launch_data_of(page)["returnUri"].startswith(f"{ROOT}/albums/")
+    launch = re.search(r"window\.kheopsLaunch = \{(.*?)\n  \};", LAUNCH_JS, re.S).group(1)
+    assert "returnUri: launch.returnUri" in launch
     assert re.search(r"ready: token\.then\(function \(body\) \{ return \{ expiresIn: body\.expiresIn", launch)
     assert "banner" in page
     banner = (Path(settings.BASE_DIR) / "static/launcher/banner.js").read_text()
@@ -352,8 +366,8 @@ def test_a_session_keeps_several_launches_apart(
     # The second viewer may well ask first.
     second_token = client.get(token_url_of(second)).json()["authorization"]
     first_token = client.get(token_url_of(first)).json()["authorization"]
-    first_config = client.get(config_url_of(client.get(first).content.decode())).content.decode()
-    second_config = client.get(config_url_of(client.get(second).content.decode())).content.decode()
+    first_config = client.get(first).content.decode()
+    second_config = client.get(second).content.decode()
 
     token_2, token_1 = fake_kheops.issued_tokens
     assert first_token == "Bearer " + token_1
@@ -369,11 +383,14 @@ def test_a_session_keeps_several_launches_apart(
     assert set(LaunchGrant.objects.values_list("state", flat=True)) == {GrantState.READY}
 
 
-def test_values_in_the_config_cannot_break_out_of_the_script() -> None:
-    from launcher.viewer import js_literal
+def test_values_in_the_launch_data_cannot_break_out_of_the_data_block(
+    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    hostile = "</script><script>alert(1)</script>\u2028"
+    Provider.objects.filter(slug="ohif").update(viewer_title=hostile)
+    services.forget_lookups()
 
-    literal = js_literal({"x": "</script><script>alert(1)</script>\u2028"})
+    page = client.get(launched()).content.decode()
 
-    assert "</script>" not in literal
-    assert "\u2028" not in literal
-    assert json.loads(literal) == {"x": "</script><script>alert(1)</script>\u2028"}
+    assert "<script>alert(1)" not in page
+    assert launch_data_of(page)["brand"]["title"] == hostile

@@ -119,12 +119,12 @@ def test_going_back_to_the_launch_url_shows_the_replay_page_not_a_second_viewer(
         journey.open_from_album(CT_STUDY)
         launch_url = journey.launch_url()
     with journey.step("the launch URL again is refused as already used"):
-        configs = sum("/app-config.js" in r.url for r in journey.requests)
+        tokens = sum(r.url.endswith("/token") for r in journey.requests)
         response = journey.page.goto(launch_url)
         assert response is not None and response.status == 409
         assert "already been used" in journey.page.content()
         assert "/launches/" not in journey.page.url
-        assert sum("/app-config.js" in r.url for r in journey.requests) == configs
+        assert sum(r.url.endswith("/token") for r in journey.requests) == tokens
         journey.page_screenshot("error-replay-409")
 
 
@@ -353,3 +353,21 @@ def test_a_code_kheops_refuses_while_ohif_loads_ends_on_our_error_page_with_the_
         journey.page_screenshot("error-exchange-refused-403")
     with journey.step("no DICOMweb request was made without a token"):
         assert journey.dicomweb_requests() == []
+
+
+def test_a_kheops_unavailable_for_a_moment_while_ohif_loads_is_asked_again_and_the_study_opens(
+    journey: Journey,
+) -> None:
+    with journey.step("KHEOPS answers the token request with 503 for a moment"):
+        journey.stack.kheops.set_faults(token_status=503)
+    with journey.step("click Open in OHIF: the viewer starts loading at once"):
+        journey.open_from_album(CT_STUDY)
+    with journey.step("KHEOPS is back: launch.js asks again by itself and the image is drawn"):
+        journey.page.wait_for_timeout(1500)
+        journey.stack.kheops.reset()
+        journey.wait_for_image()
+        assert VIEWER_PATH.search(journey.page.url)
+        token_answers = [r.response().status for r in journey.finished if r.url.endswith("/token") and r.response()]
+        assert token_answers[0] == 502 and token_answers[-1] == 200
+        assert set(token_answers[:-1]) == {502}
+        journey.screenshot("token-asked-again")

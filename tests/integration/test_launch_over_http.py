@@ -6,6 +6,7 @@ per-launch cookie) exchanges the code with KHEOPS.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,22 +35,22 @@ def launch(http: requests.Session, stack: Stack, launch_url: str) -> str:
 
 
 def ask_token(http: requests.Session, viewer_url: str) -> requests.Response:
-    """The viewer's token request (what app-config.js fetches), with this browser's cookies."""
+    """The viewer's token request (what launch.js fetches), with this browser's cookies."""
     return http.get(urlsplit(viewer_url)._replace(path=token_url_of(viewer_url), query="").geturl(), timeout=20)
 
 
 def token_from_viewer(http: requests.Session, viewer_url: str) -> str:
-    """Load the viewer as a browser does: its page, its config, then the token request."""
+    """Load the viewer as a browser does: its page (with the launch's data), then the token
+    request its launch.js makes."""
     page = http.get(viewer_url, timeout=10)
     assert page.status_code == 200
-    [config_path] = re.findall(r'src="([^"]*app-config\.js)"', page.text)
-    script = http.get(urlsplit(viewer_url)._replace(path=config_path, query="").geturl(), timeout=10).text
-    assert f'fetch("{token_url_of(viewer_url)}"' in script
+    [data] = re.findall(r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page.text, re.S)
+    assert json.loads(data)["tokenUrl"] == token_url_of(viewer_url)
     answer = ask_token(http, viewer_url)
     assert answer.status_code == 200, answer.text
     assert "no-store" in answer.headers["Cache-Control"]
     token = answer.json()["authorization"].removeprefix("Bearer ")
-    assert token not in script
+    assert token not in page.text
     return token
 
 
