@@ -7,7 +7,7 @@ leaves one `LaunchRecord` (written by `services.launch`); the admin and the audi
 What was *written* during a launch (DICOM SR measurements, segmentations) is not recorded
 yet: OHIF stores them with STOW-RS straight at KHEOPS, so this server never sees them. When
 a same-origin DICOMweb relay carries those writes, it will know the launch they belong to
-(the relay is reached through `/launches/<launch_id>/…`, and the session grant carries the
+(the relay is reached through `/launches/<launch_id>/…`, and the viewer grant carries the
 launch id), and each write becomes one row of a new model keyed to the launch record::
 
     class LaunchWrite(models.Model):

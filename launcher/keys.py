@@ -51,7 +51,7 @@ def _generate() -> SigningKey:
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     kid = secrets.token_urlsafe(12)
     numbers = RSAAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
-    # Exactly the members KHEOPS's JWKS client reads (reference §1.4).
+    # Exactly the members KHEOPS's JWKS client reads (docs/kheops-protocol.md, section 1).
     public_jwk = {"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": numbers["n"], "e": numbers["e"]}
     pem = private_key.private_bytes(
         serialization.Encoding.PEM,

@@ -19,7 +19,7 @@ from whitenoise.middleware import WhiteNoiseMiddleware
 
 from launcher import ohif_bundle
 
-# Measured on OHIF 3.13 (see shared/ohif-notes.md): the codec glue evaluates strings
+# Measured on OHIF 3.13 (docs/ohif.md): the codec glue evaluates strings
 # ('wasm-unsafe-eval' alone breaks compressed-frame decoding), React and sonner inject
 # <style> elements, thumbnails are data: URLs. connect-src gets the launch's DICOMweb
 # origin added per response by the viewer views.

@@ -15,7 +15,7 @@ Layout under the install root::
 
 The build-time asset prefix of OHIF is `/` (`__webpack_require__.p = "/"`); serving under any
 other path needs the literal rewritten in the bundles, the stylesheet, the manifest and
-index.html (see shared/ohif-notes.md). Doing it once here keeps serving a plain file copy.
+index.html (docs/ohif.md). Doing it once here keeps serving a plain file copy.
 """
 
 from __future__ import annotations
@@ -196,35 +196,8 @@ def install(
     final_dir = root / f"{spec.version}-{prefix_tag}"
     work_dir = Path(tempfile.mkdtemp(prefix=".installing-", dir=root))
     try:
-        static_dir = work_dir / "static"
-        log(f"Unpacking {spec.tarball_name} (pruning what a radiology viewer never loads)")
-        _extract_dist(tarball, static_dir, index_target=work_dir / "index.html")
-        log(f"Rewriting the asset prefix to {asset_prefix}")
-        _rewrite_prefix(static_dir, work_dir / "index.html", asset_prefix)
-        log("Precompressing (brotli and gzip)")
-        _precompress(static_dir, brotli_quality=brotli_quality)
-        (work_dir / MARKER).write_text(
-            json.dumps(
-                {
-                    "package": spec.package,
-                    "version": spec.version,
-                    "integrity": spec.integrity,
-                    "asset_prefix": asset_prefix,
-                    "install_format": spec.install_format,
-                },
-                indent=2,
-            )
-        )
-        work_dir.chmod(0o755)
-        if final_dir.exists():
-            # A same-named directory is an older install of this version and prefix: it is
-            # not the one `current` points at when we get here (or `force` was given).
-            trash = Path(tempfile.mkdtemp(prefix=".removing-", dir=root))
-            final_dir.rename(trash / "old")
-            _switch_current(root, work_dir, final_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            _switch_current(root, work_dir, final_dir)
+        _prepare(spec, tarball, work_dir, asset_prefix=asset_prefix, brotli_quality=brotli_quality, log=log)
+        _put_in_place(root, work_dir, final_dir)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
@@ -233,6 +206,46 @@ def install(
     assert bundle is not None
     log(f"Installed {spec.package} {spec.version} at {final_dir}")
     return InstallResult(bundle=bundle, changed=True, downloaded=downloaded)
+
+
+def _prepare(
+    spec: BundleSpec,
+    tarball: Path,
+    work_dir: Path,
+    *,
+    asset_prefix: str,
+    brotli_quality: int,
+    log: Callable[[str], None],
+) -> None:
+    """Unpack, prune, rewrite and precompress the bundle in `work_dir`, and mark it complete."""
+    static_dir = work_dir / "static"
+    log(f"Unpacking {spec.tarball_name} (pruning what a radiology viewer never loads)")
+    _extract_dist(tarball, static_dir, index_target=work_dir / "index.html")
+    log(f"Rewriting the asset prefix to {asset_prefix}")
+    _rewrite_prefix(static_dir, work_dir / "index.html", asset_prefix)
+    log("Precompressing (brotli and gzip)")
+    _precompress(static_dir, brotli_quality=brotli_quality)
+    marker = {
+        "package": spec.package,
+        "version": spec.version,
+        "integrity": spec.integrity,
+        "asset_prefix": asset_prefix,
+        "install_format": spec.install_format,
+    }
+    (work_dir / MARKER).write_text(json.dumps(marker, indent=2))
+    work_dir.chmod(0o755)
+
+
+def _put_in_place(root: Path, work_dir: Path, final_dir: Path) -> None:
+    if final_dir.exists():
+        # A same-named directory is an older install of this version and prefix: it is
+        # not the one `current` points at when we get here (or `force` was given).
+        trash = Path(tempfile.mkdtemp(prefix=".removing-", dir=root))
+        final_dir.rename(trash / "old")
+        _switch_current(root, work_dir, final_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        _switch_current(root, work_dir, final_dir)
 
 
 def _switch_current(root: Path, work_dir: Path, final_dir: Path) -> None:
@@ -377,7 +390,7 @@ def _rewrite_prefix(static_dir: Path, index_html: Path, prefix: str) -> None:
     if js_rewritten == 0:
         raise BundleError(
             "No webpack public path literal found in the bundle: this OHIF build is not laid "
-            "out as expected (see shared/ohif-notes.md) and cannot be served under a prefix."
+            "out as expected and cannot be served under a prefix (see docs/ohif.md)."
         )
     for path in static_dir.glob("*.css"):
         text = path.read_text(encoding="utf-8")

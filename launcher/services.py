@@ -893,7 +893,7 @@ def _key_hash(browser_key: str) -> str:
 def _grant_row(launch_id: str, browser_key: str | None) -> LaunchGrant | None:
     if not browser_key:
         return None
-    row = writes.fetch_one(LaunchGrant, launch_id=launch_id)
+    row = LaunchGrant.objects.filter(launch_id=launch_id).first()
     if row is None or not hmac.compare_digest(row.browser_key_hash, _key_hash(browser_key)):
         return None
     return row
@@ -942,7 +942,7 @@ def refusal_for_another_browser(launch_id: str) -> ViewerRefused:
     """What a browser without the launch's key is told: never the viewer, but the way back
     to KHEOPS and the studies concerned (neither is a secret) when the launch exists."""
     # Only what could be one of our ids reaches the database (no NUL for PostgreSQL).
-    row = writes.fetch_one(LaunchGrant, launch_id=launch_id) if LAUNCH_ID.match(launch_id) else None
+    row = LaunchGrant.objects.filter(launch_id=launch_id).first() if LAUNCH_ID.match(launch_id) else None
     return ViewerRefused(
         403,
         NOT_YOURS,

@@ -1,8 +1,9 @@
-"""The launch's database work, in as few round trips and as little ORM as it can be.
+"""The launch's writes: each one statement, all or nothing, safe for concurrent writers.
 
 A launch writes three rows (the used code, the viewer grant, the audit record); the viewer's
-token request reads the grant and updates it and the audit record. Through the ORM that was
-most of a launch's own time (profiled with bench/launch.py under gunicorn on PostgreSQL):
+token request updates the grant and the audit record, only if the grant is still pending
+(the replay guarantee: of two requests racing, exactly one stores its outcome). Through the
+ORM that was most of a launch's own time (profiled with bench/launch.py on PostgreSQL):
 about a millisecond of query compilation per statement on the benchmark machine, plus BEGIN,
 one round trip per row and COMMIT.
 
@@ -12,18 +13,18 @@ the ORM prepares it). On PostgreSQL several rows go out as one statement with da
 CTEs, in autocommit: one round trip, one commit, all or nothing. Other databases (SQLite:
 in-process, no round trips) run the same statements in an ordinary transaction.
 
-Only plain equality filters and plain values: anything fancier belongs to the ORM.
+Only plain equality filters and plain values: anything fancier (and every read) belongs to
+the ORM. The single-statement SQL runs on PostgreSQL only: run the tests there too, with
+`make test DATABASE_URL=postgres://postgres@127.0.0.1:5432/test` (as CI does).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 from django.db import connection, models, transaction
-
-M = TypeVar("M", bound=models.Model)
 
 
 def _single_statement() -> bool:
@@ -129,24 +130,3 @@ def update_both_if(
     )
     [updated] = _execute(statement, first_params + second_params, fetch=True)
     return updated > 0
-
-
-def fetch_one(model: type[M], **where: Any) -> M | None:
-    """The row matching `where` (equality on unique columns), as a model instance."""
-    meta = model._meta
-    fields = meta.concrete_fields
-    columns = ", ".join(_quote(f.column) for f in fields)
-    clause, params = _where(model, where)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {columns} FROM {_quote(meta.db_table)} WHERE {clause}", params)  # noqa: S608
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    # The converters the ORM applies (JSON, SQLite's dates and booleans, time zones).
-    values = []
-    for field, value in zip(fields, row, strict=True):
-        column = field.get_col(meta.db_table)
-        for converter in [*connection.ops.get_db_converters(column), *column.get_db_converters(connection)]:
-            value = converter(value, column, connection)
-        values.append(value)
-    return model.from_db(connection.alias, [f.attname for f in fields], values)

@@ -1,7 +1,6 @@
 """The DICOMweb API of the KHEOPS stand-in: a relay to Orthanc that behaves like KHEOPS.
 
-What KHEOPS does, and so what this relay does (see shared/kheops-protocol.md §5 and the
-from-source notes §6.2-6.3):
+What KHEOPS does, and so what this relay does (docs/kheops-protocol.md, section 5):
 
 - a report-provider access token is required, as `Bearer <token>` or as the password of a
   `Basic` header; a bad or expired one gets 401;

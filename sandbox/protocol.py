@@ -1,8 +1,8 @@
 """The KHEOPS side of the report-provider protocol: registration, launch, token, introspection,
 userinfo. Views parse HTTP and call one function here; these functions raise `ApiError` (KHEOPS's
 `{"message","detail"}` answers) or `TokenRequestError` (`{"error","error_description"}`, always
-400) in the order KHEOPS checks things. Sources are named as in
-/work/shared/reference/kheops-protocol-from-source.md.
+400) in the order KHEOPS checks things (docs/kheops-protocol.md; the KHEOPS classes are
+named where a quirk comes from).
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ Hooked from `tests/conftest.py`, it watches the whole test run:
 
 - **Secrets** are registered where they come to exist, at our app's boundaries: the `code`
   parameter of every request our app receives, every client assertion we sign, every
-  access token KHEOPS (fake or stand-in) gives us, and every value we seal (the KHEOPS
-  token in the session, the private signing keys, line by line).
+  access token KHEOPS (fake or stand-in) gives us, and every value we seal (the code and
+  the KHEOPS token in a viewer grant, the private signing keys, line by line).
 - **What is scanned**: every log record (DEBUG and up; the root logger is set to DEBUG)
   written by our app, Django, or anything while our app handles a request; every response
-  header (Location, Set-Cookie, …) and every HTML, plain-text, JavaScript (the generated
-  `app-config.js`) or JSON body our app sends; and, after each test that touches the
+  header (Location, Set-Cookie, …) and every HTML (the viewer page with its launch data),
+  plain-text, JavaScript or JSON body our app sends; and, after each test that touches the
   database and before its state is rolled back, every row of every table, with
   `django_session` rows decoded.
 - **Not scanned**, because the protocol puts secrets there on purpose: the successful
@@ -42,7 +42,7 @@ SCANNED_APPS = {"launcher", "sessions", "admin"}
 # records are scanned only while our app handles a request (the test's own HTTP client
 # logs the launch URL, code included, as a browser's history would hold it).
 APP_LOGGERS = ("launcher", "kheops_ohif", "django", "uvicorn", "httpx")
-# Response bodies read for secrets: pages, scripts (app-config.js) and JSON answers.
+# Response bodies read for secrets: pages (the viewer's launch data), scripts and JSON answers.
 SCANNED_CONTENT_TYPES = ("text/html", "text/plain", "text/javascript", "application/javascript", "application/json")
 # The view whose successful answer carries the token to the viewer, by design.
 TOKEN_VIEW = "viewer-token"

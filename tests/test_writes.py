@@ -302,62 +302,6 @@ def test_update_both_if_can_store_a_failure(linked: tuple[Provider, KheopsServer
     )
 
 
-# --- fetch_one ---------------------------------------------------------------------------
-
-
-def test_fetch_one_returns_what_the_orm_returns(linked: tuple[Provider, KheopsServer]) -> None:
-    provider, server = linked
-    writes.insert_together(a_grant(linked, failure_status=502, user_name="Zoë"), a_record(linked))
-
-    grant = writes.fetch_one(LaunchGrant, launch_id="launch-1")
-    record = writes.fetch_one(LaunchRecord, launch_id="launch-1")
-
-    orm_grant = LaunchGrant.objects.get()
-    orm_record = LaunchRecord.objects.get()
-    assert isinstance(grant, LaunchGrant) and isinstance(record, LaunchRecord)
-    assert grant == orm_grant and record == orm_record
-    assert field_values(grant) == field_values(orm_grant)
-    assert field_values(record) == field_values(orm_record)
-    assert grant.study_uids == AWKWARD_JSON
-    assert grant.expires_at.tzinfo is not None and grant.expires_at == orm_grant.expires_at
-    assert record.created_at.tzinfo is not None
-    assert grant.provider == provider and grant.kheops_server == server  # FKs load as usual
-    assert record.remote_addr == "2001:db8::1"
-    assert grant.failure_status == 502
-
-
-def test_fetch_one_converts_booleans_and_json(linked: tuple[Provider, KheopsServer]) -> None:
-    provider, _ = linked
-    Provider.objects.filter(pk=provider.pk).update(enabled=False, supported_modalities=["CT", "MR"])
-
-    fetched = writes.fetch_one(Provider, slug="writes-test")
-
-    assert fetched is not None
-    assert fetched.enabled is False
-    assert fetched.supported_modalities == ["CT", "MR"]
-    assert field_values(fetched) == field_values(Provider.objects.get(pk=provider.pk))
-
-
-def test_fetch_one_gives_an_instance_that_saves_as_an_update(linked: tuple[Provider, KheopsServer]) -> None:
-    writes.insert_together(a_grant(linked))
-    grant = writes.fetch_one(LaunchGrant, launch_id="launch-1")
-    assert grant is not None
-
-    grant.user_name = "saved"
-    grant.save()
-
-    assert LaunchGrant.objects.count() == 1
-    assert LaunchGrant.objects.get().user_name == "saved"
-
-
-def test_fetch_one_returns_none_when_nothing_matches(linked: tuple[Provider, KheopsServer]) -> None:
-    writes.insert_together(a_grant(linked))
-
-    assert writes.fetch_one(LaunchGrant, launch_id="launch-2") is None
-    assert writes.fetch_one(LaunchGrant, launch_id="launch-1", state=GrantState.READY) is None
-    assert writes.fetch_one(LaunchGrant, launch_id="launch-1", state=GrantState.PENDING) is not None
-
-
 # --- Concurrent writers (a database server) --------------------------------------------
 
 
