@@ -23,6 +23,7 @@ test: deps-dev system-deps-test prepare
 
 lint: deps-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 deps: $(VENV)/.deps-run
 deps-dev: $(VENV)/.deps-dev

@@ -207,7 +207,14 @@ class ServerProcess:
 
     @classmethod
     def start(
-        cls, name: str, command: list[str], *, url: str, env: dict[str, str], log: Path, cwd: Path = REPO
+        cls,
+        name: str,
+        command: list[str],
+        *,
+        url: str,
+        env: dict[str, str],
+        log: Path,
+        cwd: Path = REPO,
     ) -> ServerProcess:
         with log.open("ab") as out:
             process = subprocess.Popen(
@@ -314,14 +321,19 @@ class PreviousRelease:
         try:
             subprocess.run(
                 ["git", "worktree", "add", "--detach", str(where), self.commit],
-                cwd=REPO, check=True, capture_output=True, timeout=COMMAND_TIMEOUT_SECONDS,
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT_SECONDS,
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise StackError(f"cannot check out {self.commit} (a shallow clone?): {exc}") from exc
         try:
             yield where
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=REPO, capture_output=True)
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(where)], cwd=REPO, capture_output=True
+            )
             shutil.rmtree(where.parent, ignore_errors=True)
 
 
@@ -380,7 +392,9 @@ class BenchStack:
             )
             kheops = ServerProcess.start(
                 "KHEOPS stand-in",
-                gunicorn_command("sandbox.wsgi", port=kheops_port, workers=1, threads=kheops_threads),
+                gunicorn_command(
+                    "sandbox.wsgi", port=kheops_port, workers=1, threads=kheops_threads
+                ),
                 url=kheops_url,
                 env=kheops_env,
                 log=workdir / "kheops.log",
@@ -410,11 +424,16 @@ class BenchStack:
             if previous:
                 release = previous[0]
                 command = gunicorn_command(
-                    "kheops_ohif.wsgi", port=app_port, workers=release.workers, threads=release.threads
+                    "kheops_ohif.wsgi",
+                    port=app_port,
+                    workers=release.workers,
+                    threads=release.threads,
                 )
                 workers = release.workers
             else:
-                command = uvicorn_command("kheops_ohif.asgi:application", port=app_port, workers=workers)
+                command = uvicorn_command(
+                    "kheops_ohif.asgi:application", port=app_port, workers=workers
+                )
             app = ServerProcess.start(
                 "kheops-ohif", command, url=app_url, env=app_env, log=workdir / "app.log", cwd=code
             )

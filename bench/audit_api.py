@@ -99,7 +99,9 @@ def _measure(vendor: str) -> list[_harness.Result]:
         fifth_page, params = get(fifth_page, params)["next"], None
     assert len(get(fifth_page)["results"]) == PAGE_SIZE
 
-    def result(name: str, url: str, params: dict[str, object] | None, notes: str) -> _harness.Result:
+    def result(
+        name: str, url: str, params: dict[str, object] | None, notes: str
+    ) -> _harness.Result:
         samples = _harness.time_ms(lambda: get(url, params), repeat=REPEAT, warmup=WARMUP)
         return _harness.Result("audit_api", name, "ms", samples, f"{notes}; {vendor}")
 
@@ -173,7 +175,9 @@ def _token(client: object) -> str:
     )
     basic = base64.b64encode(f"{app.client_id}:{secret}".encode()).decode()
     response = client.post(  # type: ignore[attr-defined]
-        "/oauth/token/", {"grant_type": "client_credentials"}, headers={"Authorization": f"Basic {basic}"}
+        "/oauth/token/",
+        {"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
     )
     assert response.status_code == 200, response.content
     return response.json()["access_token"]

@@ -93,12 +93,15 @@ MB, KB = 1_000_000, 1_000
 # Runs in every document before its own scripts. Records when the first non-black pixel
 # reaches a cornerstone canvas; OHIF's answer to an unreadable study (/notfoundstudy) ends
 # the wait too, so a broken launch fails fast instead of timing out.
-FIRST_IMAGE_PROBE = """
+FIRST_IMAGE_PROBE = (
+    """
 (() => {
   if (window.top !== window) { return; }
   const probe = { drawnAt: null, events: 0 };
   window.__benchFirstImage = probe;
-""" + CANVAS_SHOWS_IMAGE_JS + """
+"""
+    + CANVAS_SHOWS_IMAGE_JS
+    + """
   const drawn = () => [...document.querySelectorAll("canvas.cornerstone-canvas")].some(canvasShowsImage);
   // The event does not bubble: listen in the capture phase. It fires after cornerstone has
   // copied the rendered image to the canvas, so the check sees exactly that frame.
@@ -108,6 +111,7 @@ FIRST_IMAGE_PROBE = """
   }, true);
 })();
 """
+)
 PROBE_DONE = """() => location.pathname.endsWith("/notfoundstudy")
   || (window.__benchFirstImage !== undefined && window.__benchFirstImage.drawnAt !== null)"""
 PROBE_STATE = """() => {
@@ -569,7 +573,9 @@ def measure() -> list[_harness.Result]:
         launch_id, app_config, token = baseline_config(stack, study)
         bundle_dir = (OHIF_ROOT / "current").resolve()
         with (
-            StaticOhif(bundle_dir, launch_id=launch_id, app_config=app_config, token=token) as static,
+            StaticOhif(
+                bundle_dir, launch_id=launch_id, app_config=app_config, token=token
+            ) as static,
             sync_playwright() as playwright,
         ):
             ours = Ours(stack, study)
@@ -713,7 +719,8 @@ def timing_results(kind: str, samples: Samples, server: str) -> list[Result]:
             "ms",
             [load.launch_ms for load in samples.ours],
             "our /providers/ohif/launch as the browser saw it (navigation start included); its "
-            "Server-Timing, medians: " + (server_timing_medians(samples.ours) or "(none sent)")
+            "Server-Timing, medians: "
+            + (server_timing_medians(samples.ours) or "(none sent)")
             + "; the exchange, while OHIF loads (token request's Server-Timing): "
             + (server_timing_medians(samples.ours, token=True) or "(none seen)"),
         ),

@@ -42,7 +42,10 @@ BEFORE_LAUNCHES_PER_SECOND_8 = 22.3
 TARGET_LAUNCHES_PER_SECOND_8 = 2 * BEFORE_LAUNCHES_PER_SECOND_8
 # That code itself, measured side by side in the same run.
 PREVIOUS = PreviousRelease(
-    commit="84513e1", workers=2, threads=8, label="before async serving (84513e1, gunicorn gthread 2 x 8)"
+    commit="84513e1",
+    workers=2,
+    threads=8,
+    label="before async serving (84513e1, gunicorn gthread 2 x 8)",
 )
 
 
@@ -71,7 +74,12 @@ class Launcher:
         studies = stack.study_uids[:3]
         orders = [list(o) for n in (1, 2, 3) for o in itertools.permutations(studies, n)]
         self.plans = itertools.cycle(
-            [(client_id, tokens[user], order) for client_id in client_ids for user in tokens for order in orders]
+            [
+                (client_id, tokens[user], order)
+                for client_id in client_ids
+                for user in tokens
+                for order in orders
+            ]
         )
         self.size = len(client_ids) * len(tokens) * len(orders)
 
@@ -135,7 +143,9 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def run_config(label: str, previous: tuple[PreviousRelease, Path] | None = None) -> list[harness.Result]:
+def run_config(
+    label: str, previous: tuple[PreviousRelease, Path] | None = None
+) -> list[harness.Result]:
     results: list[harness.Result] = []
     with BenchStack.start(workers=2, kheops_threads=16, name="launch", previous=previous) as stack:
         launcher = Launcher(stack)
@@ -152,7 +162,10 @@ def run_config(label: str, previous: tuple[PreviousRelease, Path] | None = None)
         started = time.perf_counter()
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             concurrent = list(
-                pool.map(lambda item: timed_launch(sessions[item[0] % CONCURRENCY], item[1]), enumerate(urls))
+                pool.map(
+                    lambda item: timed_launch(sessions[item[0] % CONCURRENCY], item[1]),
+                    enumerate(urls),
+                )
             )
         wall = time.perf_counter() - started
         for session in sessions:
@@ -169,38 +182,54 @@ def run_config(label: str, previous: tuple[PreviousRelease, Path] | None = None)
         upstream = [s.upstream_ms for s in samples]
         results += [
             harness.Result(
-                BENCHMARK, f"our processing, launch request (to the redirect), {kind}, {label}", "ms",
+                BENCHMARK,
+                f"our processing, launch request (to the redirect), {kind}, {label}",
+                "ms",
                 launch_app,
                 notes=f"p99 {p99:.1f} ms; targets p50 <= {TARGET_APP_P50_MS:g}, p99 <= {TARGET_APP_P99_MS:g}: "
                 f"{'met' if met else 'MISSED'}; check, claim the code, store the grant, redirect",
             ),
             harness.Result(
-                BENCHMARK, f"our processing, token request (the exchange), {kind}, {label}", "ms",
+                BENCHMARK,
+                f"our processing, token request (the exchange), {kind}, {label}",
+                "ms",
                 token_app,
                 notes=f"p99 {percentile(token_app, 99):.1f} ms; runs while the browser loads OHIF",
             ),
             harness.Result(
-                BENCHMARK, f"our processing per launch, both requests, {kind}, {label}", "ms", both,
+                BENCHMARK,
+                f"our processing per launch, both requests, {kind}, {label}",
+                "ms",
+                both,
                 notes=f"p99 {percentile(both, 99):.1f} ms",
             ),
             harness.Result(
-                BENCHMARK, f"upstream round trips (the floor), {kind}, {label}", "ms", upstream,
+                BENCHMARK,
+                f"upstream round trips (the floor), {kind}, {label}",
+                "ms",
+                upstream,
                 notes=f"p99 {percentile(upstream, 99):.1f} ms; discovery (cached 60 s) + token + userinfo",
             ),
             harness.Result(
-                BENCHMARK, f"launch as the browser sees it, {kind}, {label}", "ms",
+                BENCHMARK,
+                f"launch as the browser sees it, {kind}, {label}",
+                "ms",
                 [s.launch_client_ms for s in samples],
                 notes=f"p99 {percentile([s.launch_client_ms for s in samples], 99):.1f} ms; "
                 "GET of the launch URL to our 302",
             ),
             harness.Result(
-                BENCHMARK, f"token request as the browser sees it, {kind}, {label}", "ms",
+                BENCHMARK,
+                f"token request as the browser sees it, {kind}, {label}",
+                "ms",
                 [s.token_client_ms for s in samples],
                 notes=f"p99 {percentile([s.token_client_ms for s in samples], 99):.1f} ms; "
                 "the exchange's KHEOPS round trips included",
             ),
             harness.Result(
-                BENCHMARK, f"the exchange, launch then token request, {kind}, {label}", "ms",
+                BENCHMARK,
+                f"the exchange, launch then token request, {kind}, {label}",
+                "ms",
                 [s.launch_client_ms + s.token_client_ms for s in samples],
                 notes="the two requests one after the other, as the client sees them",
             ),
@@ -208,7 +237,9 @@ def run_config(label: str, previous: tuple[PreviousRelease, Path] | None = None)
     throughput = CONCURRENT_LAUNCHES / wall
     results.append(
         harness.Result(
-            BENCHMARK, f"launches per second, {CONCURRENCY} concurrent, {label}", "launches/s",
+            BENCHMARK,
+            f"launches per second, {CONCURRENCY} concurrent, {label}",
+            "launches/s",
             [throughput],
             notes=f"{CONCURRENT_LAUNCHES} launches in {wall:.1f} s; {where}; before: "
             f"{BEFORE_LAUNCHES_PER_SECOND_8:g}, target >= {TARGET_LAUNCHES_PER_SECOND_8:g}: "
@@ -218,8 +249,10 @@ def run_config(label: str, previous: tuple[PreviousRelease, Path] | None = None)
     worst = max(rss)
     results.append(
         harness.Result(
-            BENCHMARK, f"server worker RSS after {SINGLE_LAUNCHES + CONCURRENT_LAUNCHES + 5} launches, {label}",
-            "MB", rss,
+            BENCHMARK,
+            f"server worker RSS after {SINGLE_LAUNCHES + CONCURRENT_LAUNCHES + 5} launches, {label}",
+            "MB",
+            rss,
             notes=f"target <= {TARGET_WORKER_RSS_MB:g} MB: {'met' if worst <= TARGET_WORKER_RSS_MB else 'MISSED'}",
         )
     )
@@ -228,7 +261,9 @@ def run_config(label: str, previous: tuple[PreviousRelease, Path] | None = None)
 
 def measure() -> list[harness.Result]:
     use_postgres_if_available()
-    database = "PostgreSQL" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "SQLite"
+    database = (
+        "PostgreSQL" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "SQLite"
+    )
     results = []
     os.environ.pop("REDIS_URL", None)
     results += run_config(database)

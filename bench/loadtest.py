@@ -84,17 +84,28 @@ VIEWER_RETRY_DELAYS = (1.0, 2.0, 4.0)
 # Servers compared: ours (the README's production command); the code before async serving as
 # it was run then (the README's production command, and `make run`'s); and today's code
 # through its WSGI entry point.
-BEFORE = PreviousRelease(commit="84513e1", workers=2, threads=16, label="before async serving (84513e1)")
+BEFORE = PreviousRelease(
+    commit="84513e1", workers=2, threads=16, label="before async serving (84513e1)"
+)
 SERVERS: dict[str, dict[str, Any]] = {
     "asgi": {"label": "uvicorn, ASGI, 2 workers (production command)", "workers": 2},
     "before-2x16": {
-        "label": "before: gunicorn gthread 2 x 16 (its production command)", "workers": 2, "threads": 16,
+        "label": "before: gunicorn gthread 2 x 16 (its production command)",
+        "workers": 2,
+        "threads": 16,
         "previous": True,
     },
     "before-2x4": {
-        "label": "before: gunicorn gthread 2 x 4 (its make run)", "workers": 2, "threads": 4, "previous": True,
+        "label": "before: gunicorn gthread 2 x 4 (its make run)",
+        "workers": 2,
+        "threads": 4,
+        "previous": True,
     },
-    "wsgi-2x16": {"label": "today's WSGI entry point, gunicorn gthread 2 x 16", "workers": 2, "threads": 16},
+    "wsgi-2x16": {
+        "label": "today's WSGI entry point, gunicorn gthread 2 x 16",
+        "workers": 2,
+        "threads": 16,
+    },
 }
 
 
@@ -189,7 +200,9 @@ class LoadStack:
             raise StackError("the load test needs PostgreSQL (DATABASE_URL or 127.0.0.1:5432)")
         _run(["-m", "django", "migrate", "--noinput", "--verbosity", "0"], self.kheops_env)
         seeded = _run(["-m", "django", "sandbox_seed"], self.kheops_env)
-        self.album_id = next(line.split()[1] for line in seeded.splitlines() if line.startswith("demo_album "))
+        self.album_id = next(
+            line.split()[1] for line in seeded.splitlines() if line.startswith("demo_album ")
+        )
         # Like a real KHEOPS, the stand-in has threads to spare: it is not what is measured.
         self.kheops = ServerProcess.start(
             "KHEOPS stand-in",
@@ -212,14 +225,23 @@ class LoadStack:
         assert code is not None, f"{server} needs the previous release checked out"
         if "threads" in config:
             command = gunicorn_command(
-                "kheops_ohif.wsgi", port=self.app_port, workers=config["workers"], threads=config["threads"]
+                "kheops_ohif.wsgi",
+                port=self.app_port,
+                workers=config["workers"],
+                threads=config["threads"],
             )
         else:
-            command = uvicorn_command("kheops_ohif.asgi:application", port=self.app_port, workers=config["workers"])
+            command = uvicorn_command(
+                "kheops_ohif.asgi:application", port=self.app_port, workers=config["workers"]
+            )
         self.database = self._database_for(code)
         self.app = ServerProcess.start(
-            "kheops-ohif", command, url=self.app_url, env=self._env_for(code),
-            log=self.workdir / f"app-{server}.log", cwd=code,
+            "kheops-ohif",
+            command,
+            url=self.app_url,
+            env=self._env_for(code),
+            log=self.workdir / f"app-{server}.log",
+            cwd=code,
         )
         self.app.wait_until_up("/healthz", workers=config["workers"])
         if not self.client_ids:
@@ -230,8 +252,14 @@ class LoadStack:
 
     def _database_for(self, code: Path) -> ThrowawayDatabase:
         if code not in self.databases:
-            self.databases[code] = ThrowawayDatabase.create(self.workdir, f"load{len(self.databases)}")
-            _run(["manage.py", "migrate", "--noinput", "--verbosity", "0"], self._env_for(code), cwd=code)
+            self.databases[code] = ThrowawayDatabase.create(
+                self.workdir, f"load{len(self.databases)}"
+            )
+            _run(
+                ["manage.py", "migrate", "--noinput", "--verbosity", "0"],
+                self._env_for(code),
+                cwd=code,
+            )
             _run(
                 ["manage.py", "trust_kheops", self.kheops_url, "--name", "KHEOPS stand-in"],
                 self._env_for(code),
@@ -250,7 +278,9 @@ class LoadStack:
         return response.json()["client_id"]
 
     def user_token(self, username: str) -> str:
-        response = self.http.post(f"{self.kheops_url}/_sandbox/user-token", json={"username": username})
+        response = self.http.post(
+            f"{self.kheops_url}/_sandbox/user-token", json={"username": username}
+        )
         response.raise_for_status()
         return response.json()["access_token"]
 
@@ -273,15 +303,21 @@ class LoadStack:
         """
         tokens = [self.user_token(user) for user in ("alice", "bob")]
         studies = self.study_uids()[:3]
-        orders = [list(order) for size in (1, 2, 3) for order in itertools.permutations(studies, size)]
+        orders = [
+            list(order) for size in (1, 2, 3) for order in itertools.permutations(studies, size)
+        ]
         while len(self.client_ids) * len(tokens) * len(orders) < count:
             self.client_ids.append(self.register())
         combos = itertools.product(self.client_ids, tokens, orders)
-        return [(client_id, token, order) for client_id, token, order in itertools.islice(combos, count)]
+        return [
+            (client_id, token, order) for client_id, token, order in itertools.islice(combos, count)
+        ]
 
     def audit_outcomes(self) -> Counter[str]:
         with psycopg.connect(self.database.url) as conn:
-            rows = conn.execute("SELECT outcome, count(*) FROM launcher_launchrecord GROUP BY outcome").fetchall()
+            rows = conn.execute(
+                "SELECT outcome, count(*) FROM launcher_launchrecord GROUP BY outcome"
+            ).fetchall()
         return Counter({outcome: count for outcome, count in rows})
 
     def failure_details(self, since: float) -> dict[str, int]:
@@ -314,7 +350,9 @@ class LoadStack:
 # --- the clicks ---------------------------------------------------------------------------------
 
 
-async def one_launch(stack: LoadStack, client_id: str, user_token: str, studies: list[str]) -> Launch:
+async def one_launch(
+    stack: LoadStack, client_id: str, user_token: str, studies: list[str]
+) -> Launch:
     """One clinician's click, in a browser of its own (its connections, its cookies)."""
     result = Launch()
     phase = "KHEOPS report"
@@ -347,7 +385,9 @@ async def one_launch(stack: LoadStack, client_id: str, user_token: str, studies:
             result.asked_again += 1
             await asyncio.sleep(pause)
         result.token_seconds = time.monotonic() - started
-        if token.status_code != 200 or not token.json().get("authorization", "").startswith("Bearer "):
+        if token.status_code != 200 or not token.json().get("authorization", "").startswith(
+            "Bearer "
+        ):
             result.error = f"token {token.status_code}"
     except Exception as exc:  # every failure is counted, none stops the run
         result.error = f"{phase} {type(exc).__name__}"
@@ -363,7 +403,9 @@ def _browser() -> httpx.AsyncClient:
     return httpx.AsyncClient(trust_env=False, timeout=CLIENT_TIMEOUT_SECONDS, verify=False)  # noqa: S501
 
 
-async def burst(stack: LoadStack, plan: list[tuple[str, str, list[str]]]) -> tuple[list[Launch], float]:
+async def burst(
+    stack: LoadStack, plan: list[tuple[str, str, list[str]]]
+) -> tuple[list[Launch], float]:
     started = time.monotonic()
     launches = await asyncio.gather(*(one_launch(stack, *item) for item in plan))
     return list(launches), time.monotonic() - started
@@ -458,21 +500,36 @@ def run_server(
         scenario.audit_ok = _audit_grew(stack, before, scenario)
         scenario.failure_details = stack.failure_details(since)
         scenarios.append(scenario)
-        print(f"  {server}: {scenario.name}: {len(scenario.failures)} failed of {size}", file=sys.stderr, flush=True)
+        print(
+            f"  {server}: {scenario.name}: {len(scenario.failures)} failed of {size}",
+            file=sys.stderr,
+            flush=True,
+        )
     if slow:
         stack.set_faults(token_delay_seconds=SLOW_TOKEN_SECONDS)
         try:
             plan = stack.plan(slow)
             before = stack.audit_outcomes()
             time.sleep(1.1)
-            scenario = Scenario(server, f"KHEOPS {SLOW_TOKEN_SECONDS:g} s per token, {slow} over {SLOW_SPREAD_SECONDS:g} s", [], 0.0)
+            scenario = Scenario(
+                server,
+                f"KHEOPS {SLOW_TOKEN_SECONDS:g} s per token, {slow} over {SLOW_SPREAD_SECONDS:g} s",
+                [],
+                0.0,
+            )
             since = time.time()
             with watching(stack, scenario):
-                scenario.launches, scenario.wall_seconds = asyncio.run(spread(stack, plan, SLOW_SPREAD_SECONDS))
+                scenario.launches, scenario.wall_seconds = asyncio.run(
+                    spread(stack, plan, SLOW_SPREAD_SECONDS)
+                )
             scenario.audit_ok = _audit_grew(stack, before, scenario)
             scenario.failure_details = stack.failure_details(since)
             scenarios.append(scenario)
-            print(f"  {server}: {scenario.name}: {len(scenario.failures)} failed", file=sys.stderr, flush=True)
+            print(
+                f"  {server}: {scenario.name}: {len(scenario.failures)} failed",
+                file=sys.stderr,
+                flush=True,
+            )
         finally:
             stack.set_faults()
     groups = asyncio.run(duplicates(stack, DUPLICATE_GROUPS, DUPLICATE_USES))
@@ -529,7 +586,8 @@ def checks(measured: dict[str, Any]) -> dict[str, bool]:
     ours = [scenario for scenario in measured["scenarios"] if scenario.server == "asgi"]
     groups = measured["duplicates"].get("asgi", [])
     return {
-        "our server: no failed launch in any scenario": bool(ours) and not any(s.failures for s in ours),
+        "our server: no failed launch in any scenario": bool(ours)
+        and not any(s.failures for s in ours),
         "our server: one audit record per launch, right outcome": all(s.audit_ok for s in ours),
         "our server: exactly one success per duplicated launch URL": bool(groups)
         and all(statuses == [200] + [409] * (DUPLICATE_USES - 1) for statuses in groups),
@@ -546,7 +604,10 @@ def measure() -> list[harness.Result]:
         target = " (target 0)" if scenario.server == "asgi" else ""
         results.append(
             harness.Result(
-                BENCHMARK, f"failed launches, {row['scenario']}, {label}", "launches", [row["failed"]],
+                BENCHMARK,
+                f"failed launches, {row['scenario']}, {label}",
+                "launches",
+                [row["failed"]],
                 notes=f"of {row['launches']}{target}"
                 + "".join(f", {kind}: {n}" for kind, n in row["errors"].items())
                 + f"; token asked again {row['asked_again']} times"
@@ -561,10 +622,19 @@ def measure() -> list[harness.Result]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--servers", default="asgi,before-2x16", help=f"from {', '.join(SERVERS)} (asgi,before-2x16)"
+        "--servers",
+        default="asgi,before-2x16",
+        help=f"from {', '.join(SERVERS)} (asgi,before-2x16)",
     )
-    parser.add_argument("--bursts", default=",".join(map(str, BURSTS)), help="burst sizes (1,8,96,500)")
-    parser.add_argument("--slow", type=int, default=SLOW_LAUNCHES, help="launches against a slow KHEOPS (200; 0: none)")
+    parser.add_argument(
+        "--bursts", default=",".join(map(str, BURSTS)), help="burst sizes (1,8,96,500)"
+    )
+    parser.add_argument(
+        "--slow",
+        type=int,
+        default=SLOW_LAUNCHES,
+        help="launches against a slow KHEOPS (200; 0: none)",
+    )
     parser.add_argument("--json", type=Path, help="write harness results here (for bench/run.py)")
     options = parser.parse_args()
     if options.json:
@@ -572,14 +642,24 @@ def main() -> int:
         return 0
     servers = [name.strip() for name in options.servers.split(",") if name.strip()]
     bursts = tuple(int(size) for size in options.bursts.split(","))
-    if set(servers) - set(SERVERS) or not all(1 <= size <= 1000 for size in bursts) or not 0 <= options.slow <= 1000:
-        parser.error("bounded on purpose: known servers, bursts of 1-1000, at most 1000 slow launches")
+    if (
+        set(servers) - set(SERVERS)
+        or not all(1 <= size <= 1000 for size in bursts)
+        or not 0 <= options.slow <= 1000
+    ):
+        parser.error(
+            "bounded on purpose: known servers, bursts of 1-1000, at most 1000 slow launches"
+        )
     measured = measure_all(servers, bursts, options.slow)
     print(table(measured["scenarios"]))
     for scenario in measured["scenarios"]:
         if scenario.failure_details:
-            print(f"  {scenario.server}, {scenario.name}: the audit trail says {scenario.failure_details}")
-    print(f"\n{os.cpu_count()} CPUs; PostgreSQL; the stand-in under gunicorn 2 x 128 threads; loopback")
+            print(
+                f"  {scenario.server}, {scenario.name}: the audit trail says {scenario.failure_details}"
+            )
+    print(
+        f"\n{os.cpu_count()} CPUs; PostgreSQL; the stand-in under gunicorn 2 x 128 threads; loopback"
+    )
     verdicts = checks(measured)
     RESULTS.write_text(
         json.dumps(

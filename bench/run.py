@@ -85,7 +85,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {available()})")
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default: all of {available()})"
+    )
     args = parser.parse_args()
     unknown = set(args.names) - set(available())
     if unknown:
@@ -101,7 +103,9 @@ def main() -> int:
                 "python": platform.python_version(),
                 "machine": platform.machine(),
                 "cpus": os.cpu_count(),
-                "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite",
+                "database": "postgresql"
+                if os.environ.get("DATABASE_URL", "").startswith("postgres")
+                else "sqlite",
                 "results": results,
             },
             indent=2,

@@ -90,7 +90,9 @@ def _secret_key() -> str:
         try:
             key = Path(key_file).read_text().strip()
         except OSError as exc:
-            raise ImproperlyConfigured(f"SECRET_KEY_FILE {key_file!r} cannot be read: {exc}") from None
+            raise ImproperlyConfigured(
+                f"SECRET_KEY_FILE {key_file!r} cannot be read: {exc}"
+            ) from None
     if not key and DEBUG:
         # Development convenience only: a key generated once and kept in git-ignored var/.
         dev_key_file = BASE_DIR / "var" / "dev-secret-key"
@@ -174,7 +176,9 @@ DATABASES = {
         conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0),
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envbool("DATABASE_POOL", True):
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envbool(
+    "DATABASE_POOL", True
+):
     # Each unit of database work hands its connection back at once (launcher.blocking): with
     # a pool that is cheap, and a burst of launches cannot use up PostgreSQL's connections.
     # Pooling replaces persistent connections.
@@ -244,7 +248,9 @@ WHITENOISE_MAX_AGE = envint("STATIC_MAX_AGE", 300)
 # Cached forever: the OHIF bundle (its URLs name its version) and our own files hashed by
 # ManifestStaticFilesStorage ("banner.3f2a1b9c0d4e.js"). WhiteNoise matches the URL path
 # without the sub-path.
-WHITENOISE_IMMUTABLE_FILE_TEST = r"^/static/(ohif/[^/]+/.+|(?!ohif/).*\.[0-9a-f]{12}\.[A-Za-z0-9]+)$"
+WHITENOISE_IMMUTABLE_FILE_TEST = (
+    r"^/static/(ohif/[^/]+/.+|(?!ohif/).*\.[0-9a-f]{12}\.[A-Za-z0-9]+)$"
+)
 WHITENOISE_MIMETYPES = {".wasm": "application/wasm", ".mjs": "text/javascript"}
 # WhiteNoise answers `Access-Control-Allow-Origin: *` by default; nothing of ours needs it.
 WHITENOISE_ALLOW_ALL_ORIGINS = False
@@ -380,7 +386,9 @@ LOGGING = {
     # Launch URLs carry the authorization code: no line may quote one (the server's access
     # log gets the same filter from launcher.serving, leaving the server's own settings).
     "filters": {"secrets": {"()": "launcher.logfilters.RedactSecretParameters"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["secrets"]}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["secrets"]}
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "launcher": {"level": LOG_LEVEL},

@@ -138,9 +138,24 @@ class ProviderAdmin(admin.ModelAdmin):
     readonly_fields = ["configuration_url_to_copy", "launch_url", "current_logo"]
     prepopulated_fields = {"slug": ["client_name"]}
     fieldsets = [
-        (None, {"fields": ["client_name", "slug", "mode", "supported_modalities", "enabled", "is_default"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "client_name",
+                    "slug",
+                    "mode",
+                    "supported_modalities",
+                    "enabled",
+                    "is_default",
+                ]
+            },
+        ),
         (_("Registration in KHEOPS"), {"fields": ["configuration_url_to_copy", "launch_url"]}),
-        (_("The viewer's header"), {"fields": ["viewer_title", "current_logo", "logo_upload", "remove_logo"]}),
+        (
+            _("The viewer's header"),
+            {"fields": ["viewer_title", "current_logo", "logo_upload", "remove_logo"]},
+        ),
     ]
 
     class Media:
@@ -151,12 +166,16 @@ class ProviderAdmin(admin.ModelAdmin):
         if not provider.pk:  # no short name yet, hence no URL
             return _("Filled in automatically when saved.")
         return format_html(
-            "{}<div class=\"readonly-help\">{}</div>",
+            '{}<div class="readonly-help">{}</div>',
             provider.redirect_uri,
-            _("Where KHEOPS sends clinicians (the redirect_uri of the configuration); nothing to do."),
+            _(
+                "Where KHEOPS sends clinicians (the redirect_uri of the configuration); nothing to do."
+            ),
         )
 
-    def save_model(self, request: HttpRequest, obj: Provider, form: ProviderForm, change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: Provider, form: ProviderForm, change: bool
+    ) -> None:
         super().save_model(request, obj, form, change)
         if form.cleaned_data.get("logo_upload"):
             branding.store_logo(obj, form.cleaned_data["logo_upload"])
@@ -167,16 +186,24 @@ class ProviderAdmin(admin.ModelAdmin):
     def current_logo(self, provider: Provider) -> str:
         if not provider.logo_url:
             return _("None: the viewer shows a neutral mark.")
-        return format_html('<img class="provider-logo" src="{}" alt="{}">', provider.logo_url, _("logo"))
+        return format_html(
+            '<img class="provider-logo" src="{}" alt="{}">', provider.logo_url, _("logo")
+        )
 
     @admin.display(description=_("configuration URL"))
     def configuration_url_to_copy(self, provider: Provider) -> str:
         if not provider.pk:
             return _("Shown when saved: the address to register in KHEOPS.")
         return format_html(
-            "{}<div class=\"readonly-help\">{}</div>",
-            copy_field(provider.configuration_url, field_id="configuration-url", label=_("configuration URL")),
-            _("Register it in KHEOPS: in the album's settings, add a report provider with this URL."),
+            '{}<div class="readonly-help">{}</div>',
+            copy_field(
+                provider.configuration_url,
+                field_id="configuration-url",
+                label=_("configuration URL"),
+            ),
+            _(
+                "Register it in KHEOPS: in the album's settings, add a report provider with this URL."
+            ),
         )
 
 
@@ -203,7 +230,14 @@ class SigningKeyAdmin(admin.ModelAdmin):
 @admin.register(LaunchRecord)
 class LaunchRecordAdmin(admin.ModelAdmin):
     # What fits a 1440 px screen; the album, e-mail and studies are on the record's page.
-    list_display = ["created_at", "outcome", "kheops_server", "provider", "user_name", "remote_addr"]
+    list_display = [
+        "created_at",
+        "outcome",
+        "kheops_server",
+        "provider",
+        "user_name",
+        "remote_addr",
+    ]
     list_filter = ["outcome", "kheops_server", "provider", "created_at"]
     # The search box finds a study UID, a user (id, name or e-mail), a client or an album.
     search_fields = ["study_uids", "user_name", "user_email", "user_sub", "client_id", "album_id"]
@@ -225,7 +259,9 @@ class LaunchRecordAdmin(admin.ModelAdmin):
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response  # the admin marks it no-store: no copy in any cache on the way
 
-    def get_readonly_fields(self, request: HttpRequest, obj: LaunchRecord | None = None) -> list[str]:
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: LaunchRecord | None = None
+    ) -> list[str]:
         return [field.name for field in LaunchRecord._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -242,7 +278,12 @@ class LaunchRecordAdmin(admin.ModelAdmin):
 # Tokens, grants and ID tokens are the toolkit's own bookkeeping: an admin never edits
 # them (`manage.py cleartokens` deletes the expired ones; deleting a client deletes its
 # tokens).
-for toolkit_model in (get_access_token_model(), get_refresh_token_model(), get_grant_model(), get_id_token_model()):
+for toolkit_model in (
+    get_access_token_model(),
+    get_refresh_token_model(),
+    get_grant_model(),
+    get_id_token_model(),
+):
     admin.site.unregister(toolkit_model)
 ApiClient = get_application_model()
 admin.site.unregister(ApiClient)

@@ -18,8 +18,16 @@ class LauncherConfig(AppConfig):
 
         for model in (KheopsServer, Provider):
             for signal in (post_save, post_delete):
-                signal.connect(services.forget_lookups, sender=model, dispatch_uid=f"forget-{model.__name__}-{signal}")
+                signal.connect(
+                    services.forget_lookups,
+                    sender=model,
+                    dispatch_uid=f"forget-{model.__name__}-{signal}",
+                )
         # What KHEOPS fetches from us: prepared again at once in this process.
         for model in (Provider, SigningKey):
             for signal in (post_save, post_delete):
-                signal.connect(serving.documents_changed, sender=model, dispatch_uid=f"documents-{model.__name__}-{signal}")
+                signal.connect(
+                    serving.documents_changed,
+                    sender=model,
+                    dispatch_uid=f"documents-{model.__name__}-{signal}",
+                )

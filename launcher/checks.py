@@ -106,5 +106,7 @@ def check_protective_middleware(app_configs: Sequence[AppConfig] | None, **kwarg
             id="launcher.W006",
         )
         for path, what in _PROTECTIVE_MIDDLEWARE.items()
-        if not any(isinstance(cls, type) and issubclass(cls, import_string(path)) for cls in installed)
+        if not any(
+            isinstance(cls, type) and issubclass(cls, import_string(path)) for cls in installed
+        )
     ]

@@ -52,13 +52,22 @@ def _generate() -> SigningKey:
     kid = secrets.token_urlsafe(12)
     numbers = RSAAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
     # Exactly the members KHEOPS's JWKS client reads (docs/kheops-protocol.md, section 1).
-    public_jwk = {"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": numbers["n"], "e": numbers["e"]}
+    public_jwk = {
+        "kty": "RSA",
+        "kid": kid,
+        "use": "sig",
+        "alg": "RS256",
+        "n": numbers["n"],
+        "e": numbers["e"],
+    }
     pem = private_key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    return SigningKey(kid=kid, public_jwk=public_jwk, sealed_private_key=sealing.seal(pem, purpose=_PURPOSE))
+    return SigningKey(
+        kid=kid, public_jwk=public_jwk, sealed_private_key=sealing.seal(pem, purpose=_PURPOSE)
+    )
 
 
 def active_signing_key() -> SigningKey:
@@ -155,7 +164,9 @@ def client_assertion(*, client_id: str, audience: str, now: float | None = None)
 
 # A retired key must outlive the time its successor waits before signing, a process's key
 # cache, and the assertions it signed meanwhile.
-MINIMUM_GRACE_SECONDS = PUBLISH_BEFORE_SIGNING_SECONDS + int(_CACHE_SECONDS) + ASSERTION_LIFETIME_SECONDS
+MINIMUM_GRACE_SECONDS = (
+    PUBLISH_BEFORE_SIGNING_SECONDS + int(_CACHE_SECONDS) + ASSERTION_LIFETIME_SECONDS
+)
 
 
 def grace_period() -> timedelta:

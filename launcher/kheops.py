@@ -156,7 +156,12 @@ async def fetch_discovery(
     """GET the KHEOPS discovery document and check that it describes `root` only."""
     body = _json(
         await _send(
-            client, "discovery", "GET", conf_uri, headers={"Accept": "application/json"}, timings=timings
+            client,
+            "discovery",
+            "GET",
+            conf_uri,
+            headers={"Accept": "application/json"},
+            timings=timings,
         )
     )
     if not isinstance(body, dict):
@@ -343,7 +348,9 @@ async def _read_limited(response: httpx.Response) -> bytes:
         raise KheopsMalformed("the answer's content encoding is broken") from None
     except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
         # The answer had begun: not a connection dropped before answering.
-        raise KheopsUnavailable(f"{response.url.netloc.decode()} broke off: {type(exc).__name__}") from None
+        raise KheopsUnavailable(
+            f"{response.url.netloc.decode()} broke off: {type(exc).__name__}"
+        ) from None
     return b"".join(chunks)
 
 

@@ -57,7 +57,9 @@ class OhifWhiteNoiseMiddleware(WhiteNoiseMiddleware):
     sync_capable = True
     async_capable = True
 
-    def __init__(self, get_response: Callable[..., Any] | None = None, settings: Any = settings) -> None:
+    def __init__(
+        self, get_response: Callable[..., Any] | None = None, settings: Any = settings
+    ) -> None:
         super().__init__(get_response, settings=settings)
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
@@ -73,7 +75,11 @@ class OhifWhiteNoiseMiddleware(WhiteNoiseMiddleware):
         return super().__call__(request)
 
     async def _serve_async(self, request: HttpRequest) -> HttpResponseBase:
-        found = self.find_file(request.path_info) if self.autorefresh else self.files.get(request.path_info)
+        found = (
+            self.find_file(request.path_info)
+            if self.autorefresh
+            else self.files.get(request.path_info)
+        )
         if found is None:
             get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
             return await get_response(request)
@@ -128,7 +134,9 @@ class _OnTheLoop:
             response = await self._process_response_async(request, response)
         return response
 
-    async def _process_response_async(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    async def _process_response_async(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
         return self.process_response(request, response)  # type: ignore[attr-defined]
 
 
@@ -153,18 +161,26 @@ class XFrameOptionsMiddleware(_OnTheLoop, clickjacking.XFrameOptionsMiddleware):
 
 
 class SessionMiddleware(_OnTheLoop, session_middleware.SessionMiddleware):
-    async def _process_response_async(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    async def _process_response_async(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
         session = getattr(request, "session", None)
         if session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST):
-            return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+            return await sync_to_async(self.process_response, thread_sensitive=True)(
+                request, response
+            )
         return self.process_response(request, response)
 
 
 class MessageMiddleware(_OnTheLoop, message_middleware.MessageMiddleware):
-    async def _process_response_async(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    async def _process_response_async(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
         storage = getattr(request, "_messages", None)
         if storage is not None and (storage.used or storage.added_new):
-            return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+            return await sync_to_async(self.process_response, thread_sensitive=True)(
+                request, response
+            )
         return self.process_response(request, response)
 
 

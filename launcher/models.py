@@ -33,7 +33,9 @@ class KheopsServer(models.Model):
         max_length=300,
         unique=True,
         validators=[validate_root_url],
-        help_text=_("Exactly the issuer of its discovery document, e.g. https://demo.kheops.online"),
+        help_text=_(
+            "Exactly the issuer of its discovery document, e.g. https://demo.kheops.online"
+        ),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -105,7 +107,9 @@ class Provider(models.Model):
     is_default = models.BooleanField(
         _("default provider"),
         default=False,
-        help_text=_("Its configuration is also served at /.well-known/kheops-report-configuration."),
+        help_text=_(
+            "Its configuration is also served at /.well-known/kheops-report-configuration."
+        ),
     )
     # White label: what the viewer's header shows (launcher/branding.py).
     viewer_title = models.CharField(

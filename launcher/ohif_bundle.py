@@ -189,14 +189,26 @@ def install(
 
     root.mkdir(parents=True, exist_ok=True)
     tarball, downloaded = _verified_tarball(
-        spec, root=root, registry_url=registry_url, session=session, timeout=timeout,
-        progress=progress, log=log,
+        spec,
+        root=root,
+        registry_url=registry_url,
+        session=session,
+        timeout=timeout,
+        progress=progress,
+        log=log,
     )
     prefix_tag = hashlib.sha256(asset_prefix.encode()).hexdigest()[:8]
     final_dir = root / f"{spec.version}-{prefix_tag}"
     work_dir = Path(tempfile.mkdtemp(prefix=".installing-", dir=root))
     try:
-        _prepare(spec, tarball, work_dir, asset_prefix=asset_prefix, brotli_quality=brotli_quality, log=log)
+        _prepare(
+            spec,
+            tarball,
+            work_dir,
+            asset_prefix=asset_prefix,
+            brotli_quality=brotli_quality,
+            log=log,
+        )
         _put_in_place(root, work_dir, final_dir)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -335,7 +347,11 @@ def _progress(chunks: Iterator[bytes], total: int | None, enabled: bool) -> Iter
 
     # disable=None hides the bar when stderr is not a terminal (CI logs).
     with tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="@ohif/app",
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="@ohif/app",
         disable=None if enabled else True,
     ) as bar:
         for chunk in chunks:

@@ -306,7 +306,9 @@ def _server_by_id(pk: int | None) -> KheopsServer | None:
     return _cached(f"server-id:{pk}", lambda: KheopsServer.objects.filter(pk=pk).first())
 
 
-def trusted_server_for(conf_uri: str, servers: list[KheopsServer] | None = None) -> KheopsServer | None:
+def trusted_server_for(
+    conf_uri: str, servers: list[KheopsServer] | None = None
+) -> KheopsServer | None:
     # Exact string equality with the discovery URL of an enabled, trusted server: no
     # normalisation that an attacker could play with.
     for server in servers if servers is not None else _cached("servers", _load_trusted_servers):
@@ -365,7 +367,9 @@ def _discovery_cache_key(server: KheopsServer) -> str:
 
 
 def _describes(discovery: Any, server: KheopsServer) -> bool:
-    return isinstance(discovery, kheops.Discovery) and discovery.issuer.rstrip("/") == server.root_url
+    return (
+        isinstance(discovery, kheops.Discovery) and discovery.issuer.rstrip("/") == server.root_url
+    )
 
 
 _discovery_fetches: dict[str, asyncio.Future[kheops.Discovery]] = {}
@@ -373,7 +377,9 @@ _discovery_fetches: dict[str, asyncio.Future[kheops.Discovery]] = {}
 _known_discoveries: dict[str, tuple[float, kheops.Discovery]] = {}
 
 
-async def discovery_for(server: KheopsServer, *, timings: kheops.Timings | None = None) -> kheops.Discovery:
+async def discovery_for(
+    server: KheopsServer, *, timings: kheops.Timings | None = None
+) -> kheops.Discovery:
     """The server's discovery document, cached: KHEOPS rarely changes it.
 
     Shared between processes for KHEOPS_DISCOVERY_CACHE_SECONDS (one fetch per minute for
@@ -429,7 +435,9 @@ def check_servers(servers: list[KheopsServer], *, timeout: float) -> list[str | 
     return async_to_sync(_check_servers)(servers, timeout)
 
 
-async def _check_servers(servers: list[KheopsServer], timeout: float) -> list[str | kheops.KheopsError]:
+async def _check_servers(
+    servers: list[KheopsServer], timeout: float
+) -> list[str | kheops.KheopsError]:
     client = kheops.Client(timeout=timeout)
     try:
         answers = await asyncio.gather(
@@ -504,7 +512,10 @@ async def launch(
 
 
 def _accept(
-    provider: Provider | None, servers: list[KheopsServer], query: QueryDict | None, record: LaunchRecord
+    provider: Provider | None,
+    servers: list[KheopsServer],
+    query: QueryDict | None,
+    record: LaunchRecord,
 ) -> _Accepted:
     """Check the launch request; note in `record` what the audit trail needs of it."""
     record.provider = provider
@@ -681,7 +692,9 @@ async def complete(
     raise AssertionError("unreachable: an outcome was stored, the grant is no longer pending")
 
 
-def _grant_or_pending_exchange(launch_id: str, browser_key: str | None) -> ViewerGrant | _PendingExchange:
+def _grant_or_pending_exchange(
+    launch_id: str, browser_key: str | None
+) -> ViewerGrant | _PendingExchange:
     """What this browser may have of the launch: its ready grant, or the exchange still to do.
 
     Raises ViewerRefused when the grant is not this browser's, has expired, or failed.
@@ -695,14 +708,20 @@ def _grant_or_pending_exchange(launch_id: str, browser_key: str | None) -> Viewe
         raise refusal
     try:
         if row.state == GrantState.READY:
-            return replace(grant, access_token=sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE))
+            return replace(
+                grant, access_token=sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
+            )
         code = sealing.unseal(row.sealed_code, purpose=_CODE_PURPOSE)
     except sealing.SealError:
         # Sealed under a SECRET_KEY that is gone: nothing to show or exchange.
         raise refusal_for_another_browser(launch_id) from None
     provider, server = _provider_by_id(row.provider_id), _server_by_id(row.kheops_server_id)
     known = _known_discoveries.get(_discovery_cache_key(server)) if server is not None else None
-    discovery = known[1] if known is not None and time.monotonic() - known[0] < LOOKUP_CACHE_SECONDS else None
+    discovery = (
+        known[1]
+        if known is not None and time.monotonic() - known[0] < LOOKUP_CACHE_SECONDS
+        else None
+    )
     if not _describes(discovery, server):  # type: ignore[arg-type]
         discovery = None
     return _PendingExchange(
@@ -782,7 +801,9 @@ def _record_success(
     """Keep the sealed token and say success; None if another request stored an outcome first."""
     launch_id = pending.grant.launch_id
     expires_at = timezone.now() + timedelta(seconds=token.expires_in)
-    user_fields = {"user_sub": user.sub, "user_name": user.name, "user_email": user.email} if user else {}
+    user_fields = (
+        {"user_sub": user.sub, "user_name": user.name, "user_email": user.email} if user else {}
+    )
     stored = writes.update_both_if(
         LaunchGrant,
         {
@@ -932,9 +953,7 @@ def refusal_of(grant: ViewerGrant) -> ViewerRefused | None:
             study_uids=grant.study_uids,
         )
     if grant.expired:
-        return ViewerRefused(
-            410, EXPIRED, return_uri=grant.return_uri, study_uids=grant.study_uids
-        )
+        return ViewerRefused(410, EXPIRED, return_uri=grant.return_uri, study_uids=grant.study_uids)
     return None
 
 
@@ -942,7 +961,11 @@ def refusal_for_another_browser(launch_id: str) -> ViewerRefused:
     """What a browser without the launch's key is told: never the viewer, but the way back
     to KHEOPS and the studies concerned (neither is a secret) when the launch exists."""
     # Only what could be one of our ids reaches the database (no NUL for PostgreSQL).
-    row = LaunchGrant.objects.filter(launch_id=launch_id).first() if LAUNCH_ID.match(launch_id) else None
+    row = (
+        LaunchGrant.objects.filter(launch_id=launch_id).first()
+        if LAUNCH_ID.match(launch_id)
+        else None
+    )
     return ViewerRefused(
         403,
         NOT_YOURS,

@@ -177,7 +177,9 @@ class Drain:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.SHUTDOWN_DRAIN_SECONDS
         if services.exchanges_in_flight():
-            logger.warning("stopping: %d code exchange(s) in flight first", services.exchanges_in_flight())
+            logger.warning(
+                "stopping: %d code exchange(s) in flight first", services.exchanges_in_flight()
+            )
         while services.exchanges_in_flight() and loop.time() < deadline:
             await asyncio.sleep(0.05)
         services.stop_accepting_exchanges()
@@ -232,7 +234,9 @@ class DjangoHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self._idle: list[ThreadPoolExecutor] = []
-        self._shared = [ThreadPoolExecutor(1, f"django-async-views-{n}") for n in range(self.SHARED_THREADS)]
+        self._shared = [
+            ThreadPoolExecutor(1, f"django-async-views-{n}") for n in range(self.SHARED_THREADS)
+        ]
         self._next_shared = itertools.cycle(self._shared)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -280,7 +284,9 @@ class Application:
             prepared = self.documents.answer_for(scope)
             if prepared is not None:
                 await send(prepared.start)
-                await send(prepared.body if scope["method"] == "GET" else {"type": "http.response.body"})
+                await send(
+                    prepared.body if scope["method"] == "GET" else {"type": "http.response.body"}
+                )
                 return
         await self.django(scope, receive, send)
 
@@ -303,7 +309,9 @@ class Application:
 
 
 def _host_allowed(scope: Scope) -> bool:
-    host = next((value for name, value in scope["headers"] if name == b"host"), b"").decode("latin-1")
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"").decode(
+        "latin-1"
+    )
     domain, _ = split_domain_port(host)
     return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
 
@@ -315,7 +323,10 @@ def _secure_enough(scope: Scope) -> bool:
     if settings.SECURE_PROXY_SSL_HEADER:
         header, secure_value = settings.SECURE_PROXY_SSL_HEADER
         name = header.removeprefix("HTTP_").replace("_", "-").lower().encode()
-        return any(key == name and value.decode("latin-1") == secure_value for key, value in scope["headers"])
+        return any(
+            key == name and value.decode("latin-1") == secure_value
+            for key, value in scope["headers"]
+        )
     return False
 
 
@@ -328,7 +339,9 @@ async def _headers_django_sends(django: ASGIApp, path: str) -> list[tuple[bytes,
     headers = [(b"host", public.netloc.encode())]
     if settings.SECURE_PROXY_SSL_HEADER and scheme == "https":
         header, secure_value = settings.SECURE_PROXY_SSL_HEADER
-        headers.append((header.removeprefix("HTTP_").replace("_", "-").lower().encode(), secure_value.encode()))
+        headers.append(
+            (header.removeprefix("HTTP_").replace("_", "-").lower().encode(), secure_value.encode())
+        )
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -364,4 +377,8 @@ async def _headers_django_sends(django: ASGIApp, path: str) -> list[tuple[bytes,
     start = next(m for m in messages if m["type"] == "http.response.start")
     if start["status"] != 200:
         raise RuntimeError(f"Django answered {path} with HTTP {start['status']}")
-    return [(name.lower(), value) for name, value in start["headers"] if name.lower() != b"content-length"]
+    return [
+        (name.lower(), value)
+        for name, value in start["headers"]
+        if name.lower() != b"content-length"
+    ]

@@ -44,7 +44,9 @@ DATA_SOURCE_CONFIGURATION: dict[str, Any] = {
 
 LAUNCH_DATA_ID = "kheops-ohif-launch"
 # Where OHIF's index.html loaded its app-config.js (see ohif_bundle.rewrite_index_html).
-_CONFIG_SCRIPT = re.compile(r'<script[^>]*src="' + re.escape(ohif_bundle.APP_CONFIG_PLACEHOLDER) + '"[^>]*></script>')
+_CONFIG_SCRIPT = re.compile(
+    r'<script[^>]*src="' + re.escape(ohif_bundle.APP_CONFIG_PLACEHOLDER) + '"[^>]*></script>'
+)
 _LAUNCH_SLOT = "<!--kheops-ohif-launch-->"
 
 
@@ -107,5 +109,8 @@ def index_html(grant: ViewerGrant) -> str | None:
     if bundle is None:
         return None
     template = _index_template(bundle.index_html, bundle.index_html.stat().st_mtime_ns)
-    launch = json_script(launch_data(grant), LAUNCH_DATA_ID) + f'<script src="{static("launcher/launch.js")}"></script>'
+    launch = (
+        json_script(launch_data(grant), LAUNCH_DATA_ID)
+        + f'<script src="{static("launcher/launch.js")}"></script>'
+    )
     return template.replace(_LAUNCH_SLOT, launch, 1)

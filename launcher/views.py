@@ -29,7 +29,9 @@ TELL_ADMIN = "Tell this viewer's administrator."
 
 # What OHIF's router would otherwise answer with index.html: a missing chunk must be a
 # real 404, or the browser parses HTML as JavaScript.
-ASSET_PATH = re.compile(r"\.(js|mjs|css|wasm|json|map|woff2?|ttf|png|jpe?g|gif|svg|ico|txt|xml)$", re.I)
+ASSET_PATH = re.compile(
+    r"\.(js|mjs|css|wasm|json|map|woff2?|ttf|png|jpe?g|gif|svg|ico|txt|xml)$", re.I
+)
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -91,7 +93,9 @@ async def launch(request: HttpRequest, slug: str) -> HttpResponse:
     return response
 
 
-def set_grant_cookie(response: HttpResponse, launch_id: str, browser_key: str, *, seconds: int) -> None:
+def set_grant_cookie(
+    response: HttpResponse, launch_id: str, browser_key: str, *, seconds: int
+) -> None:
     response.set_cookie(
         grant_cookie_name(launch_id),
         browser_key,
@@ -126,9 +130,7 @@ def viewer_url(grant: services.ViewerGrant) -> str:
 
 
 def error_page(request: HttpRequest, refusal: services.ViewerRefused) -> HttpResponse:
-    response = render(
-        request, "launcher/error.html", {"refusal": refusal}, status=refusal.status
-    )
+    response = render(request, "launcher/error.html", {"refusal": refusal}, status=refusal.status)
     response["Cache-Control"] = "no-store"
     return response
 

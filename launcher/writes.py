@@ -91,13 +91,17 @@ def _where(model: type[models.Model], where: dict[str, Any]) -> tuple[str, list[
     return clause, [f.get_db_prep_value(where[f.name], connection) for f in fields]
 
 
-def _update(model: type[models.Model], values: dict[str, Any], where: dict[str, Any]) -> tuple[str, list[Any]]:
+def _update(
+    model: type[models.Model], values: dict[str, Any], where: dict[str, Any]
+) -> tuple[str, list[Any]]:
     meta = model._meta
     fields = [meta.get_field(name) for name in values]
     assignments = ", ".join(f"{_quote(f.column)} = %s" for f in fields)
     clause, where_params = _where(model, where)
     statement = f"UPDATE {_quote(meta.db_table)} SET {assignments} WHERE {clause}"  # noqa: S608
-    return statement, [f.get_db_prep_save(values[f.name], connection) for f in fields] + where_params
+    return statement, [
+        f.get_db_prep_save(values[f.name], connection) for f in fields
+    ] + where_params
 
 
 def update_both_if(

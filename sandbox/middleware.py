@@ -17,6 +17,7 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "1209600",
 }
 
+
 # The pages are plain HTML and CSS: nothing inline, nothing from elsewhere. Forms post to our
 # own /api/report, whose meta refresh then navigates to the provider.
 def content_security_policy() -> str:

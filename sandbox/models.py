@@ -59,7 +59,9 @@ class AlbumMembership(models.Model):
     is_admin = models.BooleanField(default=False)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["album", "user"], name="unique_album_member")]
+        constraints = [
+            models.UniqueConstraint(fields=["album", "user"], name="unique_album_member")
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} in {self.album}{' (admin)' if self.is_admin else ''}"

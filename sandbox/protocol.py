@@ -211,7 +211,9 @@ def _require_form_value(value: str | None, name: str) -> str:
     return value
 
 
-def register_provider(*, user: User, album_id: str, url: str | None, name: str | None) -> ReportProvider:
+def register_provider(
+    *, user: User, album_id: str, url: str | None, name: str | None
+) -> ReportProvider:
     album = _album_with_permission(user, album_id, admin=True)
     url = _require_form_value(url, "url")
     name = _require_form_value(name, "name")
@@ -378,7 +380,9 @@ def launch_report(
     conf_uri = quote(configuration_url(), safe="")
     return_uri = f"{root_url()}/albums/{album.album_id}"
     if document.response_type == "code":
-        code = tokens.mint_code(subject=user.sub, client_id=provider.client_id, study_uids=study_uids)
+        code = tokens.mint_code(
+            subject=user.sub, client_id=provider.client_id, study_uids=study_uids
+        )
         pairs = [
             ("code", code),
             ("conf_uri", conf_uri),
@@ -464,9 +468,7 @@ def _verify_client_assertion(assertion: str, *, client_id: str, audience: str) -
     # basicValidation(), before anything is fetched.
     algorithm = header.get("alg")
     if algorithm != "RS256":
-        raise TokenRequestError(
-            "invalid_request", f"Unexpected JWT signing algorithm: {algorithm}"
-        )
+        raise TokenRequestError("invalid_request", f"Unexpected JWT signing algorithm: {algorithm}")
     if not isinstance(claims.get("jti"), str):
         raise TokenRequestError("invalid_request", "Token id (jti) claim is required")
     key_id = header.get("kid")

@@ -204,9 +204,7 @@ def validation_error(document: ProviderDocument, config_url: str) -> str | None:
     return None
 
 
-def fetch_valid_provider_document(
-    session: requests.Session, config_url: str
-) -> ProviderDocument:
+def fetch_valid_provider_document(session: requests.Session, config_url: str) -> ProviderDocument:
     """Fetch and validate, as KHEOPS does at each step; raise on either failure."""
     document = fetch_provider_document(session, config_url)
     error = validation_error(document, config_url)

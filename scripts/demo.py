@@ -52,7 +52,11 @@ def sandbox_env() -> dict[str, str]:
 
 
 def viewer_env() -> dict[str, str]:
-    return {**os.environ, "DJANGO_SETTINGS_MODULE": "kheops_ohif.settings", "PUBLIC_BASE_URL": VIEWER_URL}
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "kheops_ohif.settings",
+        "PUBLIC_BASE_URL": VIEWER_URL,
+    }
 
 
 def run(args: list[str], env: dict[str, str]) -> str:
@@ -87,12 +91,20 @@ def ensure_orthanc_installed() -> None:
 
 
 def start_server(
-    name: str, args: list[str], env: dict[str, str], health_url: str, children: list[subprocess.Popen]
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    health_url: str,
+    children: list[subprocess.Popen],
 ) -> None:
     log = VAR / f"{name}.log"
     process = subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=log.open("ab"),
-        stderr=subprocess.STDOUT, start_new_session=True,
+        args,
+        cwd=REPO,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     children.append(process)  # before waiting: Ctrl-C meanwhile must stop it too
     wait_until_up(health_url, process, name, log)
@@ -111,7 +123,12 @@ def demo_admin_password() -> str:
     )
     subprocess.run(
         [PYTHON, "manage.py", "shell", "--no-imports", "-c", script],
-        cwd=REPO, env=viewer_env(), input=password, text=True, check=True, capture_output=True,
+        cwd=REPO,
+        env=viewer_env(),
+        input=password,
+        text=True,
+        check=True,
+        capture_output=True,
     )
     path.write_text(password)
     path.chmod(0o600)
@@ -143,7 +160,9 @@ def main() -> None:
 
     for port, name in ((KHEOPS_PORT, "KHEOPS stand-in"), (VIEWER_PORT, "viewer")):
         if answers(f"http://127.0.0.1:{port}/"):
-            sys.exit(f"Port {port} (for the {name}) is already in use: stop what runs there, or set DEMO_*_PORT.")
+            sys.exit(
+                f"Port {port} (for the {name}) is already in use: stop what runs there, or set DEMO_*_PORT."
+            )
 
     ensure_orthanc_installed()
     if orthanc_is_up(ORTHANC_URL):
@@ -157,12 +176,21 @@ def main() -> None:
     say(f"Preparing the KHEOPS stand-in ({KHEOPS_URL})")
     run([PYTHON, "-m", "django", "migrate", "--noinput", "--verbosity", "0"], sandbox_env())
     seeded = run([PYTHON, "-m", "django", "sandbox_seed"], sandbox_env())
-    album_id = next(line.split()[1] for line in seeded.splitlines() if line.startswith("demo_album "))
+    album_id = next(
+        line.split()[1] for line in seeded.splitlines() if line.startswith("demo_album ")
+    )
     start_server(
         "kheops-stand-in",
         [
-            GUNICORN, "sandbox.wsgi", "--bind", f"127.0.0.1:{KHEOPS_PORT}", "--workers", "1",
-            "--threads", "8", "--no-control-socket",
+            GUNICORN,
+            "sandbox.wsgi",
+            "--bind",
+            f"127.0.0.1:{KHEOPS_PORT}",
+            "--workers",
+            "1",
+            "--threads",
+            "8",
+            "--no-control-socket",
         ],
         sandbox_env(),
         f"{KHEOPS_URL}/api/.well-known/report-provider-configuration",
@@ -170,14 +198,25 @@ def main() -> None:
     )
 
     say(f"Starting the viewer ({VIEWER_URL})")
-    run([PYTHON, "manage.py", "trust_kheops", KHEOPS_URL, "--name", "KHEOPS stand-in (demo)"], viewer_env())
+    run(
+        [PYTHON, "manage.py", "trust_kheops", KHEOPS_URL, "--name", "KHEOPS stand-in (demo)"],
+        viewer_env(),
+    )
     password = demo_admin_password()
     start_server(
         "viewer",
         # The README's production command.
         [
-            UVICORN, "kheops_ohif.asgi:application", "--host", "127.0.0.1", "--port", str(VIEWER_PORT),
-            "--workers", "2", "--timeout-graceful-shutdown", "30",
+            UVICORN,
+            "kheops_ohif.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(VIEWER_PORT),
+            "--workers",
+            "2",
+            "--timeout-graceful-shutdown",
+            "30",
         ],
         viewer_env(),
         f"http://127.0.0.1:{VIEWER_PORT}/healthz",
@@ -187,8 +226,14 @@ def main() -> None:
     say("Registering the viewer in the demo album by its configuration URL")
     client_id = run(
         [
-            PYTHON, "-m", "django", "sandbox_register_provider", album_id,
-            f"{VIEWER_URL}/providers/ohif/configuration", "--name", "OHIF Viewer",
+            PYTHON,
+            "-m",
+            "django",
+            "sandbox_register_provider",
+            album_id,
+            f"{VIEWER_URL}/providers/ohif/configuration",
+            "--name",
+            "OHIF Viewer",
         ],
         sandbox_env(),
     ).strip()
@@ -210,7 +255,10 @@ def main() -> None:
     while True:
         for child in children:
             if child.poll() is not None:
-                print(f"A demo server exited (code {child.returncode}); see the logs in var/.", flush=True)
+                print(
+                    f"A demo server exited (code {child.returncode}); see the logs in var/.",
+                    flush=True,
+                )
                 stop()
         time.sleep(1)
 

@@ -28,7 +28,9 @@ def django_db_modify_db_settings(
 
     database = settings.DATABASES["default"]
     if database["ENGINE"] == "django.db.backends.sqlite3":
-        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+        database.setdefault("TEST", {})["NAME"] = str(
+            tmp_path_factory.mktemp("db") / "test.sqlite3"
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +49,9 @@ def _fresh_process_state() -> Iterator[None]:
 def admin_client(db: None) -> Client:
     """A browser signed in to the admin as a superuser (replaces pytest-django's own)."""
     client = Client()
-    client.force_login(User.objects.create_superuser("admin", "admin@example.org", "pw-for-tests-only"))
+    client.force_login(
+        User.objects.create_superuser("admin", "admin@example.org", "pw-for-tests-only")
+    )
     return client
 
 
@@ -119,7 +123,9 @@ def live_stack(stack: Stack, transactional_db: None, settings: Any) -> Iterator[
     Provider.objects.get_or_create(
         slug="ohif", defaults={"client_name": "OHIF Viewer", "mode": "viewer", "is_default": True}
     )
-    KheopsServer.objects.get_or_create(root_url=stack.kheops.root_url, defaults={"name": "KHEOPS stand-in"})
+    KheopsServer.objects.get_or_create(
+        root_url=stack.kheops.root_url, defaults={"name": "KHEOPS stand-in"}
+    )
     stack.viewer.refresh_documents()  # the URLs above, the tables just emptied
     stack.kheops.reset()
     if not stack.client_id:

@@ -74,7 +74,9 @@ class FakeKheops:
         self.router.get(USERINFO_URL).mock(side_effect=self._userinfo)
         # Anything else on KHEOPS's host (a wrong method, an unknown path) finds nobody
         # listening; a call to any other host fails the test (respx: "not mocked").
-        self.router.route(host=urlsplit(ROOT).hostname).mock(side_effect=httpx.ConnectError("no route"))
+        self.router.route(host=urlsplit(ROOT).hostname).mock(
+            side_effect=httpx.ConnectError("no route")
+        )
 
     def new_code(self) -> str:
         code = "eyJcode." + secrets.token_urlsafe(24)
@@ -130,7 +132,9 @@ class FakeKheops:
                 options={"require": ["exp", "jti", "iss", "sub", "aud"]},
             )
         self.token_requests.append(
-            TokenRequest(form=form, headers=request.headers, assertion_header=header, assertion_claims=claims)
+            TokenRequest(
+                form=form, headers=request.headers, assertion_header=header, assertion_claims=claims
+            )
         )
         answer = self._answer(self.token_answer)
         if answer is not None:
@@ -153,7 +157,6 @@ class FakeKheops:
     @property
     def issued_tokens(self) -> list[str]:
         return [s for s in self.secrets_seen if s.startswith("eyJtoken.")]
-
 
 
 def _json_response(status: int, body: Any) -> httpx.Response:

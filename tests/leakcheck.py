@@ -43,7 +43,13 @@ SCANNED_APPS = {"launcher", "sessions", "admin"}
 # logs the launch URL, code included, as a browser's history would hold it).
 APP_LOGGERS = ("launcher", "kheops_ohif", "django", "uvicorn", "httpx")
 # Response bodies read for secrets: pages (the viewer's launch data), scripts and JSON answers.
-SCANNED_CONTENT_TYPES = ("text/html", "text/plain", "text/javascript", "application/javascript", "application/json")
+SCANNED_CONTENT_TYPES = (
+    "text/html",
+    "text/plain",
+    "text/javascript",
+    "application/javascript",
+    "application/json",
+)
 # The view whose successful answer carries the token to the viewer, by design.
 TOKEN_VIEW = "viewer-token"
 
@@ -77,7 +83,10 @@ class LeakCheck:
             candidates += [line.strip() for line in value.splitlines() if len(line.strip()) >= 40]
         with self.lock:
             for candidate in candidates:
-                if len(candidate) >= MIN_SECRET_LENGTH and len(set(candidate)) >= MIN_DISTINCT_CHARACTERS:
+                if (
+                    len(candidate) >= MIN_SECRET_LENGTH
+                    and len(set(candidate)) >= MIN_DISTINCT_CHARACTERS
+                ):
                     self.secrets.setdefault(candidate, kind)
 
     def see(self, where: str, text: str) -> None:
@@ -125,7 +134,9 @@ class _CollectingHandler(logging.Handler):
                 self.handleError(record)
 
 
-def _wrap(owner: Any, name: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+def _wrap(
+    owner: Any, name: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
     original = getattr(owner, name)
     if getattr(original, "_leakcheck", False):
         return
@@ -256,7 +267,8 @@ def _rows_if_reachable(item: pytest.Item) -> list[tuple[str, str]]:
     if not CHECK.secrets:
         return []  # nothing secret was produced: nothing to look for
     uses_db = item.get_closest_marker("django_db") is not None or any(
-        name in getattr(item, "fixturenames", ()) for name in ("_django_db_helper", "db", "transactional_db")
+        name in getattr(item, "fixturenames", ())
+        for name in ("_django_db_helper", "db", "transactional_db")
     )
     if not uses_db:
         return []
@@ -289,7 +301,9 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         raise
     leaks = CHECK.scan(_rows_if_reachable(item))
     if leaks:
-        raise AssertionError("secrets leaked:\n" + "\n".join(str(leak) for leak in leaks[:REPORTED_LEAKS]))
+        raise AssertionError(
+            "secrets leaked:\n" + "\n".join(str(leak) for leak in leaks[:REPORTED_LEAKS])
+        )
     return result
 
 

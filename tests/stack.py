@@ -48,7 +48,11 @@ def start_stand_in(workdir: Path, orthanc_url: str) -> SandboxServer:
     env = _server_env(
         workdir,
         port,
-        {"SANDBOX_ROOT_URL": root, "SANDBOX_ORTHANC_URL": orthanc_url, "SANDBOX_ALLOWED_HOSTS": "localhost,127.0.0.1"},
+        {
+            "SANDBOX_ROOT_URL": root,
+            "SANDBOX_ORTHANC_URL": orthanc_url,
+            "SANDBOX_ALLOWED_HOSTS": "localhost,127.0.0.1",
+        },
     )
     server = SandboxServer(root_url=root, env=env, workdir=workdir)
     server.start()
@@ -73,12 +77,19 @@ class ViewerServer:
         self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         config = uvicorn.Config(
             # Its access log goes through our logging settings, and the leak check sees it.
-            self._app, interface="asgi3", lifespan="on", log_config=None, access_log=True,
+            self._app,
+            interface="asgi3",
+            lifespan="on",
+            log_config=None,
+            access_log=True,
             timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [listener]}, name="viewer-server", daemon=True
+            target=self.server.run,
+            kwargs={"sockets": [listener]},
+            name="viewer-server",
+            daemon=True,
         )
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -94,7 +105,9 @@ class ViewerServer:
     def refresh_documents(self) -> None:
         """Prepare the documents again now, from the current settings and database."""
         assert self.loop is not None
-        asyncio.run_coroutine_threadsafe(self.application.documents.refresh(), self.loop).result(timeout=30)
+        asyncio.run_coroutine_threadsafe(self.application.documents.refresh(), self.loop).result(
+            timeout=30
+        )
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -140,4 +153,3 @@ def start_stack() -> Stack:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return Stack(orthanc=orthanc, kheops=kheops, viewer=viewer, workdir=workdir)
-

@@ -29,7 +29,11 @@ from launcher.serving import Application
 from tests.fakes import ROOT, FakeKheops, discovery_document
 
 T = TypeVar("T")
-DOCUMENTS = ["/jwks.json", "/.well-known/kheops-report-configuration", "/providers/ohif/configuration"]
+DOCUMENTS = [
+    "/jwks.json",
+    "/.well-known/kheops-report-configuration",
+    "/providers/ohif/configuration",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +59,14 @@ def app(db: None) -> Application:
     return prepared_application()
 
 
-def get(app: Application, path: str, *, method: str = "GET", host: str = "127.0.0.1:8000", **headers: str) -> httpx.Response:
+def get(
+    app: Application,
+    path: str,
+    *,
+    method: str = "GET",
+    host: str = "127.0.0.1:8000",
+    **headers: str,
+) -> httpx.Response:
     async def call() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as client:
@@ -93,7 +104,9 @@ def test_head_answers_the_headers_alone(app: Application) -> None:
     assert int(response.headers["Content-Length"]) == len(get(app, "/jwks.json").content)
 
 
-def test_what_is_not_a_plain_document_request_goes_to_django(app: Application, django_db_blocker: Any) -> None:
+def test_what_is_not_a_plain_document_request_goes_to_django(
+    app: Application, django_db_blocker: Any
+) -> None:
     with django_db_blocker.block():
         # Django would need the database for none of these: proof they are not answered here
         # is that they answer what Django answers.
@@ -148,7 +161,10 @@ def test_the_access_log_never_shows_a_code() -> None:
     [logged] = lines.lines
     assert "eyJsecret" not in logged
     assert "launch?code=[redacted]&conf_uri=https%3A%2F%2Fk&studyUID=1.2.3" in logged
-    assert redact("/x?token=a&Access_Token=b&other=c") == "/x?token=[redacted]&Access_Token=[redacted]&other=c"
+    assert (
+        redact("/x?token=a&Access_Token=b&other=c")
+        == "/x?token=[redacted]&Access_Token=[redacted]&other=c"
+    )
 
 
 # --- the KHEOPS client ----------------------------------------------------------------------
@@ -167,7 +183,9 @@ def router() -> Iterator[respx.MockRouter]:
         yield mock
 
 
-def test_calls_beyond_the_limit_wait_their_turn_outside_their_timeout(router: respx.MockRouter) -> None:
+def test_calls_beyond_the_limit_wait_their_turn_outside_their_timeout(
+    router: respx.MockRouter,
+) -> None:
     in_flight = peak = 0
 
     async def slow_kheops(request: httpx.Request) -> httpx.Response:
@@ -184,7 +202,12 @@ def test_calls_beyond_the_limit_wait_their_turn_outside_their_timeout(router: re
         client = kheops.Client(timeout=0.5, max_in_flight=2)
         try:
             return await asyncio.gather(
-                *(kheops.fetch_userinfo(client, "https://kheops.test/api/userinfo", access_token="t") for _ in range(6)),
+                *(
+                    kheops.fetch_userinfo(
+                        client, "https://kheops.test/api/userinfo", access_token="t"
+                    )
+                    for _ in range(6)
+                ),
                 return_exceptions=True,
             )
         finally:
@@ -217,7 +240,9 @@ def test_the_client_keeps_no_cookie_and_ignores_proxy_settings(
         client = kheops.Client(timeout=2)
         try:
             for _ in range(2):
-                await kheops.fetch_userinfo(client, "https://kheops.test/api/userinfo", access_token="t")
+                await kheops.fetch_userinfo(
+                    client, "https://kheops.test/api/userinfo", access_token="t"
+                )
             return client.http.trust_env
         finally:
             await client.aclose()
@@ -246,7 +271,10 @@ def test_an_expired_discovery_document_serves_on_while_a_fresh_one_is_fetched(
         fake_kheops.discovery_answer = httpx.ReadTimeout("slow")
         endpoints.append((await services.discovery_for(kheops_server)).dicomweb_endpoint)
         await asyncio.sleep(0.1)  # the refresh fails in the background
-        fake_kheops.discovery_answer = (200, {**discovery_document(), "dicomweb_endpoint": f"{ROOT}/api/v2"})
+        fake_kheops.discovery_answer = (
+            200,
+            {**discovery_document(), "dicomweb_endpoint": f"{ROOT}/api/v2"},
+        )
         endpoints.append((await services.discovery_for(kheops_server)).dicomweb_endpoint)
         await asyncio.sleep(0.1)  # this refresh succeeds
         endpoints.append((await services.discovery_for(kheops_server)).dicomweb_endpoint)

@@ -41,8 +41,12 @@ def record(kheops_server: KheopsServer, provider: Provider) -> Callable[..., Lau
     return make
 
 
-def export(client: Client, data: dict[str, Any], query: str = "") -> tuple[Any, list[dict[str, str]]]:
-    response = client.post(f"/admin/launcher/launchrecord/{query}", {"action": "export_csv", **data})
+def export(
+    client: Client, data: dict[str, Any], query: str = ""
+) -> tuple[Any, list[dict[str, str]]]:
+    response = client.post(
+        f"/admin/launcher/launchrecord/{query}", {"action": "export_csv", **data}
+    )
     assert response.status_code == 200, response.content[:300]
     text = b"".join(response.streaming_content).decode()
     return response, list(csv.DictReader(io.StringIO(text)))
@@ -51,7 +55,9 @@ def export(client: Client, data: dict[str, Any], query: str = "") -> tuple[Any, 
 # --- Browsing and filtering ----------------------------------------------------------
 
 
-def test_launch_records_filter_by_server_provider_outcome_and_date(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+def test_launch_records_filter_by_server_provider_outcome_and_date(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
     other = KheopsServer.objects.create(name="Other KHEOPS", root_url=OTHER_ROOT)
     record(user_name="Here today")
     record(kheops_server=other, user_name="Other server")
@@ -65,16 +71,27 @@ def test_launch_records_filter_by_server_provider_outcome_and_date(admin_client:
 
     assert names(f"kheops_server__id__exact={other.pk}") == {"Other server"}
     assert names("outcome__exact=replay") == {"Replayed"}
-    assert names("provider__id__exact=1") == {"Here today", "Other server", "Replayed", "Last month"}
-    assert names(f"created_at__year={today.year}&created_at__month={today.month}&created_at__day={today.day}") == {"Here today", "Other server", "Replayed"}
+    assert names("provider__id__exact=1") == {
+        "Here today",
+        "Other server",
+        "Replayed",
+        "Last month",
+    }
+    assert names(
+        f"created_at__year={today.year}&created_at__month={today.month}&created_at__day={today.day}"
+    ) == {"Here today", "Other server", "Replayed"}
 
 
-def test_the_search_box_finds_a_study_uid_and_a_user(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+def test_the_search_box_finds_a_study_uid_and_a_user(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
     record(study_uids=[STUDY_2], user_name="Looked at study two", user_email="two@hospital.test")
     record(user_name="Looked at study one")
 
     by_study = admin_client.get("/admin/launcher/launchrecord/", {"q": STUDY_2}).content.decode()
-    by_user = admin_client.get("/admin/launcher/launchrecord/", {"q": "two@hospital"}).content.decode()
+    by_user = admin_client.get(
+        "/admin/launcher/launchrecord/", {"q": "two@hospital"}
+    ).content.decode()
 
     assert "Looked at study two" in by_study and "Looked at study one" not in by_study
     assert "Looked at study two" in by_user and "Looked at study one" not in by_user
@@ -83,8 +100,17 @@ def test_the_search_box_finds_a_study_uid_and_a_user(admin_client: Client, recor
 # --- CSV export ----------------------------------------------------------------------
 
 
-def test_the_csv_export_streams_the_selected_records(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
-    chosen = record(study_uids=[STUDY_1, STUDY_2], user_sub="sub-1", user_email="ada@hospital.test", album_id="Album1", remote_addr="192.0.2.7", launch_id="L1")
+def test_the_csv_export_streams_the_selected_records(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
+    chosen = record(
+        study_uids=[STUDY_1, STUDY_2],
+        user_sub="sub-1",
+        user_email="ada@hospital.test",
+        album_id="Album1",
+        remote_addr="192.0.2.7",
+        launch_id="L1",
+    )
     record(user_name="Not selected")
 
     response, rows = export(admin_client, {"_selected_action": [chosen.pk]})
@@ -97,54 +123,103 @@ def test_the_csv_export_streams_the_selected_records(admin_client: Client, recor
     row = rows[0]
     assert row["id"] == str(chosen.pk)
     assert row["study_uids"] == f"{STUDY_1} {STUDY_2}"
-    assert (row["kheops_server"], row["kheops_root_url"], row["provider"]) == ("KHEOPS test", "https://kheops.test", "ohif")
-    assert (row["user_sub"], row["user_name"], row["user_email"]) == ("sub-1", "Dr Ada", "ada@hospital.test")
-    assert (row["album_id"], row["remote_addr"], row["launch_id"], row["outcome"]) == ("Album1", "192.0.2.7", "L1", "success")
+    assert (row["kheops_server"], row["kheops_root_url"], row["provider"]) == (
+        "KHEOPS test",
+        "https://kheops.test",
+        "ohif",
+    )
+    assert (row["user_sub"], row["user_name"], row["user_email"]) == (
+        "sub-1",
+        "Dr Ada",
+        "ada@hospital.test",
+    )
+    assert (row["album_id"], row["remote_addr"], row["launch_id"], row["outcome"]) == (
+        "Album1",
+        "192.0.2.7",
+        "L1",
+        "success",
+    )
 
 
-def test_the_csv_export_of_every_matching_record_goes_beyond_one_page(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+def test_the_csv_export_of_every_matching_record_goes_beyond_one_page(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
     LaunchRecord.objects.bulk_create(LaunchRecord(outcome="replay") for _ in range(250))
     record()
 
-    _, rows = export(admin_client, {"_selected_action": [1], "select_across": "1"}, "?outcome__exact=replay")
+    _, rows = export(
+        admin_client, {"_selected_action": [1], "select_across": "1"}, "?outcome__exact=replay"
+    )
 
     assert len(rows) == 250
     assert {row["outcome"] for row in rows} == {"replay"}
 
 
-def test_the_csv_export_has_no_secret_columns_and_disarms_spreadsheet_formulas(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
-    hostile = record(user_name="=HYPERLINK(\"https://evil.test\")", failure_detail="@SUM(A1)", outcome="code_rejected")
+def test_the_csv_export_has_no_secret_columns_and_disarms_spreadsheet_formulas(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
+    hostile = record(
+        user_name='=HYPERLINK("https://evil.test")',
+        failure_detail="@SUM(A1)",
+        outcome="code_rejected",
+    )
 
     _, rows = export(admin_client, {"_selected_action": [hostile.pk]})
 
     assert set(rows[0]) == {
-        "id", "created_at", "outcome", "failure_detail", "kheops_server", "kheops_root_url",
-        "provider", "client_id", "album_id", "study_uids", "user_sub", "user_name",
-        "user_email", "remote_addr", "launch_id", "expires_at",
+        "id",
+        "created_at",
+        "outcome",
+        "failure_detail",
+        "kheops_server",
+        "kheops_root_url",
+        "provider",
+        "client_id",
+        "album_id",
+        "study_uids",
+        "user_sub",
+        "user_name",
+        "user_email",
+        "remote_addr",
+        "launch_id",
+        "expires_at",
     }
-    assert rows[0]["user_name"] == "'=HYPERLINK(\"https://evil.test\")"
+    assert rows[0]["user_name"] == '\'=HYPERLINK("https://evil.test")'
     assert rows[0]["failure_detail"] == "'@SUM(A1)"
 
 
-def test_the_export_needs_the_view_permission(db: None, record: Callable[..., LaunchRecord]) -> None:
-    staff = User.objects.create_user("clerk", "clerk@example.org", "pw-for-tests-only", is_staff=True)
+def test_the_export_needs_the_view_permission(
+    db: None, record: Callable[..., LaunchRecord]
+) -> None:
+    staff = User.objects.create_user(
+        "clerk", "clerk@example.org", "pw-for-tests-only", is_staff=True
+    )
     client = Client()
     client.force_login(staff)
     chosen = record()
 
-    response = client.post("/admin/launcher/launchrecord/", {"action": "export_csv", "_selected_action": [chosen.pk]})
+    response = client.post(
+        "/admin/launcher/launchrecord/", {"action": "export_csv", "_selected_action": [chosen.pk]}
+    )
 
     assert response.status_code == 403
 
 
-def test_launch_records_stay_read_only_with_the_export_action(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+def test_launch_records_stay_read_only_with_the_export_action(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
     chosen = record()
 
     page = admin_client.get("/admin/launcher/launchrecord/").content.decode()
 
     assert 'value="export_csv"' in page
     assert 'value="delete_selected"' not in page
-    assert admin_client.post(f"/admin/launcher/launchrecord/{chosen.pk}/change/", {"outcome": "replay"}).status_code == 403
+    assert (
+        admin_client.post(
+            f"/admin/launcher/launchrecord/{chosen.pk}/change/", {"outcome": "replay"}
+        ).status_code
+        == 403
+    )
 
 
 # --- Integration health --------------------------------------------------------------
@@ -153,7 +228,9 @@ def test_launch_records_stay_read_only_with_the_export_action(admin_client: Clie
 @pytest.fixture
 def servers(kheops_server: KheopsServer, kheops_http: respx.MockRouter) -> dict[str, KheopsServer]:
     broken = KheopsServer.objects.create(name="Broken KHEOPS", root_url=OTHER_ROOT)
-    disabled = KheopsServer.objects.create(name="Retired KHEOPS", root_url="https://retired.test", enabled=False)
+    disabled = KheopsServer.objects.create(
+        name="Retired KHEOPS", root_url="https://retired.test", enabled=False
+    )
     kheops_http.get(DISCOVERY_URL).respond(json=discovery_document())
     kheops_http.get(OTHER_DISCOVERY).respond(503)
     return {"good": kheops_server, "broken": broken, "disabled": disabled}
@@ -164,7 +241,9 @@ def _health_row(page: str, server: KheopsServer) -> str:
     return page[start : page.index("</tr>", start)]
 
 
-def test_the_admin_index_shows_one_health_line_per_trusted_server(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:
+def test_the_admin_index_shows_one_health_line_per_trusted_server(
+    admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]
+) -> None:
     good, broken = servers["good"], servers["broken"]
     record(age=timedelta(hours=3))
     record(age=timedelta(hours=1), outcome="code_rejected")
@@ -190,14 +269,21 @@ def test_the_admin_index_shows_one_health_line_per_trusted_server(admin_client: 
     assert "never" in retired and "not checked" in retired
 
 
-def test_the_counts_come_from_one_query(servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord], django_assert_num_queries: Any) -> None:
+def test_the_counts_come_from_one_query(
+    servers: dict[str, KheopsServer],
+    record: Callable[..., LaunchRecord],
+    django_assert_num_queries: Any,
+) -> None:
     from launcher import dashboard
 
     record(outcome="replay")
     record(outcome="kheops_unavailable")
 
     with django_assert_num_queries(1):
-        counted = {s.name: (s.failures_in_window, s.replays_in_window) for s in dashboard.with_launch_counts(KheopsServer.objects.all())}
+        counted = {
+            s.name: (s.failures_in_window, s.replays_in_window)
+            for s in dashboard.with_launch_counts(KheopsServer.objects.all())
+        }
 
     assert counted == {"KHEOPS test": (1, 1), "Broken KHEOPS": (0, 0), "Retired KHEOPS": (0, 0)}
 
@@ -205,10 +291,14 @@ def test_the_counts_come_from_one_query(servers: dict[str, KheopsServer], record
 def test_the_admin_pages_load_our_stylesheet(admin_client: Client) -> None:
     page = admin_client.get("/admin/").content.decode()
 
-    assert re.search(r'<link rel="stylesheet" href="/static/launcher/admin(\.[0-9a-f]{12})?\.css">', page)
+    assert re.search(
+        r'<link rel="stylesheet" href="/static/launcher/admin(\.[0-9a-f]{12})?\.css">', page
+    )
 
 
-def test_the_discovery_verdict_is_reused_for_a_minute(admin_client: Client, servers: dict[str, KheopsServer], kheops_http: respx.MockRouter) -> None:
+def test_the_discovery_verdict_is_reused_for_a_minute(
+    admin_client: Client, servers: dict[str, KheopsServer], kheops_http: respx.MockRouter
+) -> None:
     admin_client.get("/admin/")
     calls = len(kheops_http.calls)
 
@@ -218,16 +308,22 @@ def test_the_discovery_verdict_is_reused_for_a_minute(admin_client: Client, serv
     assert len(kheops_http.calls) == calls
 
 
-def test_a_server_that_does_not_answer_is_shown_failing_not_raised(admin_client: Client, kheops_server: KheopsServer, kheops_http: respx.MockRouter) -> None:
+def test_a_server_that_does_not_answer_is_shown_failing_not_raised(
+    admin_client: Client, kheops_server: KheopsServer, kheops_http: respx.MockRouter
+) -> None:
     kheops_http.get(DISCOVERY_URL).mock(side_effect=httpx.ConnectTimeout("slow"))
 
     response = admin_client.get("/admin/")
 
     assert response.status_code == 200
-    assert 'alt="failing"> kheops.test did not answer in time' in _health_row(response.content.decode(), kheops_server)
+    assert 'alt="failing"> kheops.test did not answer in time' in _health_row(
+        response.content.decode(), kheops_server
+    )
 
 
-def test_the_dashboard_check_uses_a_short_timeout(admin_client: Client, kheops_server: KheopsServer, kheops_http: respx.MockRouter, settings: Any) -> None:
+def test_the_dashboard_check_uses_a_short_timeout(
+    admin_client: Client, kheops_server: KheopsServer, kheops_http: respx.MockRouter, settings: Any
+) -> None:
     settings.KHEOPS_HTTP_TIMEOUT = 30
     kheops_http.get(DISCOVERY_URL).respond(json=discovery_document())
 
@@ -236,8 +332,12 @@ def test_the_dashboard_check_uses_a_short_timeout(admin_client: Client, kheops_s
     assert kheops_http.calls[0].request.extensions["timeout"]["read"] == 2.0
 
 
-def test_the_health_panel_needs_the_server_view_permission(db: None, servers: dict[str, KheopsServer], kheops_http: respx.MockRouter) -> None:
-    staff = User.objects.create_user("clerk", "clerk@example.org", "pw-for-tests-only", is_staff=True)
+def test_the_health_panel_needs_the_server_view_permission(
+    db: None, servers: dict[str, KheopsServer], kheops_http: respx.MockRouter
+) -> None:
+    staff = User.objects.create_user(
+        "clerk", "clerk@example.org", "pw-for-tests-only", is_staff=True
+    )
     staff.user_permissions.add(Permission.objects.get(codename="view_launchrecord"))
     client = Client()
     client.force_login(staff)
@@ -248,7 +348,9 @@ def test_the_health_panel_needs_the_server_view_permission(db: None, servers: di
     assert len(kheops_http.calls) == 0
 
 
-def test_the_server_list_shows_the_last_success_recent_failures_and_replays_apart(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:
+def test_the_server_list_shows_the_last_success_recent_failures_and_replays_apart(
+    admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]
+) -> None:
     record(age=timedelta(minutes=5), outcome="replay")
     record(age=timedelta(minutes=6), outcome="replay")
     record(age=timedelta(minutes=7), outcome="code_rejected")
@@ -264,7 +366,9 @@ def test_the_server_list_shows_the_last_success_recent_failures_and_replays_apar
     assert '<td class="field-recent_replays">0</td>' in broken
 
 
-def test_a_launch_record_is_titled_with_its_outcome_in_words(admin_client: Client, record: Callable[..., LaunchRecord]) -> None:
+def test_a_launch_record_is_titled_with_its_outcome_in_words(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
     replayed = record(outcome="replay")
     replayed.refresh_from_db()
 
@@ -276,15 +380,21 @@ def test_a_launch_record_is_titled_with_its_outcome_in_words(admin_client: Clien
     assert '<td class="field-outcome">Refused: link already used (replay)</td>' in listing
 
 
-def test_a_date_reads_the_same_on_the_index_in_the_lists_and_on_the_pages(admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]) -> None:
+def test_a_date_reads_the_same_on_the_index_in_the_lists_and_on_the_pages(
+    admin_client: Client, servers: dict[str, KheopsServer], record: Callable[..., LaunchRecord]
+) -> None:
     when = datetime(2026, 11, 29, 15, 51, 7, tzinfo=UTC)
     chosen = record()
-    LaunchRecord.objects.filter(pk=chosen.pk).update(created_at=when, expires_at=when + timedelta(hours=1))
+    LaunchRecord.objects.filter(pk=chosen.pk).update(
+        created_at=when, expires_at=when + timedelta(hours=1)
+    )
     chosen.refresh_from_db()
 
     index = admin_client.get("/admin/").content.decode()
     launch_list = admin_client.get("/admin/launcher/launchrecord/").content.decode()
-    launch_page = admin_client.get(f"/admin/launcher/launchrecord/{chosen.pk}/change/").content.decode()
+    launch_page = admin_client.get(
+        f"/admin/launcher/launchrecord/{chosen.pk}/change/"
+    ).content.decode()
     server_list = admin_client.get("/admin/launcher/kheopsserver/").content.decode()
 
     for page in (index, launch_list, launch_page, server_list):

@@ -39,7 +39,9 @@ def config_of(client: Client, location: str) -> str:
 
 
 def brand_in(page: str) -> dict[str, str]:
-    [data] = re.findall(r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page, re.S)
+    [data] = re.findall(
+        r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page, re.S
+    )
     return json.loads(data)["brand"]
 
 
@@ -56,14 +58,23 @@ def brand_in(page: str) -> dict[str, str]:
         (b"", None),
     ],
 )
-def test_only_png_jpeg_and_webp_are_recognised_by_their_bytes(data: bytes, kind: str | None) -> None:
+def test_only_png_jpeg_and_webp_are_recognised_by_their_bytes(
+    data: bytes, kind: str | None
+) -> None:
     assert branding.image_type(data) == kind
 
 
-def test_a_logo_uploaded_in_the_admin_is_served_at_a_hashed_url_cached_for_ever(admin_client: Client, provider: Provider) -> None:
+def test_a_logo_uploaded_in_the_admin_is_served_at_a_hashed_url_cached_for_ever(
+    admin_client: Client, provider: Provider
+) -> None:
     image = png(64, 24)
 
-    saved = save_provider(admin_client, provider, viewer_title="Hôpital du Lac", logo_upload=SimpleUploadedFile("logo.png", image, "image/png"))
+    saved = save_provider(
+        admin_client,
+        provider,
+        viewer_title="Hôpital du Lac",
+        logo_upload=SimpleUploadedFile("logo.png", image, "image/png"),
+    )
 
     assert saved.status_code == 302
     provider.refresh_from_db()
@@ -79,12 +90,18 @@ def test_a_logo_uploaded_in_the_admin_is_served_at_a_hashed_url_cached_for_ever(
     assert f'<img class="provider-logo" src="{provider.logo_url}"' in page
 
 
-def test_a_new_logo_gets_a_new_url_and_the_old_one_is_gone(admin_client: Client, provider: Provider) -> None:
-    save_provider(admin_client, provider, logo_upload=SimpleUploadedFile("a.png", png(8, 8), "image/png"))
+def test_a_new_logo_gets_a_new_url_and_the_old_one_is_gone(
+    admin_client: Client, provider: Provider
+) -> None:
+    save_provider(
+        admin_client, provider, logo_upload=SimpleUploadedFile("a.png", png(8, 8), "image/png")
+    )
     provider.refresh_from_db()
     first = provider.logo_url
 
-    save_provider(admin_client, provider, logo_upload=SimpleUploadedFile("b.jpg", JPEG, "image/jpeg"))
+    save_provider(
+        admin_client, provider, logo_upload=SimpleUploadedFile("b.jpg", JPEG, "image/jpeg")
+    )
     provider.refresh_from_db()
 
     assert provider.logo_url != first
@@ -101,8 +118,12 @@ def test_a_new_logo_gets_a_new_url_and_the_old_one_is_gone(admin_client: Client,
         ("huge.png", png(8, 8) + b"\x00" * (256 * 1024), "larger than 256 KB"),
     ],
 )
-def test_an_svg_a_disguised_file_or_a_huge_one_is_refused(admin_client: Client, provider: Provider, name: str, data: bytes, error: str) -> None:
-    response = save_provider(admin_client, provider, logo_upload=SimpleUploadedFile(name, data, "image/png"))
+def test_an_svg_a_disguised_file_or_a_huge_one_is_refused(
+    admin_client: Client, provider: Provider, name: str, data: bytes, error: str
+) -> None:
+    response = save_provider(
+        admin_client, provider, logo_upload=SimpleUploadedFile(name, data, "image/png")
+    )
 
     assert response.status_code == 200
     assert error in response.content.decode()
@@ -111,8 +132,12 @@ def test_an_svg_a_disguised_file_or_a_huge_one_is_refused(admin_client: Client, 
     assert provider.logo_digest == ""
 
 
-def test_removing_the_logo_brings_back_the_neutral_mark(admin_client: Client, provider: Provider) -> None:
-    save_provider(admin_client, provider, logo_upload=SimpleUploadedFile("a.png", png(8, 8), "image/png"))
+def test_removing_the_logo_brings_back_the_neutral_mark(
+    admin_client: Client, provider: Provider
+) -> None:
+    save_provider(
+        admin_client, provider, logo_upload=SimpleUploadedFile("a.png", png(8, 8), "image/png")
+    )
     provider.refresh_from_db()
     url = provider.logo_url
 
@@ -130,7 +155,9 @@ def test_the_viewer_header_shows_the_providers_name_and_our_neutral_mark_by_defa
     page = config_of(client, launched())
 
     assert brand_in(page)["title"] == "OHIF Viewer"
-    assert re.fullmatch(r"/static/launcher/viewer-mark(\.[0-9a-f]{12})?\.svg", brand_in(page)["logo"])
+    assert re.fullmatch(
+        r"/static/launcher/viewer-mark(\.[0-9a-f]{12})?\.svg", brand_in(page)["logo"]
+    )
     launch_js = (Path(settings.BASE_DIR) / "static/launcher/launch.js").read_text()
     assert "config.whiteLabeling = {" in launch_js
     assert "createLogoComponentFn: function (React)" in launch_js
@@ -162,4 +189,6 @@ def test_favicon_ico_is_our_icon(db: None, client: Client) -> None:
 def test_our_pages_link_the_icon(db: None, client: Client, page: str) -> None:
     html = client.get(page).content.decode()
 
-    assert re.search(r'<link rel="icon" href="/static/launcher/favicon(\.[0-9a-f]{12})?\.ico">', html)
+    assert re.search(
+        r'<link rel="icon" href="/static/launcher/favicon(\.[0-9a-f]{12})?\.ico">', html
+    )

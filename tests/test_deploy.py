@@ -128,7 +128,9 @@ def test_the_redirect_to_the_viewer_is_a_same_site_get_the_cookie_rides_on(
     # A relative URL: the browser resolves it on our own origin, a same-site navigation.
     assert urlsplit(location).scheme == "" and urlsplit(location).netloc == ""
     viewer = client.get(
-        location, secure=True, headers={"Host": "viewer.example.org", "Sec-Fetch-Site": "cross-site"}
+        location,
+        secure=True,
+        headers={"Host": "viewer.example.org", "Sec-Fetch-Site": "cross-site"},
     )
 
     assert viewer.status_code == 200

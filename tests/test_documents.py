@@ -37,7 +37,10 @@ def test_the_default_configuration_document_follows_kheops_rules(client: Client)
 @pytest.mark.django_db
 def test_each_provider_has_its_document_and_launch_url(client: Client) -> None:
     Provider.objects.create(
-        slug="seg", client_name="OHIF Segmentation", mode="segmentation", supported_modalities=["CT", "MR"]
+        slug="seg",
+        client_name="OHIF Segmentation",
+        mode="segmentation",
+        supported_modalities=["CT", "MR"],
     )
 
     document = client.get("/providers/seg/configuration").json()
@@ -87,10 +90,14 @@ def test_the_jwks_publishes_a_key_created_on_first_use(client: Client) -> None:
 
 @pytest.mark.django_db
 def test_assertions_verify_with_the_published_key(client: Client) -> None:
-    assertion = keys.client_assertion(client_id="Q9ZTMv3fW7ta0Npg1caGMF", audience="https://k/api/token")
+    assertion = keys.client_assertion(
+        client_id="Q9ZTMv3fW7ta0Npg1caGMF", audience="https://k/api/token"
+    )
     [key] = client.get("/jwks.json").json()["keys"]
 
-    claims = jwt.decode(assertion, jwt.PyJWK(key).key, algorithms=["RS256"], audience="https://k/api/token")
+    claims = jwt.decode(
+        assertion, jwt.PyJWK(key).key, algorithms=["RS256"], audience="https://k/api/token"
+    )
 
     assert jwt.get_unverified_header(assertion)["kid"] == key["kid"]
     assert claims["iss"] == claims["sub"] == "Q9ZTMv3fW7ta0Npg1caGMF"
@@ -154,10 +161,15 @@ def test_the_private_key_is_sealed_at_rest() -> None:
     assert "PRIVATE KEY" not in repr(SigningKey.objects.values().get())
 
 
-def test_the_home_page_offers_the_configuration_url_to_copy_and_the_way_to_the_admin(client: Client, provider: Provider) -> None:
+def test_the_home_page_offers_the_configuration_url_to_copy_and_the_way_to_the_admin(
+    client: Client, provider: Provider
+) -> None:
     page = client.get("/").content.decode()
 
-    assert '<input type="text" readonly id="configuration-url" value="http://127.0.0.1:8000/providers/ohif/configuration"' in page
+    assert (
+        '<input type="text" readonly id="configuration-url" value="http://127.0.0.1:8000/providers/ohif/configuration"'
+        in page
+    )
     assert 'data-copy="configuration-url">Copy</button>' in page
     assert re.search(r'<script defer src="/static/launcher/copy(\.[0-9a-f]{12})?\.js">', page)
     assert '<a href="/admin/">Administration</a>' in page

@@ -37,7 +37,9 @@ def read(response) -> ErrorPage:  # type: ignore[no-untyped-def]
         return unescape(text.strip())
 
     assert page.count("<h1>") == 1 and "<h1>Cannot open the viewer</h1>" in page
-    links = re.findall(r'<a class="button" href="([^"]*)" rel="noreferrer">Back to KHEOPS</a>', page)
+    links = re.findall(
+        r'<a class="button" href="([^"]*)" rel="noreferrer">Back to KHEOPS</a>', page
+    )
     assert len(links) <= 1
     studies = re.findall(r'<p class="studies">(.*?)</p>', page, re.S)
     return ErrorPage(
@@ -111,14 +113,22 @@ def test_the_replay_page(client: Client, fake_kheops: FakeKheops) -> None:
 def test_the_page_of_a_launch_from_an_untrusted_server_has_no_way_back(
     client: Client, fake_kheops: FakeKheops
 ) -> None:
-    page = read(client.get(fake_kheops.launch_url(conf_uri="https://evil.test/api/.well-known/report-provider-configuration")))
+    page = read(
+        client.get(
+            fake_kheops.launch_url(
+                conf_uri="https://evil.test/api/.well-known/report-provider-configuration"
+            )
+        )
+    )
 
     assert_plain(page)
     assert (page.status, page.way_back, page.studies) == (403, None, [STUDY_1])
     assert "trusted servers" in page.advice
 
 
-def test_the_page_of_a_disabled_provider(client: Client, fake_kheops: FakeKheops, provider: Provider) -> None:
+def test_the_page_of_a_disabled_provider(
+    client: Client, fake_kheops: FakeKheops, provider: Provider
+) -> None:
     provider.enabled = False
     provider.save()
 
@@ -126,10 +136,15 @@ def test_the_page_of_a_disabled_provider(client: Client, fake_kheops: FakeKheops
 
     assert_plain(page)
     assert (page.status, page.way_back, page.studies) == (403, RETURN_URI, [STUDY_1])
-    assert page.advice == "Choose another viewer in KHEOPS, or ask this viewer's administrator to enable it again."
+    assert (
+        page.advice
+        == "Choose another viewer in KHEOPS, or ask this viewer's administrator to enable it again."
+    )
 
 
-def test_the_page_of_a_damaged_launch_link_names_what_is_wrong(client: Client, fake_kheops: FakeKheops) -> None:
+def test_the_page_of_a_damaged_launch_link_names_what_is_wrong(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
     page = read(client.get(fake_kheops.launch_url(client_id="bad id!")))
 
     assert_plain(page)
@@ -142,11 +157,20 @@ def test_the_page_of_a_damaged_launch_link_names_what_is_wrong(client: Client, f
     ("answer", "status", "advice"),
     [
         ((400, {"error": "invalid_grant"}), 403, "Open the study again from KHEOPS."),
-        ((200, "not json"), 502, "Open the study again from KHEOPS; if this happens again, tell this viewer's administrator."),
+        (
+            (200, "not json"),
+            502,
+            "Open the study again from KHEOPS; if this happens again, tell this viewer's administrator.",
+        ),
     ],
 )
 def test_a_failed_exchange_keeps_its_advice_for_the_viewer_page(
-    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops, answer: object, status: int, advice: str
+    client: Client,
+    launched: Callable[..., str],
+    fake_kheops: FakeKheops,
+    answer: object,
+    status: int,
+    advice: str,
 ) -> None:
     fake_kheops.token_answer = answer
     location = launched(exchange=False)
@@ -176,7 +200,9 @@ def test_a_transient_failure_tells_the_viewer_to_wait_and_keeps_the_viewer(
     assert client.get(location).status_code == 200
 
 
-def test_the_expired_page(client: Client, launched: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_expired_page(
+    client: Client, launched: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     location = launched()
     later = time.time() + 7200
     monkeypatch.setattr(time, "time", lambda: later)
@@ -184,7 +210,11 @@ def test_the_expired_page(client: Client, launched: Callable[..., str], monkeypa
     page = read(client.get(location))
 
     assert_plain(page)
-    assert (page.status, page.message, page.advice) == (410, "Your access to this study has expired.", "Open the study again from KHEOPS.")
+    assert (page.status, page.message, page.advice) == (
+        410,
+        "Your access to this study has expired.",
+        "Open the study again from KHEOPS.",
+    )
     assert (page.way_back, page.studies) == (RETURN_URI, [STUDY_1])
 
 
@@ -208,7 +238,11 @@ def test_the_page_of_a_server_without_the_viewer_installed(
     page = read(client.get(location))
 
     assert_plain(page)
-    assert (page.status, page.message, page.advice) == (503, "The OHIF viewer is not installed on this server.", "Tell this viewer's administrator.")
+    assert (page.status, page.message, page.advice) == (
+        503,
+        "The OHIF viewer is not installed on this server.",
+        "Tell this viewer's administrator.",
+    )
 
 
 @pytest.mark.parametrize("launch_id", ["a%00b", "x" * 40, "%E2%80%AE", "..%2F"])

@@ -113,7 +113,14 @@ class RawKheops:
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        length = next((int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")), 0)
+        length = next(
+            (
+                int(line.split(":", 1)[1])
+                for line in lines
+                if line.lower().startswith("content-length:")
+            ),
+            0,
+        )
         while len(body) < length:
             body += connection.recv(65536)
         return lines[0].split(" ")[1].split("?")[0]
@@ -265,7 +272,12 @@ FAILING_FAULTS = [
     [pytest.param(*fault, id=f"{fault[0]}-{fault[1]}") for fault in FAILING_FAULTS],
 )
 def test_a_kheops_fault_gets_the_right_page_in_time_and_recovery_works(
-    client: Client, raw_kheops: RawKheops, endpoint: str, mode: str, status: int, outcome: LaunchOutcome
+    client: Client,
+    raw_kheops: RawKheops,
+    endpoint: str,
+    mode: str,
+    status: int,
+    outcome: LaunchOutcome,
 ) -> None:
     raw_kheops.faults = {endpoint: mode}
     url = launch_url(raw_kheops)
@@ -331,7 +343,8 @@ def test_a_kheops_fault_gets_the_right_page_in_time_and_recovery_works(
     client.cookies.clear()
     assert_exchanged(client, launch_url(raw_kheops))  # a new click in KHEOPS
     assert list(LaunchRecord.objects.order_by("id").values_list("outcome", flat=True)) == [
-        *expected, LaunchOutcome.SUCCESS,
+        *expected,
+        LaunchOutcome.SUCCESS,
     ]
 
 
@@ -419,7 +432,9 @@ def test_a_huge_body_is_not_buffered(client: Client, raw_kheops: RawKheops) -> N
     assert elapsed < TIMEOUT + 1
 
 
-def test_a_connection_closed_before_any_answer_is_tried_once_more(client: Client, raw_kheops: RawKheops) -> None:
+def test_a_connection_closed_before_any_answer_is_tried_once_more(
+    client: Client, raw_kheops: RawKheops
+) -> None:
     # bench/loadtest.py met this under a burst: KHEOPS closed a kept-alive connection just as
     # our token request went out on it. The exchange may be repeated (the code stays valid).
     launch = client.get(launch_url(raw_kheops))

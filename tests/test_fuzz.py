@@ -67,7 +67,9 @@ OUTCOMES = {
 # --- the launch query string ------------------------------------------------------------
 
 NAMES = st.one_of(
-    st.sampled_from(["code", "conf_uri", "client_id", "studyUID", "return_uri", "token", "StudyInstanceUIDs"]),
+    st.sampled_from(
+        ["code", "conf_uri", "client_id", "studyUID", "return_uri", "token", "StudyInstanceUIDs"]
+    ),
     st.text(max_size=12),
 )
 INTERESTING_VALUES = st.sampled_from(
@@ -90,7 +92,9 @@ INTERESTING_VALUES = st.sampled_from(
         "9" * 65,
     ]
 )
-VALUES = st.one_of(INTERESTING_VALUES, st.text(max_size=60), st.integers(2001, 9000).map(lambda n: "v" * n))
+VALUES = st.one_of(
+    INTERESTING_VALUES, st.text(max_size=60), st.integers(2001, 9000).map(lambda n: "v" * n)
+)
 # A code is secret: never one of the public values above (a code equal to a study UID would
 # "leak" into the viewer URL). Hostile codes still come: scripts, NULs, huge ones.
 CODE_VALUES = st.one_of(
@@ -162,7 +166,12 @@ def assert_only_kheops_called(fake: FakeKheops) -> None:
 
 
 def assert_token_properly_answered(
-    client: Client, viewer_url: str, fake: FakeKheops, records_before: int, *, token_answer: Any = None
+    client: Client,
+    viewer_url: str,
+    fake: FakeKheops,
+    records_before: int,
+    *,
+    token_answer: Any = None,
 ) -> int:
     """The viewer's token request: the token, or a deliberate refusal that its page repeats.
 
@@ -171,7 +180,10 @@ def assert_token_properly_answered(
 
     response = client.get(token_url_of(viewer_url))
 
-    assert response.status_code in {200, 403} | UPSTREAM_FAILURES, (response.status_code, response.content[:300])
+    assert response.status_code in {200, 403} | UPSTREAM_FAILURES, (
+        response.status_code,
+        response.content[:300],
+    )
     assert response["Content-Type"].startswith("application/json")
     assert "no-store" in response["Cache-Control"]
     assert LaunchRecord.objects.count() == records_before + 1, "one audit record per attempt"
@@ -223,7 +235,9 @@ def test_any_launch_query_gets_a_deliberate_answer(
     assert_properly_answered(response, fake_kheops, before, allowed={302} | REQUEST_REFUSALS)
     if response.status_code == 302:
         # An accepted launch: its viewer's token request exchanges whatever code it carried.
-        assert assert_token_properly_answered(client, response["Location"], fake_kheops, before) == 200
+        assert (
+            assert_token_properly_answered(client, response["Location"], fake_kheops, before) == 200
+        )
         assert LaunchRecord.objects.order_by("-id").first().outcome == LaunchOutcome.SUCCESS
 
 
@@ -231,10 +245,16 @@ def test_any_launch_query_gets_a_deliberate_answer(
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
+    ),
     max_leaves=8,
 )
-STATUSES = st.one_of(st.just(200), st.sampled_from([201, 204, 302, 400, 401, 403, 404, 429, 500, 502, 503]), st.integers(200, 599))
+STATUSES = st.one_of(
+    st.just(200),
+    st.sampled_from([201, 204, 302, 400, 401, 403, 404, 429, 500, 502, 503]),
+    st.integers(200, 599),
+)
 URLS = st.one_of(
     st.sampled_from(
         [
@@ -249,7 +269,9 @@ URLS = st.one_of(
     ),
     JSON,
 )
-RAW_BODIES = st.one_of(st.text(max_size=200), st.just(""), st.just("{"), st.just("null"), st.just('{"a":' * 50))
+RAW_BODIES = st.one_of(
+    st.text(max_size=200), st.just(""), st.just("{"), st.just("null"), st.just('{"a":' * 50)
+)
 
 
 @st.composite
@@ -280,9 +302,16 @@ def token_answers(draw: st.DrawFn) -> tuple[int, Any] | None:
                 st.text(max_size=30).map(lambda t: "eyJfuzztoken." + secrets.token_urlsafe(8) + t),
             )
         )
-        body: dict[str, Any] = {"access_token": token, "expires_in": draw(st.one_of(st.integers(), JSON))}
+        body: dict[str, Any] = {
+            "access_token": token,
+            "expires_in": draw(st.one_of(st.integers(), JSON)),
+        }
         if draw(st.booleans()):
-            body["error"] = draw(st.one_of(st.sampled_from(["invalid_request", "invalid_grant", "invalid_client"]), JSON))
+            body["error"] = draw(
+                st.one_of(
+                    st.sampled_from(["invalid_request", "invalid_grant", "invalid_client"]), JSON
+                )
+            )
         return status, body
     return status, draw(JSON if kind == "json" else RAW_BODIES)
 
@@ -294,7 +323,11 @@ def userinfo_answers(draw: st.DrawFn) -> tuple[int, Any] | None:
         return None
     status = draw(STATUSES)
     if kind == "fields":
-        text = st.one_of(st.text(max_size=300), JSON, st.sampled_from(["a\x00b", "line\nbreak", "<script>x</script>"]))
+        text = st.one_of(
+            st.text(max_size=300),
+            JSON,
+            st.sampled_from(["a\x00b", "line\nbreak", "<script>x</script>"]),
+        )
         return status, {"sub": draw(text), "name": draw(text), "email": draw(text)}
     return status, draw(JSON if kind == "json" else RAW_BODIES)
 
@@ -303,13 +336,21 @@ def userinfo_answers(draw: st.DrawFn) -> tuple[int, Any] | None:
 @given(discovery=discovery_answers(), token=token_answers(), userinfo=userinfo_answers())
 # Found by this test on PostgreSQL, which cannot store NUL: the audit record, and the
 # exchange, failed.
-@example(discovery=None, token=None, userinfo=(200, {"sub": "a\x00b", "name": "Dr\x00X", "email": "e\nf"}))
+@example(
+    discovery=None,
+    token=None,
+    userinfo=(200, {"sub": "a\x00b", "name": "Dr\x00X", "email": "e\nf"}),
+)
 def test_any_kheops_answer_gets_a_deliberate_answer(
     client: Client, fake_kheops: FakeKheops, discovery: Any, token: Any, userinfo: Any
 ) -> None:
     forget_discovery()  # so that every example's discovery answer is consumed
     client.cookies.clear()
-    fake_kheops.discovery_answer, fake_kheops.token_answer, fake_kheops.userinfo_answer = discovery, token, userinfo
+    fake_kheops.discovery_answer, fake_kheops.token_answer, fake_kheops.userinfo_answer = (
+        discovery,
+        token,
+        userinfo,
+    )
     if token is not None and isinstance(token[1], dict):
         access_token = token[1].get("access_token")
         if isinstance(access_token, str) and access_token.startswith("eyJfuzztoken."):
@@ -321,7 +362,9 @@ def test_any_kheops_answer_gets_a_deliberate_answer(
     response = client.get(fake_kheops.launch_url(studies=(STUDY_1, STUDY_2)))
 
     assert_properly_answered(response, fake_kheops, before, allowed={302, 403} | UPSTREAM_FAILURES)
-    assert len(fake_kheops.token_requests) == exchanges, "the launch itself never exchanges the code"
+    assert len(fake_kheops.token_requests) == exchanges, (
+        "the launch itself never exchanges the code"
+    )
     status = response.status_code
     if status == 302:
         # The token and userinfo answers are consumed here, by the viewer's token request.

@@ -114,12 +114,22 @@ LAUNCH_CASES = {
     "missing-studyUID": refused(replace("studyUID"), "'studyUID' is missing"),
     "empty-code": refused(replace("code", ""), "'code' is missing"),
     "no-parameters-at-all": refused(lambda p: [], "'code' is missing"),
-    "duplicated-code": refused(add(("code", "eyJsecond-code-value")), "'code' appears more than once"),
-    "duplicated-conf_uri": refused(add(("conf_uri", DISCOVERY_URL)), "'conf_uri' appears more than once"),
-    "duplicated-client_id": refused(add(("client_id", CLIENT_ID)), "'client_id' appears more than once"),
-    "duplicated-return_uri": refused(add(("return_uri", RETURN_URI)), "'return_uri' appears more than once"),
+    "duplicated-code": refused(
+        add(("code", "eyJsecond-code-value")), "'code' appears more than once"
+    ),
+    "duplicated-conf_uri": refused(
+        add(("conf_uri", DISCOVERY_URL)), "'conf_uri' appears more than once"
+    ),
+    "duplicated-client_id": refused(
+        add(("client_id", CLIENT_ID)), "'client_id' appears more than once"
+    ),
+    "duplicated-return_uri": refused(
+        add(("return_uri", RETURN_URI)), "'return_uri' appears more than once"
+    ),
     "oversized-code": refused(replace("code", "c" * 9000), "code is not valid"),
-    "oversized-conf_uri": refused(replace("conf_uri", DISCOVERY_URL + "a" * 3000), "configuration URL is not valid"),
+    "oversized-conf_uri": refused(
+        replace("conf_uri", DISCOVERY_URL + "a" * 3000), "configuration URL is not valid"
+    ),
     "oversized-client_id": refused(replace("client_id", "A" * 65), "client_id is not valid"),
     "too-many-studies": refused(
         replace("studyUID", *[f"1.2.{n}" for n in range(51)]), "At most 50 studies"
@@ -141,18 +151,26 @@ LAUNCH_CASES = {
     "uid-single-number": refused(replace("studyUID", "12345"), "not a valid DICOM UID"),
     "uid-65-characters": refused(replace("studyUID", "1." + "2" * 63), "not a valid DICOM UID"),
     "uid-trailing-newline": refused(replace("studyUID", STUDY_1 + "\n"), "not a valid DICOM UID"),
-    "uid-fullwidth-digits": refused(replace("studyUID", "\uff11.\uff12.\uff13"), "not a valid DICOM UID"),
+    "uid-fullwidth-digits": refused(
+        replace("studyUID", "\uff11.\uff12.\uff13"), "not a valid DICOM UID"
+    ),
     "uid-script": refused(replace("studyUID", SCRIPT), "not a valid DICOM UID"),
     "uid-sql": refused(replace("studyUID", "1.2' OR '1'='1"), "not a valid DICOM UID"),
     "uid-negative": refused(replace("studyUID", "-1.2"), "not a valid DICOM UID"),
     "uid-empty": refused(replace("studyUID", ""), "not a valid DICOM UID"),
     "uid-with-space": refused(replace("studyUID", " " + STUDY_1), "not a valid DICOM UID"),
     "uid-one-bad-among-good": refused(replace("studyUID", STUDY_1, IMG), "not a valid DICOM UID"),
-    "client_id-trailing-newline": refused(replace("client_id", CLIENT_ID + "\n"), "client_id is not valid"),
-    "client_id-not-ascii": refused(replace("client_id", CLIENT_ID[:-1] + "é"), "client_id is not valid"),
+    "client_id-trailing-newline": refused(
+        replace("client_id", CLIENT_ID + "\n"), "client_id is not valid"
+    ),
+    "client_id-not-ascii": refused(
+        replace("client_id", CLIENT_ID[:-1] + "é"), "client_id is not valid"
+    ),
     "client_id-script": refused(replace("client_id", SCRIPT), "client_id is not valid"),
     # --- conf_uri: only the exact discovery URL of a trusted server ------------------
-    "conf_uri-untrusted-host": untrusted("https://evil.example/api/.well-known/report-provider-configuration"),
+    "conf_uri-untrusted-host": untrusted(
+        "https://evil.example/api/.well-known/report-provider-configuration"
+    ),
     "conf_uri-trusted-host-token-path": untrusted(f"{ROOT}/api/token"),
     "conf_uri-trusted-root-only": untrusted(ROOT),
     "conf_uri-trailing-slash": untrusted(DISCOVERY_URL + "/"),
@@ -162,25 +180,51 @@ LAUNCH_CASES = {
     "conf_uri-uppercase-host": untrusted(DISCOVERY_URL.replace("kheops.test", "KHEOPS.TEST")),
     "conf_uri-explicit-443": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops.test:443")),
     "conf_uri-odd-port": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops.test:8443")),
-    "conf_uri-userinfo-before-trusted": untrusted(DISCOVERY_URL.replace("https://", "https://user:pw@")),
+    "conf_uri-userinfo-before-trusted": untrusted(
+        DISCOVERY_URL.replace("https://", "https://user:pw@")
+    ),
     "conf_uri-trusted-as-userinfo": untrusted(
         "https://kheops.test@evil.example/api/.well-known/report-provider-configuration"
     ),
-    "conf_uri-trusted-as-subdomain": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops.test.evil.example")),
-    "conf_uri-loopback": untrusted("http://127.0.0.1/api/.well-known/report-provider-configuration"),
-    "conf_uri-localhost": untrusted("http://localhost:8000/api/.well-known/report-provider-configuration"),
-    "conf_uri-ipv6-loopback": untrusted("http://[::1]/api/.well-known/report-provider-configuration"),
-    "conf_uri-cloud-metadata": untrusted("http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
+    "conf_uri-trusted-as-subdomain": untrusted(
+        DISCOVERY_URL.replace("kheops.test", "kheops.test.evil.example")
+    ),
+    "conf_uri-loopback": untrusted(
+        "http://127.0.0.1/api/.well-known/report-provider-configuration"
+    ),
+    "conf_uri-localhost": untrusted(
+        "http://localhost:8000/api/.well-known/report-provider-configuration"
+    ),
+    "conf_uri-ipv6-loopback": untrusted(
+        "http://[::1]/api/.well-known/report-provider-configuration"
+    ),
+    "conf_uri-cloud-metadata": untrusted(
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+    ),
     "conf_uri-gcp-metadata": untrusted("http://metadata.google.internal/computeMetadata/v1/"),
-    "conf_uri-ipv6-link-local": untrusted("http://[fe80::1%25eth0]/api/.well-known/report-provider-configuration"),
-    "conf_uri-decimal-ip": untrusted("http://2130706433/api/.well-known/report-provider-configuration"),
+    "conf_uri-ipv6-link-local": untrusted(
+        "http://[fe80::1%25eth0]/api/.well-known/report-provider-configuration"
+    ),
+    "conf_uri-decimal-ip": untrusted(
+        "http://2130706433/api/.well-known/report-provider-configuration"
+    ),
     "conf_uri-idn-homograph": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops.t\u0435st")),
     "conf_uri-punycode": untrusted(DISCOVERY_URL.replace("kheops.test", "xn--kheops-9ua.test")),
-    "conf_uri-percent-encoded-host": untrusted(DISCOVERY_URL.replace("kheops.test", "kheops%2etest")),
-    "conf_uri-percent-encoded-path": untrusted(DISCOVERY_URL.replace("/.well-known", "/%2ewell-known")),
-    "conf_uri-dot-dot-path": untrusted(f"{ROOT}/api/x/../.well-known/report-provider-configuration"),
-    "conf_uri-backslash": untrusted("https://kheops.test\\@evil.example/api/.well-known/report-provider-configuration"),
-    "conf_uri-scheme-relative": untrusted("//kheops.test/api/.well-known/report-provider-configuration"),
+    "conf_uri-percent-encoded-host": untrusted(
+        DISCOVERY_URL.replace("kheops.test", "kheops%2etest")
+    ),
+    "conf_uri-percent-encoded-path": untrusted(
+        DISCOVERY_URL.replace("/.well-known", "/%2ewell-known")
+    ),
+    "conf_uri-dot-dot-path": untrusted(
+        f"{ROOT}/api/x/../.well-known/report-provider-configuration"
+    ),
+    "conf_uri-backslash": untrusted(
+        "https://kheops.test\\@evil.example/api/.well-known/report-provider-configuration"
+    ),
+    "conf_uri-scheme-relative": untrusted(
+        "//kheops.test/api/.well-known/report-provider-configuration"
+    ),
     "conf_uri-file": untrusted("file:///etc/passwd"),
     "conf_uri-javascript": untrusted("javascript:alert(1)"),
     "conf_uri-data": untrusted("data:application/json,{}"),
@@ -193,18 +237,28 @@ LAUNCH_CASES = {
     "discovery-issuer-sub-path": bad_discovery(issuer=f"{ROOT}/evil"),
     "discovery-issuer-missing": bad_discovery(issuer=None),
     "discovery-token-loopback": bad_discovery(token_endpoint="http://127.0.0.1/api/token"),
-    "discovery-token-metadata": bad_discovery(token_endpoint="http://169.254.169.254/latest/meta-data/"),
+    "discovery-token-metadata": bad_discovery(
+        token_endpoint="http://169.254.169.254/latest/meta-data/"
+    ),
     "discovery-token-odd-port": bad_discovery(token_endpoint="https://kheops.test:8443/api/token"),
-    "discovery-token-userinfo": bad_discovery(token_endpoint="https://user:pw@kheops.test/api/token"),
+    "discovery-token-userinfo": bad_discovery(
+        token_endpoint="https://user:pw@kheops.test/api/token"
+    ),
     "discovery-token-fragment": bad_discovery(token_endpoint=f"{ROOT}/api/token#x"),
     "discovery-token-backslash": bad_discovery(token_endpoint=f"{ROOT}/api\\..\\..\\evil"),
     "discovery-token-encoded-dots": bad_discovery(token_endpoint=f"{ROOT}/api/%2E%2E/%2e%2e/evil"),
     "discovery-token-idn": bad_discovery(token_endpoint="https://kheops.t\u0435st/api/token"),
     "discovery-dicomweb-elsewhere": bad_discovery(dicomweb_endpoint="https://evil.example/api"),
-    "discovery-wado-uri-elsewhere": bad_discovery(dicomweb_uri_endpoint="https://evil.example/wado"),
-    "discovery-userinfo-elsewhere": bad_discovery(userinfo_endpoint="https://evil.example/userinfo"),
+    "discovery-wado-uri-elsewhere": bad_discovery(
+        dicomweb_uri_endpoint="https://evil.example/wado"
+    ),
+    "discovery-userinfo-elsewhere": bad_discovery(
+        userinfo_endpoint="https://evil.example/userinfo"
+    ),
     "discovery-userinfo-http": bad_discovery(userinfo_endpoint="http://kheops.test/api/userinfo"),
-    "discovery-introspection-elsewhere": bad_discovery(introspection_endpoint="https://evil.example/i"),
+    "discovery-introspection-elsewhere": bad_discovery(
+        introspection_endpoint="https://evil.example/i"
+    ),
     # --- return_uri: the way back must lead into the trusted KHEOPS -------------------
     "return_uri-other-host": open_redirect("https://evil.example/albums/x"),
     "return_uri-javascript": open_redirect("javascript:alert(document.cookie)"),
@@ -218,17 +272,26 @@ LAUNCH_CASES = {
     "return_uri-http-downgrade": open_redirect("http://kheops.test/albums/x"),
     "return_uri-newline": open_redirect(RETURN_URI + "\nLocation: https://evil.example"),
     "return_uri-script-in-trusted-path": LaunchCase(
-        replace("return_uri", f"{ROOT}/albums/{IMG}{SCRIPT}"), 403, "disabled",
-        provider_enabled=False, way_back=True,
+        replace("return_uri", f"{ROOT}/albums/{IMG}{SCRIPT}"),
+        403,
+        "disabled",
+        provider_enabled=False,
+        way_back=True,
     ),
     # --- other parameters -----------------------------------------------------------
-    "token-parameter-is-ignored": LaunchCase(add(("token", "eyJattacker-token-value")), 302, "", outbound=True),
-    "unknown-parameters-are-ignored": LaunchCase(add(("foo", SCRIPT), (SCRIPT, IMG)), 302, "", outbound=True),
+    "token-parameter-is-ignored": LaunchCase(
+        add(("token", "eyJattacker-token-value")), 302, "", outbound=True
+    ),
+    "unknown-parameters-are-ignored": LaunchCase(
+        add(("foo", SCRIPT), (SCRIPT, IMG)), 302, "", outbound=True
+    ),
 }
 
 
 @pytest.mark.parametrize(("case"), [pytest.param(c, id=name) for name, c in LAUNCH_CASES.items()])
-def test_hostile_launch(client: Client, fake_kheops: FakeKheops, provider, case: LaunchCase) -> None:
+def test_hostile_launch(
+    client: Client, fake_kheops: FakeKheops, provider, case: LaunchCase
+) -> None:
     if not case.provider_enabled:
         provider.enabled = False
         provider.save()
@@ -332,15 +395,36 @@ def test_hostile_cookies_do_not_break_a_launch(
 @pytest.mark.parametrize(
     ("path", "status", "message"),
     [
-        pytest.param("/launches/NotOurs123/viewer", 403, "belongs to another browser session", id="unknown-launch-id"),
-        pytest.param("/launches/NotOurs123/", 403, "belongs to another browser session", id="unknown-launch-root"),
-        pytest.param("/launches/%3Cscript%3Ealert(1)%3C%2Fscript%3E/viewer", 403, "belongs to another", id="script-launch-id"),
-        pytest.param("/launches/" + "L" * 5000 + "/viewer", 403, "belongs to another", id="huge-launch-id"),
+        pytest.param(
+            "/launches/NotOurs123/viewer",
+            403,
+            "belongs to another browser session",
+            id="unknown-launch-id",
+        ),
+        pytest.param(
+            "/launches/NotOurs123/",
+            403,
+            "belongs to another browser session",
+            id="unknown-launch-root",
+        ),
+        pytest.param(
+            "/launches/%3Cscript%3Ealert(1)%3C%2Fscript%3E/viewer",
+            403,
+            "belongs to another",
+            id="script-launch-id",
+        ),
+        pytest.param(
+            "/launches/" + "L" * 5000 + "/viewer", 403, "belongs to another", id="huge-launch-id"
+        ),
         pytest.param("/launches/x/viewer/app.bundle.js", 404, "", id="asset-path-under-launch"),
-        pytest.param("/launches/x/..%2F..%2Fadmin%2F", 403, "belongs to another", id="encoded-traversal"),
+        pytest.param(
+            "/launches/x/..%2F..%2Fadmin%2F", 403, "belongs to another", id="encoded-traversal"
+        ),
     ],
 )
-def test_viewer_routes_without_a_grant(client: Client, db: None, path: str, status: int, message: str) -> None:
+def test_viewer_routes_without_a_grant(
+    client: Client, db: None, path: str, status: int, message: str
+) -> None:
     response = client.get(path)
 
     assert response.status_code == status
@@ -371,7 +455,9 @@ def test_the_token_of_a_launch_that_is_not_ours_is_a_403(
     assert len(fake_kheops.router.calls) == 0
 
 
-def test_the_viewer_of_a_launch_that_is_not_ours_is_a_403_page_without_launch_data(client: Client, db: None) -> None:
+def test_the_viewer_of_a_launch_that_is_not_ours_is_a_403_page_without_launch_data(
+    client: Client, db: None
+) -> None:
     response = client.get("/launches/NotOurs123/viewer")
 
     assert response.status_code == 403
@@ -458,7 +544,9 @@ def test_a_token_parameter_on_the_launch_does_not_replace_ours(
     page = client.get(response["Location"]).content.decode()
     assert "eyJattacker" not in page
     # The token the viewer gets: from the URL its launch data names.
-    [data] = re.findall(r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page, re.S)
+    [data] = re.findall(
+        r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page, re.S
+    )
     token_url = json.loads(data)["tokenUrl"]
     assert token_url == token_url_of(response["Location"])
 
@@ -482,7 +570,11 @@ def test_the_leak_check_finds_a_secret_in_a_log_a_header_a_page_or_a_row(db: Non
     check.see("log record", f"exchange done with {token}")
     check.see("header Location", "/launches/x/viewer")
     check.see("page", "aaaaaaaaaaaaaaaaaaaaaaaa")
-    Session.objects.create(session_key="k" * 32, session_data=Session.objects.encode({"t": token}), expire_date="2999-01-01T00:00Z")
+    Session.objects.create(
+        session_key="k" * 32,
+        session_data=Session.objects.encode({"t": token}),
+        expire_date="2999-01-01T00:00Z",
+    )
 
     leaks = check.scan(leakcheck.stored_rows())
 

@@ -83,7 +83,11 @@ def test_it_exchanges_the_code_and_redirects_to_a_clean_viewer_url(
     assert query == {"StudyInstanceUIDs": [STUDY_1]}
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.PENDING
-    assert (record.client_id, record.album_id, record.study_uids) == (CLIENT_ID, ALBUM_ID, [STUDY_1])
+    assert (record.client_id, record.album_id, record.study_uids) == (
+        CLIENT_ID,
+        ALBUM_ID,
+        [STUDY_1],
+    )
     assert record.remote_addr == "127.0.0.1"
     assert location.split("/")[2] == record.launch_id
 
@@ -98,11 +102,21 @@ def test_it_exchanges_the_code_and_redirects_to_a_clean_viewer_url(
     assert body["userName"] == "Dr Alice Martin"
     record.refresh_from_db()
     assert record.outcome == LaunchOutcome.SUCCESS
-    assert (record.user_sub, record.user_name, record.user_email) == ("user-123", "Dr Alice Martin", "alice@example.org")
-    assert (record.client_id, record.album_id, record.study_uids) == (CLIENT_ID, ALBUM_ID, [STUDY_1])
+    assert (record.user_sub, record.user_name, record.user_email) == (
+        "user-123",
+        "Dr Alice Martin",
+        "alice@example.org",
+    )
+    assert (record.client_id, record.album_id, record.study_uids) == (
+        CLIENT_ID,
+        ALBUM_ID,
+        [STUDY_1],
+    )
     assert record.expires_at is not None
     assert LaunchRecord.objects.count() == 1
-    assert_no_secret(fake_kheops, location, response.content.decode(), caplog.text, audit_rows_text())
+    assert_no_secret(
+        fake_kheops, location, response.content.decode(), caplog.text, audit_rows_text()
+    )
 
 
 def test_the_launch_itself_calls_neither_the_token_endpoint_nor_userinfo(
@@ -128,14 +142,18 @@ def test_the_launch_itself_calls_neither_the_token_endpoint_nor_userinfo(
     assert grant.sealed_code and grant.sealed_token == ""
     assert code not in grant_rows_text()
     assert UsedCode.objects.count() == 1
-    assert_no_secret(fake_kheops, response["Location"], caplog.text, audit_rows_text(), grant_rows_text())
+    assert_no_secret(
+        fake_kheops, response["Location"], caplog.text, audit_rows_text(), grant_rows_text()
+    )
 
 
 def test_it_opens_several_studies_in_launch_order(client: Client, fake_kheops: FakeKheops) -> None:
     response = client.get(fake_kheops.launch_url(studies=(STUDY_2, STUDY_1)))
 
     assert response.status_code == 302
-    assert parse_qs(urlsplit(response["Location"]).query) == {"StudyInstanceUIDs": [f"{STUDY_2},{STUDY_1}"]}
+    assert parse_qs(urlsplit(response["Location"]).query) == {
+        "StudyInstanceUIDs": [f"{STUDY_2},{STUDY_1}"]
+    }
     assert LaunchRecord.objects.get().study_uids == [STUDY_2, STUDY_1]
 
 
@@ -174,7 +192,9 @@ def test_each_assertion_has_a_fresh_jti(client: Client, fake_kheops: FakeKheops)
     assert len(jtis) == 2
 
 
-def test_the_grant_is_kept_sealed_and_bound_to_a_browser_key(client: Client, fake_kheops: FakeKheops) -> None:
+def test_the_grant_is_kept_sealed_and_bound_to_a_browser_key(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
     code = fake_kheops.new_code()
     response, token_response = launch_and_exchange(client, fake_kheops.launch_url(code=code))
     assert token_response.status_code == 200
@@ -320,7 +340,9 @@ def test_a_launch_url_replayed_before_its_viewer_exchanged_is_refused(
     assert LaunchRecord.objects.filter(outcome=LaunchOutcome.PENDING).count() == 1
 
 
-def test_the_replay_record_keeps_a_hash_not_the_code(client: Client, fake_kheops: FakeKheops) -> None:
+def test_the_replay_record_keeps_a_hash_not_the_code(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
     code = fake_kheops.new_code()
     launch_and_exchange(client, fake_kheops.launch_url(code=code))
 
@@ -394,7 +416,9 @@ def test_it_refuses_an_untrusted_server_without_calling_it(
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.UNTRUSTED_SERVER
 
 
-def test_it_refuses_a_disabled_server(client: Client, fake_kheops: FakeKheops, kheops_server) -> None:
+def test_it_refuses_a_disabled_server(
+    client: Client, fake_kheops: FakeKheops, kheops_server
+) -> None:
     kheops_server.enabled = False
     kheops_server.save()
 
@@ -404,7 +428,9 @@ def test_it_refuses_a_disabled_server(client: Client, fake_kheops: FakeKheops, k
     assert len(fake_kheops.router.calls) == 0
 
 
-def test_it_refuses_a_disabled_provider_with_a_way_back(client: Client, fake_kheops: FakeKheops, provider) -> None:
+def test_it_refuses_a_disabled_provider_with_a_way_back(
+    client: Client, fake_kheops: FakeKheops, provider
+) -> None:
     provider.enabled = False
     provider.save()
 
@@ -425,7 +451,12 @@ def test_an_unknown_provider_is_a_404(client: Client, fake_kheops: FakeKheops) -
 
 @pytest.mark.parametrize(
     "return_uri",
-    ["https://evil.example/albums/x", "javascript:alert(1)", f"{ROOT}.evil.example/albums/x", "//evil.example/"],
+    [
+        "https://evil.example/albums/x",
+        "javascript:alert(1)",
+        f"{ROOT}.evil.example/albums/x",
+        "//evil.example/",
+    ],
 )
 def test_the_way_back_is_offered_only_into_the_trusted_server(
     client: Client, fake_kheops: FakeKheops, provider, return_uri: str
@@ -443,9 +474,23 @@ def test_the_way_back_is_offered_only_into_the_trusted_server(
 @pytest.mark.parametrize(
     ("answer", "status", "outcome"),
     [
-        ((400, {"error": "invalid_request", "error_description": "Unable to validate the authorization code"}), 403, LaunchOutcome.CODE_REJECTED),
+        (
+            (
+                400,
+                {
+                    "error": "invalid_request",
+                    "error_description": "Unable to validate the authorization code",
+                },
+            ),
+            403,
+            LaunchOutcome.CODE_REJECTED,
+        ),
         ((400, {"error": "invalid_grant"}), 403, LaunchOutcome.CODE_REJECTED),
-        ((400, {"error": "invalid_client", "error_description": "Unknown client_id"}), 403, LaunchOutcome.CODE_REJECTED),
+        (
+            (400, {"error": "invalid_client", "error_description": "Unknown client_id"}),
+            403,
+            LaunchOutcome.CODE_REJECTED,
+        ),
         ((500, {"message": "Internal server error"}), 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
         ((503, "<html>down</html>"), 502, LaunchOutcome.KHEOPS_UNAVAILABLE),
         ((200, "not json"), 502, LaunchOutcome.KHEOPS_MALFORMED),
@@ -459,7 +504,11 @@ def test_the_way_back_is_offered_only_into_the_trusted_server(
     ],
 )
 def test_it_handles_every_token_endpoint_failure(
-    client: Client, fake_kheops: FakeKheops, answer, status: int, outcome: LaunchOutcome,
+    client: Client,
+    fake_kheops: FakeKheops,
+    answer,
+    status: int,
+    outcome: LaunchOutcome,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -667,7 +716,9 @@ def test_discovery_down_is_unavailable(client: Client, fake_kheops: FakeKheops) 
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
 
 
-def test_the_discovery_document_is_cached_between_launches(client: Client, fake_kheops: FakeKheops) -> None:
+def test_the_discovery_document_is_cached_between_launches(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
     for _ in range(2):
         launch, token = launch_and_exchange(client, fake_kheops.launch_url())
         assert (launch.status_code, token.status_code) == (302, 200)
@@ -677,7 +728,9 @@ def test_the_discovery_document_is_cached_between_launches(client: Client, fake_
     assert len(fake_kheops.token_requests) == 2
 
 
-def test_a_userinfo_failure_does_not_fail_the_launch(client: Client, fake_kheops: FakeKheops) -> None:
+def test_a_userinfo_failure_does_not_fail_the_launch(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
     fake_kheops.userinfo_answer = (401, {})
 
     launch, token = launch_and_exchange(client, fake_kheops.launch_url())
@@ -699,8 +752,13 @@ def test_userinfo_is_called_with_the_bearer_token(client: Client, fake_kheops: F
     assert call.request.headers["Authorization"] == f"Bearer {fake_kheops.issued_tokens[0]}"
 
 
-def test_a_huge_answer_is_refused_without_buffering_it(client: Client, fake_kheops: FakeKheops) -> None:
-    fake_kheops.token_answer = (200, {"access_token": "x" * (kheops.MAX_BODY_BYTES + 10), "expires_in": 1})
+def test_a_huge_answer_is_refused_without_buffering_it(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    fake_kheops.token_answer = (
+        200,
+        {"access_token": "x" * (kheops.MAX_BODY_BYTES + 10), "expires_in": 1},
+    )
 
     launch, token = launch_and_exchange(client, fake_kheops.launch_url())
 
@@ -767,8 +825,11 @@ def test_the_token_request_clears_out_old_codes_and_grants_now_and_then(
     now = timezone.now()
     UsedCode.objects.create(code_hash="0" * 64, used_at=now - timedelta(hours=1))
     LaunchGrant.objects.create(
-        launch_id="old-grant", browser_key_hash="0" * 64, expires_at=now - timedelta(days=2),
-        dicomweb_endpoint=f"{ROOT}/api", mode="viewer",
+        launch_id="old-grant",
+        browser_key_hash="0" * 64,
+        expires_at=now - timedelta(days=2),
+        dicomweb_endpoint=f"{ROOT}/api",
+        mode="viewer",
     )
     launched(exchange=False)
     assert UsedCode.objects.filter(code_hash="0" * 64).exists()  # not by the launch itself

@@ -46,7 +46,9 @@ def redis_values(server: redis.Redis) -> str:
     return " ".join(repr(server.get(key)) for key in server.scan_iter("kheops-ohif-test-*"))
 
 
-def test_a_replay_is_refused_with_redis_configured(with_redis: redis.Redis, fake_kheops: FakeKheops) -> None:
+def test_a_replay_is_refused_with_redis_configured(
+    with_redis: redis.Redis, fake_kheops: FakeKheops
+) -> None:
     client = Client()
     url = fake_kheops.launch_url()
     launch, token = launch_and_exchange(client, url)

@@ -30,9 +30,11 @@ INDEX_HTML = (
 )
 FILES = {
     "index.html": INDEX_HTML,
-    "app.bundle.0f6159c501addfe9.js": 'var x=1;__webpack_require__.p = "/";' + "/* padding */" * 200,
+    "app.bundle.0f6159c501addfe9.js": 'var x=1;__webpack_require__.p = "/";'
+    + "/* padding */" * 200,
     "8097.bundle.8ae6404ba94890a0.js": 'self.x=1;__webpack_require__.p = "/";',
-    "app.bundle.css": "@font-face{src:url(/a34f9d1faa5f3315.woff2)}body{background:url(//cdn.example/x.png)}" * 20,
+    "app.bundle.css": "@font-face{src:url(/a34f9d1faa5f3315.woff2)}body{background:url(//cdn.example/x.png)}"
+    * 20,
     "manifest.json": json.dumps({"icons": [{"src": "/assets/android-chrome-36x36.png"}]}),
     "a34f9d1faa5f3315.woff2": "font",
     "0ddf166f7a343eda.wasm": "\0asm" + "w" * 2000,
@@ -72,10 +74,18 @@ def registry(rsps: responses.RequestsMock) -> responses.RequestsMock:
     return rsps
 
 
-def install(root: Path, prefix: str = "/static/ohif/", spec: ohif_bundle.BundleSpec = SPEC, **kwargs) -> ohif_bundle.InstallResult:
+def install(
+    root: Path, prefix: str = "/static/ohif/", spec: ohif_bundle.BundleSpec = SPEC, **kwargs
+) -> ohif_bundle.InstallResult:
     with requests.Session() as session:
         return ohif_bundle.install(
-            spec, root=root, asset_prefix=prefix, registry_url=REGISTRY, session=session, progress=False, **kwargs
+            spec,
+            root=root,
+            asset_prefix=prefix,
+            registry_url=REGISTRY,
+            session=session,
+            progress=False,
+            **kwargs,
         )
 
 
@@ -88,13 +98,21 @@ def test_it_installs_a_pruned_bundle(tmp_path: Path, registry: responses.Request
     assert "app.bundle.0f6159c501addfe9.js" in names
     assert "0ddf166f7a343eda.wasm" in names
     assert "assets/favicon.ico" in names
-    for pruned in ("sw.js", "serve.json", "app-config.js", "index.html", "app.bundle.0f6159c501addfe9.js.map"):
+    for pruned in (
+        "sw.js",
+        "serve.json",
+        "app-config.js",
+        "index.html",
+        "app.bundle.0f6159c501addfe9.js.map",
+    ):
         assert pruned not in names
     assert not any(name.startswith(("ort/", "dicom-microscopy-viewer/")) for name in names)
     assert ohif_bundle.installed_bundle(tmp_path) == result.bundle
 
 
-def test_it_rewrites_the_asset_prefix_under_a_sub_path(tmp_path: Path, registry: responses.RequestsMock) -> None:
+def test_it_rewrites_the_asset_prefix_under_a_sub_path(
+    tmp_path: Path, registry: responses.RequestsMock
+) -> None:
     prefix = "/hospital/viewer/static/ohif/"
     bundle = install(tmp_path, prefix).bundle
 
@@ -106,7 +124,10 @@ def test_it_rewrites_the_asset_prefix_under_a_sub_path(tmp_path: Path, registry:
     css = (static / "app.bundle.css").read_text()
     assert f"url({prefix}a34f9d1faa5f3315.woff2)" in css
     assert "url(//cdn.example/x.png)" in css  # protocol-relative URLs are not ours to touch
-    assert json.loads((static / "manifest.json").read_text())["icons"][0]["src"] == f"{prefix}assets/android-chrome-36x36.png"
+    assert (
+        json.loads((static / "manifest.json").read_text())["icons"][0]["src"]
+        == f"{prefix}assets/android-chrome-36x36.png"
+    )
     index = bundle.index_html.read_text()
     assert f'src="{prefix}app.bundle.0f6159c501addfe9.js"' in index
     assert f'href="{prefix}app.bundle.css"' in index
@@ -136,7 +157,9 @@ def test_a_second_install_is_a_no_op(tmp_path: Path, registry: responses.Request
     assert len(registry.calls) == calls
 
 
-def test_a_new_prefix_reinstalls_from_the_verified_download(tmp_path: Path, registry: responses.RequestsMock) -> None:
+def test_a_new_prefix_reinstalls_from_the_verified_download(
+    tmp_path: Path, registry: responses.RequestsMock
+) -> None:
     first = install(tmp_path, "/static/ohif/")
 
     second = install(tmp_path, "/sub/static/ohif/")
@@ -148,10 +171,16 @@ def test_a_new_prefix_reinstalls_from_the_verified_download(tmp_path: Path, regi
     assert first.bundle.path.exists()  # the previous generation stays for running processes
 
 
-def test_an_integrity_mismatch_installs_nothing(tmp_path: Path, registry: responses.RequestsMock) -> None:
-    wrong = ohif_bundle.BundleSpec(package="@ohif/app", version="3.13.2", integrity=integrity(b"something else"))
+def test_an_integrity_mismatch_installs_nothing(
+    tmp_path: Path, registry: responses.RequestsMock
+) -> None:
+    wrong = ohif_bundle.BundleSpec(
+        package="@ohif/app", version="3.13.2", integrity=integrity(b"something else")
+    )
 
-    with pytest.raises(ohif_bundle.BundleIntegrityError, match=r"Integrity mismatch.*Nothing was installed"):
+    with pytest.raises(
+        ohif_bundle.BundleIntegrityError, match=r"Integrity mismatch.*Nothing was installed"
+    ):
         install(tmp_path, spec=wrong)
 
     assert ohif_bundle.installed_bundle(tmp_path) is None
@@ -159,9 +188,13 @@ def test_an_integrity_mismatch_installs_nothing(tmp_path: Path, registry: respon
     assert list((tmp_path / "downloads").iterdir()) == []
 
 
-def test_an_integrity_mismatch_keeps_the_installed_bundle(tmp_path: Path, registry: responses.RequestsMock) -> None:
+def test_an_integrity_mismatch_keeps_the_installed_bundle(
+    tmp_path: Path, registry: responses.RequestsMock
+) -> None:
     good = install(tmp_path).bundle
-    wrong = ohif_bundle.BundleSpec(package="@ohif/app", version="3.13.2", integrity=integrity(b"other"))
+    wrong = ohif_bundle.BundleSpec(
+        package="@ohif/app", version="3.13.2", integrity=integrity(b"other")
+    )
     (tmp_path / "downloads" / SPEC.tarball_name).unlink()
 
     with pytest.raises(ohif_bundle.BundleIntegrityError):
@@ -210,7 +243,9 @@ def test_a_failure_half_way_leaves_no_half_installed_bundle(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".installing-")]
 
 
-def test_a_tarball_that_is_not_an_ohif_build_is_refused(tmp_path: Path, rsps: responses.RequestsMock) -> None:
+def test_a_tarball_that_is_not_an_ohif_build_is_refused(
+    tmp_path: Path, rsps: responses.RequestsMock
+) -> None:
     data = make_tarball({"README.md": "hello"})
     rsps.get(TARBALL_URL, body=data)
     spec = ohif_bundle.BundleSpec(package="@ohif/app", version="3.13.2", integrity=integrity(data))
@@ -220,7 +255,9 @@ def test_a_tarball_that_is_not_an_ohif_build_is_refused(tmp_path: Path, rsps: re
     assert ohif_bundle.installed_bundle(tmp_path) is None
 
 
-def test_path_tricks_in_the_tarball_are_ignored(tmp_path: Path, rsps: responses.RequestsMock) -> None:
+def test_path_tricks_in_the_tarball_are_ignored(
+    tmp_path: Path, rsps: responses.RequestsMock
+) -> None:
     data = make_tarball({**FILES, "../../escape.js": "x"})
     rsps.get(TARBALL_URL, body=data)
     spec = ohif_bundle.BundleSpec(package="@ohif/app", version="3.13.2", integrity=integrity(data))
@@ -235,4 +272,7 @@ def test_the_pinned_spec_is_the_one_in_the_repository() -> None:
 
     assert spec.package == "@ohif/app"
     assert spec.integrity.startswith("sha512-")
-    assert spec.tarball_url("https://registry.npmjs.org") == f"https://registry.npmjs.org/@ohif/app/-/app-{spec.version}.tgz"
+    assert (
+        spec.tarball_url("https://registry.npmjs.org")
+        == f"https://registry.npmjs.org/@ohif/app/-/app-{spec.version}.tgz"
+    )

@@ -66,7 +66,11 @@ def test_refusals_of_the_launch_and_viewer_send_no_referrer_either(
     other_browser = stranger.get(launch["Location"])
     no_token = stranger.get(token_url_of(launch["Location"]))
 
-    assert (refused_launch.status_code, other_browser.status_code, no_token.status_code) == (400, 403, 403)
+    assert (refused_launch.status_code, other_browser.status_code, no_token.status_code) == (
+        400,
+        403,
+        403,
+    )
     for response in (refused_launch, other_browser, no_token):
         assert response["Referrer-Policy"] == "no-referrer"
 
@@ -90,7 +94,9 @@ def test_the_decorator_serves_async_views_too() -> None:
 def everything_in_the_admin(db: None, kheops_server: KheopsServer) -> User:
     """One object of each kind the admin lists, so that every change page exists."""
     admin = User.objects.create_superuser("admin", "admin@example.org", "pw-for-tests-only")
-    LaunchRecord.objects.create(outcome="success", kheops_server=kheops_server, study_uids=["1.2.3"])
+    LaunchRecord.objects.create(
+        outcome="success", kheops_server=kheops_server, study_uids=["1.2.3"]
+    )
     keys.active_signing_key()
     Group.objects.create(name="Auditors")
     Application.objects.create(
@@ -160,7 +166,9 @@ def test_every_admin_page_with_a_form_lets_browsers_send_the_origin(
         "/admin/oauth2_provider/application/add/",
     }
     assert expected <= with_forms.keys(), sorted(expected - with_forms.keys())
-    refused = {path: policy for path, policy in with_forms.items() if policy not in ORIGIN_SENDING_POLICIES}
+    refused = {
+        path: policy for path, policy in with_forms.items() if policy not in ORIGIN_SENDING_POLICIES
+    }
     assert refused == {}
     assert set(with_forms.values()) == {"same-origin"}
 
@@ -173,14 +181,22 @@ def test_the_audit_apis_browsable_pages_let_browsers_send_the_origin(
 
     pages = crawl(staff, "/api/v1/", within="/api/v1/")
 
-    assert {"/api/v1/", "/api/v1/launches/", "/api/v1/servers/", "/api/v1/providers/"} <= pages.keys()
-    html = {path: r for path, r in pages.items() if r.status_code == 200 and "html" in r["Content-Type"]}
+    assert {
+        "/api/v1/",
+        "/api/v1/launches/",
+        "/api/v1/servers/",
+        "/api/v1/providers/",
+    } <= pages.keys()
+    html = {
+        path: r for path, r in pages.items() if r.status_code == 200 and "html" in r["Content-Type"]
+    }
     assert len(html) >= 4
     # Read-only pages (their forms filter with GET): whatever form they grow must still work.
-    assert {path: r["Referrer-Policy"] for path, r in html.items()} == dict.fromkeys(html, "same-origin")
+    assert {path: r["Referrer-Policy"] for path, r in html.items()} == dict.fromkeys(
+        html, "same-origin"
+    )
 
 
 @pytest.mark.parametrize("page", ["/", "/admin/login/", "/healthz"])
 def test_our_other_pages_use_same_origin(db: None, client: Client, page: str) -> None:
     assert client.get(page)["Referrer-Policy"] == "same-origin"
-

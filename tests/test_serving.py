@@ -80,7 +80,9 @@ def test_our_own_unhashed_static_files_are_cached_briefly(client: Client) -> Non
     assert "max-age=300" in cache_control
 
 
-def test_compressed_variants_are_served(client: Client, bundle: ohif_bundle.InstalledBundle) -> None:
+def test_compressed_variants_are_served(
+    client: Client, bundle: ohif_bundle.InstalledBundle
+) -> None:
     hashed = next(p.name for p in bundle.static_dir.glob("app.bundle.*.js"))
 
     br = client.get(f"{P}{hashed}", HTTP_ACCEPT_ENCODING="gzip, br")
@@ -126,7 +128,9 @@ def test_missing_and_pruned_files_are_real_404s(client: Client, path: str) -> No
     assert b'<div id="root">' not in response.content
 
 
-def test_bundle_files_get_the_ohif_policy_for_their_workers(client: Client, bundle: ohif_bundle.InstalledBundle) -> None:
+def test_bundle_files_get_the_ohif_policy_for_their_workers(
+    client: Client, bundle: ohif_bundle.InstalledBundle
+) -> None:
     worker = next(p.name for p in bundle.static_dir.glob("8097.bundle.*.js"))
 
     csp = client.get(f"{P}{worker}")["Content-Security-Policy"]

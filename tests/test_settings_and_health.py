@@ -18,7 +18,11 @@ STRONG_KEY = "k" * 20 + "Q7v#pL2x!Zr9@Wm4^Ts8&Yb1" + "e" * 20
 
 
 def run_django(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SECRET_KEY", "DJANGO_", "PUBLIC_", "ALLOWED_", "DEBUG"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SECRET_KEY", "DJANGO_", "PUBLIC_", "ALLOWED_", "DEBUG"))
+    }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=REPO,
@@ -41,7 +45,10 @@ def test_it_refuses_to_start_without_a_secret_key_in_production() -> None:
     [
         ("viewer.example.org", "PUBLIC_BASE_URL must be an absolute http(s) URL"),
         ("https://viewer.example.org/?x=1", "must not contain a query string"),
-        ("https://user@viewer.example.org", "must not contain a query string, a fragment or user info"),
+        (
+            "https://user@viewer.example.org",
+            "must not contain a query string, a fragment or user info",
+        ),
         ("https://viewer.example.org:99999", "invalid port"),
     ],
 )
@@ -61,7 +68,10 @@ def test_it_refuses_a_boolean_it_cannot_read() -> None:
 
 def test_a_public_host_outside_allowed_hosts_is_a_system_check_error() -> None:
     result = run_django(
-        ["check"], SECRET_KEY=STRONG_KEY, PUBLIC_BASE_URL="https://viewer.example.org", ALLOWED_HOSTS="other.example.org"
+        ["check"],
+        SECRET_KEY=STRONG_KEY,
+        PUBLIC_BASE_URL="https://viewer.example.org",
+        ALLOWED_HOSTS="other.example.org",
     )
 
     assert result.returncode != 0
@@ -70,14 +80,18 @@ def test_a_public_host_outside_allowed_hosts_is_a_system_check_error() -> None:
 
 
 def test_plain_http_on_a_public_host_is_a_warning() -> None:
-    result = run_django(["check"], SECRET_KEY=STRONG_KEY, PUBLIC_BASE_URL="http://viewer.example.org")
+    result = run_django(
+        ["check"], SECRET_KEY=STRONG_KEY, PUBLIC_BASE_URL="http://viewer.example.org"
+    )
 
     assert result.returncode == 0
     assert "launcher.W002" in result.stderr
 
 
 def test_a_bundle_installed_for_another_prefix_is_a_system_check_error() -> None:
-    result = run_django(["check"], SECRET_KEY=STRONG_KEY, PUBLIC_BASE_URL="https://viewer.example.org/ohif")
+    result = run_django(
+        ["check"], SECRET_KEY=STRONG_KEY, PUBLIC_BASE_URL="https://viewer.example.org/ohif"
+    )
 
     assert result.returncode != 0
     assert "launcher.E004" in result.stderr
@@ -101,16 +115,26 @@ def test_a_sub_path_moves_every_url_under_it() -> None:
         "from django.conf import settings as s;"
         "print(s.FORCE_SCRIPT_NAME, s.STATIC_URL, s.OHIF_ASSET_URL, s.SESSION_COOKIE_PATH, s.PUBLIC_BASE_URL)"
     )
-    result = run_django(["shell", "-c", code], SECRET_KEY=STRONG_KEY, PUBLIC_BASE_URL="https://h.example/kheops/ohif/")
+    result = run_django(
+        ["shell", "-c", code],
+        SECRET_KEY=STRONG_KEY,
+        PUBLIC_BASE_URL="https://h.example/kheops/ohif/",
+    )
 
     assert result.stdout.splitlines()[-1].split() == [
-        "/kheops/ohif", "/kheops/ohif/static/", f"/kheops/ohif/static/ohif/{VERSION_DIR}/", "/kheops/ohif/", "https://h.example/kheops/ohif",
+        "/kheops/ohif",
+        "/kheops/ohif/static/",
+        f"/kheops/ohif/static/ohif/{VERSION_DIR}/",
+        "/kheops/ohif/",
+        "https://h.example/kheops/ohif",
     ]
 
 
 def test_https_turns_on_secure_cookies_and_hsts() -> None:
     code = "from django.conf import settings as s;print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS, s.SECURE_SSL_REDIRECT)"
-    result = run_django(["shell", "-c", code], SECRET_KEY=STRONG_KEY, PUBLIC_BASE_URL="https://h.example")
+    result = run_django(
+        ["shell", "-c", code], SECRET_KEY=STRONG_KEY, PUBLIC_BASE_URL="https://h.example"
+    )
 
     assert result.stdout.splitlines()[-1].split() == ["True", "True", "31536000", "True"]
 
@@ -153,7 +177,9 @@ def test_pages_carry_the_security_headers(client: Client) -> None:
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["X-Frame-Options"] == "DENY"
     # django-csp orders the directives differently from one process to the next.
-    directives = dict(part.strip().split(" ", 1) for part in response["Content-Security-Policy"].split(";"))
+    directives = dict(
+        part.strip().split(" ", 1) for part in response["Content-Security-Policy"].split(";")
+    )
     assert directives["script-src"] == "'self'"
     assert directives["frame-ancestors"] == "'none'"
     assert directives["object-src"] == "'none'"

@@ -22,7 +22,9 @@ from tests.fakes import ALBUM_ID, ROOT, STUDY_1, STUDY_2, TOKEN_URL, FakeKheops,
 
 def launch_data_of(page: str) -> dict[str, Any]:
     """The launch's JSON data block (what static/launcher/launch.js reads)."""
-    [data] = re.findall(r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page, re.S)
+    [data] = re.findall(
+        r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page, re.S
+    )
     return json.loads(data)
 
 
@@ -37,7 +39,9 @@ def launch_id_of(location: str) -> str:
     return urlsplit(location).path.split("/")[2]
 
 
-def test_the_viewer_page_is_ohifs_index_with_our_config(client: Client, launched: Callable[..., str]) -> None:
+def test_the_viewer_page_is_ohifs_index_with_our_config(
+    client: Client, launched: Callable[..., str]
+) -> None:
     location = launched()
 
     response = client.get(location)
@@ -61,7 +65,9 @@ def test_the_viewer_page_is_ohifs_index_with_our_config(client: Client, launched
     ]
 
 
-def test_the_viewer_page_allows_exactly_the_dicomweb_origin(client: Client, launched: Callable[..., str]) -> None:
+def test_the_viewer_page_allows_exactly_the_dicomweb_origin(
+    client: Client, launched: Callable[..., str]
+) -> None:
     response = client.get(launched())
 
     csp = response["Content-Security-Policy"]
@@ -94,9 +100,17 @@ def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(
     assert config["defaultDataSourceName"] == "kheops"
     [source] = config["dataSources"]
     assert source["namespace"] == "@ohif/extension-default.dataSourcesModule.dicomweb"
-    assert source["configuration"]["qidoRoot"] == source["configuration"]["wadoRoot"] == f"{ROOT}/api"
+    assert (
+        source["configuration"]["qidoRoot"] == source["configuration"]["wadoRoot"] == f"{ROOT}/api"
+    )
     assert source["configuration"]["thumbnailRendering"] == "wadors"
-    for unsafe in ("dangerouslyUseDynamicConfig", "customizationUrlPrefixes", "oidc", "dicomjson", "dicomwebproxy"):
+    for unsafe in (
+        "dangerouslyUseDynamicConfig",
+        "customizationUrlPrefixes",
+        "oidc",
+        "dicomjson",
+        "dicomwebproxy",
+    ):
         assert unsafe not in json.dumps(data) and unsafe not in LAUNCH_JS
 
 
@@ -165,7 +179,11 @@ def test_the_browser_keeps_its_launch_cookie_as_long_as_the_token(
     cookie = token.cookies[cookie_name]
     assert cookie.value == launch.cookies[cookie_name].value
     assert int(cookie["max-age"]) >= token.json()["expiresIn"]
-    assert cookie["path"] == launch.cookies[cookie_name]["path"] == f"/launches/{launch_id_of(launch['Location'])}/"
+    assert (
+        cookie["path"]
+        == launch.cookies[cookie_name]["path"]
+        == f"/launches/{launch_id_of(launch['Location'])}/"
+    )
     assert cookie["httponly"] and cookie["samesite"] == "Lax"
 
 
@@ -268,7 +286,9 @@ def test_reloading_the_viewer_keeps_working(client: Client, launched: Callable[.
     assert client.get(location).status_code == 200
 
 
-def test_ohif_routes_inside_the_launch_serve_the_page(client: Client, launched: Callable[..., str]) -> None:
+def test_ohif_routes_inside_the_launch_serve_the_page(
+    client: Client, launched: Callable[..., str]
+) -> None:
     location = launched()
     base = location.split("?")[0].rsplit("/", 1)[0]
 
@@ -279,7 +299,10 @@ def test_ohif_routes_inside_the_launch_serve_the_page(client: Client, launched: 
     assert root["Location"] == location
 
 
-@pytest.mark.parametrize("name", ["app.bundle.0f6159c501addfe9.js", "missing.css", "codec.wasm", "x/manifest.json", "a.map"])
+@pytest.mark.parametrize(
+    "name",
+    ["app.bundle.0f6159c501addfe9.js", "missing.css", "codec.wasm", "x/manifest.json", "a.map"],
+)
 def test_asset_like_paths_under_a_launch_are_real_404s(
     client: Client, launched: Callable[..., str], name: str
 ) -> None:
@@ -291,7 +314,10 @@ def test_asset_like_paths_under_a_launch_are_real_404s(
 
 
 def test_an_expired_grant_shows_the_way_back(
-    client: Client, launched: Callable[..., str], fake_kheops: FakeKheops, monkeypatch: pytest.MonkeyPatch
+    client: Client,
+    launched: Callable[..., str],
+    fake_kheops: FakeKheops,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     location = launched()
     two_hours_later = time.time() + 7200
@@ -349,7 +375,9 @@ def test_the_token_answer_tells_the_banner_how_long_is_left(
     assert launch_data_of(page)["returnUri"].startswith(f"{ROOT}/albums/")
     launch = re.search(r"window\.kheopsLaunch = \{(.*?)\n  \};", LAUNCH_JS, re.S).group(1)
     assert "returnUri: launch.returnUri" in launch
-    assert re.search(r"ready: token\.then\(function \(body\) \{ return \{ expiresIn: body\.expiresIn", launch)
+    assert re.search(
+        r"ready: token\.then\(function \(body\) \{ return \{ expiresIn: body\.expiresIn", launch
+    )
     assert "banner" in page
     banner = (Path(settings.BASE_DIR) / "static/launcher/banner.js").read_text()
     assert "window.kheopsLaunch" in banner

@@ -30,7 +30,7 @@ from launcher.models import (
 )
 
 # Values a hand-written statement could get wrong: quotes, backslashes, non-ASCII, nesting.
-AWKWARD_JSON: Any = ["1.2.840.10008.1", "it's \"quoted\" \\ é ✓", {"nested": [1, 2.5, None, True]}]
+AWKWARD_JSON: Any = ["1.2.840.10008.1", 'it\'s "quoted" \\ é ✓', {"nested": [1, 2.5, None, True]}]
 
 
 @pytest.fixture(
@@ -64,7 +64,9 @@ def a_code(n: int = 0) -> UsedCode:
     return UsedCode(code_hash=f"{n:064x}", used_at=timezone.now())
 
 
-def a_grant(linked: tuple[Provider, KheopsServer], launch_id: str = "launch-1", **values: Any) -> LaunchGrant:
+def a_grant(
+    linked: tuple[Provider, KheopsServer], launch_id: str = "launch-1", **values: Any
+) -> LaunchGrant:
     provider, server = linked
     fields: dict[str, Any] = {
         "launch_id": launch_id,
@@ -83,7 +85,9 @@ def a_grant(linked: tuple[Provider, KheopsServer], launch_id: str = "launch-1", 
     return LaunchGrant(**{**fields, **values})
 
 
-def a_record(linked: tuple[Provider, KheopsServer], launch_id: str = "launch-1", **values: Any) -> LaunchRecord:
+def a_record(
+    linked: tuple[Provider, KheopsServer], launch_id: str = "launch-1", **values: Any
+) -> LaunchRecord:
     provider, server = linked
     fields: dict[str, Any] = {
         "launch_id": launch_id,
@@ -109,7 +113,9 @@ def counts() -> tuple[int, int, int]:
 # --- insert_together ---------------------------------------------------------------------
 
 
-def test_insert_together_inserts_every_row_as_the_orm_would(linked: tuple[Provider, KheopsServer]) -> None:
+def test_insert_together_inserts_every_row_as_the_orm_would(
+    linked: tuple[Provider, KheopsServer],
+) -> None:
     provider, server = linked
     code, grant, record = a_code(), a_grant(linked), a_record(linked)
 
@@ -172,7 +178,9 @@ def test_insert_together_inserts_nothing_when_one_row_breaks_a_constraint(
     assert set(UsedCode.objects.values_list("code_hash", flat=True)) == {f"{0:064x}"}
 
 
-def test_insert_together_refuses_a_batch_that_repeats_itself(linked: tuple[Provider, KheopsServer]) -> None:
+def test_insert_together_refuses_a_batch_that_repeats_itself(
+    linked: tuple[Provider, KheopsServer],
+) -> None:
     with pytest.raises(IntegrityError):
         writes.insert_together(a_code(7), a_record(linked, "launch-7"), a_code(7))
 
@@ -184,7 +192,9 @@ def test_a_failed_insert_leaves_the_surrounding_transaction_usable() -> None:
     with transaction.atomic():
         UsedCode.objects.create(code_hash=f"{1:064x}", used_at=timezone.now())
         with pytest.raises(IntegrityError):
-            writes.insert_together(LaunchRecord(outcome=LaunchOutcome.PENDING, launch_id="x"), a_code(1))
+            writes.insert_together(
+                LaunchRecord(outcome=LaunchOutcome.PENDING, launch_id="x"), a_code(1)
+            )
         LaunchRecord.objects.create(outcome=LaunchOutcome.REPLAY)
 
     assert list(LaunchRecord.objects.values_list("outcome", flat=True)) == [LaunchOutcome.REPLAY]
@@ -213,13 +223,19 @@ def exchange_values(sealed: str = "sealed-token") -> tuple[dict[str, Any], dict[
     return grant, record
 
 
-def test_update_both_if_updates_both_when_the_first_matches(linked: tuple[Provider, KheopsServer]) -> None:
+def test_update_both_if_updates_both_when_the_first_matches(
+    linked: tuple[Provider, KheopsServer],
+) -> None:
     writes.insert_together(a_grant(linked), a_record(linked), a_record(linked, "launch-other"))
     grant_values, record_values = exchange_values()
 
     updated = writes.update_both_if(
-        LaunchGrant, grant_values, {"launch_id": "launch-1", "state": GrantState.PENDING},
-        LaunchRecord, record_values, {"launch_id": "launch-1"},
+        LaunchGrant,
+        grant_values,
+        {"launch_id": "launch-1", "state": GrantState.PENDING},
+        LaunchRecord,
+        record_values,
+        {"launch_id": "launch-1"},
     )
 
     assert updated is True
@@ -251,8 +267,12 @@ def test_update_both_if_changes_nothing_when_the_first_does_not_match(
     grant_values, record_values = exchange_values()
 
     updated = writes.update_both_if(
-        LaunchGrant, grant_values, first_where,
-        LaunchRecord, record_values, {"launch_id": "launch-1"},  # would match
+        LaunchGrant,
+        grant_values,
+        first_where,
+        LaunchRecord,
+        record_values,
+        {"launch_id": "launch-1"},  # would match
     )
 
     assert updated is False
@@ -260,7 +280,9 @@ def test_update_both_if_changes_nothing_when_the_first_does_not_match(
     assert field_values(LaunchRecord.objects.get()) == record_before
 
 
-def test_update_both_if_lets_only_the_first_of_two_writers_store(linked: tuple[Provider, KheopsServer]) -> None:
+def test_update_both_if_lets_only_the_first_of_two_writers_store(
+    linked: tuple[Provider, KheopsServer],
+) -> None:
     # Both read the grant pending, both exchanged; they store one after the other.
     writes.insert_together(a_grant(linked), a_record(linked))
     first_grant, first_record = exchange_values("first-token")
@@ -268,7 +290,9 @@ def test_update_both_if_lets_only_the_first_of_two_writers_store(linked: tuple[P
     second_record = {**first_record, "user_sub": "second"}
     where = {"launch_id": "launch-1", "state": GrantState.PENDING}
 
-    first = writes.update_both_if(LaunchGrant, first_grant, where, LaunchRecord, first_record, {"launch_id": "launch-1"})
+    first = writes.update_both_if(
+        LaunchGrant, first_grant, where, LaunchRecord, first_record, {"launch_id": "launch-1"}
+    )
     second = writes.update_both_if(
         LaunchGrant, second_grant, where, LaunchRecord, second_record, {"launch_id": "launch-1"}
     )
@@ -284,21 +308,33 @@ def test_update_both_if_can_store_a_failure(linked: tuple[Provider, KheopsServer
 
     updated = writes.update_both_if(
         LaunchGrant,
-        {"state": GrantState.FAILED, "sealed_code": "", "failure_status": 504, "failure_message": "too slow"},
+        {
+            "state": GrantState.FAILED,
+            "sealed_code": "",
+            "failure_status": 504,
+            "failure_message": "too slow",
+        },
         {"launch_id": "launch-1", "state": GrantState.PENDING},
         LaunchRecord,
-        {"outcome": LaunchOutcome.KHEOPS_TIMEOUT, "failure_detail": "kheops.test did not answer in time"},
+        {
+            "outcome": LaunchOutcome.KHEOPS_TIMEOUT,
+            "failure_detail": "kheops.test did not answer in time",
+        },
         {"launch_id": "launch-1"},
     )
 
     assert updated is True
     grant = LaunchGrant.objects.get()
     assert (grant.state, grant.sealed_code, grant.failure_status, grant.failure_message) == (
-        GrantState.FAILED, "", 504, "too slow",
+        GrantState.FAILED,
+        "",
+        504,
+        "too slow",
     )
     record = LaunchRecord.objects.get()
     assert (record.outcome, record.failure_detail) == (
-        LaunchOutcome.KHEOPS_TIMEOUT, "kheops.test did not answer in time",
+        LaunchOutcome.KHEOPS_TIMEOUT,
+        "kheops.test did not answer in time",
     )
 
 
@@ -333,17 +369,24 @@ def database_server(transactional_db: None) -> tuple[Provider, KheopsServer]:
     return linked_rows()
 
 
-def test_update_both_if_is_safe_for_concurrent_writers(database_server: tuple[Provider, KheopsServer]) -> None:
+def test_update_both_if_is_safe_for_concurrent_writers(
+    database_server: tuple[Provider, KheopsServer],
+) -> None:
     for attempt in range(10):
         launch_id = f"launch-{attempt}"
-        writes.insert_together(a_grant(database_server, launch_id), a_record(database_server, launch_id))
+        writes.insert_together(
+            a_grant(database_server, launch_id), a_record(database_server, launch_id)
+        )
 
         def store(n: int, launch_id: str = launch_id) -> bool:
             grant_values, record_values = exchange_values(f"token-{n}")
             return writes.update_both_if(
-                LaunchGrant, {**grant_values, "user_name": f"writer-{n}"},
+                LaunchGrant,
+                {**grant_values, "user_name": f"writer-{n}"},
                 {"launch_id": launch_id, "state": GrantState.PENDING},
-                LaunchRecord, {**record_values, "user_sub": f"writer-{n}"}, {"launch_id": launch_id},
+                LaunchRecord,
+                {**record_values, "user_sub": f"writer-{n}"},
+                {"launch_id": launch_id},
             )
 
         results = at_once(store, 4)
@@ -364,7 +407,9 @@ def test_insert_together_is_all_or_nothing_for_concurrent_writers(
             launch_id = f"launch-{attempt}-{n}"
             try:
                 writes.insert_together(
-                    a_code(attempt), a_grant(database_server, launch_id), a_record(database_server, launch_id)
+                    a_code(attempt),
+                    a_grant(database_server, launch_id),
+                    a_record(database_server, launch_id),
                 )
             except IntegrityError:
                 return False
@@ -374,9 +419,13 @@ def test_insert_together_is_all_or_nothing_for_concurrent_writers(
 
         assert sorted(results, key=str) == [False, False, False, True], results
         winner = f"launch-{attempt}-{results.index(True)}"
-        assert list(LaunchGrant.objects.filter(launch_id__startswith=f"launch-{attempt}-").values_list(
-            "launch_id", flat=True
-        )) == [winner]
-        assert list(LaunchRecord.objects.filter(launch_id__startswith=f"launch-{attempt}-").values_list(
-            "launch_id", flat=True
-        )) == [winner]
+        assert list(
+            LaunchGrant.objects.filter(launch_id__startswith=f"launch-{attempt}-").values_list(
+                "launch_id", flat=True
+            )
+        ) == [winner]
+        assert list(
+            LaunchRecord.objects.filter(launch_id__startswith=f"launch-{attempt}-").values_list(
+                "launch_id", flat=True
+            )
+        ) == [winner]

@@ -7,87 +7,166 @@ import sandbox.models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Album',
+            name="Album",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('album_id', models.CharField(default=sandbox.models.new_album_id, max_length=10, unique=True)),
-                ('name', models.CharField(max_length=200)),
-                ('add_series', models.BooleanField(default=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "album_id",
+                    models.CharField(
+                        default=sandbox.models.new_album_id, max_length=10, unique=True
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("add_series", models.BooleanField(default=True)),
             ],
         ),
         migrations.CreateModel(
-            name='SandboxState',
+            name="SandboxState",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('clock_offset_seconds', models.FloatField(default=0.0)),
-                ('clock_mode', models.CharField(default='elapsed', max_length=16)),
-                ('faults', models.JSONField(default=dict)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("clock_offset_seconds", models.FloatField(default=0.0)),
+                ("clock_mode", models.CharField(default="elapsed", max_length=16)),
+                ("faults", models.JSONField(default=dict)),
             ],
         ),
         migrations.CreateModel(
-            name='User',
+            name="User",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('username', models.CharField(max_length=64, unique=True)),
-                ('display_name', models.CharField(max_length=200)),
-                ('email', models.EmailField(max_length=254)),
-                ('sub', models.CharField(default=sandbox.models.new_subject, max_length=64, unique=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("username", models.CharField(max_length=64, unique=True)),
+                ("display_name", models.CharField(max_length=200)),
+                ("email", models.EmailField(max_length=254)),
+                (
+                    "sub",
+                    models.CharField(
+                        default=sandbox.models.new_subject, max_length=64, unique=True
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ReportProvider',
+            name="ReportProvider",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('client_id', models.CharField(default=sandbox.models.new_client_id, max_length=22, unique=True)),
-                ('url', models.CharField(max_length=2048)),
-                ('name', models.CharField(max_length=255)),
-                ('removed', models.BooleanField(default=False)),
-                ('created_time', models.DateTimeField(auto_now_add=True)),
-                ('album', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='report_providers', to='sandbox.album')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "client_id",
+                    models.CharField(
+                        default=sandbox.models.new_client_id, max_length=22, unique=True
+                    ),
+                ),
+                ("url", models.CharField(max_length=2048)),
+                ("name", models.CharField(max_length=255)),
+                ("removed", models.BooleanField(default=False)),
+                ("created_time", models.DateTimeField(auto_now_add=True)),
+                (
+                    "album",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="report_providers",
+                        to="sandbox.album",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_time', '-pk'],
+                "ordering": ["-created_time", "-pk"],
             },
         ),
         migrations.CreateModel(
-            name='AlbumMembership',
+            name="AlbumMembership",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('is_admin', models.BooleanField(default=False)),
-                ('album', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='sandbox.album')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='sandbox.user')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("is_admin", models.BooleanField(default=False)),
+                (
+                    "album",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="memberships",
+                        to="sandbox.album",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="memberships",
+                        to="sandbox.user",
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='album',
-            name='members',
-            field=models.ManyToManyField(related_name='albums', through='sandbox.AlbumMembership', to='sandbox.user'),
+            model_name="album",
+            name="members",
+            field=models.ManyToManyField(
+                related_name="albums", through="sandbox.AlbumMembership", to="sandbox.user"
+            ),
         ),
         migrations.CreateModel(
-            name='AlbumStudy',
+            name="AlbumStudy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('study_uid', models.CharField(max_length=64)),
-                ('description', models.CharField(blank=True, max_length=200)),
-                ('modalities', models.CharField(blank=True, max_length=200)),
-                ('patient_name', models.CharField(blank=True, max_length=200)),
-                ('album', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='studies', to='sandbox.album')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("study_uid", models.CharField(max_length=64)),
+                ("description", models.CharField(blank=True, max_length=200)),
+                ("modalities", models.CharField(blank=True, max_length=200)),
+                ("patient_name", models.CharField(blank=True, max_length=200)),
+                (
+                    "album",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="studies",
+                        to="sandbox.album",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['pk'],
-                'constraints': [models.UniqueConstraint(fields=('album', 'study_uid'), name='unique_album_study')],
+                "ordering": ["pk"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("album", "study_uid"), name="unique_album_study"
+                    )
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='albummembership',
-            constraint=models.UniqueConstraint(fields=('album', 'user'), name='unique_album_member'),
+            model_name="albummembership",
+            constraint=models.UniqueConstraint(
+                fields=("album", "user"), name="unique_album_member"
+            ),
         ),
     ]

@@ -124,9 +124,7 @@ def report(request: HttpRequest) -> HttpResponse:
     except protocol.ApiError as error:
         if error.message is None:
             return HttpResponse(status=error.status)
-        return render(
-            request, "sandbox/report_error.html", {"error": error}, status=error.status
-        )
+        return render(request, "sandbox/report_error.html", {"error": error}, status=error.status)
     return render(
         request,
         "sandbox/report_redirect.html",

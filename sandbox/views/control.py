@@ -23,7 +23,9 @@ def loopback_only(view: View) -> View:
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not is_loopback_address(request.META.get("REMOTE_ADDR")):
-            return JsonResponse({"error": "the control API answers loopback clients only"}, status=403)
+            return JsonResponse(
+                {"error": "the control API answers loopback clients only"}, status=403
+            )
         return view(request, *args, **kwargs)
 
     return wrapper

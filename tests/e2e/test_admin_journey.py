@@ -180,7 +180,9 @@ def test_an_it_admin_sets_up_the_viewer_in_the_admin_and_exports_the_audit_trail
     with journey.step("the launch records list it, and the health panel counts it"):
         page.goto(viewer + "/admin/launcher/launchrecord/")
         journey.page_screenshot("admin-launch-records")
-        page.locator("#result_list tbody tr", has_text="Viewer opened").first.locator("th a").click()
+        page.locator("#result_list tbody tr", has_text="Viewer opened").first.locator(
+            "th a"
+        ).click()
         page.wait_for_url(re.compile(r"/admin/launcher/launchrecord/\d+/change/"))
         journey.page_screenshot("admin-launch-record")
         page.goto(viewer + "/admin/")
@@ -202,7 +204,9 @@ def test_an_it_admin_sets_up_the_viewer_in_the_admin_and_exports_the_audit_trail
         assert rows[0] == audit.CSV_COLUMNS
         records = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
         assert any(
-            r["outcome"] == "success" and r["study_uids"] == CT_STUDY and r["kheops_server"] == "KHEOPS stand-in"
+            r["outcome"] == "success"
+            and r["study_uids"] == CT_STUDY
+            and r["kheops_server"] == "KHEOPS stand-in"
             for r in records
         ), records
 

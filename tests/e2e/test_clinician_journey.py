@@ -59,7 +59,9 @@ def test_open_in_ohif_from_the_album_draws_the_study_with_the_token_kept_out_of_
         brand = journey.page.locator('[data-cy="kheops-ohif-brand"]')
         assert brand.inner_text() == "OHIF Viewer"
         mark = brand.locator("img")
-        assert re.search(r"/static/launcher/viewer-mark(\.[0-9a-f]{12})?\.svg$", mark.get_attribute("src"))
+        assert re.search(
+            r"/static/launcher/viewer-mark(\.[0-9a-f]{12})?\.svg$", mark.get_attribute("src")
+        )
         assert mark.evaluate("(img) => img.complete && img.naturalWidth > 0")
     with journey.step("every DICOMweb request carried the launch's token"):
         token = journey.token()
@@ -214,7 +216,10 @@ def test_the_banner_counts_down_then_offers_to_open_the_study_again_from_kheops(
         again = journey.context.new_page()
         response = again.goto(journey.page.url)
         assert response is not None and response.status == 410
-        assert again.get_by_role("link", name="Back to KHEOPS").get_attribute("href") == journey.album_url()
+        assert (
+            again.get_by_role("link", name="Back to KHEOPS").get_attribute("href")
+            == journey.album_url()
+        )
         journey.page_screenshot("error-expired-410", page=again)
         again.close()
     with journey.step("follow the link: the album page loads"):
@@ -367,7 +372,11 @@ def test_a_kheops_unavailable_for_a_moment_while_ohif_loads_is_asked_again_and_t
         journey.stack.kheops.reset()
         journey.wait_for_image()
         assert VIEWER_PATH.search(journey.page.url)
-        token_answers = [r.response().status for r in journey.finished if r.url.endswith("/token") and r.response()]
+        token_answers = [
+            r.response().status
+            for r in journey.finished
+            if r.url.endswith("/token") and r.response()
+        ]
         assert token_answers[0] == 502 and token_answers[-1] == 200
         assert set(token_answers[:-1]) == {502}
         journey.screenshot("token-asked-again")

@@ -59,12 +59,16 @@ def distinct_launch_urls(stack: Stack, count: int, *, config_url: str | None = N
     users = ("alice", "bob")
     client_ids = [stack.client_id] if config_url is None else []
     while len(client_ids) * len(users) * len(orders) < count:
-        response = stack.kheops.register_provider(config_url or stack.config_url, f"OHIF {len(client_ids)}")
+        response = stack.kheops.register_provider(
+            config_url or stack.config_url, f"OHIF {len(client_ids)}"
+        )
         assert response.status_code == 201, response.text
         client_ids.append(response.json()["client_id"])
     tokens = {user: stack.kheops.user_token(user) for user in users}
     urls = []
-    for client_id, user, order in itertools.islice(itertools.product(client_ids, users, orders), count):
+    for client_id, user, order in itertools.islice(
+        itertools.product(client_ids, users, orders), count
+    ):
         response = stack.kheops.launch(client_id, order, access_token=tokens[user])
         assert response.status_code == 200, response.text
         urls.append(meta_refresh_url(response))
@@ -130,7 +134,9 @@ def test_the_documents_answer_at_once_while_exchanges_wait_on_a_stalling_kheops(
     assert statuses == [(302, 200)] * waiting
 
 
-def test_a_graceful_stop_finishes_the_exchanges_in_flight(live_stack: Stack, tmp_path: Path) -> None:
+def test_a_graceful_stop_finishes_the_exchanges_in_flight(
+    live_stack: Stack, tmp_path: Path
+) -> None:
     # The production server (uvicorn) in its own process, on the test database, registered
     # in the stand-in under its own configuration URL.
     port = _free_port()
@@ -147,7 +153,9 @@ def test_a_graceful_stop_finishes_the_exchanges_in_flight(live_stack: Stack, tmp
     )  # fmt: skip
     try:
         _wait_until_up(f"{url}/healthz", server, tmp_path / "server.log")
-        [launch_url] = distinct_launch_urls(live_stack, 1, config_url=f"{url}/providers/ohif/configuration")
+        [launch_url] = distinct_launch_urls(
+            live_stack, 1, config_url=f"{url}/providers/ohif/configuration"
+        )
         live_stack.kheops.set_faults(token_delay_seconds=2)
         with ThreadPoolExecutor(max_workers=1) as browser:
             exchange = browser.submit(click, launch_url, url)
@@ -192,11 +200,13 @@ def _app_env(public_url: str) -> dict[str, str]:
     if database["ENGINE"] == "django.db.backends.sqlite3":
         database_url = f"sqlite:///{database['NAME']}"
     else:
-        database_url = (
-            f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-        )
+        database_url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_", "PUBLIC_"))},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DJANGO_", "DATABASE_", "PUBLIC_"))
+        },
         "DJANGO_SETTINGS_MODULE": "kheops_ohif.settings",
         "DATABASE_URL": database_url,
         "PUBLIC_BASE_URL": public_url,
@@ -217,7 +227,9 @@ def _wait_until_up(url: str, server: subprocess.Popen[bytes], log: Path) -> None
     raise AssertionError(f"the server did not start:\n{log.read_text()}")
 
 
-def test_a_provider_saved_here_is_answered_at_once_not_at_the_next_refresh(live_stack: Stack) -> None:
+def test_a_provider_saved_here_is_answered_at_once_not_at_the_next_refresh(
+    live_stack: Stack,
+) -> None:
     provider = Provider.objects.get(slug="ohif")
     provider.client_name = "Viewer of Hôpital X"
     provider.save()  # committed (transactional test): this process prepares its documents again

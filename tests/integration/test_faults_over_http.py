@@ -32,7 +32,16 @@ from tests.stack import Stack
         ({"token_delay_seconds": 5}, 504, LaunchOutcome.KHEOPS_TIMEOUT, "did not answer in time"),
         ({"token_garbage": True}, 502, LaunchOutcome.KHEOPS_MALFORMED, "does not understand"),
     ],
-    ids=["token-502", "token-503", "token-400", "token-401", "token-403", "token-404", "token-slow", "token-garbage"],
+    ids=[
+        "token-502",
+        "token-503",
+        "token-400",
+        "token-401",
+        "token-403",
+        "token-404",
+        "token-slow",
+        "token-garbage",
+    ],
 )
 def test_a_token_fault_then_the_launch_gets_its_token_once_kheops_is_back(
     live_stack: Stack, settings, faults: dict, status: int, outcome: LaunchOutcome, message: str
@@ -83,7 +92,8 @@ def test_a_token_fault_then_the_launch_gets_its_token_once_kheops_is_back(
         assert ask_token(http, viewer_url).status_code == status
         final = outcome
     assert list(LaunchRecord.objects.order_by("id").values_list("outcome", flat=True)) == [
-        final, LaunchOutcome.REPLAY,
+        final,
+        LaunchOutcome.REPLAY,
     ]
 
 
@@ -117,7 +127,8 @@ def test_a_discovery_fault_then_the_same_link_works_once_kheops_is_back(
     viewer_url = launch(http, live_stack, launch_url)
     assert ask_token(http, viewer_url).status_code == 200
     assert list(LaunchRecord.objects.order_by("id").values_list("outcome", flat=True)) == [
-        outcome, LaunchOutcome.SUCCESS,
+        outcome,
+        LaunchOutcome.SUCCESS,
     ]
 
 
@@ -137,12 +148,17 @@ def test_a_userinfo_fault_still_opens_the_viewer(live_stack: Stack) -> None:
 
 def test_discovery_down_then_back_without_waiting_for_a_cache(live_stack: Stack) -> None:
     live_stack.kheops.set_faults(discovery_down=True)
-    assert requests.get(kheops_launch_url(live_stack), allow_redirects=False, timeout=20).status_code == 502
+    assert (
+        requests.get(kheops_launch_url(live_stack), allow_redirects=False, timeout=20).status_code
+        == 502
+    )
 
     live_stack.kheops.reset()
 
     http = requests.Session()
-    assert ask_token(http, launch(http, live_stack, kheops_launch_url(live_stack))).status_code == 200
+    assert (
+        ask_token(http, launch(http, live_stack, kheops_launch_url(live_stack))).status_code == 200
+    )
 
 
 def test_concurrent_uses_of_one_launch_link_open_one_viewer(live_stack: Stack) -> None:

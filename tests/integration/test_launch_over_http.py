@@ -19,7 +19,9 @@ from tests.fakes import token_url_of
 from tests.stack import Stack, meta_refresh_url
 
 
-def kheops_launch_url(stack: Stack, studies: list[str] | None = None, username: str = "alice") -> str:
+def kheops_launch_url(
+    stack: Stack, studies: list[str] | None = None, username: str = "alice"
+) -> str:
     """Click "Open in OHIF" as the KHEOPS UI does; the URL KHEOPS's page refreshes to."""
     response = stack.kheops.launch(stack.client_id, studies, username=username)
     assert response.status_code == 200, response.text
@@ -36,7 +38,9 @@ def launch(http: requests.Session, stack: Stack, launch_url: str) -> str:
 
 def ask_token(http: requests.Session, viewer_url: str) -> requests.Response:
     """The viewer's token request (what launch.js fetches), with this browser's cookies."""
-    return http.get(urlsplit(viewer_url)._replace(path=token_url_of(viewer_url), query="").geturl(), timeout=20)
+    return http.get(
+        urlsplit(viewer_url)._replace(path=token_url_of(viewer_url), query="").geturl(), timeout=20
+    )
 
 
 def token_from_viewer(http: requests.Session, viewer_url: str) -> str:
@@ -44,7 +48,9 @@ def token_from_viewer(http: requests.Session, viewer_url: str) -> str:
     request its launch.js makes."""
     page = http.get(viewer_url, timeout=10)
     assert page.status_code == 200
-    [data] = re.findall(r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page.text, re.S)
+    [data] = re.findall(
+        r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>', page.text, re.S
+    )
     assert json.loads(data)["tokenUrl"] == token_url_of(viewer_url)
     answer = ask_token(http, viewer_url)
     assert answer.status_code == 200, answer.text
@@ -167,7 +173,9 @@ def test_a_replayed_launch_is_refused(live_stack: Stack) -> None:
 def test_the_token_only_reaches_the_launched_study(live_stack: Stack) -> None:
     launched, other = live_stack.kheops.demo_study_uids[:2]
     http = requests.Session()
-    token = token_from_viewer(http, launch(http, live_stack, kheops_launch_url(live_stack, [launched])))
+    token = token_from_viewer(
+        http, launch(http, live_stack, kheops_launch_url(live_stack, [launched]))
+    )
 
     qido = requests.get(
         f"{live_stack.kheops.root_url}/api/studies",

@@ -61,7 +61,8 @@ def sandbox_factory() -> Iterator[Callable[..., SandboxServer]]:
         workdirs.append(workdir)
         port = free_port()
         server = SandboxServer(
-            root_url=f"http://127.0.0.1:{port}", env=_server_env(workdir, port, extra_env),
+            root_url=f"http://127.0.0.1:{port}",
+            env=_server_env(workdir, port, extra_env),
             workdir=workdir,
         )
         started.append(server)

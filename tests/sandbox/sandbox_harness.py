@@ -136,7 +136,11 @@ class SandboxServer:
         return self.seeded["other"]["studies"][0]["study_uid"]
 
     def register_provider(
-        self, config_url: str, name: str = "Fake provider", *, album_id: str | None = None,
+        self,
+        config_url: str,
+        name: str = "Fake provider",
+        *,
+        album_id: str | None = None,
         username: str = "alice",
     ) -> requests.Response:
         return self.http.post(
@@ -146,7 +150,11 @@ class SandboxServer:
         )
 
     def launch(
-        self, client_id: str, study_uids: list[str] | None = None, *, username: str = "alice",
+        self,
+        client_id: str,
+        study_uids: list[str] | None = None,
+        *,
+        username: str = "alice",
         access_token: str | None = None,
     ) -> requests.Response:
         """Submit the KHEOPS UI's launch form, `POST /api/report`."""
@@ -192,7 +200,9 @@ class SandboxServer:
             if self.process.poll() is not None:
                 break
             try:
-                if self.http.get(self.api("/.well-known/report-provider-configuration"), timeout=1).ok:
+                if self.http.get(
+                    self.api("/.well-known/report-provider-configuration"), timeout=1
+                ).ok:
                     break
             except requests.RequestException:
                 time.sleep(0.1)
@@ -220,8 +230,13 @@ def _server_env(workdir: Path, port: int, extra_env: dict[str, str] | None) -> d
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("SANDBOX_", "DJANGO_")) and key.lower() not in {
-            "http_proxy", "https_proxy", "all_proxy", "no_proxy",
+        if not key.startswith(("SANDBOX_", "DJANGO_"))
+        and key.lower()
+        not in {
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
         }
     }
     env.update(
@@ -338,7 +353,9 @@ class FakeProvider:
             payload.pop(name, None)
         header = {"kid": self.kid, **(headers or {})}
         header = {k: v for k, v in header.items() if v is not None}
-        return jwt.encode(payload, key if key is not None else self.key, algorithm=algorithm, headers=header)
+        return jwt.encode(
+            payload, key if key is not None else self.key, algorithm=algorithm, headers=header
+        )
 
     def token_form(
         self,
@@ -389,7 +406,9 @@ class FakeProvider:
                         body = json.dumps(provider.document).encode()
                     self._send(provider.config_status, body, provider.config_content_type)
                 elif path in provider.documents:
-                    self._send(200, json.dumps(provider.documents[path]).encode(), "application/json")
+                    self._send(
+                        200, json.dumps(provider.documents[path]).encode(), "application/json"
+                    )
                 elif path == "/jwks.json":
                     jwks = provider.jwks if provider.jwks is not None else provider.public_jwks()
                     self._send(200, json.dumps(jwks).encode(), "application/json")
@@ -400,5 +419,3 @@ class FakeProvider:
                     self._send(404, b"not found", "text/plain")
 
         return Handler
-
-

@@ -197,7 +197,12 @@ def test_load_samples_command_fails_clearly_without_orthanc() -> None:
 def test_ensure_packages_script_returns_at_once_when_orthanc_is_installed() -> None:
     started = time.monotonic()
     completed = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "ensure-debian-packages.sh"), "orthanc", "orthanc-dicomweb"],
+        [
+            "bash",
+            str(REPO_ROOT / "scripts" / "ensure-debian-packages.sh"),
+            "orthanc",
+            "orthanc-dicomweb",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

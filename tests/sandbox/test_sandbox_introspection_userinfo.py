@@ -7,7 +7,10 @@ from sandbox_harness import FakeProvider, SandboxServer, meta_refresh_url, query
 
 
 def _access_token(
-    sandbox: SandboxServer, fake_provider: FakeProvider, client_id: str, studies: list[str] | None = None
+    sandbox: SandboxServer,
+    fake_provider: FakeProvider,
+    client_id: str,
+    studies: list[str] | None = None,
 ) -> str:
     code = sandbox.launch_params(client_id, studies)["code"][0]
     response = sandbox.token(fake_provider.token_form(sandbox, code, client_id))

@@ -64,11 +64,23 @@ def test_invalid_study_uid_is_400(sandbox: SandboxServer, registered_provider: s
     assert response.headers["Content-Type"].startswith("text/html")
 
 
-def test_missing_study_uid_or_token_is_400(sandbox: SandboxServer, registered_provider: str) -> None:
+def test_missing_study_uid_or_token_is_400(
+    sandbox: SandboxServer, registered_provider: str
+) -> None:
     url = sandbox.api("/report")
     token = sandbox.user_token("alice")
-    assert sandbox.http.post(url, data={"access_token": token, "client_id": registered_provider}).status_code == 400
-    assert sandbox.http.post(url, data={"client_id": registered_provider, "studyUID": "1.2.3"}).status_code == 400
+    assert (
+        sandbox.http.post(
+            url, data={"access_token": token, "client_id": registered_provider}
+        ).status_code
+        == 400
+    )
+    assert (
+        sandbox.http.post(
+            url, data={"client_id": registered_provider, "studyUID": "1.2.3"}
+        ).status_code
+        == 400
+    )
 
 
 def test_bad_user_token_is_401(sandbox: SandboxServer, registered_provider: str) -> None:
@@ -82,9 +94,9 @@ def test_report_provider_token_is_403(
     sandbox: SandboxServer, fake_provider: FakeProvider, registered_provider: str
 ) -> None:
     code = sandbox.launch_params(registered_provider)["code"][0]
-    access_token = sandbox.token(fake_provider.token_form(sandbox, code, registered_provider)).json()[
-        "access_token"
-    ]
+    access_token = sandbox.token(
+        fake_provider.token_form(sandbox, code, registered_provider)
+    ).json()["access_token"]
     assert sandbox.launch(registered_provider, access_token=access_token).status_code == 403
 
 
@@ -98,7 +110,9 @@ def test_non_member_is_a_bare_403(sandbox: SandboxServer, registered_provider: s
     assert response.content == b""
 
 
-def test_member_who_is_not_admin_can_launch(sandbox: SandboxServer, registered_provider: str) -> None:
+def test_member_who_is_not_admin_can_launch(
+    sandbox: SandboxServer, registered_provider: str
+) -> None:
     assert sandbox.launch(registered_provider, username="bob").status_code == 200
 
 

@@ -49,10 +49,18 @@ def test_album_page_acts_as_the_chosen_user(
     response = sandbox.http.get(sandbox.url(f"/albums/{sandbox.demo_album_id}?as=carol"))
     assert "not a member" in response.text
     _, fields = _forms(response.text)[0]
-    assert jwt.decode(fields["access_token"], options={"verify_signature": False})["preferred_username"] == "carol"
+    assert (
+        jwt.decode(fields["access_token"], options={"verify_signature": False})[
+            "preferred_username"
+        ]
+        == "carol"
+    )
     assert sandbox.http.post(sandbox.api("/report"), data=fields).status_code == 403
     assert sandbox.http.get(sandbox.url("/albums/NoSuchAlbm")).status_code == 404
-    assert sandbox.http.get(sandbox.url(f"/albums/{sandbox.demo_album_id}?as=nobody")).status_code == 404
+    assert (
+        sandbox.http.get(sandbox.url(f"/albums/{sandbox.demo_album_id}?as=nobody")).status_code
+        == 404
+    )
 
 
 def test_index_links_the_albums(sandbox: SandboxServer) -> None:
@@ -66,10 +74,16 @@ def test_seed_is_idempotent(sandbox: SandboxServer) -> None:
     assert f"demo_album {sandbox.demo_album_id}" in output
     assert f"other_album {sandbox.other_album_id}" in output
     state = sandbox.state()
-    assert [a["album_id"] for a in state["albums"]] == [sandbox.demo_album_id, sandbox.other_album_id]
+    assert [a["album_id"] for a in state["albums"]] == [
+        sandbox.demo_album_id,
+        sandbox.other_album_id,
+    ]
     assert len(state["users"]) == 3
     demo = state["albums"][0]
-    assert {(m["username"], m["is_admin"]) for m in demo["members"]} == {("alice", True), ("bob", False)}
+    assert {(m["username"], m["is_admin"]) for m in demo["members"]} == {
+        ("alice", True),
+        ("bob", False),
+    }
     assert sandbox.other_study_uid not in sandbox.demo_study_uids
 
 
@@ -84,7 +98,9 @@ def test_register_provider_command_goes_through_the_api_and_is_idempotent(
     assert re.fullmatch(r"[A-Za-z0-9]{22}", first)
     assert sandbox.manage(*args).stdout.strip() == first
     refused = sandbox.manage(
-        "sandbox_register_provider", sandbox.demo_album_id, fake_provider.base_url + "/nothing",
+        "sandbox_register_provider",
+        sandbox.demo_album_id,
+        fake_provider.base_url + "/nothing",
         check=False,
     )
     assert refused.returncode != 0

@@ -163,7 +163,10 @@ def test_registration_needs_a_valid_user_token(
     unknown_album = sandbox.api("/albums/ZZZZZZZZZZ/reportproviders")
     alice = {"Authorization": f"Bearer {sandbox.user_token('alice')}"}
     assert sandbox.http.post(unknown_album, data=form, headers=alice).status_code == 404
-    assert sandbox.http.post(url, data={"url": fake_provider.config_url}, headers=alice).status_code == 400
+    assert (
+        sandbox.http.post(url, data={"url": fake_provider.config_url}, headers=alice).status_code
+        == 400
+    )
 
 
 def test_list_get_and_soft_delete(

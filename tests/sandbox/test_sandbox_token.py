@@ -80,8 +80,16 @@ def test_audience_may_be_an_array_containing_the_token_endpoint(
         ({"sub": "someone-else"}, "'sub'"),
     ],
     ids=[
-        "wrong-aud", "aud-is-root", "missing-kid", "unknown-kid", "missing-jti", "missing-exp",
-        "exp-too-far", "expired-assertion", "wrong-iss", "wrong-sub",
+        "wrong-aud",
+        "aud-is-root",
+        "missing-kid",
+        "unknown-kid",
+        "missing-jti",
+        "missing-exp",
+        "exp-too-far",
+        "expired-assertion",
+        "wrong-iss",
+        "wrong-sub",
     ],
 )
 def test_bad_assertion_is_invalid_request(
@@ -118,11 +126,15 @@ def test_hs256_assertion_is_rejected_before_any_key_lookup(
 ) -> None:
     code = _code(sandbox, registered_provider)
     assertion = fake_provider.assertion(
-        registered_provider, sandbox.api("/token"), key="a-shared-secret-of-32-bytes-or-more!",
+        registered_provider,
+        sandbox.api("/token"),
+        key="a-shared-secret-of-32-bytes-or-more!",
         algorithm="HS256",
     )
     form = fake_provider.token_form(sandbox, code, registered_provider, assertion=assertion)
-    assert "Unexpected JWT signing algorithm: HS256" in _error(sandbox.token(form), "invalid_request")
+    assert "Unexpected JWT signing algorithm: HS256" in _error(
+        sandbox.token(form), "invalid_request"
+    )
     assert "/jwks.json" not in fake_provider.requests
 
 
@@ -191,7 +203,10 @@ def test_code_expires_after_ten_minutes_plus_leeway(
     assert sandbox.token(fake_provider.token_form(sandbox, code, registered_provider)).ok
     sandbox.set_clock(700)
     form = fake_provider.token_form(sandbox, code, registered_provider)
-    assert _error(sandbox.token(form), "invalid_request") == "Unable to validate the authorization code"
+    assert (
+        _error(sandbox.token(form), "invalid_request")
+        == "Unable to validate the authorization code"
+    )
 
 
 def test_garbage_or_foreign_code_is_invalid_request(
@@ -225,7 +240,9 @@ def test_authorization_header_with_an_assertion_is_invalid_request(
     code = _code(sandbox, registered_provider)
     form = fake_provider.token_form(sandbox, code, registered_provider)
     for header in ("Basic Zm9vOmJhcg==", "Bearer abc"):
-        description = _error(sandbox.token(form, headers={"Authorization": header}), "invalid_request")
+        description = _error(
+            sandbox.token(form, headers={"Authorization": header}), "invalid_request"
+        )
         assert "can not both be present" in description
 
 
@@ -289,4 +306,3 @@ def test_clock_skew_mode_ages_the_assertion_too(
     )
     form = fake_provider.token_form(sandbox, code, registered_provider, assertion=fresh)
     assert sandbox.token(form).status_code == 200
-

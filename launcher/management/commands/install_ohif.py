@@ -16,7 +16,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--force", action="store_true", help="Reinstall even if up to date.")
         parser.add_argument(
-            "--brotli-quality", type=int, default=9, choices=range(0, 12), metavar="0-11",
+            "--brotli-quality",
+            type=int,
+            default=9,
+            choices=range(0, 12),
+            metavar="0-11",
             help="Brotli quality for precompression (11 is smallest but ~10x slower).",
         )
 

@@ -13,12 +13,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--grace-seconds", type=int, default=None,
+            "--grace-seconds",
+            type=int,
+            default=None,
             help="How long the previous key stays published (default SIGNING_KEY_GRACE_SECONDS).",
         )
 
     def handle(self, *args: object, grace_seconds: int | None, **options: object) -> None:
-        grace = timedelta(seconds=grace_seconds) if grace_seconds is not None else keys.grace_period()
+        grace = (
+            timedelta(seconds=grace_seconds) if grace_seconds is not None else keys.grace_period()
+        )
         if grace.total_seconds() < keys.MINIMUM_GRACE_SECONDS:
             raise CommandError(
                 f"The grace period must be at least {keys.MINIMUM_GRACE_SECONDS} s: the new key "
@@ -31,4 +35,6 @@ class Command(BaseCommand):
             f"{keys.PUBLISH_BEFORE_SIGNING_SECONDS} s"
         )
         if previous is not None:
-            self.stdout.write(f"Previous key kid={previous.kid} stays published until {previous.retired_at:%Y-%m-%d %H:%M:%S} UTC")
+            self.stdout.write(
+                f"Previous key kid={previous.kid} stays published until {previous.retired_at:%Y-%m-%d %H:%M:%S} UTC"
+            )

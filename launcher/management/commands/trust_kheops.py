@@ -12,7 +12,9 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True, help="A name shown in the admin.")
         parser.add_argument("--disable", action="store_true", help="Record it, but disabled.")
 
-    def handle(self, *args: object, root_url: str, name: str, disable: bool, **options: object) -> None:
+    def handle(
+        self, *args: object, root_url: str, name: str, disable: bool, **options: object
+    ) -> None:
         try:
             validate_root_url(root_url)
         except ValidationError as exc:
@@ -21,4 +23,6 @@ class Command(BaseCommand):
             root_url=root_url, defaults={"name": name, "enabled": not disable}
         )
         verb = "Trusted" if created else "Updated"
-        self.stdout.write(f"{verb} {server.name}: launches must carry conf_uri={server.discovery_url}")
+        self.stdout.write(
+            f"{verb} {server.name}: launches must carry conf_uri={server.discovery_url}"
+        )

@@ -43,7 +43,9 @@ class Command(BaseCommand):
             self.stdout.write(existing.client_id)
             return
         membership = (
-            AlbumMembership.objects.filter(album__album_id=album_id, user__username=options["username"])
+            AlbumMembership.objects.filter(
+                album__album_id=album_id, user__username=options["username"]
+            )
             .select_related("user")
             .first()
         )
@@ -62,5 +64,7 @@ class Command(BaseCommand):
             except requests.RequestException as exc:
                 raise CommandError(f"could not reach the stand-in: {type(exc).__name__}") from exc
         if response.status_code != 201:
-            raise CommandError(f"registration refused: HTTP {response.status_code} {response.text[:300]}")
+            raise CommandError(
+                f"registration refused: HTTP {response.status_code} {response.text[:300]}"
+            )
         self.stdout.write(response.json()["client_id"])
