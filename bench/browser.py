@@ -2,15 +2,16 @@
 
 Click to first image: from the click on "Open in OHIF Viewer" (the CT study) on the KHEOPS
 stand-in's album page, through KHEOPS's form POST and meta refresh, our launch endpoint and
-its redirect, the viewer page (whose app-config.js has the code exchanged meanwhile), to the
+its redirect, the viewer page (whose launch.js has the code exchanged meanwhile), to the
 first drawn image in OHIF: a `canvas.cornerstone-canvas` with a pixel
 that is not black. Both ends are timestamped in the page (`performance.timeOrigin +
 performance.now()`, one clock for every document of the browser), the end by a check run on
 cornerstone's own `CORNERSTONE_IMAGE_RENDERED` event: no polling error.
 
 Baseline, measured in the same run, interleaved with ours: the same installed OHIF bundle
-from a plain static file server in this process (no Django), with the same app-config.js
-and the token given directly (both taken from one real launch through our app: the static
+from a plain static file server in this process (no Django), with the same launch data and
+launch.js (OHIF's configuration) and the token given directly (taken from one real launch
+through our app: the static
 server answers the token URL with that launch's token, at once, with no KHEOPS behind it)
 and the same DICOMweb (the stand-in's relay to Orthanc), timed from navigation start to the
 first drawn image. The
@@ -59,7 +60,14 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
 import _harness  # noqa: E402
-from _stack import OHIF_ROOT, BenchStack, free_port, http_session, use_postgres_if_available  # noqa: E402
+from _stack import (  # noqa: E402
+    OHIF_ROOT,
+    REPO,
+    BenchStack,
+    free_port,
+    http_session,
+    use_postgres_if_available,
+)
 from playwright.sync_api import (  # noqa: E402
     Browser,
     BrowserContext,
@@ -89,6 +97,14 @@ RATIO_TARGET = 1.10
 COLD_WIRE_TARGET_MB = 6.0
 WARM_RELOAD_TARGET_KB = 50.0
 MB, KB = 1_000_000, 1_000
+# Where the installed index.html loads its configuration script (launcher/viewer.py puts the
+# launch data and launch.js there), and those two tags in our viewer page.
+CONFIG_SCRIPT = re.compile(r'<script[^>]*src="__KHEOPS_OHIF_APP_CONFIG_URL__"[^>]*></script>')
+LAUNCH_TAGS = re.compile(
+    r'<script id="kheops-ohif-launch" type="application/json">.*?</script>'
+    r'<script src="[^"]*/launcher/launch\.[0-9a-f]+\.js"></script>',
+    re.S,
+)
 
 # Runs in every document before its own scripts. Records when the first non-black pixel
 # reaches a cornerstone canvas; OHIF's answer to an unreadable study (/notfoundstudy) ends
@@ -142,24 +158,25 @@ VIEWER_PATH = re.compile(r"/launches/[^/]+/viewer")
 
 
 class StaticOhif(ThreadingHTTPServer):
-    """OHIF's installed bundle, its index.html and one fixed app-config.js; nothing else.
+    """OHIF's installed bundle, its index.html with one launch's data and our launch.js in
+    place of its configuration script (no banner); nothing else.
 
-    URL layout as ours (assets under the installed bundle's versioned prefix, the viewer
-    under /launches/<id>/), so the very same bundle and app-config.js work unchanged; cache
-    lifetimes as ours (everything under the versioned prefix is immutable).
+    URL layout as ours (assets under the installed bundle's versioned prefix, launch.js under
+    our static URL, the viewer under /launches/<id>/), so the very same bundle and script
+    work unchanged; cache lifetimes as ours (versioned or hashed names are immutable).
     """
 
     daemon_threads = True
 
-    def __init__(self, bundle_dir: Path, *, launch_id: str, app_config: str, token: str) -> None:
+    def __init__(self, bundle_dir: Path, *, launch_id: str, launch: str, token: str) -> None:
         super().__init__(("127.0.0.1", free_port()), _StaticOhifHandler)
         self.static_dir = (bundle_dir / "static").resolve()
         self.asset_prefix = json.loads((bundle_dir / "bundle.json").read_text())["asset_prefix"]
-        self.config_path = f"/launches/{launch_id}/app-config.js"
+        self.ours_dir = (REPO / "var" / "staticfiles" / "launcher").resolve()
+        self.ours_prefix = "/static/launcher/"
         self.viewer_prefix = f"/launches/{launch_id}/"
         index = (bundle_dir / "index.html").read_text(encoding="utf-8")
-        self.index_html = index.replace("__KHEOPS_OHIF_APP_CONFIG_URL__", self.config_path).encode()
-        self.app_config = app_config.encode()
+        self.index_html = CONFIG_SCRIPT.sub(lambda _: launch, index, count=1).encode()
         self.token_path = f"/launches/{launch_id}/token"
         self.token = token.encode()
         self.thread = threading.Thread(target=self.serve_forever, name="static-ohif", daemon=True)
@@ -184,17 +201,12 @@ class _StaticOhifHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
         if path.startswith(self.server.asset_prefix):
-            self._file(path.removeprefix(self.server.asset_prefix))
+            self._file(self.server.static_dir, path.removeprefix(self.server.asset_prefix))
+        elif path.startswith(self.server.ours_prefix):
+            self._file(self.server.ours_dir, path.removeprefix(self.server.ours_prefix))
         elif path == self.server.token_path:
             self._send(
                 HTTPStatus.OK, self.server.token, "application/json", {"Cache-Control": "no-store"}
-            )
-        elif path == self.server.config_path:
-            self._send(
-                HTTPStatus.OK,
-                self.server.app_config,
-                "text/javascript; charset=utf-8",
-                {"Cache-Control": "no-store"},
             )
         elif path.startswith(self.server.viewer_prefix):
             self._send(
@@ -206,9 +218,9 @@ class _StaticOhifHandler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain", {})
 
-    def _file(self, relative: str) -> None:
-        path = (self.server.static_dir / relative).resolve()
-        if not path.is_relative_to(self.server.static_dir) or not path.is_file():
+    def _file(self, root: Path, relative: str) -> None:
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
             self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain", {})
             return
         stat = path.stat()
@@ -528,21 +540,20 @@ def _persistent_context(playwright: Playwright, profile: Path) -> Iterator[Brows
 
 
 def baseline_config(stack: BenchStack, study_uid: str) -> tuple[str, str, str]:
-    """(launch id, app-config.js, token answer) of one real launch through our app, as a
-    browser gets them."""
+    """(launch id, its launch data and launch.js tags, token answer) of one real launch
+    through our app, as a browser gets them."""
     with http_session() as browser:
         viewer = browser.get(stack.launch_url(study_uid), timeout=30)
         viewer.raise_for_status()
         launch_id = urlsplit(viewer.url).path.split("/")[2]
-        config = browser.get(f"{stack.app_url}/launches/{launch_id}/app-config.js", timeout=30)
-        config.raise_for_status()
         token = browser.get(f"{stack.app_url}/launches/{launch_id}/token", timeout=30)
         token.raise_for_status()
-    if f"/launches/{launch_id}/token" not in config.text:
-        raise RuntimeError("our app-config.js does not ask for the token")
+    launch = LAUNCH_TAGS.search(viewer.text)
+    if launch is None or f"/launches/{launch_id}/token" not in launch.group(0):
+        raise RuntimeError("our viewer page has no launch data naming the token URL")
     if not token.json()["authorization"].startswith("Bearer "):
         raise RuntimeError("our token answer carries no token")
-    return launch_id, config.text, token.text
+    return launch_id, launch.group(0), token.text
 
 
 def warm_up_servers(stack: BenchStack) -> None:
@@ -570,12 +581,10 @@ def measure() -> list[_harness.Result]:
     with BenchStack.start(name=BENCHMARK) as stack:
         print(f"browser: stack up in {time.monotonic() - started:.1f} s", file=sys.stderr)
         study = stack.sample_study_uid("CT")
-        launch_id, app_config, token = baseline_config(stack, study)
+        launch_id, launch, token = baseline_config(stack, study)
         bundle_dir = (OHIF_ROOT / "current").resolve()
         with (
-            StaticOhif(
-                bundle_dir, launch_id=launch_id, app_config=app_config, token=token
-            ) as static,
+            StaticOhif(bundle_dir, launch_id=launch_id, launch=launch, token=token) as static,
             sync_playwright() as playwright,
         ):
             ours = Ours(stack, study)
@@ -696,7 +705,7 @@ def timing_results(kind: str, samples: Samples, server: str) -> list[Result]:
             f"{kind}: baseline, navigation → first image",
             "ms",
             baseline,
-            "same bundle, app-config.js and token from a static file server (no Django, no KHEOPS), same DICOMweb",
+            "same bundle, launch data, launch.js and token from a static file server (no Django, no KHEOPS), same DICOMweb",
         ),
         Result(
             BENCHMARK,
@@ -753,7 +762,7 @@ def wire_results(cold: list[WireTotals], reload: list[WireTotals]) -> list[Resul
             "cold load: our app's origin, on the wire",
             "MB",
             [w.app_wire / MB for w in cold],
-            f"{first.app_requests} requests (launch redirect, page, app-config.js, OHIF bundle), "
+            f"{first.app_requests} requests (launch redirect, page, launch.js, banner, OHIF bundle), "
             f"headers included; sent uncompressed (> 1 KB): "
             + (
                 ", ".join(f"{_short(t.url)} {t.decoded / KB:.0f} KB" for t in uncompressed)

@@ -328,6 +328,9 @@ KHEOPS_MAX_CALLS_IN_FLIGHT = envint("KHEOPS_MAX_CALLS_IN_FLIGHT", 32)
 # On SIGTERM the server first lets the code exchanges in flight finish, for at most this long
 # (KHEOPS calls back for our documents meanwhile: launcher.serving).
 SHUTDOWN_DRAIN_SECONDS = envint("SHUTDOWN_DRAIN_SECONDS", 30)
+# Each server process forgets used codes and old grants this often (0: never, then run
+# `manage.py clean_up` from cron; launcher.serving.Housekeeping).
+CLEAN_UP_INTERVAL_SECONDS = envint("CLEAN_UP_INTERVAL_SECONDS", 300)
 KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
 # Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
 KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)

@@ -233,12 +233,13 @@ class LaunchRecordAdmin(admin.ModelAdmin):
     list_display = [
         "created_at",
         "outcome",
+        "verified",
         "kheops_server",
         "provider",
         "user_name",
         "remote_addr",
     ]
-    list_filter = ["outcome", "kheops_server", "provider", "created_at"]
+    list_filter = ["outcome", "verified", "kheops_server", "provider", "created_at"]
     # The search box finds a study UID, a user (id, name or e-mail), a client or an album.
     search_fields = ["study_uids", "user_name", "user_email", "user_sub", "client_id", "album_id"]
     date_hierarchy = "created_at"

@@ -40,8 +40,14 @@ class ServerHealth:
 
 # Not failures: a launch that worked, one whose viewer has not asked for its token (yet),
 # and a replay, the same KHEOPS link opened twice (a double click, the Back button), refused
-# as it should be while the first launch went on. Replays are counted apart.
-NOT_FAILURES = [LaunchOutcome.SUCCESS, LaunchOutcome.PENDING, LaunchOutcome.REPLAY]
+# as it should be while the first launch went on (replays are counted apart), or sent back
+# to its own viewer when the same browser opened it again.
+NOT_FAILURES = [
+    LaunchOutcome.SUCCESS,
+    LaunchOutcome.PENDING,
+    LaunchOutcome.REPLAY,
+    LaunchOutcome.REOPENED,
+]
 
 
 def with_launch_counts(

@@ -221,6 +221,8 @@ class UsedCode(models.Model):
 
     code_hash = models.CharField(max_length=64, primary_key=True)
     used_at = models.DateTimeField(db_index=True)
+    # The launch that claimed it: a second click in the same browser goes to its viewer.
+    launch_id = models.CharField(max_length=32, blank=True)
 
     def __str__(self) -> str:
         return f"code used at {self.used_at:%Y-%m-%d %H:%M:%S}"
@@ -238,6 +240,9 @@ class LaunchOutcome(models.TextChoices):
     PROVIDER_DISABLED = "provider_disabled", _("Refused: provider disabled")
     UNTRUSTED_SERVER = "untrusted_server", _("Refused: KHEOPS server not trusted")
     REPLAY = "replay", _("Refused: link already used (replay)")
+    # The same browser presented its own launch's code again (a double click in KHEOPS
+    # makes two identical links): sent to the viewer it already has.
+    REOPENED = "reopened", _("Link used again by the same browser: sent to its viewer")
     CODE_REJECTED = "code_rejected", _("Failed: KHEOPS refused the code")
     KHEOPS_UNAVAILABLE = "kheops_unavailable", _("Failed: KHEOPS unavailable")
     KHEOPS_TIMEOUT = "kheops_timeout", _("Failed: KHEOPS did not answer in time")
@@ -272,6 +277,13 @@ class LaunchRecord(models.Model):
     )
     failure_detail = models.CharField(_("failure detail"), max_length=255, blank=True)
     remote_addr = models.GenericIPAddressField(_("from address"), null=True, blank=True)
+    # Until KHEOPS has accepted the launch's code, everything in the record (client id,
+    # album, studies) is only what the launch URL claimed: anyone can forge one.
+    verified = models.BooleanField(
+        _("verified by KHEOPS"),
+        default=False,
+        help_text=_("KHEOPS accepted the launch's code: the record's details are genuine."),
+    )
 
     class Meta:
         verbose_name = _("launch record")
@@ -323,7 +335,13 @@ class LaunchGrant(models.Model):
     study_uids = models.JSONField(default=list)
     mode = models.CharField(max_length=32)
     return_uri = models.CharField(max_length=2048, blank=True)
+    album_id = models.CharField(max_length=64, blank=True)
+    # Whom the viewer was opened as (KHEOPS userinfo), shown in the viewer.
     user_name = models.CharField(max_length=255, blank=True)
+    user_email = models.CharField(max_length=255, blank=True)
+    # The hash of the launching browser's key on the launch path (views.LAUNCHER_COOKIE):
+    # the same browser presenting the same code again is sent to this viewer.
+    launcher_key_hash = models.CharField(max_length=64, blank=True)
     failure_status = models.PositiveSmallIntegerField(null=True, blank=True)
     failure_message = models.CharField(max_length=255, blank=True)
     # What the clinician can do about it (services.ADVICE).

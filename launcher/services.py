@@ -6,8 +6,10 @@ Views parse and render; everything that decides lives here, in keyword-only func
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -23,6 +25,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError
+from django.db.models import Q
 from django.http import QueryDict
 from django.utils import timezone
 
@@ -48,6 +51,12 @@ CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9]{8,64}\Z")
 # Ours are secrets.token_urlsafe(16): 22 URL-safe characters (the column holds 32).
 LAUNCH_ID = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 MAX_CODE_LENGTH = 8192
+# KHEOPS codes are compact JWS (an HS256 JWT, docs/kheops-protocol.md): three base64url
+# parts, the first a JSON header naming the algorithm. Anything else is refused before a row
+# is written or an assertion signed.
+COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\Z")
+# The random key a launching browser keeps on the launch path (secrets.token_urlsafe(32)).
+LAUNCHER_KEY = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 MAX_STUDIES = 50
 # KHEOPS codes live 600 s plus 60 s leeway: a used-code row older than that guards nothing.
 USED_CODE_RETENTION = timedelta(seconds=660)
@@ -57,6 +66,9 @@ _CODE_PURPOSE = "launch-code"
 PENDING_LIFETIME = timedelta(seconds=600)
 # An expired grant is kept this long so that its viewer URL says "expired", not "not yours".
 GRANT_RETENTION_AFTER_EXPIRY = timedelta(days=1)
+# A grant whose code was never exchanged (no viewer asked: the tab closed at once, or a
+# forged launch) is dropped sooner.
+PENDING_RETENTION_AFTER_EXPIRY = timedelta(hours=1)
 
 
 # What to do, when a refusal does not say better.
@@ -128,6 +140,7 @@ ADVICE: dict[LaunchOutcome, str] = {
     LaunchOutcome.UNTRUSTED_SERVER: "Ask this viewer's administrator to add your KHEOPS "
     "server to its trusted servers.",
     LaunchOutcome.REPLAY: "Open the study again from KHEOPS: each click makes a new link.",
+    LaunchOutcome.REOPENED: OPEN_AGAIN,
     LaunchOutcome.CODE_REJECTED: OPEN_AGAIN,
     LaunchOutcome.KHEOPS_UNAVAILABLE: "Wait a moment, then open the study again from KHEOPS.",
     LaunchOutcome.KHEOPS_TIMEOUT: "Wait a moment, then open the study again from KHEOPS.",
@@ -167,11 +180,17 @@ class ViewerGrant:
     user_name: str
     # The secret the launching browser keeps in its cookie; known only at launch.
     browser_key: str = field(default="", repr=False)
+    # The launching browser's key on the launch path (one per browser, not per launch): known
+    # only at launch, and only when it is new or renewed.
+    launcher_key: str = field(default="", repr=False)
+    user_email: str = ""
+    album_id: str = ""
     state: str = GrantState.READY
     failure_status: int | None = None
     failure_message: str = ""
     failure_advice: str = ""
     provider_id: int | None = None
+    kheops_server_id: int | None = None
 
     @property
     def seconds_left(self) -> int:
@@ -206,7 +225,7 @@ def parse_launch_params(query: QueryDict | None) -> LaunchParams:
     client_id = single("client_id")
     return_uri = single("return_uri", required=False)
     assert code is not None and conf_uri is not None and client_id is not None
-    if len(code) > MAX_CODE_LENGTH or not code.isascii() or not code.isprintable():
+    if len(code) > MAX_CODE_LENGTH or not _is_compact_jws(code):
         raise _bad_request("The authorization code is not valid.")
     if len(conf_uri) > 2048:
         raise _bad_request("The KHEOPS configuration URL is not valid.")
@@ -231,6 +250,17 @@ def parse_launch_params(query: QueryDict | None) -> LaunchParams:
         study_uids=tuple(studies),
         return_uri=return_uri,
     )
+
+
+def _is_compact_jws(code: str) -> bool:
+    if not COMPACT_JWS.match(code):
+        return False
+    header = code.split(".", 1)[0]
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    except ValueError:  # not base64url, not UTF-8 or not JSON
+        return False
+    return isinstance(decoded, dict) and isinstance(decoded.get("alg"), str)
 
 
 def _bad_request(message: str) -> LaunchFailed:
@@ -476,6 +506,7 @@ async def launch(
     slug: str,
     query: QueryDict | None,
     remote_addr: str | None,
+    launcher_key: str | None = None,
     timings: kheops.Timings | None = None,
 ) -> ViewerGrant:
     """Accept a launch: check it, claim its code, keep the code sealed for the viewer.
@@ -484,6 +515,10 @@ async def launch(
     OHIF while its first token request (`complete`) runs the exchange: the KHEOPS round
     trips overlap the bundle's download and start-up instead of preceding them. Always
     writes one LaunchRecord (pending, or why it was refused); raises LaunchFailed.
+
+    `launcher_key` is the browser's key on the launch path, if it has one: a code already
+    claimed by a launch of the same browser (a double click in KHEOPS makes two identical
+    links) returns that launch's grant, without its browser key (the browser has it).
     """
     record = LaunchRecord(remote_addr=remote_addr)
     try:
@@ -495,8 +530,10 @@ async def launch(
             discovery = await discovery_for(accepted.server, timings=timings)
         except kheops.KheopsError as exc:
             raise _kheops_failure(exc, return_uri=accepted.return_uri) from None
-        grant = _pending_grant(accepted, discovery)
-        await blocking.run(_claim, accepted, grant, record)
+        grant = _pending_grant(accepted, discovery, launcher_key)
+        earlier = await blocking.run(_claim, accepted, grant, record)
+        if earlier is not None:
+            return earlier
     except LaunchFailed as failure:
         failure.study_uids = tuple(record.study_uids)
         await blocking.run(_record_refusal, record, failure)
@@ -547,7 +584,9 @@ def _accept(
     return _Accepted(provider=provider, params=params, server=server, return_uri=return_uri)
 
 
-def _pending_grant(accepted: _Accepted, discovery: kheops.Discovery) -> ViewerGrant:
+def _pending_grant(
+    accepted: _Accepted, discovery: kheops.Discovery, launcher_key: str | None
+) -> ViewerGrant:
     return ViewerGrant(
         launch_id=secrets.token_urlsafe(16),
         access_token="",
@@ -558,12 +597,21 @@ def _pending_grant(accepted: _Accepted, discovery: kheops.Discovery) -> ViewerGr
         return_uri=accepted.return_uri,
         user_name="",
         browser_key=secrets.token_urlsafe(32),
+        launcher_key=(
+            launcher_key
+            if launcher_key and LAUNCHER_KEY.match(launcher_key)
+            else secrets.token_urlsafe(32)
+        ),
+        album_id=album_id_from(accepted.params.return_uri, accepted.server),
         state=GrantState.PENDING,
     )
 
 
-def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> None:
-    """The claim (the used code's primary key), the grant and the audit row: one commit."""
+def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> ViewerGrant | None:
+    """The claim (the used code's primary key), the grant and the audit row: one commit.
+
+    None when claimed; the earlier launch's grant when this browser claimed the code before.
+    """
     code = accepted.params.code
     now = timezone.now()
     record.launch_id = grant.launch_id
@@ -581,18 +629,46 @@ def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> Non
         study_uids=list(grant.study_uids),
         mode=grant.mode,
         return_uri=accepted.return_uri or "",
+        album_id=grant.album_id,
+        launcher_key_hash=_key_hash(grant.launcher_key),
     )
+    used = UsedCode(code_hash=_code_hash(code), used_at=now, launch_id=grant.launch_id)
     try:
-        writes.insert_together(UsedCode(code_hash=_code_hash(code), used_at=now), row, record)
+        writes.insert_together(used, row, record)
     except IntegrityError:
-        if not UsedCode.objects.filter(code_hash=_code_hash(code)).exists():
+        claimed = UsedCode.objects.filter(code_hash=used.code_hash).first()
+        if claimed is None:
             raise
-        raise LaunchFailed(
-            LaunchOutcome.REPLAY,
-            409,
-            "This launch link has already been used.",
-            return_uri=accepted.return_uri,
-        ) from None
+        earlier = _launched_by(claimed.launch_id, grant.launcher_key)
+        if earlier is None:
+            raise LaunchFailed(
+                LaunchOutcome.REPLAY,
+                409,
+                "This launch link has already been used.",
+                return_uri=accepted.return_uri,
+            ) from None
+        _record_reopening(record, earlier)
+        return earlier
+    return None
+
+
+def _launched_by(launch_id: str, launcher_key: str) -> ViewerGrant | None:
+    """The grant of `launch_id` if the browser holding `launcher_key` launched it."""
+    row = LaunchGrant.objects.filter(launch_id=launch_id).first() if launch_id else None
+    if row is None or not row.launcher_key_hash:
+        return None
+    if not hmac.compare_digest(row.launcher_key_hash, _key_hash(launcher_key)):
+        return None
+    return _viewer_grant(row)
+
+
+def _record_reopening(record: LaunchRecord, earlier: ViewerGrant) -> None:
+    record.pk = None
+    record.launch_id = None
+    record.outcome = LaunchOutcome.REOPENED
+    record.failure_detail = f"sent to the viewer of launch {earlier.launch_id}"
+    record.save()
+    logger.info("launch %s opened again by the same browser", earlier.launch_id)
 
 
 def _record_refusal(record: LaunchRecord, failure: LaunchFailed) -> None:
@@ -812,21 +888,27 @@ def _record_success(
             "sealed_token": sealing.seal(token.access_token, purpose=_GRANT_PURPOSE),
             "expires_at": expires_at,
             "user_name": user.name if user else "",
+            "user_email": user.email if user else "",
         },
         {"launch_id": launch_id, "state": GrantState.PENDING},
         LaunchRecord,
-        {"outcome": LaunchOutcome.SUCCESS, "expires_at": expires_at, **user_fields},
+        {
+            "outcome": LaunchOutcome.SUCCESS,
+            "expires_at": expires_at,
+            "verified": True,
+            **user_fields,
+        },
         {"launch_id": launch_id},
     )
     if not stored:
         return None
     logger.info("launch %s exchanged its code: client_id=%s", launch_id, pending.client_id)
-    _clean_up_now_and_then(timezone.now())
     return replace(
         pending.grant,
         access_token=token.access_token,
         expires_at=expires_at.timestamp(),
         user_name=user.name if user else "",
+        user_email=user.email if user else "",
         state=GrantState.READY,
     )
 
@@ -868,13 +950,26 @@ def _record_failure(pending: _PendingExchange, failure: LaunchFailed) -> bool:
     return stored
 
 
-def _clean_up_now_and_then(now: datetime) -> None:
-    # Opportunistic clean-up keeps the used codes at about ten minutes of launches and
-    # drops grants a day after they expired. Done by the token request, which the browser
-    # does not wait for, rather than by the launch, which it does.
-    if secrets.randbelow(20) == 0:
-        UsedCode.objects.filter(used_at__lt=now - USED_CODE_RETENTION).delete()
-        LaunchGrant.objects.filter(expires_at__lt=now - GRANT_RETENTION_AFTER_EXPIRY).delete()
+@dataclass(frozen=True)
+class CleanUp:
+    used_codes: int
+    grants: int
+
+
+def clean_up(now: datetime | None = None) -> CleanUp:
+    """Forget used codes older than a code's life and grants a day past their expiry.
+
+    Run on a schedule (launcher.serving, every CLEAN_UP_INTERVAL_SECONDS in each server
+    process; `manage.py clean_up` for cron), whatever the launches do: a flood of launches
+    whose codes are never exchanged leaves nothing behind for long. The audit records stay.
+    """
+    now = now or timezone.now()
+    used_codes, _ = UsedCode.objects.filter(used_at__lt=now - USED_CODE_RETENTION).delete()
+    stale = Q(expires_at__lt=now - GRANT_RETENTION_AFTER_EXPIRY) | Q(
+        state=GrantState.PENDING, expires_at__lt=now - PENDING_RETENTION_AFTER_EXPIRY
+    )
+    grants, _ = LaunchGrant.objects.filter(stale).delete()
+    return CleanUp(used_codes=used_codes, grants=grants)
 
 
 # How each kind of KHEOPS failure reaches the user and the audit trail (most specific first:
@@ -930,16 +1025,23 @@ def _viewer_grant(row: LaunchGrant) -> ViewerGrant:
         mode=row.mode,
         return_uri=row.return_uri or None,
         user_name=row.user_name,
+        user_email=row.user_email,
+        album_id=row.album_id,
         state=row.state,
         failure_status=row.failure_status,
         failure_message=row.failure_message,
         failure_advice=row.failure_advice,
         provider_id=row.provider_id,
+        kheops_server_id=row.kheops_server_id,
     )
 
 
 def provider_of(grant: ViewerGrant) -> Provider | None:
     return _provider_by_id(grant.provider_id)
+
+
+def kheops_server_of(grant: ViewerGrant) -> KheopsServer | None:
+    return _server_by_id(grant.kheops_server_id)
 
 
 def refusal_of(grant: ViewerGrant) -> ViewerRefused | None:

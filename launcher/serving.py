@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import signal
 import threading
 import weakref
@@ -139,6 +140,44 @@ class Documents:
             except Exception:
                 # The database may be away for a moment: keep answering what we have.
                 logger.exception("could not refresh the documents KHEOPS fetches")
+
+
+class Housekeeping:
+    """The scheduled clean-up of used codes and old grants (services.clean_up), in the
+    background of each server process, every CLEAN_UP_INTERVAL_SECONDS (0: never; then run
+    `manage.py clean_up` from cron). Several processes doing it is harmless."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        interval = settings.CLEAN_UP_INTERVAL_SECONDS
+        if interval > 0:
+            self._task = asyncio.create_task(self._forever(interval))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _forever(self, interval: float) -> None:
+        # The first round at a random moment: processes started together spread out.
+        await asyncio.sleep(random.uniform(0, interval))  # noqa: S311 (not a secret)
+        while True:
+            try:
+                done = await blocking.run(services.clean_up)
+            except Exception:
+                logger.exception("the scheduled clean-up failed; next try in %s s", interval)
+            else:
+                if done.used_codes or done.grants:
+                    logger.info(
+                        "clean-up: %d used codes and %d grants forgotten",
+                        done.used_codes,
+                        done.grants,
+                    )
+            await asyncio.sleep(interval)
 
 
 class Drain:
@@ -275,6 +314,7 @@ class Application:
     def __init__(self, django: ASGIApp) -> None:
         self.django = django
         self.documents = Documents()
+        self.housekeeping = Housekeeping()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -299,9 +339,11 @@ class Application:
                 except Exception:
                     logger.exception("documents not prepared at start-up: Django answers them")
                 DRAIN.install()
+                self.housekeeping.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 DRAIN.uninstall()
+                await self.housekeeping.stop()
                 await self.documents.stop()
                 await services.close_kheops_client()
                 await send({"type": "lifespan.shutdown.complete"})

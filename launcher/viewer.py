@@ -85,9 +85,16 @@ def launch_data(grant: ViewerGrant) -> dict[str, Any]:
         "publicUrl": settings.OHIF_ASSET_URL,
         "tokenUrl": reverse("viewer-token", kwargs={"launch_id": grant.launch_id}),
         "returnUri": grant.return_uri,
+        # Where the launch came from, shown in the viewer with whom it was opened as.
+        "openedFrom": opened_from(grant),
         "brand": branding.header_brand(services.provider_of(grant)),
         "config": ohif_config(grant),
     }
+
+
+def opened_from(grant: ViewerGrant) -> dict[str, str]:
+    server = services.kheops_server_of(grant)
+    return {"album": grant.album_id, "server": server.name if server is not None else ""}
 
 
 @lru_cache(maxsize=4)

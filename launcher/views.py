@@ -77,6 +77,7 @@ async def launch(request: HttpRequest, slug: str) -> HttpResponse:
             slug=slug,
             query=query,
             remote_addr=request.META.get("REMOTE_ADDR"),
+            launcher_key=request.COOKIES.get(LAUNCHER_COOKIE),
             timings=timings,
         )
     except services.LaunchFailed as failure:
@@ -85,10 +86,17 @@ async def launch(request: HttpRequest, slug: str) -> HttpResponse:
         # Post/Redirect/Get: the code leaves the address bar and the history right away.
         # The code is exchanged while the viewer loads (services.complete).
         response = HttpResponseRedirect(viewer_url(grant))
-        # The viewer answers only the browser holding this key. SameSite=Lax: the launch is a
-        # cross-site top-level navigation from KHEOPS, and the cookie must come along on the
-        # redirect to the viewer; scoped to this launch's viewer path.
-        set_grant_cookie(response, grant.launch_id, grant.browser_key, seconds=grant.seconds_left)
+        # A code this browser launched before (a double click in KHEOPS) comes back without
+        # keys: the browser has them, and the redirect goes to its viewer.
+        if grant.browser_key:
+            # The viewer answers only the browser holding this key. SameSite=Lax: the launch
+            # is a cross-site top-level navigation from KHEOPS, and the cookie must come
+            # along on the redirect to the viewer; scoped to this launch's viewer path.
+            set_grant_cookie(
+                response, grant.launch_id, grant.browser_key, seconds=grant.seconds_left
+            )
+        if grant.launcher_key:
+            set_launcher_cookie(response, slug, grant.launcher_key)
     response["Server-Timing"] = server_timing(timings, time.perf_counter() - started)
     return response
 
@@ -101,6 +109,25 @@ def set_grant_cookie(
         browser_key,
         max_age=seconds + 60,
         path=reverse("viewer-root", kwargs={"launch_id": launch_id}),
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
+
+
+# The launching browser's key on the launch path: the same code presented again by the
+# browser that claimed it opens that launch's viewer (services.launch). One per browser,
+# renewed at each launch; lives as long as KHEOPS codes (10 minutes) and a little more.
+LAUNCHER_COOKIE = "kheops_ohif_launcher"
+LAUNCHER_COOKIE_SECONDS = 660
+
+
+def set_launcher_cookie(response: HttpResponse, slug: str, launcher_key: str) -> None:
+    response.set_cookie(
+        LAUNCHER_COOKIE,
+        launcher_key,
+        max_age=LAUNCHER_COOKIE_SECONDS,
+        path=reverse("launch", kwargs={"slug": slug}),
         secure=settings.SESSION_COOKIE_SECURE,
         httponly=True,
         samesite="Lax",
@@ -202,7 +229,10 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
             {
                 "authorization": "Bearer " + grant.access_token,
                 "expiresIn": grant.seconds_left,
+                # Whom the viewer was opened as, shown in it (banner.js): a launch link
+                # crafted by someone else opens *their* study, and this says so.
                 "userName": grant.user_name,
+                "userEmail": grant.user_email,
             }
         )
         # The launch's cookie lasted as long as the code; now the browser keeps it as long

@@ -28,6 +28,14 @@ CLIENT_ID = "Q9ZTMv3fW7ta0Npg1caGMF"
 ALBUM_ID = "AbCdEf1234"
 STUDY_1 = "1.2.840.113619.2.1.1.322987881.621.736170080.681"
 STUDY_2 = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+# KHEOPS codes are compact JWS (HS256 JWTs); ours look the same: a real {"alg":"HS256"}
+# header, a random payload and signature.
+CODE_HEADER = "eyJhbGciOiJIUzI1NiJ9"
+
+
+def fake_code(payload: str = "") -> str:
+    """A fresh code in KHEOPS's shape; `payload` is appended to its (random) payload."""
+    return f"{CODE_HEADER}.{secrets.token_urlsafe(18)}{payload}.{secrets.token_urlsafe(24)}"
 
 
 def discovery_document(root: str = ROOT) -> dict[str, Any]:
@@ -79,7 +87,7 @@ class FakeKheops:
         )
 
     def new_code(self) -> str:
-        code = "eyJcode." + secrets.token_urlsafe(24)
+        code = fake_code()
         self.secrets_seen.append(code)
         return code
 

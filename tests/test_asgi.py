@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -21,11 +22,12 @@ from django.core.cache import cache
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
+from django.utils import timezone
 
-from launcher import kheops, services
+from launcher import blocking, kheops, services
 from launcher.logfilters import redact
-from launcher.models import KheopsServer, Provider
-from launcher.serving import Application
+from launcher.models import KheopsServer, Provider, UsedCode
+from launcher.serving import Application, Housekeeping
 from tests.fakes import ROOT, FakeKheops, discovery_document
 
 T = TypeVar("T")
@@ -286,3 +288,38 @@ def test_an_expired_discovery_document_serves_on_while_a_fresh_one_is_fetched(
     assert endpoints == [f"{ROOT}/api", f"{ROOT}/api", f"{ROOT}/api", f"{ROOT}/api/v2"]
     assert len(fake_kheops.router.calls) == 3
     assert "discovery document not refreshed" in caplog.text
+
+
+def test_each_server_process_cleans_up_on_a_schedule(db: None, settings: Any) -> None:
+    # Launches whose codes are never exchanged leave used codes and pending grants behind:
+    # they go whether or not any exchange ever succeeds.
+    settings.CLEAN_UP_INTERVAL_SECONDS = 0.05
+    UsedCode.objects.create(code_hash="0" * 64, used_at=timezone.now() - timedelta(hours=1))
+    housekeeping = Housekeeping()
+
+    async def rounds_until_clean() -> int:
+        housekeeping.start()
+        try:
+            for waited in range(200):
+                if not await blocking.run(UsedCode.objects.exists):
+                    return waited
+                await asyncio.sleep(0.05)
+            return -1
+        finally:
+            await housekeeping.stop()
+
+    assert async_to_sync(rounds_until_clean)() >= 0, "the clean-up never ran"
+    assert housekeeping._task is None
+
+
+def test_no_scheduled_clean_up_when_the_interval_is_zero(db: None, settings: Any) -> None:
+    settings.CLEAN_UP_INTERVAL_SECONDS = 0
+    housekeeping = Housekeeping()
+
+    async def start_and_stop() -> bool:
+        housekeeping.start()
+        running = housekeeping._task is not None
+        await housekeeping.stop()
+        return running
+
+    assert async_to_sync(start_and_stop)() is False

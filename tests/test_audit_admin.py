@@ -170,6 +170,7 @@ def test_the_csv_export_has_no_secret_columns_and_disarms_spreadsheet_formulas(
         "id",
         "created_at",
         "outcome",
+        "verified",
         "failure_detail",
         "kheops_server",
         "kheops_root_url",
@@ -186,6 +187,7 @@ def test_the_csv_export_has_no_secret_columns_and_disarms_spreadsheet_formulas(
     }
     assert rows[0]["user_name"] == '\'=HYPERLINK("https://evil.test")'
     assert rows[0]["failure_detail"] == "'@SUM(A1)"
+    assert rows[0]["verified"] == "false"  # KHEOPS refused the code: nothing in it is proven
 
 
 def test_the_export_needs_the_view_permission(
@@ -250,6 +252,7 @@ def test_the_admin_index_shows_one_health_line_per_trusted_server(
     record(age=timedelta(hours=2), outcome="kheops_timeout")
     record(age=timedelta(hours=2), outcome="pending")  # not (yet) a failure
     record(age=timedelta(minutes=5), outcome="replay")  # the same link twice: counted apart
+    record(age=timedelta(minutes=4), outcome="reopened")  # sent to its own viewer: no failure
     record(age=timedelta(days=2), outcome="kheops_timeout")  # outside the window
     record(age=timedelta(days=2), outcome="replay")
     record(kheops_server=broken, age=timedelta(days=9))

@@ -290,7 +290,9 @@ def test_the_public_kheops_documents_stay_anonymous_and_json_only(client: Client
 def test_a_launch_record_tells_who_opened_which_studies_when_and_from_where(
     api: Callable[..., Any], record: Callable[..., LaunchRecord]
 ) -> None:
-    launched = record(launch_id="abc123", album_id="AbCdEf1234", study_uids=[STUDY_1, STUDY_2])
+    launched = record(
+        launch_id="abc123", album_id="AbCdEf1234", study_uids=[STUDY_1, STUDY_2], verified=True
+    )
 
     body = api(f"/api/v1/launches/{launched.pk}/").json()
 
@@ -298,6 +300,7 @@ def test_a_launch_record_tells_who_opened_which_studies_when_and_from_where(
         "id": launched.pk,
         "created_at": "2025-03-01T12:00:00Z",
         "outcome": "success",
+        "verified": True,
         "failure_detail": "",
         "kheops_server": {
             "id": launched.kheops_server.pk,
@@ -515,6 +518,16 @@ def test_launches_filter_by_server_provider_outcome_and_album(
     )
     assert ids(api("/api/v1/launches/", album_id="Album1")) == [here.pk]
     assert ids(api("/api/v1/launches/", outcome="success", kheops_server=other_server.pk)) == []
+
+
+def test_launches_filter_by_verified(
+    api: Callable[..., Any], record: Callable[..., LaunchRecord]
+) -> None:
+    genuine = record(verified=True)
+    claimed = record(outcome="pending")
+
+    assert ids(api("/api/v1/launches/", verified="true")) == [genuine.pk]
+    assert ids(api("/api/v1/launches/", verified="false")) == [claimed.pk]
 
 
 # --- Cursor pagination ---------------------------------------------------------------

@@ -39,7 +39,14 @@ from launcher.models import (
     LaunchRecord,
     UsedCode,
 )
-from tests.fakes import CLIENT_ID, STUDY_1, discovery_document, launch_and_exchange, token_url_of
+from tests.fakes import (
+    CLIENT_ID,
+    STUDY_1,
+    discovery_document,
+    fake_code,
+    launch_and_exchange,
+    token_url_of,
+)
 
 TIMEOUT = 0.5
 ENDPOINTS = {
@@ -215,7 +222,7 @@ def kheops_back(kheops_http: respx.MockRouter, gone: RawKheops) -> Iterator[RawK
 def launch_url(server: RawKheops, code: str | None = None) -> str:
     query = urlencode(
         {
-            "code": code or "eyJraw." + secrets.token_urlsafe(18),
+            "code": code or fake_code(),
             "conf_uri": server.root + DISCOVERY_PATH,
             "client_id": CLIENT_ID,
             "return_uri": f"{server.root}/albums/AbCd1234",
@@ -337,8 +344,11 @@ def test_a_kheops_fault_gets_the_right_page_in_time_and_recovery_works(
             assert elapsed < TIMEOUT
             assert raw_kheops.requests.count("token") == exchanges
             raw_kheops.faults = {}
-            assert client.get(url).status_code == 409  # nor does the link open a new one
-            expected = [outcome, LaunchOutcome.REPLAY]
+            # The link opens no new viewer: another browser is refused, this one sent back
+            # to the viewer it has, which says why.
+            assert Client().get(url).status_code == 409
+            assert client.get(url)["Location"] == launch["Location"]
+            expected = [outcome, LaunchOutcome.REPLAY, LaunchOutcome.REOPENED]
 
     client.cookies.clear()
     assert_exchanged(client, launch_url(raw_kheops))  # a new click in KHEOPS

@@ -45,6 +45,7 @@ from tests.fakes import (
     STUDY_2,
     FakeKheops,
     discovery_document,
+    fake_code,
     token_url_of,
 )
 
@@ -100,7 +101,7 @@ VALUES = st.one_of(
 CODE_VALUES = st.one_of(
     st.text(max_size=60),
     st.sampled_from(["<script>alert(1)</script>", "\x00", "%00", "\u2028", "c" * 9000]),
-    st.text(max_size=20).map(lambda t: "eyJfuzz." + secrets.token_urlsafe(12) + t),
+    st.text(max_size=20).map(lambda t: fake_code() + t),
 )
 RAW_GARBAGE = st.text(alphabet="%&=;+?#abcdef0123456789XYZ-._~", max_size=40)
 
@@ -108,7 +109,7 @@ RAW_GARBAGE = st.text(alphabet="%&=;+?#abcdef0123456789XYZ-._~", max_size=40)
 def valid_params() -> list[tuple[str, str]]:
     # A fresh code per example: KHEOPS's codes are opaque, and a repeated one is a replay.
     return [
-        ("code", "eyJfuzz." + secrets.token_urlsafe(18)),
+        ("code", fake_code()),
         ("conf_uri", DISCOVERY_URL),
         ("client_id", CLIENT_ID),
         ("return_uri", f"{ROOT}/albums/{ALBUM_ID}"),
@@ -190,7 +191,7 @@ def assert_token_properly_answered(
     assert_only_kheops_called(fake)
     body = response.json()
     if response.status_code == 200:
-        assert set(body) == {"authorization", "expiresIn", "userName"}
+        assert set(body) == {"authorization", "expiresIn", "userName", "userEmail"}
         if token_answer is None:
             [access_token] = fake.issued_tokens[issued_before:]
         else:

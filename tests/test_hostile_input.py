@@ -26,6 +26,7 @@ from tests import leakcheck
 from tests.fakes import (
     ALBUM_ID,
     CLIENT_ID,
+    CODE_HEADER,
     DISCOVERY_URL,
     ROOT,
     STUDY_1,
@@ -143,7 +144,19 @@ LAUNCH_CASES = {
     "code-with-nul": refused(replace("code", "eyJcode\x00injected"), "code is not valid"),
     "code-with-newline": refused(replace("code", "eyJcode\ninjected"), "code is not valid"),
     "code-not-ascii": refused(replace("code", "eyJcodé-value"), "code is not valid"),
-    "code-script": LaunchCase(replace("code", SCRIPT), 302, "", outbound=True),
+    "code-script": refused(replace("code", SCRIPT), "code is not valid"),
+    # --- codes not in KHEOPS's shape (a compact JWS): refused before anything is written --
+    "code-opaque-random": refused(replace("code", "Zm9vYmFyYmF6cXV4MTIzNDU2"), "code is not valid"),
+    "code-two-parts": refused(replace("code", CODE_HEADER + ".e30"), "code is not valid"),
+    "code-four-parts": refused(replace("code", CODE_HEADER + ".e30.c2ln.eHg"), "code is not valid"),
+    "code-empty-signature": refused(replace("code", CODE_HEADER + ".e30."), "code is not valid"),
+    "code-header-not-base64url": refused(replace("code", "e.e30.c2ln"), "code is not valid"),
+    "code-header-not-json": refused(replace("code", "bm90IGpzb24.e30.c2ln"), "code is not valid"),
+    "code-header-a-list": refused(replace("code", "WyJhbGciXQ.e30.c2ln"), "code is not valid"),
+    "code-header-without-alg": refused(
+        replace("code", "eyJ0eXAiOiJKV1QifQ.e30.c2ln"), "code is not valid"
+    ),
+    "code-padded-base64": refused(replace("code", CODE_HEADER + "=.e30.c2ln"), "code is not valid"),
     # --- study values that are not DICOM UIDs ---------------------------------------
     "uid-letters": refused(replace("studyUID", "1.2.abc"), "not a valid DICOM UID"),
     "uid-leading-zero": refused(replace("studyUID", "1.02.3"), "not a valid DICOM UID"),

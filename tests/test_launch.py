@@ -4,15 +4,16 @@ browser binding, and every failure of both."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 from django.utils.html import escape
@@ -27,6 +28,7 @@ from launcher.models import (
     Provider,
     UsedCode,
 )
+from launcher.views import LAUNCHER_COOKIE
 from tests.fakes import (
     ALBUM_ID,
     CLIENT_ID,
@@ -317,12 +319,89 @@ def test_a_replayed_launch_url_is_refused(client: Client, fake_kheops: FakeKheop
     launch, token = launch_and_exchange(client, url)
     assert (launch.status_code, token.status_code) == (302, 200)
 
-    response = client.get(url)
+    response = Client().get(url)  # another browser
 
     assert response.status_code == 409
     assert "already been used" in response.content.decode()
     assert len(fake_kheops.token_requests) == 1
     assert LaunchRecord.objects.filter(outcome=LaunchOutcome.REPLAY).count() == 1
+
+
+def test_the_same_browser_presenting_its_code_again_is_sent_to_its_viewer(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    # A double click in KHEOPS makes two identical launch URLs (its codes have no random part).
+    url = fake_kheops.launch_url()
+    first = client.get(url)
+    assert client.get(token_url_of(first["Location"])).status_code == 200
+
+    again = client.get(url)
+
+    assert again.status_code == 302
+    assert again["Location"] == first["Location"]
+    # The browser keeps the keys it has: nothing new is handed out.
+    assert not any(name.startswith("kheops_ohif_grant_") for name in again.cookies)
+    assert client.get(again["Location"]).status_code == 200
+    assert len(fake_kheops.token_requests) == 1
+    assert LaunchGrant.objects.count() == 1
+    reopened = LaunchRecord.objects.get(outcome=LaunchOutcome.REOPENED)
+    assert reopened.launch_id is None
+    assert first["Location"].split("/")[2] in reopened.failure_detail
+
+
+def test_a_double_click_before_the_exchange_opens_one_launch(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    url = fake_kheops.launch_url()
+    first, second = client.get(url), client.get(url)
+
+    assert (first.status_code, second.status_code) == (302, 302)
+    assert second["Location"] == first["Location"]
+    assert client.get(token_url_of(second["Location"])).status_code == 200
+    assert LaunchGrant.objects.count() == 1
+    assert sorted(LaunchRecord.objects.values_list("outcome", flat=True)) == [
+        LaunchOutcome.REOPENED,
+        LaunchOutcome.SUCCESS,
+    ]
+
+
+def test_another_browser_with_a_launcher_key_of_its_own_is_refused_the_code(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    url = fake_kheops.launch_url()
+    assert client.get(url).status_code == 302
+    other = Client()
+    assert other.get(fake_kheops.launch_url()).status_code == 302  # its own launch, its own key
+    assert other.cookies[LAUNCHER_COOKIE].value != client.cookies[LAUNCHER_COOKIE].value
+
+    response = other.get(url)
+
+    assert response.status_code == 409
+    assert LaunchRecord.objects.filter(outcome=LaunchOutcome.REPLAY).count() == 1
+
+
+def test_a_forged_launcher_key_is_refused_the_code(client: Client, fake_kheops: FakeKheops) -> None:
+    url = fake_kheops.launch_url()
+    assert client.get(url).status_code == 302
+    forger = Client()
+    forger.cookies[LAUNCHER_COOKIE] = "A" * 43
+
+    assert forger.get(url).status_code == 409
+
+
+def test_the_launcher_cookie_is_http_only_and_scoped_to_the_launch_path(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    response = client.get(fake_kheops.launch_url())
+
+    cookie = response.cookies[LAUNCHER_COOKIE]
+    assert cookie["path"] == "/providers/ohif/launch"
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Lax"
+    assert cookie["max-age"] == 660
+    assert len(cookie.value) == 43
+    # The next launch of this browser keeps its key.
+    assert client.get(fake_kheops.launch_url()).cookies[LAUNCHER_COOKIE].value == cookie.value
 
 
 def test_a_launch_url_replayed_before_its_viewer_exchanged_is_refused(
@@ -629,10 +708,15 @@ def test_a_code_kheops_rejected_stays_refused(client: Client, fake_kheops: FakeK
     assert (launch.status_code, token.status_code, token.json()["retryable"]) == (302, 403, False)
 
     again = client.get(token_url_of(launch["Location"]))
-    relaunch = client.get(url)
+    relaunch = client.get(url)  # the same browser: its viewer says why, again
+    elsewhere = Client().get(url)
 
     assert again.status_code == 403
-    assert relaunch.status_code == 409
+    assert relaunch.status_code == 302
+    viewer = client.get(relaunch["Location"])
+    assert viewer.status_code == 403
+    assert "KHEOPS refused this launch" in viewer.content.decode()
+    assert elsewhere.status_code == 409
     assert len(fake_kheops.token_requests) == 1
     assert UsedCode.objects.count() == 1
     assert LaunchRecord.objects.filter(outcome=LaunchOutcome.CODE_REJECTED).count() == 1
@@ -819,25 +903,85 @@ def test_disabling_a_server_in_the_admin_takes_effect_at_once(
     assert client.get(fake_kheops.launch_url()).status_code == 403
 
 
-def test_the_token_request_clears_out_old_codes_and_grants_now_and_then(
-    client: Client, launched: Callable[..., str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    now = timezone.now()
-    UsedCode.objects.create(code_hash="0" * 64, used_at=now - timedelta(hours=1))
-    LaunchGrant.objects.create(
-        launch_id="old-grant",
+def _grant(launch_id: str, *, state: str, expired_ago: timedelta) -> LaunchGrant:
+    return LaunchGrant.objects.create(
+        launch_id=launch_id,
         browser_key_hash="0" * 64,
-        expires_at=now - timedelta(days=2),
+        state=state,
+        expires_at=timezone.now() - expired_ago,
         dicomweb_endpoint=f"{ROOT}/api",
         mode="viewer",
     )
-    launched(exchange=False)
-    assert UsedCode.objects.filter(code_hash="0" * 64).exists()  # not by the launch itself
-    # The clean-up runs on one exchange in twenty; make this one of them.
-    monkeypatch.setattr(services.secrets, "randbelow", lambda n: 0)
 
-    launched()
 
-    assert not UsedCode.objects.filter(code_hash="0" * 64).exists()
-    assert not LaunchGrant.objects.filter(launch_id="old-grant").exists()
-    assert UsedCode.objects.count() == 2 and LaunchGrant.objects.count() == 2
+def test_the_clean_up_forgets_old_codes_and_grants_and_keeps_the_rest(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    now = timezone.now()
+    UsedCode.objects.create(code_hash="0" * 64, used_at=now - timedelta(minutes=12))
+    UsedCode.objects.create(code_hash="1" * 64, used_at=now - timedelta(minutes=5))
+    _grant("ready-2-days", state=GrantState.READY, expired_ago=timedelta(days=2))
+    _grant("ready-2-hours", state=GrantState.READY, expired_ago=timedelta(hours=2))
+    _grant("pending-2-hours", state=GrantState.PENDING, expired_ago=timedelta(hours=2))
+    _grant("pending-30-min", state=GrantState.PENDING, expired_ago=timedelta(minutes=30))
+    assert client.get(fake_kheops.launch_url()).status_code == 302  # a launch of now
+    records = LaunchRecord.objects.count()
+
+    done = services.clean_up()
+
+    assert (done.used_codes, done.grants) == (1, 2)
+    codes = set(UsedCode.objects.values_list("code_hash", flat=True))
+    assert "1" * 64 in codes and "0" * 64 not in codes and len(codes) == 2  # + the launch's
+    grants = set(LaunchGrant.objects.values_list("launch_id", flat=True))
+    assert {"pending-30-min", "ready-2-hours"} <= grants and len(grants) == 3  # + the launch's
+    assert LaunchRecord.objects.count() == records  # the audit trail stays
+
+
+def test_the_clean_up_command_says_what_it_forgot(db: None) -> None:
+    UsedCode.objects.create(code_hash="0" * 64, used_at=timezone.now() - timedelta(hours=1))
+    _grant("pending-2-hours", state=GrantState.PENDING, expired_ago=timedelta(hours=2))
+    out = io.StringIO()
+
+    call_command("clean_up", stdout=out)
+
+    assert out.getvalue().strip() == "1 used codes and 1 grants forgotten."
+    assert not UsedCode.objects.exists() and not LaunchGrant.objects.exists()
+
+
+def test_a_flood_of_launches_never_exchanged_leaves_nothing_after_the_clean_up(
+    fake_kheops: FakeKheops,
+) -> None:
+    # Launch URLs anyone can forge: each claims a code and writes a pending grant. Nothing
+    # of them depends on an exchange to go away.
+    for _ in range(5):
+        assert Client().get(fake_kheops.launch_url()).status_code == 302
+    assert fake_kheops.token_requests == []
+    later = timezone.now() + services.PENDING_LIFETIME + timedelta(hours=1, minutes=1)
+
+    done = services.clean_up(later)
+
+    assert (done.used_codes, done.grants) == (5, 5)
+    assert LaunchRecord.objects.filter(outcome=LaunchOutcome.PENDING, verified=False).count() == 5
+
+
+def test_the_audit_record_is_verified_only_once_kheops_accepted_the_code(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    launch = client.get(fake_kheops.launch_url())
+    pending = LaunchRecord.objects.get()
+    assert (pending.outcome, pending.verified) == (LaunchOutcome.PENDING, False)
+
+    assert client.get(token_url_of(launch["Location"])).status_code == 200
+
+    assert LaunchRecord.objects.get().verified is True
+
+
+def test_a_code_kheops_refused_leaves_an_unverified_record(
+    client: Client, fake_kheops: FakeKheops
+) -> None:
+    fake_kheops.token_answer = (400, {"error": "invalid_request"})
+
+    launch_and_exchange(client, fake_kheops.launch_url())
+
+    record = LaunchRecord.objects.get()
+    assert (record.outcome, record.verified) == (LaunchOutcome.CODE_REJECTED, False)

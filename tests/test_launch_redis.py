@@ -54,7 +54,7 @@ def test_a_replay_is_refused_with_redis_configured(
     launch, token = launch_and_exchange(client, url)
     assert (launch.status_code, token.status_code) == (302, 200)
 
-    replay = client.get(url)
+    replay = Client().get(url)  # another browser
 
     assert replay.status_code == 409
     assert "already been used" in replay.content.decode()

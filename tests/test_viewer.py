@@ -85,7 +85,15 @@ def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(
 
     data = launch_data_of(page)
 
-    assert set(data) == {"launchId", "publicUrl", "tokenUrl", "returnUri", "brand", "config"}
+    assert set(data) == {
+        "launchId",
+        "publicUrl",
+        "tokenUrl",
+        "returnUri",
+        "openedFrom",
+        "brand",
+        "config",
+    }
     # The token is never in the page: launch.js asks for it.
     [token] = fake_kheops.issued_tokens
     assert token not in page
@@ -161,6 +169,7 @@ def test_the_token_answer_is_json_never_cached(
         "authorization": "Bearer " + token,
         "expiresIn": response.json()["expiresIn"],
         "userName": "Dr Alice Martin",
+        "userEmail": "alice@example.org",
     }
     timing = response["Server-Timing"]
     assert "token;dur=" in timing and "userinfo;dur=" in timing and "app;dur=" in timing
@@ -370,14 +379,12 @@ def test_the_token_answer_tells_the_banner_how_long_is_left(
     token = client.get(token_url_of(location)).json()
 
     assert 110 <= token["expiresIn"] <= 120
-    assert token["userName"] == "Dr Alice Martin"
-    # launch.js hands the banner the way back and a promise of the token's lifetime.
-    assert launch_data_of(page)["returnUri"].startswith(f"{ROOT}/albums/")
-    launch = re.search(r"window\.kheopsLaunch = \{(.*?)\n  \};", LAUNCH_JS, re.S).group(1)
-    assert "returnUri: launch.returnUri" in launch
-    assert re.search(
-        r"ready: token\.then\(function \(body\) \{ return \{ expiresIn: body\.expiresIn", launch
-    )
+    assert (token["userName"], token["userEmail"]) == ("Dr Alice Martin", "alice@example.org")
+    # The banner shows the way back and whose account and album the viewer works in (the
+    # browser journey in tests/e2e checks what it draws).
+    data = launch_data_of(page)
+    assert data["returnUri"] == f"{ROOT}/albums/{ALBUM_ID}"
+    assert data["openedFrom"] == {"album": ALBUM_ID, "server": "KHEOPS test"}
     assert "banner" in page
     banner = (Path(settings.BASE_DIR) / "static/launcher/banner.js").read_text()
     assert "window.kheopsLaunch" in banner

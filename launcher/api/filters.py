@@ -36,6 +36,7 @@ class LaunchRecordFilter(django_filters.FilterSet):
         # No join, so no duplicate: SELECT DISTINCT over every column would only cost time.
         distinct=False,
     )
+    verified = django_filters.BooleanFilter(label="KHEOPS accepted the launch's code")
     album_id = django_filters.CharFilter(label="KHEOPS album id")
     launch_id = django_filters.CharFilter(label="Launch id (successful launches)")
 

@@ -62,6 +62,9 @@ class LaunchRecordSerializer(serializers.ModelSerializer):
             "id",
             "created_at",
             "outcome",
+            # False until KHEOPS accepted the launch's code: the rest is only what the launch
+            # URL claimed (anyone can forge one).
+            "verified",
             "failure_detail",
             "kheops_server",
             "provider",

@@ -1,13 +1,38 @@
-/* kheops-ohif: shows how long the KHEOPS access lasts, and what to do once it has expired.
- * The server gives the remaining seconds with the token (window.kheopsLaunch.ready);
- * counting from there with the monotonic clock makes the user's wall clock irrelevant. */
+/* kheops-ohif: says whom the viewer was opened as and from which album (always, in a
+ * corner), how long the KHEOPS access lasts, and what to do once it has expired.
+ * The server gives the user and the remaining seconds with the token
+ * (window.kheopsLaunch.ready); counting from there with the monotonic clock makes the
+ * user's wall clock irrelevant. */
 (function () {
   "use strict";
   var launch = window.kheopsLaunch;
   if (!launch || !launch.ready) { return; }
   launch.ready.then(function (access) {
+    identify(access, launch.openedFrom || {});
     if (typeof access.expiresIn === "number") { show(access.expiresIn, performance.now()); }
   }, function () {});
+
+  // A launch link is a GET that anyone can send: a clinician opening a link crafted by
+  // someone else sees, and saves measurements into, that person's study. This line says
+  // whose KHEOPS account and album the viewer is working in.
+  function identify(access, from) {
+    var who = access.userName || "";
+    if (access.userEmail) { who = who ? who + " (" + access.userEmail + ")" : access.userEmail; }
+    var where = from.album ? "album " + from.album : "";
+    if (from.server) { where = where ? where + " on " + from.server : from.server; }
+    var lines = [who ? "Opened as " + who : "Opened without a KHEOPS user name"];
+    if (where) { lines.push("from " + where); }
+    var identity = document.createElement("div");
+    identity.id = "kheops-ohif-identity";
+    identity.setAttribute("role", "note");
+    identity.title = lines.join(", ");
+    lines.forEach(function (line) {
+      var span = document.createElement("span");
+      span.textContent = line;
+      identity.appendChild(span);
+    });
+    document.body.appendChild(identity);
+  }
 
   function show(expiresIn, startedAt) {
     var WARN_SECONDS = 300;

@@ -24,7 +24,10 @@
   var authorization = null;
   window.kheopsLaunch = {
     returnUri: launch.returnUri,
-    ready: token.then(function (body) { return { expiresIn: body.expiresIn, userName: body.userName }; })
+    openedFrom: launch.openedFrom,
+    ready: token.then(function (body) {
+      return { expiresIn: body.expiresIn, userName: body.userName, userEmail: body.userEmail };
+    })
   };
   window.kheopsLaunch.ready.catch(function () {});
 

@@ -63,6 +63,19 @@ def test_open_in_ohif_from_the_album_draws_the_study_with_the_token_kept_out_of_
             r"/static/launcher/viewer-mark(\.[0-9a-f]{12})?\.svg$", mark.get_attribute("src")
         )
         assert mark.evaluate("(img) => img.complete && img.naturalWidth > 0")
+    with journey.step("a corner says whose KHEOPS account and album the viewer works in"):
+        identity = journey.page.locator("#kheops-ohif-identity")
+        identity.wait_for(state="visible", timeout=5_000)
+        album = journey.album_url().rstrip("/").rsplit("/", 1)[1]
+        lines = identity.locator("span").all_inner_texts()
+        assert lines[0] == "Opened as Alice Admin (alice@sandbox.invalid)", lines
+        assert lines[1].startswith(f"from album {album} on "), lines
+        # Two short lines over the study panel, clear of the image.
+        box = identity.bounding_box()
+        panel = journey.page.locator('[data-cy="studyBrowser-panel"]').bounding_box()
+        assert box is not None and panel is not None and box["height"] < 40, box
+        assert box["x"] + box["width"] <= panel["x"] + panel["width"], (box, panel)
+        journey.page_screenshot("viewer-identity")
     with journey.step("every DICOMweb request carried the launch's token"):
         token = journey.token()
         dicomweb = journey.dicomweb_requests()
@@ -114,20 +127,26 @@ def test_the_viewer_survives_a_reload_refuses_other_browsers_and_ignores_a_token
         assert authorization_of(dicomweb) == {f"Bearer {token}"}
 
 
-def test_going_back_to_the_launch_url_shows_the_replay_page_not_a_second_viewer(
+def test_the_launch_url_again_opens_this_browsers_viewer_and_no_other_browsers(
     journey: Journey,
 ) -> None:
     with journey.step("open the CT study from the album page"):
         journey.open_from_album(CT_STUDY)
+        journey.wait_for_image()
         launch_url = journey.launch_url()
-    with journey.step("the launch URL again is refused as already used"):
-        tokens = sum(r.url.endswith("/token") for r in journey.requests)
+        launch_id = journey.launch_id()
+    with journey.step("the same launch URL in this browser (a double click) goes to its viewer"):
         response = journey.page.goto(launch_url)
+        assert response is not None and response.status == 200
+        assert journey.launch_id() == launch_id
+        journey.wait_for_image()
+    with journey.step("the launch URL in another browser is refused as already used"):
+        stranger = journey.new_context().new_page()
+        response = stranger.goto(launch_url)
         assert response is not None and response.status == 409
-        assert "already been used" in journey.page.content()
-        assert "/launches/" not in journey.page.url
-        assert sum(r.url.endswith("/token") for r in journey.requests) == tokens
-        journey.page_screenshot("error-replay-409")
+        assert "already been used" in stranger.content()
+        assert "/launches/" not in stranger.url
+        journey.page_screenshot("error-replay-409", page=stranger)
 
 
 def test_a_launch_with_two_studies_shows_both_in_the_study_panel(journey: Journey) -> None:

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -104,10 +105,25 @@ def test_the_token_request_reports_its_kheops_round_trips(live_stack: Stack) -> 
     assert "token;dur=" in timing and "userinfo;dur=" in timing and "app;dur=" in timing
 
 
+def grant_cookies(http: requests.Session) -> list[Any]:
+    """The jar's per-launch viewer cookies (not the launcher key kept on the launch path)."""
+    return [c for c in http.cookies if c.name.startswith("kheops_ohif_grant_")]
+
+
+def test_the_launcher_key_goes_to_the_launch_path_only(live_stack: Stack) -> None:
+    http = requests.Session()
+    launch(http, live_stack, kheops_launch_url(live_stack))
+
+    [launcher] = [c for c in http.cookies if c.name == "kheops_ohif_launcher"]
+
+    assert launcher.path == "/providers/ohif/launch"
+    assert launcher.has_nonstandard_attr("HttpOnly")
+
+
 def test_only_the_launching_browser_gets_the_token(live_stack: Stack) -> None:
     http = requests.Session()
     viewer_url = launch(http, live_stack, kheops_launch_url(live_stack))
-    [cookie] = http.cookies
+    [cookie] = grant_cookies(http)
     # A real cookie jar: the per-launch cookie goes to this launch's paths only.
     assert cookie.path == urlsplit(viewer_url).path.rsplit("/", 1)[0] + "/"
 
@@ -122,14 +138,14 @@ def test_only_the_launching_browser_gets_the_token(live_stack: Stack) -> None:
 def test_a_reload_within_the_tokens_lifetime_still_finds_the_viewer(live_stack: Stack) -> None:
     http = requests.Session()
     viewer_url = launch(http, live_stack, kheops_launch_url(live_stack))
-    [cookie] = http.cookies
+    [cookie] = grant_cookies(http)
     # The launch's cookie lasts as long as the code can be exchanged (10 minutes)...
     assert cookie.expires is not None and cookie.expires <= time.time() + 700
 
     answer = ask_token(http, viewer_url)
 
     # ... and, once exchanged, as long as the token: a reload after 10 minutes still works.
-    [cookie] = http.cookies
+    [cookie] = grant_cookies(http)
     assert cookie.expires >= time.time() + answer.json()["expiresIn"] - 5
     assert http.get(viewer_url, timeout=10).status_code == 200
 
