@@ -181,6 +181,8 @@ def uvicorn_command(app: str, *, port: int, workers: int) -> list[str]:
         "--workers", str(workers),
         "--timeout-graceful-shutdown", "30",
         "--no-access-log",
+        # The client's address and scheme are ours to decide (launcher.clientaddr).
+        "--no-proxy-headers",
     ]  # fmt: skip
 
 
@@ -193,6 +195,8 @@ def gunicorn_command(app: str, *, port: int, workers: int, threads: int) -> list
         "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
         "--backlog", "2048", "--timeout", "120", "--graceful-timeout", "5",
         "--no-control-socket",
+        # No scheme from X-Forwarded-Proto for 127.0.0.1 either (launcher.clientaddr).
+        "--forwarded-allow-ips", "",
     ]  # fmt: skip
 
 

@@ -276,9 +276,17 @@ CSRF_TRUSTED_ORIGINS = envlist(
     [f"{urlsplit(PUBLIC_BASE_URL).scheme}://{urlsplit(PUBLIC_BASE_URL).netloc}"],
 )
 
-# HTTPS. Behind a TLS-terminating proxy set TRUST_X_FORWARDED_PROTO=true.
+# HTTPS. Behind a TLS-terminating proxy set TRUST_X_FORWARDED_PROTO=true: Django then reads
+# the scheme from that header (the proxy must set it, replacing any the browser sent). The
+# server itself must not (uvicorn --no-proxy-headers): launcher.clientaddr.
 if envbool("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# How many proxies of ours each request passes through, each appending to X-Forwarded-For:
+# the client's address is the one that many entries from the right (launcher.clientaddr).
+# 0: the peer's address, X-Forwarded-For ignored.
+TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT must be 0 or more, not {TRUSTED_PROXY_COUNT}.")
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", PUBLIC_IS_HTTPS)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 # Django sends HSTS only on responses to HTTPS requests.

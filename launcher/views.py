@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_safe
 
-from launcher import documents, kheops, services, viewer
+from launcher import clientaddr, documents, kheops, services, viewer
 from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 
@@ -76,7 +76,7 @@ async def launch(request: HttpRequest, slug: str) -> HttpResponse:
         grant = await services.launch(
             slug=slug,
             query=query,
-            remote_addr=request.META.get("REMOTE_ADDR"),
+            remote_addr=clientaddr.client_address(request),
             timings=timings,
         )
     except services.LaunchFailed as failure:

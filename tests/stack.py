@@ -83,6 +83,9 @@ class ViewerServer:
             log_config=None,
             access_log=True,
             timeout_graceful_shutdown=5,
+            # As every command we ship: the client's address is ours to decide
+            # (launcher.clientaddr), not uvicorn's from X-Forwarded-For.
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

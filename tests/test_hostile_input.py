@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -83,6 +83,9 @@ class LaunchCase:
     discovery: Any = None  # the discovery document KHEOPS serves, if not the right one
     provider_enabled: bool = True
     way_back: bool | None = None  # "Back to KHEOPS" expected (True) or forbidden (False)
+    headers: dict[str, str] = field(default_factory=dict)  # request headers (META names)
+    settings: dict[str, Any] = field(default_factory=dict)  # settings for this case
+    remote_addr: str | None = None  # the audit's "from where", when the case is about it
 
 
 def refused(change: Callable[[Params], Params], message: str) -> LaunchCase:
@@ -97,6 +100,19 @@ def bad_discovery(**changes: Any) -> LaunchCase:
     document = {**discovery_document(), **changes}
     document = {k: v for k, v in document.items() if v is not None}
     return LaunchCase(lambda p: p, 502, NOT_UNDERSTOOD, outbound=True, discovery=(200, document))
+
+
+def forwarded_for(value: str, *, proxies: int = 0, expected: str = "127.0.0.1") -> LaunchCase:
+    # The test client's peer is 127.0.0.1; `proxies` is TRUSTED_PROXY_COUNT.
+    return LaunchCase(
+        lambda p: p,
+        302,
+        "",
+        outbound=True,
+        headers={"HTTP_X_FORWARDED_FOR": value},
+        settings={"TRUSTED_PROXY_COUNT": proxies},
+        remote_addr=expected,
+    )
 
 
 def open_redirect(return_uri: str) -> LaunchCase:
@@ -285,20 +301,34 @@ LAUNCH_CASES = {
     "unknown-parameters-are-ignored": LaunchCase(
         add(("foo", SCRIPT), (SCRIPT, IMG)), 302, "", outbound=True
     ),
+    # --- where the launch comes from: X-Forwarded-For only from our own proxies ----------
+    "x-forwarded-for-forged-without-proxy": forwarded_for("6.6.6.6"),
+    "x-forwarded-for-forged-left-of-our-proxy": forwarded_for(
+        "6.6.6.6, 198.51.100.23", proxies=1, expected="198.51.100.23"
+    ),
+    "x-forwarded-for-script": forwarded_for(SCRIPT, proxies=1),
+    "x-forwarded-for-thousand-hops": forwarded_for(
+        ", ".join(["6.6.6.6"] * 1000 + ["198.51.100.23"]), proxies=1, expected="198.51.100.23"
+    ),
+    "x-forwarded-for-port-and-garbage": forwarded_for(
+        "[2001:db8::7]:443, not-an-address", proxies=1
+    ),
 }
 
 
 @pytest.mark.parametrize(("case"), [pytest.param(c, id=name) for name, c in LAUNCH_CASES.items()])
 def test_hostile_launch(
-    client: Client, fake_kheops: FakeKheops, provider, case: LaunchCase
+    client: Client, fake_kheops: FakeKheops, provider, settings, case: LaunchCase
 ) -> None:
+    for name, value in case.settings.items():
+        setattr(settings, name, value)
     if not case.provider_enabled:
         provider.enabled = False
         provider.save()
     fake_kheops.discovery_answer = case.discovery
     params = case.change(base_params(fake_kheops.new_code()))
 
-    response = client.get(f"/providers/ohif/launch?{urlencode(params)}")
+    response = client.get(f"/providers/ohif/launch?{urlencode(params)}", **case.headers)
 
     assert response.status_code == case.status, response.content[:300]
     page = response.content.decode()
@@ -327,6 +357,8 @@ def test_hostile_launch(
         assert calls == []
     # Every attempt leaves exactly one audit record.
     assert LaunchRecord.objects.count() == 1
+    if case.remote_addr is not None:
+        assert LaunchRecord.objects.get().remote_addr == case.remote_addr
 
 
 def assert_nothing_raw_echoed(page: str, params: Params) -> None:

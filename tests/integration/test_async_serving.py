@@ -145,6 +145,7 @@ def test_a_graceful_stop_finishes_the_exchanges_in_flight(
         [
             sys.executable, "-m", "uvicorn", "kheops_ohif.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "20",
+            "--no-proxy-headers",
         ],
         cwd=REPO,
         env=_app_env(url),
