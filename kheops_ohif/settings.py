@@ -45,6 +45,27 @@ def envlist(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+RATE_PERIODS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_rate(name: str, value: str) -> tuple[int, int] | None:
+    """A rate limit as (requests, seconds) from "120/m" (per s, m or h); None: off ("0", "off")."""
+    text = value.strip().lower()
+    if text in ("0", "off", "none", "false"):
+        return None
+    count, _, period = text.partition("/")
+    if count.isdigit() and period in RATE_PERIODS:
+        return (int(count), RATE_PERIODS[period]) if int(count) > 0 else None
+    raise ImproperlyConfigured(
+        f"{name} must be a number of requests per second, minute or hour such as 120/m, "
+        f"or off (or 0), not {value!r}."
+    )
+
+
+def envrate(name: str, default: str) -> tuple[int, int] | None:
+    return parse_rate(name, os.environ.get(name) or default)
+
+
 def parse_public_base_url(value: str) -> tuple[str, str]:
     """Return (normalised base URL, script name) or raise ImproperlyConfigured.
 
@@ -336,6 +357,11 @@ KHEOPS_MAX_CALLS_IN_FLIGHT = envint("KHEOPS_MAX_CALLS_IN_FLIGHT", 32)
 # On SIGTERM the server first lets the code exchanges in flight finish, for at most this long
 # (KHEOPS calls back for our documents meanwhile: launcher.serving).
 SHUTDOWN_DRAIN_SECONDS = envint("SHUTDOWN_DRAIN_SECONDS", 30)
+# Requests per client address (launcher.clientaddr) and period, counted in Redis with
+# REDIS_URL, else in the database, so that all server processes share the count
+# (launcher.ratelimit). "off" (or 0) turns a limit off.
+LAUNCH_RATE_LIMIT = envrate("LAUNCH_RATE_LIMIT", "120/m")
+TOKEN_RATE_LIMIT = envrate("TOKEN_RATE_LIMIT", "240/m")
 KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
 # Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
 KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)

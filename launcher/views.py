@@ -132,6 +132,8 @@ def viewer_url(grant: services.ViewerGrant) -> str:
 def error_page(request: HttpRequest, refusal: services.ViewerRefused) -> HttpResponse:
     response = render(request, "launcher/error.html", {"refusal": refusal}, status=refusal.status)
     response["Cache-Control"] = "no-store"
+    if refusal.retry_after is not None:
+        response["Retry-After"] = str(refusal.retry_after)
     return response
 
 
@@ -184,7 +186,12 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
     timings: kheops.Timings = []
     browser_key = request.COOKIES.get(grant_cookie_name(launch_id))
     try:
-        grant = await services.complete(launch_id, browser_key, timings=timings)
+        grant = await services.complete(
+            launch_id,
+            browser_key,
+            remote_addr=clientaddr.client_address(request),
+            timings=timings,
+        )
     except services.ViewerRefused as refused:
         response = JsonResponse(
             {
@@ -197,6 +204,8 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
             },
             status=refused.status,
         )
+        if refused.retry_after is not None:
+            response["Retry-After"] = str(refused.retry_after)
     else:
         response = JsonResponse(
             {

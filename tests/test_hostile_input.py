@@ -313,6 +313,22 @@ LAUNCH_CASES = {
     "x-forwarded-for-port-and-garbage": forwarded_for(
         "[2001:db8::7]:443, not-an-address", proxies=1
     ),
+    # --- floods: over the per-address limit (here 0 a minute: this very launch is over) ---
+    "launch-over-the-rate-limit": LaunchCase(
+        lambda p: p,
+        429,
+        "Too many viewers were opened from your network address",
+        settings={"LAUNCH_RATE_LIMIT": (0, 60)},
+        way_back=True,
+    ),
+    "launch-over-the-rate-limit-forged-address": LaunchCase(
+        lambda p: p,
+        429,
+        "Too many viewers were opened",
+        headers={"HTTP_X_FORWARDED_FOR": "198.51.100.99"},
+        settings={"LAUNCH_RATE_LIMIT": (0, 60)},
+        remote_addr="127.0.0.1",
+    ),
 }
 
 
