@@ -137,7 +137,13 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 SECRET_KEY_FALLBACKS = envlist("SECRET_KEY_FALLBACKS", [])
 
-ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", [PUBLIC_HOST])
+# Host names on which the admin (/admin/) and the audit API (/api/v1/, /oauth/) answer; any
+# other host answers them 404, and these hosts answer nothing else (launcher.middleware.
+# AdminHostsMiddleware). Empty: every allowed host answers everything. Recommended: a host
+# name of its own (admin.viewer.example.org), so that the admin's session cookie never
+# reaches the origin that runs OHIF.
+ADMIN_HOSTS = [host.lower() for host in envlist("ADMIN_HOSTS", [])]
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", [PUBLIC_HOST, *ADMIN_HOSTS])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -157,6 +163,7 @@ INSTALLED_APPS = [
 # Django's own middleware, subclassed to run on the event loop under ASGI (launcher.middleware).
 MIDDLEWARE = [
     "launcher.middleware.SecurityMiddleware",
+    "launcher.middleware.AdminHostsMiddleware",
     "launcher.middleware.ContentSecurityPolicyMiddleware",
     "launcher.middleware.OhifWhiteNoiseMiddleware",
     "launcher.middleware.SessionMiddleware",
@@ -399,6 +406,15 @@ OAUTH2_PROVIDER = {
     "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
 }
 
+# Where the audit API answers: on the first admin host when ADMIN_HOSTS names one exactly.
+_public = urlsplit(PUBLIC_BASE_URL)
+AUDIT_API_BASE_URL = (
+    f"{_public.scheme}://{ADMIN_HOSTS[0]}{':' + str(_public.port) if _public.port else ''}"
+    f"{SCRIPT_NAME}"
+    if ADMIN_HOSTS and not ADMIN_HOSTS[0].startswith(".") and ADMIN_HOSTS[0] != "*"
+    else PUBLIC_BASE_URL
+)
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "kheops-ohif audit API",
     "DESCRIPTION": "Who opened which study, when and from where; the trusted KHEOPS servers "
@@ -407,9 +423,9 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "PREPROCESSING_HOOKS": ["launcher.api.schema.api_endpoints_only"],
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "SERVERS": [{"url": PUBLIC_BASE_URL}],
+    "SERVERS": [{"url": AUDIT_API_BASE_URL}],
     "OAUTH2_FLOWS": ["clientCredentials"],
-    "OAUTH2_TOKEN_URL": f"{PUBLIC_BASE_URL}/oauth/token/",
+    "OAUTH2_TOKEN_URL": f"{AUDIT_API_BASE_URL}/oauth/token/",
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
