@@ -7,6 +7,7 @@ what the local demo needs.
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -157,6 +158,8 @@ INSTALLED_APPS = [
     # django-oauth-toolkit, shown in the admin as "Audit API clients".
     "launcher.api.apps.AuditApiClientsConfig",
     "drf_spectacular",
+    # Admin login throttle (django-axes): see AXES_* below.
+    "axes",
     "launcher",
 ]
 
@@ -172,6 +175,8 @@ MIDDLEWARE = [
     "launcher.middleware.AuthenticationMiddleware",
     "launcher.middleware.MessageMiddleware",
     "launcher.middleware.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out admin login into its page (async-capable).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "kheops_ohif.urls"
@@ -240,6 +245,29 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Admin logins (django-axes): after ADMIN_LOGIN_FAILURE_LIMIT failures for one user name
+# from one client address (launcher.clientaddr), that pair is locked out for
+# ADMIN_LOGIN_LOCKOUT_MINUTES; each further failure starts the wait again, a success resets
+# the count. Attempts are kept in the database (shared by all server processes) and shown in
+# the admin (Axes); logged with the user name and address, never the password.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("ADMIN_LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "launcher.clientaddr.client_address"
+AXES_RESET_ON_SUCCESS = True
+# Our page: what happened, for how long, what to do (429 with Retry-After).
+AXES_LOCKOUT_CALLABLE = "launcher.admin.locked_out"
+# User names and addresses are not secrets: the log says who was locked out, from where.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME.total_seconds() <= 0:
+    raise ImproperlyConfigured(
+        "ADMIN_LOGIN_FAILURE_LIMIT and ADMIN_LOGIN_LOCKOUT_MINUTES must be 1 or more."
+    )
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
