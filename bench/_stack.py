@@ -181,6 +181,8 @@ def uvicorn_command(app: str, *, port: int, workers: int) -> list[str]:
         "--workers", str(workers),
         "--timeout-graceful-shutdown", "30",
         "--no-access-log",
+        # The client's address and scheme are ours to decide (launcher.clientaddr).
+        "--no-proxy-headers",
     ]  # fmt: skip
 
 
@@ -193,6 +195,8 @@ def gunicorn_command(app: str, *, port: int, workers: int, threads: int) -> list
         "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
         "--backlog", "2048", "--timeout", "120", "--graceful-timeout", "5",
         "--no-control-socket",
+        # No scheme from X-Forwarded-Proto for 127.0.0.1 either (launcher.clientaddr).
+        "--forwarded-allow-ips", "",
     ]  # fmt: skip
 
 
@@ -414,6 +418,9 @@ class BenchStack:
                 "SECRET_KEY": secrets.token_urlsafe(50),
                 "OHIF_ROOT": str(OHIF_ROOT),
                 "LOG_LEVEL": "WARNING",
+                # Bursts of hundreds of launches from 127.0.0.1 are the point here.
+                "LAUNCH_RATE_LIMIT": "off",
+                "TOKEN_RATE_LIMIT": "off",
             }
             _run(["manage.py", "migrate", "--noinput", "--verbosity", "0"], app_env, cwd=code)
             _run(

@@ -1,4 +1,5 @@
-"""ASGI entry point, what production runs: `uvicorn kheops_ohif.asgi:application`.
+"""ASGI entry point, what production runs: `uvicorn kheops_ohif.asgi:application
+--no-proxy-headers …` (the client's address is ours to decide: launcher.clientaddr).
 
 Django, behind launcher.serving, which answers the documents KHEOPS fetches during every
 exchange from memory, reuses request threads, and stops gracefully.

@@ -7,6 +7,7 @@ what the local demo needs.
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,6 +44,27 @@ def envlist(name: str, default: list[str]) -> list[str]:
     if value is None or value.strip() == "":
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+RATE_PERIODS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_rate(name: str, value: str) -> tuple[int, int] | None:
+    """A rate limit as (requests, seconds) from "120/m" (per s, m or h); None: off ("0", "off")."""
+    text = value.strip().lower()
+    if text in ("0", "off", "none", "false"):
+        return None
+    count, _, period = text.partition("/")
+    if count.isdigit() and period in RATE_PERIODS:
+        return (int(count), RATE_PERIODS[period]) if int(count) > 0 else None
+    raise ImproperlyConfigured(
+        f"{name} must be a number of requests per second, minute or hour such as 120/m, "
+        f"or off (or 0), not {value!r}."
+    )
+
+
+def envrate(name: str, default: str) -> tuple[int, int] | None:
+    return parse_rate(name, os.environ.get(name) or default)
 
 
 def parse_public_base_url(value: str) -> tuple[str, str]:
@@ -116,7 +138,13 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 SECRET_KEY_FALLBACKS = envlist("SECRET_KEY_FALLBACKS", [])
 
-ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", [PUBLIC_HOST])
+# Host names on which the admin (/admin/) and the audit API (/api/v1/, /oauth/) answer; any
+# other host answers them 404, and these hosts answer nothing else (launcher.middleware.
+# AdminHostsMiddleware). Empty: every allowed host answers everything. Recommended: a host
+# name of its own (admin.viewer.example.org), so that the admin's session cookie never
+# reaches the origin that runs OHIF.
+ADMIN_HOSTS = [host.lower() for host in envlist("ADMIN_HOSTS", [])]
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", [PUBLIC_HOST, *ADMIN_HOSTS])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -130,12 +158,15 @@ INSTALLED_APPS = [
     # django-oauth-toolkit, shown in the admin as "Audit API clients".
     "launcher.api.apps.AuditApiClientsConfig",
     "drf_spectacular",
+    # Admin login throttle (django-axes): see AXES_* below.
+    "axes",
     "launcher",
 ]
 
 # Django's own middleware, subclassed to run on the event loop under ASGI (launcher.middleware).
 MIDDLEWARE = [
     "launcher.middleware.SecurityMiddleware",
+    "launcher.middleware.AdminHostsMiddleware",
     "launcher.middleware.ContentSecurityPolicyMiddleware",
     "launcher.middleware.OhifWhiteNoiseMiddleware",
     "launcher.middleware.SessionMiddleware",
@@ -144,6 +175,8 @@ MIDDLEWARE = [
     "launcher.middleware.AuthenticationMiddleware",
     "launcher.middleware.MessageMiddleware",
     "launcher.middleware.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out admin login into its page (async-capable).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "kheops_ohif.urls"
@@ -213,6 +246,29 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# Admin logins (django-axes): after ADMIN_LOGIN_FAILURE_LIMIT failures for one user name
+# from one client address (launcher.clientaddr), that pair is locked out for
+# ADMIN_LOGIN_LOCKOUT_MINUTES; each further failure starts the wait again, a success resets
+# the count. Attempts are kept in the database (shared by all server processes) and shown in
+# the admin (Axes); logged with the user name and address, never the password.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("ADMIN_LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "launcher.clientaddr.client_address"
+AXES_RESET_ON_SUCCESS = True
+# Our page: what happened, for how long, what to do (429 with Retry-After).
+AXES_LOCKOUT_CALLABLE = "launcher.admin.locked_out"
+# User names and addresses are not secrets: the log says who was locked out, from where.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME.total_seconds() <= 0:
+    raise ImproperlyConfigured(
+        "ADMIN_LOGIN_FAILURE_LIMIT and ADMIN_LOGIN_LOCKOUT_MINUTES must be 1 or more."
+    )
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -276,9 +332,17 @@ CSRF_TRUSTED_ORIGINS = envlist(
     [f"{urlsplit(PUBLIC_BASE_URL).scheme}://{urlsplit(PUBLIC_BASE_URL).netloc}"],
 )
 
-# HTTPS. Behind a TLS-terminating proxy set TRUST_X_FORWARDED_PROTO=true.
+# HTTPS. Behind a TLS-terminating proxy set TRUST_X_FORWARDED_PROTO=true: Django then reads
+# the scheme from that header (the proxy must set it, replacing any the browser sent). The
+# server itself must not (uvicorn --no-proxy-headers): launcher.clientaddr.
 if envbool("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# How many proxies of ours each request passes through, each appending to X-Forwarded-For:
+# the client's address is the one that many entries from the right (launcher.clientaddr).
+# 0: the peer's address, X-Forwarded-For ignored.
+TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT must be 0 or more, not {TRUSTED_PROXY_COUNT}.")
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", PUBLIC_IS_HTTPS)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 # Django sends HSTS only on responses to HTTPS requests.
@@ -331,6 +395,11 @@ SHUTDOWN_DRAIN_SECONDS = envint("SHUTDOWN_DRAIN_SECONDS", 30)
 # Each server process forgets used codes and old grants this often (0: never, then run
 # `manage.py clean_up` from cron; launcher.serving.Housekeeping).
 CLEAN_UP_INTERVAL_SECONDS = envint("CLEAN_UP_INTERVAL_SECONDS", 300)
+# Requests per client address (launcher.clientaddr) and period, counted in Redis with
+# REDIS_URL, else in the database, so that all server processes share the count
+# (launcher.ratelimit). "off" (or 0) turns a limit off.
+LAUNCH_RATE_LIMIT = envrate("LAUNCH_RATE_LIMIT", "120/m")
+TOKEN_RATE_LIMIT = envrate("TOKEN_RATE_LIMIT", "240/m")
 KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
 # Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
 KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)
@@ -368,6 +437,15 @@ OAUTH2_PROVIDER = {
     "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
 }
 
+# Where the audit API answers: on the first admin host when ADMIN_HOSTS names one exactly.
+_public = urlsplit(PUBLIC_BASE_URL)
+AUDIT_API_BASE_URL = (
+    f"{_public.scheme}://{ADMIN_HOSTS[0]}{':' + str(_public.port) if _public.port else ''}"
+    f"{SCRIPT_NAME}"
+    if ADMIN_HOSTS and not ADMIN_HOSTS[0].startswith(".") and ADMIN_HOSTS[0] != "*"
+    else PUBLIC_BASE_URL
+)
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "kheops-ohif audit API",
     "DESCRIPTION": "Who opened which study, when and from where; the trusted KHEOPS servers "
@@ -376,9 +454,9 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "PREPROCESSING_HOOKS": ["launcher.api.schema.api_endpoints_only"],
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "SERVERS": [{"url": PUBLIC_BASE_URL}],
+    "SERVERS": [{"url": AUDIT_API_BASE_URL}],
     "OAUTH2_FLOWS": ["clientCredentials"],
-    "OAUTH2_TOKEN_URL": f"{PUBLIC_BASE_URL}/oauth/token/",
+    "OAUTH2_TOKEN_URL": f"{AUDIT_API_BASE_URL}/oauth/token/",
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()

@@ -6,7 +6,8 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import QuerySet
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import format_html
@@ -310,3 +311,25 @@ class ApiClientAdmin(admin.ModelAdmin):
     readonly_fields = ["client_type", "authorization_grant_type"]
     # Its get_absolute_url names the toolkit's own pages, which are not served here.
     view_on_site = False
+
+
+def locked_out(
+    request: HttpRequest, original_response: HttpResponse | None, credentials: dict | None
+) -> HttpResponse:
+    """django-axes's answer to a locked-out admin sign-in (AXES_LOCKOUT_CALLABLE): what
+    happened, for how long and what to do, with status 429 and Retry-After."""
+    seconds = int(settings.AXES_COOLOFF_TIME.total_seconds())
+    username = (credentials or {}).get("username") or request.POST.get("username", "")
+    response = render(
+        request,
+        "admin/locked_out.html",
+        {
+            "username": username[:150],
+            "failure_limit": settings.AXES_FAILURE_LIMIT,
+            "minutes": max(1, seconds // 60),
+        },
+        status=429,
+    )
+    response["Retry-After"] = str(seconds)
+    response["Cache-Control"] = "no-store"
+    return response

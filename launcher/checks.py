@@ -87,6 +87,40 @@ def check_signing_key_grace(app_configs: Sequence[AppConfig] | None, **kwargs: A
     ]
 
 
+@register(Tags.security)
+def check_admin_hosts(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
+    problems: list = [
+        Error(
+            f"ADMIN_HOSTS names {host}, which is not in ALLOWED_HOSTS.",
+            hint="Django refuses requests for hosts outside ALLOWED_HOSTS: add it there too "
+            "(or leave ALLOWED_HOSTS unset: it then holds PUBLIC_BASE_URL's host and "
+            "ADMIN_HOSTS).",
+            id="launcher.E010",
+        )
+        for host in settings.ADMIN_HOSTS
+        if not validate_host(host.lstrip("."), settings.ALLOWED_HOSTS)
+    ]
+    if settings.ADMIN_HOSTS and validate_host(settings.PUBLIC_HOST, settings.ADMIN_HOSTS):
+        problems.append(
+            Warning(
+                f"ADMIN_HOSTS includes the viewer's host ({settings.PUBLIC_HOST}): the admin "
+                "still shares the origin that runs OHIF.",
+                hint="Give the admin a host name of its own, e.g. admin.viewer.example.org.",
+                id="launcher.W011",
+            )
+        )
+    for name in ("SESSION_COOKIE_DOMAIN", "CSRF_COOKIE_DOMAIN"):
+        if settings.ADMIN_HOSTS and getattr(settings, name):
+            problems.append(
+                Warning(
+                    f"{name} is set: the admin's cookie also reaches the viewer's host.",
+                    hint=f"Leave {name} unset (host-only cookies) with ADMIN_HOSTS.",
+                    id="launcher.W012",
+                )
+            )
+    return problems
+
+
 # What Django's security.W001-W003 look for by name (settings silence those): the middleware
 # classes, or subclasses of them such as launcher.middleware's.
 _PROTECTIVE_MIDDLEWARE = {

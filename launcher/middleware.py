@@ -13,8 +13,17 @@ from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as message_middleware
 from django.contrib.sessions import middleware as session_middleware
-from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponseBase,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
+from django.http.request import split_domain_port, validate_host
 from django.middleware import clickjacking, common, csrf, security
+from django.urls import reverse
+from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from launcher import ohif_bundle
@@ -199,3 +208,53 @@ class ContentSecurityPolicyMiddleware(_OnTheLoop, CSPMiddleware):
         if parts.replace is None and request.path_info.startswith(ohif_prefix):
             return PolicyParts(parts.config, parts.update, OHIF_CSP_DIRECTIVES, parts.nonce)
         return parts
+
+
+# --- The admin on host names of its own (ADMIN_HOSTS) ------------------------------------------
+
+# The admin and the audit API (paths without the sub-path, as in request.path_info).
+ADMIN_PATHS = ("/admin", "/api/v1", "/oauth")
+# What an admin-only host also answers: probes, and the admin's own static files.
+ADMIN_HOST_EXTRAS = ("/healthz", "/readyz", "/favicon.ico")
+
+
+def is_admin_path(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in ADMIN_PATHS)
+
+
+def is_admin_only_host(domain: str) -> bool:
+    """An ADMIN_HOSTS host that is not also the viewer's: it answers the admin alone."""
+    return bool(settings.ADMIN_HOSTS) and (
+        validate_host(domain, settings.ADMIN_HOSTS)
+        and not validate_host(domain, [settings.PUBLIC_HOST])
+    )
+
+
+class AdminHostsMiddleware(_OnTheLoop, MiddlewareMixin):
+    """With ADMIN_HOSTS set, the admin and the audit API answer on those hosts only, and
+    those hosts answer nothing else: not the launch, not a viewer, not OHIF's files.
+
+    OHIF runs third-party code on data from KHEOPS; a script injected there would act with
+    whatever its origin holds. On a host of their own, the admin's session and CSRF cookies
+    (host-only: no SESSION_COOKIE_DOMAIN) are out of its reach, and so are the admin's pages
+    (the browser's same-origin policy). Elsewhere both are a 404, as for any unknown page.
+    """
+
+    def process_request(self, request: HttpRequest) -> HttpResponseBase | None:
+        if not settings.ADMIN_HOSTS:
+            return None
+        domain, _ = split_domain_port(request.get_host())
+        path = request.path_info
+        if not validate_host(domain, settings.ADMIN_HOSTS):
+            if is_admin_path(path):
+                raise Http404("No such page.")
+            return None
+        if not is_admin_only_host(domain) or is_admin_path(path) or path in ADMIN_HOST_EXTRAS:
+            return None
+        if path == "/":
+            return HttpResponseRedirect(reverse("admin:index"))
+        ohif_prefix = settings.OHIF_ASSET_URL.removeprefix(settings.SCRIPT_NAME)
+        static_prefix = settings.STATIC_URL.removeprefix(settings.SCRIPT_NAME)
+        if path.startswith(static_prefix) and not path.startswith(ohif_prefix):
+            return None
+        raise Http404("No such page.")

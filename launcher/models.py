@@ -247,6 +247,8 @@ class LaunchOutcome(models.TextChoices):
     KHEOPS_UNAVAILABLE = "kheops_unavailable", _("Failed: KHEOPS unavailable")
     KHEOPS_TIMEOUT = "kheops_timeout", _("Failed: KHEOPS did not answer in time")
     KHEOPS_MALFORMED = "kheops_malformed", _("Failed: KHEOPS's answer not understood")
+    # Too many launches from one client address in a short time (launcher.ratelimit).
+    RATE_LIMITED = "rate_limited", _("Refused: too many launches from this address")
 
 
 class LaunchRecord(models.Model):
@@ -353,3 +355,19 @@ class LaunchGrant(models.Model):
 
     def __str__(self) -> str:
         return f"viewer grant {self.launch_id}"
+
+
+class RateCounter(models.Model):
+    """Requests of one kind from one client address in the current period (launcher.ratelimit),
+    when there is no Redis: shared by every server process, counted by one atomic statement."""
+
+    key = models.CharField(max_length=100, primary_key=True)
+    # When the current period ends (Unix seconds): a request after it starts a new count.
+    period_end = models.BigIntegerField(db_index=True)
+    hits = models.PositiveIntegerField()
+
+    class Meta:
+        verbose_name = _("rate counter")
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.hits}"

@@ -29,7 +29,7 @@ from django.db.models import Q
 from django.http import QueryDict
 from django.utils import timezone
 
-from launcher import blocking, keys, kheops, sealing, writes
+from launcher import blocking, keys, kheops, ratelimit, sealing, writes
 from launcher.models import (
     GrantState,
     KheopsServer,
@@ -91,6 +91,7 @@ class ViewerRefused(Exception):
         return_uri: str | None = None,
         study_uids: tuple[str, ...] = (),
         retryable: bool = False,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -100,6 +101,8 @@ class ViewerRefused(Exception):
         self.study_uids = study_uids
         # The same request may succeed in a moment (KHEOPS slow or away, a restart).
         self.retryable = retryable
+        # Seconds before asking again is worth it (a rate limit): the Retry-After header.
+        self.retry_after = retry_after
 
 
 class LaunchFailed(ViewerRefused):
@@ -123,6 +126,8 @@ class LaunchFailed(ViewerRefused):
         )
         self.outcome = outcome
         self.detail = detail
+        # A flood of refusals is logged once (the audit keeps every one).
+        self.log_level = logging.WARNING
 
 
 # Failures of the exchange worth trying again: its grant stays pending (the browser that
@@ -146,10 +151,13 @@ ADVICE: dict[LaunchOutcome, str] = {
     LaunchOutcome.KHEOPS_TIMEOUT: "Wait a moment, then open the study again from KHEOPS.",
     LaunchOutcome.KHEOPS_MALFORMED: "Open the study again from KHEOPS; if this happens again, "
     "tell this viewer's administrator.",
+    LaunchOutcome.RATE_LIMITED: "Wait a moment, then open the study again from KHEOPS.",
 }
 NOT_YOURS = "This viewer link belongs to another browser session."
 NOT_YOURS_ADVICE = "Open the study from KHEOPS in this browser."
 EXPIRED = "Your access to this study has expired."
+TOO_MANY_LAUNCHES = "Too many viewers were opened from your network address in a short time."
+TOO_MANY_REQUESTS = "Too many viewers asked for access from your network address in a short time."
 RESTARTING = "The viewer is restarting."
 RESTARTING_ADVICE = "Reload this page in a moment."
 
@@ -524,6 +532,9 @@ async def launch(
     try:
         provider = await _looked_up(f"provider:{slug}", partial(_load_provider, slug))
         servers = await _looked_up("servers", _load_trusted_servers)
+        over = await ratelimit.check(ratelimit.LAUNCH, remote_addr, settings.LAUNCH_RATE_LIMIT)
+        if over is not None:
+            raise _rate_limited(over, provider, servers, query, record)
         accepted = _accept(provider, servers, query, record)
         try:
             # The viewer page needs the DICOMweb root (its data source, its CSP): cached.
@@ -582,6 +593,37 @@ def _accept(
             return_uri=return_uri,
         )
     return _Accepted(provider=provider, params=params, server=server, return_uri=return_uri)
+
+
+def _rate_limited(
+    over: ratelimit.OverTheLimit,
+    provider: Provider | None,
+    servers: list[KheopsServer],
+    query: QueryDict | None,
+    record: LaunchRecord,
+) -> LaunchFailed:
+    """The refusal of a launch over the limit: nothing of it is stored but its audit row,
+    which (as the page) says what the launch asked for, when it can tell."""
+    return_uri = None
+    try:
+        return_uri = _accept(provider, servers, query, record).return_uri
+    except LaunchFailed as invalid:
+        return_uri = invalid.return_uri
+    failure = LaunchFailed(
+        LaunchOutcome.RATE_LIMITED,
+        429,
+        TOO_MANY_LAUNCHES,
+        detail=f"over {over.limit} launches in {over.seconds} s from this address",
+        return_uri=return_uri,
+    )
+    failure.advice = f"Wait {_seconds(over.retry_after)}, then open the study again from KHEOPS."
+    failure.retry_after = over.retry_after
+    failure.log_level = logging.WARNING if over.first else logging.DEBUG
+    return failure
+
+
+def _seconds(seconds: int) -> str:
+    return "1 second" if seconds == 1 else f"{seconds} seconds"
 
 
 def _pending_grant(
@@ -678,7 +720,7 @@ def _record_refusal(record: LaunchRecord, failure: LaunchFailed) -> None:
     record.outcome = failure.outcome
     record.failure_detail = (failure.detail or failure.message)[:255]
     record.save()
-    logger.warning("launch refused (%s): %s", failure.outcome, record.failure_detail)
+    logger.log(failure.log_level, "launch refused (%s): %s", failure.outcome, record.failure_detail)
 
 
 # --- The exchange, on the viewer's first token request: exchange → identify → record ------
@@ -720,7 +762,11 @@ class _PendingExchange:
 
 
 async def complete(
-    launch_id: str, browser_key: str | None, *, timings: kheops.Timings | None = None
+    launch_id: str,
+    browser_key: str | None,
+    *,
+    remote_addr: str | None = None,
+    timings: kheops.Timings | None = None,
 ) -> ViewerGrant:
     """The viewer's grant with its token: the first call exchanges the launch's code.
 
@@ -730,8 +776,12 @@ async def complete(
     Two calls at once (a reload) may both exchange the code, which KHEOPS allows within its
     lifetime: the first to finish is kept, the other answers with it. A call cut short (the
     browser went away, or the server stopped) leaves the grant pending and the code claimed:
-    the same browser's next request exchanges it.
+    the same browser's next request exchanges it. Over TOKEN_RATE_LIMIT from `remote_addr`:
+    refused before anything is read or sent.
     """
+    over = await ratelimit.check(ratelimit.TOKEN_REQUEST, remote_addr, settings.TOKEN_RATE_LIMIT)
+    if over is not None:
+        raise _too_many_requests(over)
     found = await blocking.run(_grant_or_pending_exchange, launch_id, browser_key)
     if isinstance(found, ViewerGrant):
         return found
@@ -766,6 +816,21 @@ async def complete(
     if isinstance(settled, ViewerGrant):
         return settled
     raise AssertionError("unreachable: an outcome was stored, the grant is no longer pending")
+
+
+def _too_many_requests(over: ratelimit.OverTheLimit) -> ViewerRefused:
+    if over.first:
+        logger.warning(
+            "token requests refused: over %d in %d s from one address", over.limit, over.seconds
+        )
+    # Not retryable: the viewer's quick retries (1, 2, 4 s) would only be refused too; the
+    # grant stays as it is (pending: its code claimed, for this browser's next request).
+    return ViewerRefused(
+        429,
+        TOO_MANY_REQUESTS,
+        advice=f"Wait {_seconds(over.retry_after)}, then reload this page.",
+        retry_after=over.retry_after,
+    )
 
 
 def _grant_or_pending_exchange(

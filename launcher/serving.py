@@ -48,6 +48,7 @@ from django.urls import Resolver404, resolve
 
 from launcher import blocking, documents, services
 from launcher.logfilters import RedactSecretParameters
+from launcher.middleware import is_admin_only_host
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +356,12 @@ def _host_allowed(scope: Scope) -> bool:
         "latin-1"
     )
     domain, _ = split_domain_port(host)
-    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+    # A host of the admin alone answers nothing else (launcher.middleware.AdminHostsMiddleware).
+    return (
+        bool(domain)
+        and validate_host(domain, settings.ALLOWED_HOSTS)
+        and not is_admin_only_host(domain)
+    )
 
 
 def _secure_enough(scope: Scope) -> bool:

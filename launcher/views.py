@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_safe
 
-from launcher import documents, kheops, services, viewer
+from launcher import clientaddr, documents, kheops, services, viewer
 from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 
@@ -76,7 +76,7 @@ async def launch(request: HttpRequest, slug: str) -> HttpResponse:
         grant = await services.launch(
             slug=slug,
             query=query,
-            remote_addr=request.META.get("REMOTE_ADDR"),
+            remote_addr=clientaddr.client_address(request),
             launcher_key=request.COOKIES.get(LAUNCHER_COOKIE),
             timings=timings,
         )
@@ -159,6 +159,8 @@ def viewer_url(grant: services.ViewerGrant) -> str:
 def error_page(request: HttpRequest, refusal: services.ViewerRefused) -> HttpResponse:
     response = render(request, "launcher/error.html", {"refusal": refusal}, status=refusal.status)
     response["Cache-Control"] = "no-store"
+    if refusal.retry_after is not None:
+        response["Retry-After"] = str(refusal.retry_after)
     return response
 
 
@@ -211,7 +213,12 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
     timings: kheops.Timings = []
     browser_key = request.COOKIES.get(grant_cookie_name(launch_id))
     try:
-        grant = await services.complete(launch_id, browser_key, timings=timings)
+        grant = await services.complete(
+            launch_id,
+            browser_key,
+            remote_addr=clientaddr.client_address(request),
+            timings=timings,
+        )
     except services.ViewerRefused as refused:
         response = JsonResponse(
             {
@@ -224,6 +231,8 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
             },
             status=refused.status,
         )
+        if refused.retry_after is not None:
+            response["Retry-After"] = str(refused.retry_after)
     else:
         response = JsonResponse(
             {

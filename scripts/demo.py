@@ -217,6 +217,8 @@ def main() -> None:
             "2",
             "--timeout-graceful-shutdown",
             "30",
+            # The client's address and scheme are ours to decide (launcher.clientaddr).
+            "--no-proxy-headers",
         ],
         viewer_env(),
         f"http://127.0.0.1:{VIEWER_PORT}/healthz",

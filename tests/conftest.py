@@ -45,6 +45,15 @@ def _fresh_process_state() -> Iterator[None]:
     services.forget_lookups()
 
 
+@pytest.fixture(autouse=True)
+def _no_rate_limits(settings: Any) -> None:
+    # Tests launch many times from 127.0.0.1: the limits are off unless a test turns them
+    # on (tests/test_rate_limits.py). The live stack's server runs in this process, with
+    # these settings.
+    settings.LAUNCH_RATE_LIMIT = None
+    settings.TOKEN_RATE_LIMIT = None
+
+
 @pytest.fixture
 def admin_client(db: None) -> Client:
     """A browser signed in to the admin as a superuser (replaces pytest-django's own)."""

@@ -62,6 +62,9 @@ def start_stand_in(workdir: Path, orthanc_url: str) -> SandboxServer:
 class ViewerServer:
     """Our app under uvicorn in a thread: same settings and database as the tests.
 
+    The rate limits are off, as in every test that does not turn them on (tests/conftest.py):
+    the tests launch many times from 127.0.0.1.
+
     Requests are served as in production: the documents from memory (launcher.serving),
     everything else by Django's ASGI handler, which does its database work in threads of its
     own: the SQLite test database is a file for this (tests/conftest.py).
@@ -83,6 +86,9 @@ class ViewerServer:
             log_config=None,
             access_log=True,
             timeout_graceful_shutdown=5,
+            # As every command we ship: the client's address is ours to decide
+            # (launcher.clientaddr), not uvicorn's from X-Forwarded-For.
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -84,6 +84,10 @@ class LaunchCase:
     discovery: Any = None  # the discovery document KHEOPS serves, if not the right one
     provider_enabled: bool = True
     way_back: bool | None = None  # "Back to KHEOPS" expected (True) or forbidden (False)
+    headers: dict[str, str] = field(default_factory=dict)  # request headers (META names)
+    settings: dict[str, Any] = field(default_factory=dict)  # settings for this case
+    remote_addr: str | None = None  # the audit's "from where", when the case is about it
+    audited: bool = True  # refused before the launch is even looked at: no audit record
 
 
 def refused(change: Callable[[Params], Params], message: str) -> LaunchCase:
@@ -98,6 +102,19 @@ def bad_discovery(**changes: Any) -> LaunchCase:
     document = {**discovery_document(), **changes}
     document = {k: v for k, v in document.items() if v is not None}
     return LaunchCase(lambda p: p, 502, NOT_UNDERSTOOD, outbound=True, discovery=(200, document))
+
+
+def forwarded_for(value: str, *, proxies: int = 0, expected: str = "127.0.0.1") -> LaunchCase:
+    # The test client's peer is 127.0.0.1; `proxies` is TRUSTED_PROXY_COUNT.
+    return LaunchCase(
+        lambda p: p,
+        302,
+        "",
+        outbound=True,
+        headers={"HTTP_X_FORWARDED_FOR": value},
+        settings={"TRUSTED_PROXY_COUNT": proxies},
+        remote_addr=expected,
+    )
 
 
 def open_redirect(return_uri: str) -> LaunchCase:
@@ -298,20 +315,64 @@ LAUNCH_CASES = {
     "unknown-parameters-are-ignored": LaunchCase(
         add(("foo", SCRIPT), (SCRIPT, IMG)), 302, "", outbound=True
     ),
+    # --- where the launch comes from: X-Forwarded-For only from our own proxies ----------
+    "x-forwarded-for-forged-without-proxy": forwarded_for("6.6.6.6"),
+    "x-forwarded-for-forged-left-of-our-proxy": forwarded_for(
+        "6.6.6.6, 198.51.100.23", proxies=1, expected="198.51.100.23"
+    ),
+    "x-forwarded-for-script": forwarded_for(SCRIPT, proxies=1),
+    "x-forwarded-for-thousand-hops": forwarded_for(
+        ", ".join(["6.6.6.6"] * 1000 + ["198.51.100.23"]), proxies=1, expected="198.51.100.23"
+    ),
+    "x-forwarded-for-port-and-garbage": forwarded_for(
+        "[2001:db8::7]:443, not-an-address", proxies=1
+    ),
+    # --- floods: over the per-address limit (here 0 a minute: this very launch is over) ---
+    "launch-over-the-rate-limit": LaunchCase(
+        lambda p: p,
+        429,
+        "Too many viewers were opened from your network address",
+        settings={"LAUNCH_RATE_LIMIT": (0, 60)},
+        way_back=True,
+    ),
+    "launch-over-the-rate-limit-forged-address": LaunchCase(
+        lambda p: p,
+        429,
+        "Too many viewers were opened",
+        headers={"HTTP_X_FORWARDED_FOR": "198.51.100.99"},
+        settings={"LAUNCH_RATE_LIMIT": (0, 60)},
+        remote_addr="127.0.0.1",
+    ),
+    # --- the admin's own host name (ADMIN_HOSTS) runs no viewer: a link to a launch there
+    # would have OHIF run beside the admin's session ----------------------------------------
+    "launch-on-the-admin-host": LaunchCase(
+        lambda p: p,
+        404,
+        "",
+        headers={"HTTP_HOST": "admin.viewer.test"},
+        settings={
+            "PUBLIC_HOST": "testserver",
+            "ALLOWED_HOSTS": ["testserver", "admin.viewer.test"],
+            "ADMIN_HOSTS": ["admin.viewer.test"],
+        },
+        audited=False,
+    ),
 }
 
 
 @pytest.mark.parametrize(("case"), [pytest.param(c, id=name) for name, c in LAUNCH_CASES.items()])
 def test_hostile_launch(
-    client: Client, fake_kheops: FakeKheops, provider, case: LaunchCase
+    client: Client, fake_kheops: FakeKheops, provider, settings, case: LaunchCase
 ) -> None:
+    for name, value in case.settings.items():
+        setattr(settings, name, value)
     if not case.provider_enabled:
         provider.enabled = False
         provider.save()
     fake_kheops.discovery_answer = case.discovery
     params = case.change(base_params(fake_kheops.new_code()))
 
-    response = client.get(f"/providers/ohif/launch?{urlencode(params)}")
+    response = client.get(f"/providers/ohif/launch?{urlencode(params)}", **case.headers)
 
     assert response.status_code == case.status, response.content[:300]
     page = response.content.decode()
@@ -326,7 +387,7 @@ def test_hostile_launch(
         [exchange] = fake_kheops.token_requests
         assert dict(exchange.form)["code"] == dict(params)["code"]
         assert LaunchRecord.objects.get().outcome == LaunchOutcome.SUCCESS
-    else:
+    elif case.audited:
         assert CANNOT_OPEN in page
         assert escape(case.message) in page
         assert "no-store" in response["Cache-Control"]
@@ -338,8 +399,10 @@ def test_hostile_launch(
         assert calls and all(url.startswith(ROOT + "/api/") for url in calls), calls
     else:
         assert calls == []
-    # Every attempt leaves exactly one audit record.
-    assert LaunchRecord.objects.count() == 1
+    # Every attempt leaves exactly one audit record (none if refused before it is looked at).
+    assert LaunchRecord.objects.count() == (1 if case.audited else 0)
+    if case.remote_addr is not None:
+        assert LaunchRecord.objects.get().remote_addr == case.remote_addr
 
 
 def assert_nothing_raw_echoed(page: str, params: Params) -> None:

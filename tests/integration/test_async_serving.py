@@ -145,6 +145,7 @@ def test_a_graceful_stop_finishes_the_exchanges_in_flight(
         [
             sys.executable, "-m", "uvicorn", "kheops_ohif.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "20",
+            "--no-proxy-headers",
         ],
         cwd=REPO,
         env=_app_env(url),
@@ -212,6 +213,9 @@ def _app_env(public_url: str) -> dict[str, str]:
         "PUBLIC_BASE_URL": public_url,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECRET_KEY": django_settings.SECRET_KEY,
+        # As for the in-process server (tests/conftest.py): tests launch from 127.0.0.1.
+        "LAUNCH_RATE_LIMIT": "off",
+        "TOKEN_RATE_LIMIT": "off",
     }
 
 

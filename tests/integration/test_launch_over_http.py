@@ -259,3 +259,19 @@ def test_concurrent_token_requests_of_one_viewer_agree(live_stack: Stack) -> Non
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.SUCCESS
     assert LaunchGrant.objects.get().state == GrantState.READY
+
+
+def test_a_forged_x_forwarded_for_from_loopback_does_not_become_the_audits_address(
+    live_stack: Stack,
+) -> None:
+    # uvicorn, left to itself, takes the client's address from X-Forwarded-For for any
+    # request from 127.0.0.1: our servers run it with its proxy headers off.
+    response = requests.get(
+        kheops_launch_url(live_stack),
+        headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https"},
+        allow_redirects=False,
+        timeout=20,
+    )
+
+    assert response.status_code == 302
+    assert LaunchRecord.objects.get().remote_addr == "127.0.0.1"
