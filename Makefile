@@ -39,8 +39,8 @@ node:
 	@command -v node >/dev/null && command -v npm >/dev/null \
 		|| scripts/ensure-debian-packages.sh nodejs npm
 
-deps: $(VENV)/.deps-run
-deps-dev: $(VENV)/.deps-dev
+deps: $(VENV)/.deps-run $(VENV)/.checkout-on-path
+deps-dev: $(VENV)/.deps-dev $(VENV)/.checkout-on-path
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ $(VENV)/.deps-run: requirements.txt sandbox/requirements.txt | $(VENV)/bin/pytho
 $(VENV)/.deps-dev: requirements.txt requirements-dev.txt sandbox/requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements-dev.txt -r sandbox/requirements.txt
 	touch $@ $(VENV)/.deps-run
+
+# This checkout on the venv's import path (a .pth file, as an editable install writes): tests,
+# bench/ and scripts/ import devstack, sandbox and tests from any directory, no sys.path edits.
+$(VENV)/.checkout-on-path: | $(VENV)/bin/python
+	$(PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "kheops-ohif-checkout.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)"
+	touch $@
 
 var/secret_key:
 	@mkdir -p var

@@ -23,8 +23,8 @@ import pydicom
 import pytest
 import requests
 from pydicom.uid import generate_uid
-from sandbox_harness import free_port  # on sys.path via tests/sandbox/conftest.py
 
+from devstack import free_port
 from sandbox.orthanc import OrthancProcess, orthanc_session
 from sandbox.samples import load_into_orthanc, sample_studies
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from sandbox_harness import free_port  # on sys.path via tests/sandbox/conftest.py
 
+from devstack import free_port
 from sandbox.orthanc import (
     DEFAULT_STORAGE_DIR,
     DICOMWEB_PLUGIN,
