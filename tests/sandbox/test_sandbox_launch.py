@@ -147,4 +147,4 @@ def test_launch_refetches_the_document_each_time(
     fake_provider.requests.clear()
     sandbox.launch(registered_provider)
     sandbox.launch(registered_provider)
-    assert fake_provider.requests.count(fake_provider.config_path) >= 2
+    assert fake_provider.requests.count(fake_provider.config_path) == 2  # one per launch
