@@ -12,7 +12,7 @@ ifdef DATABASE_URL
 export DATABASE_URL
 endif
 
-.PHONY: run test prepare deps deps-dev system-deps-test lint bench loadtest clean
+.PHONY: run test prepare deps deps-dev system-deps-test lint lint-js node bench loadtest clean
 
 # The demo: Orthanc + the KHEOPS stand-in + the viewer; prints the URL to open.
 run: prepare
@@ -21,12 +21,26 @@ run: prepare
 test: deps-dev system-deps-test prepare
 	$(PY) -m pytest
 
-lint: deps-dev
+lint: deps-dev lint-js
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-deps: $(VENV)/.deps-run
-deps-dev: $(VENV)/.deps-dev
+# ESLint for our browser scripts (static/launcher/*.js; eslint.config.js says what and how).
+lint-js: node_modules/.installed
+	node_modules/.bin/eslint
+
+# The tools of package-lock.json, installed again only when it (or package.json) changed.
+node_modules/.installed: package.json package-lock.json | node
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Node.js and npm (for ESLint): Debian's packages, only when the machine has neither.
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null \
+		|| scripts/ensure-debian-packages.sh nodejs npm
+
+deps: $(VENV)/.deps-run $(VENV)/.checkout-on-path
+deps-dev: $(VENV)/.deps-dev $(VENV)/.checkout-on-path
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +52,12 @@ $(VENV)/.deps-run: requirements.txt sandbox/requirements.txt | $(VENV)/bin/pytho
 $(VENV)/.deps-dev: requirements.txt requirements-dev.txt sandbox/requirements.txt | $(VENV)/bin/python
 	$(PIP) -r requirements-dev.txt -r sandbox/requirements.txt
 	touch $@ $(VENV)/.deps-run
+
+# This checkout on the venv's import path (a .pth file, as an editable install writes): tests,
+# bench/ and scripts/ import devstack, sandbox and tests from any directory, no sys.path edits.
+$(VENV)/.checkout-on-path: | $(VENV)/bin/python
+	$(PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "kheops-ohif-checkout.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)"
+	touch $@
 
 var/secret_key:
 	@mkdir -p var
@@ -68,4 +88,4 @@ loadtest: deps-dev prepare
 	$(PY) bench/loadtest.py
 
 clean:
-	rm -rf $(VENV) var/ohif var/staticfiles
+	rm -rf $(VENV) node_modules var/ohif var/staticfiles

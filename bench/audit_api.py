@@ -16,17 +16,13 @@ import base64
 import os
 import random
 import secrets
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
-
-import _harness  # noqa: E402
+import _harness
 
 RECORDS = 10_000
 PAGE_SIZE = 100

@@ -56,19 +56,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
-
-import _harness  # noqa: E402
-from _stack import (  # noqa: E402
-    OHIF_ROOT,
-    REPO,
-    BenchStack,
-    free_port,
-    http_session,
-    use_postgres_if_available,
-)
-from playwright.sync_api import (  # noqa: E402
+import _harness
+from _stack import OHIF_ROOT, REPO, BenchStack, use_postgres_if_available
+from playwright.sync_api import (
     Browser,
     BrowserContext,
     CDPSession,
@@ -79,7 +69,10 @@ from playwright.sync_api import (  # noqa: E402
     sync_playwright,
 )
 
-from tests.e2e.chromium import CANVAS_SHOWS_IMAGE_JS, CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from devstack import LoopbackSession, free_port
+from tests.e2e.chromium import CANVAS_SHOWS_IMAGE_JS, CHROMIUM, CHROMIUM_ARGS
+
+BENCH_DIR = Path(__file__).resolve().parent
 
 BENCHMARK = "browser"
 VIEWPORT = {"width": 1280, "height": 800}
@@ -542,7 +535,7 @@ def _persistent_context(playwright: Playwright, profile: Path) -> Iterator[Brows
 def baseline_config(stack: BenchStack, study_uid: str) -> tuple[str, str, str]:
     """(launch id, its launch data and launch.js tags, token answer) of one real launch
     through our app, as a browser gets them."""
-    with http_session() as browser:
+    with LoopbackSession() as browser:
         viewer = browser.get(stack.launch_url(study_uid), timeout=30)
         viewer.raise_for_status()
         launch_id = urlsplit(viewer.url).path.split("/")[2]
@@ -564,7 +557,7 @@ def warm_up_servers(stack: BenchStack) -> None:
     # alike, and the measured ones (alice, CT) come more than a second later.
     launches = [(user, study) for user in ("bob", "alice") for study in reversed(stack.study_uids)]
     for user, study in launches[: 2 * len(stack.worker_pids())]:
-        with http_session() as client:
+        with LoopbackSession() as client:
             client.get(stack.launch_url(study, username=user), timeout=30).raise_for_status()
     time.sleep(1.1)
 

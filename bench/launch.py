@@ -20,13 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import _harness as harness
 import requests
+from _stack import BenchStack, PreviousRelease, token_url, use_postgres_if_available
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
-
-import _harness as harness  # noqa: E402
-from _stack import BenchStack, PreviousRelease, StackError, token_url, use_postgres_if_available  # noqa: E402
+from devstack import StackError
 
 BENCHMARK = "launch"
 SINGLE_LAUNCHES = 100
@@ -63,7 +61,7 @@ class Launcher:
         token = stack.user_token("alice")
         for n in range(registrations - 1):
             response = stack.http.post(
-                f"{stack.kheops.url}/api/albums/{stack.album_id}/reportproviders",
+                f"{stack.kheops_url}/api/albums/{stack.album_id}/reportproviders",
                 data={"url": stack.config_url, "name": f"OHIF Viewer {n + 2}"},
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=30,

@@ -46,28 +46,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _harness as harness
 import httpx
 import psycopg
+from _stack import PreviousRelease, ThrowawayDatabase, token_url, use_postgres_if_available
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR), str(BENCH_DIR.parent / "tests" / "sandbox")]
-
-import _harness as harness  # noqa: E402
-from _stack import (  # noqa: E402
+from devstack import (
+    APP_ASGI,
     REPO,
-    PreviousRelease,
     ServerProcess,
     StackError,
-    ThrowawayDatabase,
-    _base_env,
-    _run,
+    StandIn,
+    app_env,
     free_port,
     gunicorn_command,
-    token_url,
-    use_postgres_if_available,
+    manage_app,
+    meta_refresh_url,
+    stand_in_env,
+    trust_stand_in,
     uvicorn_command,
 )
-from sandbox_harness import meta_refresh_url  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
 
 BENCHMARK = "load"
 RESULTS = BENCH_DIR / "results-load.json"
@@ -172,46 +172,24 @@ class LoadStack:
         self.workdir = workdir
         self.app_port = free_port()
         self.app_url = f"http://127.0.0.1:{self.app_port}"
-        kheops_port = free_port()
         # Another host name than the app's: the launch is a cross-site navigation, as in life.
-        self.kheops_url = f"http://localhost:{kheops_port}"
-        self.app_env = {
-            **_base_env(),
-            "DJANGO_SETTINGS_MODULE": "kheops_ohif.settings",
-            "PUBLIC_BASE_URL": self.app_url,
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "LOG_LEVEL": "WARNING",
-        }
-        self.kheops_env = {
-            **_base_env(),
-            "DJANGO_SETTINGS_MODULE": "sandbox.settings",
-            "SANDBOX_ROOT_URL": self.kheops_url,
-            "SANDBOX_ALLOWED_HOSTS": "localhost,127.0.0.1",
-            "SANDBOX_DATABASE_URL": f"sqlite:///{workdir / 'sandbox.sqlite3'}",
-            "SANDBOX_SECRET": secrets.token_urlsafe(48),
-            "SANDBOX_ORTHANC_URL": "http://127.0.0.1:9",  # launches never reach DICOMweb
-        }
+        self.kheops_url = f"http://localhost:{free_port()}"
+        self.secret_key = secrets.token_urlsafe(50)
+        # Launches never reach DICOMweb: no Orthanc.
+        kheops_env = stand_in_env(
+            self.kheops_url, orthanc_url="http://127.0.0.1:9", workdir=workdir
+        )
+        self.kheops = StandIn(root_url=self.kheops_url, env=kheops_env)
         # One database per version of the code: each migrated by its own migrations.
         self.databases: dict[Path, ThrowawayDatabase] = {}
         self.database = self._database_for(REPO)
         if self.database.vendor != "postgresql":
             self.database.drop()
             raise StackError("the load test needs PostgreSQL (DATABASE_URL or 127.0.0.1:5432)")
-        _run(["-m", "django", "migrate", "--noinput", "--verbosity", "0"], self.kheops_env)
-        seeded = _run(["-m", "django", "sandbox_seed"], self.kheops_env)
-        self.album_id = next(
-            line.split()[1] for line in seeded.splitlines() if line.startswith("demo_album ")
-        )
+        self.album_id = self.kheops.prepare()
         # Like a real KHEOPS, the stand-in has threads to spare: it is not what is measured.
-        self.kheops = ServerProcess.start(
-            "KHEOPS stand-in",
-            gunicorn_command("sandbox.wsgi", port=kheops_port, workers=2, threads=128),
-            url=self.kheops_url,
-            env=self.kheops_env,
-            log=workdir / "kheops.log",
-        )
-        self.kheops.wait_until_up("/api/.well-known/report-provider-configuration", workers=2)
+        self.kheops.serve(workdir / "kheops.log", workers=2, threads=128)
+        self.kheops.wait_until_up(workers=2)
         self.app: ServerProcess | None = None
         self.http = httpx.Client(trust_env=False, timeout=60)
         self.client_ids: list[str] = []
@@ -231,9 +209,7 @@ class LoadStack:
                 threads=config["threads"],
             )
         else:
-            command = uvicorn_command(
-                "kheops_ohif.asgi:application", port=self.app_port, workers=config["workers"]
-            )
+            command = uvicorn_command(APP_ASGI, port=self.app_port, workers=config["workers"])
         self.database = self._database_for(code)
         self.app = ServerProcess.start(
             "kheops-ohif",
@@ -248,23 +224,23 @@ class LoadStack:
             self.client_ids.append(self.register())
 
     def _env_for(self, code: Path) -> dict[str, str]:
-        return {**self.app_env, "PYTHONPATH": str(code), "DATABASE_URL": self.databases[code].url}
+        return app_env(
+            self.app_url,
+            code=code,
+            ALLOWED_HOSTS="127.0.0.1,localhost",
+            SECRET_KEY=self.secret_key,
+            LOG_LEVEL="WARNING",
+            DATABASE_URL=self.databases[code].url,
+        )
 
     def _database_for(self, code: Path) -> ThrowawayDatabase:
         if code not in self.databases:
             self.databases[code] = ThrowawayDatabase.create(
                 self.workdir, f"load{len(self.databases)}"
             )
-            _run(
-                ["manage.py", "migrate", "--noinput", "--verbosity", "0"],
-                self._env_for(code),
-                cwd=code,
-            )
-            _run(
-                ["manage.py", "trust_kheops", self.kheops_url, "--name", "KHEOPS stand-in"],
-                self._env_for(code),
-                cwd=code,
-            )
+            env = self._env_for(code)
+            manage_app("migrate", "--noinput", "--verbosity", "0", env=env, code=code)
+            trust_stand_in(self.kheops_url, "KHEOPS stand-in", env=env, code=code)
         return self.databases[code]
 
     def register(self) -> str:

@@ -172,6 +172,16 @@ def _json_response(status: int, body: Any) -> httpx.Response:
     return httpx.Response(status, headers={"Content-Type": "application/json"}, text=text)
 
 
+def csp_directives(header: str) -> dict[str, list[str]]:
+    """A Content-Security-Policy header as {directive: its sources}, in any order."""
+    directives: dict[str, list[str]] = {}
+    for directive in filter(None, (part.strip() for part in header.split(";"))):
+        name, *sources = directive.split()
+        assert name not in directives, f"{name} twice in {header!r}"
+        directives[name] = sources
+    return directives
+
+
 def token_url_of(viewer_url: str) -> str:
     """The token URL of the viewer we redirected to (/launches/<id>/...)."""
     launch_id = urlsplit(viewer_url).path.split("/")[2]

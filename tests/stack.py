@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -23,37 +22,18 @@ from typing import Any
 
 import uvicorn
 
+from devstack import free_port, meta_refresh_url, start_orthanc
 from launcher.serving import Application, DjangoHandler
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "sandbox"))
-
-from sandbox_harness import SandboxServer, _server_env, free_port, meta_refresh_url
-
 from sandbox.orthanc import OrthancProcess
-from sandbox.samples import load_into_orthanc, sample_studies
+from sandbox.samples import sample_studies
+from tests.sandbox.sandbox_harness import SandboxServer, server_env
 
 __all__ = ["OrthancProcess", "SandboxServer", "Stack", "meta_refresh_url"]
 
 
-def start_orthanc(workdir: Path) -> OrthancProcess:
-    orthanc = OrthancProcess(http_port=free_port(), storage_dir=workdir / "orthanc")
-    orthanc.start()
-    load_into_orthanc(orthanc.url)
-    return orthanc
-
-
 def start_stand_in(workdir: Path, orthanc_url: str) -> SandboxServer:
-    port = free_port()
-    root = f"http://localhost:{port}"
-    env = _server_env(
-        workdir,
-        port,
-        {
-            "SANDBOX_ROOT_URL": root,
-            "SANDBOX_ORTHANC_URL": orthanc_url,
-            "SANDBOX_ALLOWED_HOSTS": "localhost,127.0.0.1",
-        },
-    )
+    root = f"http://localhost:{free_port()}"
+    env = server_env(workdir, root, SANDBOX_ORTHANC_URL=orthanc_url)
     server = SandboxServer(root_url=root, env=env, workdir=workdir)
     server.start()
     return server
@@ -148,7 +128,7 @@ def start_stack() -> Stack:
     workdir = Path(tempfile.mkdtemp(prefix="kheops-ohif-stack-"))
     started: list[Any] = []
     try:
-        orthanc = start_orthanc(workdir)
+        orthanc = start_orthanc(workdir / "orthanc")
         started.append(orthanc)
         kheops = start_stand_in(workdir, orthanc.url)
         started.append(kheops)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 import respx
 from django.contrib.auth.models import Permission, User
+from django.core.cache.backends import locmem
 from django.test import Client
 from django.utils import timezone
 
@@ -292,23 +295,47 @@ def test_the_counts_come_from_one_query(
 
 
 def test_the_admin_pages_load_our_stylesheet(admin_client: Client) -> None:
-    page = admin_client.get("/admin/").content.decode()
+    stylesheet = r'<link rel="stylesheet" href="/static/launcher/admin(\.[0-9a-f]{12})?\.css">'
+    pages = {
+        path: admin_client.get(path)
+        for path in (
+            "/admin/",
+            "/admin/launcher/launchrecord/",
+            "/admin/launcher/provider/add/",
+            "/admin/password_change/",
+        )
+    }
+    pages["/admin/login/"] = Client().get("/admin/login/")
 
-    assert re.search(
-        r'<link rel="stylesheet" href="/static/launcher/admin(\.[0-9a-f]{12})?\.css">', page
-    )
+    for path, page in pages.items():
+        assert page.status_code == 200, path
+        assert re.search(stylesheet, page.content.decode()), path
 
 
 def test_the_discovery_verdict_is_reused_for_a_minute(
-    admin_client: Client, servers: dict[str, KheopsServer], kheops_http: respx.MockRouter
+    admin_client: Client,
+    servers: dict[str, KheopsServer],
+    kheops_http: respx.MockRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
 ) -> None:
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     admin_client.get("/admin/")
     calls = len(kheops_http.calls)
+    # The cache's clock, moved on: 59 s, then 61 s after the verdicts were kept.
+    kept = time.time()
+    clock = SimpleNamespace(time=lambda: kept)
+    monkeypatch.setattr(locmem, "time", clock)
 
+    clock.time = lambda: kept + 59
+    admin_client.get("/admin/")
+    within_the_minute = len(kheops_http.calls)
+    clock.time = lambda: kept + 61
     admin_client.get("/admin/")
 
-    assert calls == 2
-    assert len(kheops_http.calls) == calls
+    assert calls == 2  # the two enabled servers
+    assert within_the_minute == calls
+    assert len(kheops_http.calls) == 2 * calls
 
 
 def test_a_server_that_does_not_answer_is_shown_failing_not_raised(

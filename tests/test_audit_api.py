@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterator
@@ -152,7 +153,10 @@ def test_tokens_from_the_token_endpoint_are_stored_only_as_a_hash(client: Client
     )
 
     assert issued.status_code == 200
-    assert issued.json()["access_token"] not in {t.token for t in AccessToken.objects.all()}
+    raw = issued.json()["access_token"]
+    [stored] = AccessToken.objects.all()
+    assert stored.token_checksum == hashlib.sha256(raw.encode()).hexdigest()
+    assert raw != stored.token
 
 
 def test_the_deploy_checks_raise_nothing_about_the_oauth_provider_or_the_schema(db: None) -> None:

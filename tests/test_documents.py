@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from launcher import keys
+from launcher import keys, sealing
 from launcher.models import Provider, SigningKey
 
 
@@ -154,11 +157,23 @@ def test_a_retired_key_disappears_after_its_grace_period(client: Client) -> None
 
 
 @pytest.mark.django_db
-def test_the_private_key_is_sealed_at_rest() -> None:
+def test_the_private_key_is_sealed_at_rest(settings: Any) -> None:
     key = keys.active_signing_key()
+    stored = repr(SigningKey.objects.values().get())
 
-    assert "PRIVATE KEY" not in key.sealed_private_key
-    assert "PRIVATE KEY" not in repr(SigningKey.objects.values().get())
+    # Sealed, not merely encoded: the key's own base64 is nowhere in the row, only our
+    # SECRET_KEY opens it, into the private half of the published key.
+    pem = sealing.unseal(key.sealed_private_key, purpose="signing-key")
+    der_base64 = "".join(pem.strip().splitlines()[1:-1])
+    assert "PRIVATE KEY" not in stored
+    assert der_base64[64:128] not in stored
+    public = serialization.load_pem_private_key(pem.encode(), password=None).public_key()
+    assert public.public_numbers().n == int.from_bytes(
+        base64.urlsafe_b64decode(key.public_jwk["n"] + "=="), "big"
+    )
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "another-" + settings.SECRET_KEY, []
+    with pytest.raises(sealing.SealError):
+        sealing.unseal(key.sealed_private_key, purpose="signing-key")
 
 
 def test_the_home_page_offers_the_configuration_url_to_copy_and_the_way_to_the_admin(

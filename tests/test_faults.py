@@ -2,7 +2,7 @@
 
 A mock cannot be slow or break a connection, so these tests run KHEOPS as a tiny raw
 socket server on loopback whose every endpoint can be broken byte by byte. Each fault must
-give the right answer within our timeout + 1 s on the request that meets it, leave its audit
+give the right answer in time (IN_TIME below) on the request that meets it, leave its audit
 record, and the same launch link must work again after recovery.
 
 The launch fetches the discovery document (when not cached) and redirects to the viewer; the
@@ -49,6 +49,11 @@ from tests.fakes import (
 )
 
 TIMEOUT = 0.5
+# "In time": our timeout (TIMEOUT) ended the wait, not httpx's own default (5 s), which
+# would give the same answers had our setting been lost, nor the fault (silent: never;
+# drip: 7 s and more). Seconds to spare over TIMEOUT for a busy machine: a hang detector,
+# not a speed claim (bench/ measures speed).
+IN_TIME = 4.0
 ENDPOINTS = {
     DISCOVERY_PATH: "discovery",
     "/api/token": "token",
@@ -294,7 +299,7 @@ def test_a_kheops_fault_gets_the_right_page_in_time_and_recovery_works(
         response, elapsed = timed(client, url)
 
         assert_error_page(response, status, raw_kheops.root)
-        assert elapsed < TIMEOUT + 1
+        assert elapsed < IN_TIME
         assert LaunchGrant.objects.count() == 0
         assert LaunchRecord.objects.get().outcome == outcome
         assert UsedCode.objects.count() == 0  # refused before its code was claimed
@@ -310,7 +315,7 @@ def test_a_kheops_fault_gets_the_right_page_in_time_and_recovery_works(
         response, elapsed = timed(client, token_url)
 
         assert response.status_code == status
-        assert elapsed < TIMEOUT + 1
+        assert elapsed < IN_TIME
         assert response["Content-Type"].startswith("application/json")
         assert "no-store" in response["Cache-Control"]
         body = response.json()
@@ -339,9 +344,8 @@ def test_a_kheops_fault_gets_the_right_page_in_time_and_recovery_works(
             page = assert_error_page(client.get(launch["Location"]), status, raw_kheops.root)
             assert escape(body["error"]) in page
             # Asked again, the token request answers the stored failure: no new exchange.
-            again, elapsed = timed(client, token_url)
+            again = client.get(token_url)
             assert (again.status_code, again.json()) == (status, body)
-            assert elapsed < TIMEOUT
             assert raw_kheops.requests.count("token") == exchanges
             raw_kheops.faults = {}
             # The link opens no new viewer: another browser is refused, this one sent back
@@ -371,7 +375,7 @@ def test_a_userinfo_fault_still_opens_the_viewer_in_time(
     assert response.status_code == 200
     assert response.json()["authorization"].startswith("Bearer eyJraw.")
     assert response.json()["userName"] == ""
-    assert elapsed < TIMEOUT + 1
+    assert elapsed < IN_TIME
     assert "userinfo" in raw_kheops.requests
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.SUCCESS
@@ -389,7 +393,7 @@ def test_a_kheops_that_refuses_connections_is_unavailable_then_recovers(
 
     assert response.status_code == 502
     assert "KHEOPS is unavailable" in response.content.decode()
-    assert elapsed < TIMEOUT + 1
+    assert elapsed < IN_TIME
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
     assert "unreachable" in record.failure_detail  # refused, not answered
@@ -412,7 +416,7 @@ def test_a_kheops_that_goes_away_after_the_launch_fails_the_token_request_then_r
     assert response.status_code == 502
     assert response.json()["error"] == "KHEOPS is unavailable."
     assert response.json()["retryable"] is True
-    assert elapsed < TIMEOUT + 1
+    assert elapsed < IN_TIME
     assert client.get(launch["Location"]).status_code == 200  # the viewer waits
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.KHEOPS_UNAVAILABLE
@@ -439,7 +443,7 @@ def test_a_huge_body_is_not_buffered(client: Client, raw_kheops: RawKheops) -> N
     # 64 MB (what it got rid of sat in the sockets' buffers).
     assert raw_kheops.huge_sender_done.wait(5)
     assert raw_kheops.huge_bytes_sent < 16 * 1024 * 1024
-    assert elapsed < TIMEOUT + 1
+    assert elapsed < IN_TIME
 
 
 def test_a_connection_closed_before_any_answer_is_tried_once_more(

@@ -265,6 +265,7 @@ def test_path_tricks_in_the_tarball_are_ignored(
     install(tmp_path / "root", spec=spec)
 
     assert not list(tmp_path.rglob("escape.js"))
+    assert ohif_bundle.installed_bundle(tmp_path / "root") is not None  # the rest installed
 
 
 def test_the_pinned_spec_is_the_one_in_the_repository() -> None:

@@ -16,7 +16,7 @@
       field.focus();
       field.select();
       var copied = false;
-      try { copied = document.execCommand("copy"); } catch (ignored) { copied = false; }
+      try { copied = document.execCommand("copy"); } catch { copied = false; }
       report(copied);
     }
     if (navigator.clipboard && window.isSecureContext) {

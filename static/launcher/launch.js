@@ -63,7 +63,7 @@
     try {  // storage may be off (private modes): then no reload, the message below
       reloadOnce = Boolean(error && error.answered) && !sessionStorage.getItem(key);
       if (reloadOnce) { sessionStorage.setItem(key, "1"); }
-    } catch (ignored) {
+    } catch {
       reloadOnce = false;
     }
     if (reloadOnce) {

@@ -8,11 +8,7 @@ production does (uvicorn, kheops_ohif.asgi) against the KHEOPS stand-in, over re
 from __future__ import annotations
 
 import itertools
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +20,8 @@ import pytest
 import requests
 from django.conf import settings as django_settings
 
-from launcher import services
+from devstack import APP_ASGI, ServerProcess, app_env, free_port, uvicorn_command
+from launcher import services, serving
 from launcher.models import LaunchOutcome, LaunchRecord, Provider
 from launcher.serving import REFRESH_SECONDS
 from tests.fakes import token_url_of
@@ -103,7 +100,7 @@ def test_a_burst_larger_than_every_pool_completes(live_stack: Stack, settings: A
     assert LaunchRecord.objects.filter(outcome=LaunchOutcome.SUCCESS).count() == burst
 
 
-def test_the_documents_answer_at_once_while_exchanges_wait_on_a_stalling_kheops(
+def test_the_documents_are_answered_while_every_exchange_waits_on_a_stalling_kheops(
     live_stack: Stack, settings: Any
 ) -> None:
     settings.KHEOPS_HTTP_TIMEOUT = 20  # stalled, not failed
@@ -118,19 +115,16 @@ def test_the_documents_answer_at_once_while_exchanges_wait_on_a_stalling_kheops(
         _wait_for(lambda: services.exchanges_in_flight() == waiting, seconds=30)
         time.sleep(0.3)  # past their signatures, into the wait
         assert not any(exchange.done() for exchange in exchanges)
-        timings = []
         with requests.Session() as kheops_fetching:
             kheops_fetching.trust_env = False
-            for url in documents * 10:
-                started = time.perf_counter()
-                answer = kheops_fetching.get(url, timeout=5)
-                timings.append(time.perf_counter() - started)
-                assert answer.status_code == 200
+            answers = [kheops_fetching.get(url, timeout=5).status_code for url in documents * 10]
         still_waiting = sum(not exchange.done() for exchange in exchanges)
         statuses = [exchange.result() for exchange in exchanges]
 
+    # All twenty answered before any exchange ended: none waited behind the 64 waiting on
+    # KHEOPS (how fast they answer is bench/'s business, not a test's).
+    assert answers == [200] * 20
     assert still_waiting == waiting
-    assert max(timings) < 0.050, sorted(timings)
     assert statuses == [(302, 200)] * waiting
 
 
@@ -139,21 +133,17 @@ def test_a_graceful_stop_finishes_the_exchanges_in_flight(
 ) -> None:
     # The production server (uvicorn) in its own process, on the test database, registered
     # in the stand-in under its own configuration URL.
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "uvicorn", "kheops_ohif.asgi:application",
-            "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "20",
-            "--no-proxy-headers",
-        ],
-        cwd=REPO,
+    server = ServerProcess.start(
+        "kheops-ohif",
+        uvicorn_command(APP_ASGI, port=port, workers=1, access_log=True),
+        url=url,
         env=_app_env(url),
-        stdout=(tmp_path / "server.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        log=tmp_path / "server.log",
+    )
     try:
-        _wait_until_up(f"{url}/healthz", server, tmp_path / "server.log")
+        server.wait_until_up("/healthz")
         [launch_url] = distinct_launch_urls(
             live_stack, 1, config_url=f"{url}/providers/ohif/configuration"
         )
@@ -162,18 +152,16 @@ def test_a_graceful_stop_finishes_the_exchanges_in_flight(
             exchange = browser.submit(click, launch_url, url)
             time.sleep(0.8)  # the token request waits on KHEOPS
             assert not exchange.done()
-            server.send_signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             # Still serving while the exchange waits (KHEOPS calls back), but not ready for more.
             time.sleep(0.3)
             readiness = requests.get(f"{url}/readyz", timeout=5)
             statuses = exchange.result(timeout=30)
-        exit_code = server.wait(timeout=30)
+        exit_code = server.process.wait(timeout=30)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        server.stop()
 
-    log = (tmp_path / "server.log").read_text()
+    log = server.log.read_text()
     assert statuses == (302, 200), log[-2000:]
     assert readiness.status_code == 503
     assert "stopping" in readiness.json()["checks"]["server"]
@@ -190,60 +178,43 @@ def _wait_for(condition: Any, *, seconds: float) -> None:
         time.sleep(0.05)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _app_env(public_url: str) -> dict[str, str]:
+    """Our app's environment on the test database."""
     database = django_settings.DATABASES["default"]
     if database["ENGINE"] == "django.db.backends.sqlite3":
         database_url = f"sqlite:///{database['NAME']}"
     else:
         database_url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-    return {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("DJANGO_", "DATABASE_", "PUBLIC_"))
-        },
-        "DJANGO_SETTINGS_MODULE": "kheops_ohif.settings",
-        "DATABASE_URL": database_url,
-        "PUBLIC_BASE_URL": public_url,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECRET_KEY": django_settings.SECRET_KEY,
-        # As for the in-process server (tests/conftest.py): tests launch from 127.0.0.1.
-        "LAUNCH_RATE_LIMIT": "off",
-        "TOKEN_RATE_LIMIT": "off",
-    }
-
-
-def _wait_until_up(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()
-        try:
-            if requests.get(url, timeout=1).ok:
-                return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise AssertionError(f"the server did not start:\n{log.read_text()}")
+    return app_env(
+        public_url,
+        DATABASE_URL=database_url,
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        SECRET_KEY=django_settings.SECRET_KEY,
+    )
 
 
 def test_a_provider_saved_here_is_answered_at_once_not_at_the_next_refresh(
-    live_stack: Stack,
+    live_stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No refresh by the clock from now on: only the save can tell the documents. The wait
+    # begun before (REFRESH_SECONDS) ends first, then the next one lasts an hour.
+    monkeypatch.setattr(serving, "REFRESH_SECONDS", 3600.0)
+    time.sleep(REFRESH_SECONDS + 0.5)
+    assert requests.get(live_stack.config_url, timeout=5).json()["client_name"] == "OHIF Viewer"
     provider = Provider.objects.get(slug="ohif")
     provider.client_name = "Viewer of Hôpital X"
-    provider.save()  # committed (transactional test): this process prepares its documents again
-
     seen: list[str] = []
-    started = time.monotonic()
-    while time.monotonic() - started < REFRESH_SECONDS / 2:
-        seen.append(requests.get(live_stack.config_url, timeout=5).json()["client_name"])
-        if seen[-1] == "Viewer of Hôpital X":
-            break
-        time.sleep(0.02)
 
-    assert seen[-1] == "Viewer of Hôpital X", seen
+    def renamed() -> bool:
+        seen.append(requests.get(live_stack.config_url, timeout=5).json()["client_name"])
+        return seen[-1] == "Viewer of Hôpital X"
+
+    try:
+        provider.save()  # committed (transactional test): this process prepares them again
+        # Seconds to spare: a hang detector, not a speed claim.
+        _wait_for(renamed, seconds=10)
+    finally:
+        monkeypatch.undo()
+        live_stack.viewer.application.documents.changed()  # back to refreshing by the clock
+
+    assert seen[-1] == "Viewer of Hôpital X"

@@ -1,4 +1,4 @@
-"""KHEOPS faults over real HTTP with the stand-in: the right answer in time, then recovery.
+"""KHEOPS faults over real HTTP with the stand-in: the right answer, then recovery.
 
 The launch needs only the discovery document (for the DICOMweb root): its faults are the
 launch's error page. The token endpoint is called by the viewer's token request, after the
@@ -8,7 +8,6 @@ error page. Byte-level faults (trickled, huge or reset answers) are in tests/tes
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -51,16 +50,13 @@ def test_a_token_fault_then_the_launch_gets_its_token_once_kheops_is_back(
     live_stack.kheops.set_faults(**faults)
     http = requests.Session()
 
-    started = time.monotonic()
     viewer_url = launch(http, live_stack, launch_url)
-    launched = time.monotonic()
+    # The launch does not call the token endpoint: the viewer's token request does.
+    assert LaunchGrant.objects.get().state == GrantState.PENDING
+    assert LaunchRecord.objects.get().outcome == LaunchOutcome.PENDING
     answer = ask_token(http, viewer_url)
-    answered = time.monotonic()
     page = http.get(viewer_url, timeout=10)
 
-    # The launch does not wait for the token endpoint; the token request does, within the timeout.
-    assert launched - started < settings.KHEOPS_HTTP_TIMEOUT
-    assert answered - launched < settings.KHEOPS_HTTP_TIMEOUT + 1
     assert answer.status_code == status
     assert answer.headers["Content-Type"] == "application/json"
     assert "no-store" in answer.headers["Cache-Control"]
@@ -68,6 +64,7 @@ def test_a_token_fault_then_the_launch_gets_its_token_once_kheops_is_back(
     assert answer.json()["returnUri"].startswith(f"{live_stack.kheops.root_url}/albums/")
     assert "authorization" not in answer.json()
     record = LaunchRecord.objects.get()
+    # token-slow: our timeout (1 s) ended the wait, not KHEOPS's answer after 5 s (a success).
     assert record.outcome == outcome
     assert record.failure_detail
     # Nobody else may open the link, whatever happened (it sits in histories and logs).
@@ -112,15 +109,12 @@ def test_a_discovery_fault_then_the_same_link_works_once_kheops_is_back(
     launch_url = kheops_launch_url(live_stack)
     live_stack.kheops.set_faults(**faults)
 
-    started = time.monotonic()
     response = requests.get(launch_url, allow_redirects=False, timeout=20)
-    elapsed = time.monotonic() - started
 
     # The launch itself needs the discovery document (the viewer's DICOMweb root).
     assert response.status_code == 502
     assert "Cannot open the viewer" in response.text
     assert f'href="{live_stack.kheops.root_url}/albums/' in response.text
-    assert elapsed < settings.KHEOPS_HTTP_TIMEOUT + 1
     assert LaunchGrant.objects.count() == 0
     live_stack.kheops.reset()
     http = requests.Session()

@@ -168,6 +168,7 @@ def test_a_launch_with_several_studies_opens_them_all(live_stack: Stack) -> None
             timeout=10,
         )
         assert qido.status_code == 200
+        assert [found["0020000D"]["Value"] for found in qido.json()] == [[study]]
 
 
 def test_a_replayed_launch_is_refused(live_stack: Stack) -> None:
@@ -193,14 +194,18 @@ def test_the_token_only_reaches_the_launched_study(live_stack: Stack) -> None:
         http, launch(http, live_stack, kheops_launch_url(live_stack, [launched]))
     )
 
-    qido = requests.get(
-        f"{live_stack.kheops.root_url}/api/studies",
-        params={"StudyInstanceUID": other},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10,
-    )
+    def qido(study: str) -> requests.Response:
+        return requests.get(
+            f"{live_stack.kheops.root_url}/api/studies",
+            params={"StudyInstanceUID": study},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
 
-    assert qido.status_code == 204
+    assert qido(other).status_code == 204
+    reached = qido(launched)
+    assert reached.status_code == 200
+    assert [found["0020000D"]["Value"] for found in reached.json()] == [[launched]]
 
 
 def test_an_expired_code_is_refused_by_kheops(live_stack: Stack) -> None:

@@ -2,7 +2,7 @@
 
 The stand-in is always exercised as a real server in a subprocess, over HTTP, so these tests
 need neither pytest-django nor the main app's settings (they pass with `-p no:django` too).
-Nothing here imports `sandbox` (its settings would clash with the main app's).
+Nothing here imports the stand-in's settings (they would clash with the main app's).
 
 Fixtures
 --------
@@ -32,7 +32,6 @@ Fixtures
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,15 +39,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-# Import the harness by path: works under any --import-mode and beside other conftest files.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sandbox_harness import (
-    FakeProvider,
-    SandboxServer,
-    _server_env,
-    free_port,
-)
+from devstack import free_port
+from tests.sandbox.sandbox_harness import FakeProvider, SandboxServer, server_env
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +51,9 @@ def sandbox_factory() -> Iterator[Callable[..., SandboxServer]]:
     def start(extra_env: dict[str, str] | None = None) -> SandboxServer:
         workdir = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
         workdirs.append(workdir)
-        port = free_port()
-        server = SandboxServer(
-            root_url=f"http://127.0.0.1:{port}",
-            env=_server_env(workdir, port, extra_env),
-            workdir=workdir,
-        )
+        root_url = f"http://127.0.0.1:{free_port()}"
+        env = server_env(workdir, root_url, **(extra_env or {}))
+        server = SandboxServer(root_url=root_url, env=env, workdir=workdir)
         started.append(server)
         server.start()
         return server

@@ -1,13 +1,12 @@
-"""Helpers behind tests/sandbox/conftest.py: the stand-in server process and a fake provider."""
+"""Helpers behind tests/sandbox/conftest.py: the stand-in server process and a fake provider.
+
+The process itself (environment, start, readiness, stop) is devstack's, as for the benchmarks
+and the demo; this adds what tests ask the running stand-in.
+"""
 
 from __future__ import annotations
 
-import html
 import json
-import os
-import re
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,50 +22,30 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from devstack import LoopbackSession, StandIn, meta_refresh_url, stand_in_env
+
 JWT_BEARER_URN = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-_META_REFRESH = re.compile(r"""<meta http-equiv="refresh" content="0;URL='([^']*)'"\s*/>""")
-_STARTUP_TIMEOUT_SECONDS = 30
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class TimeoutSession(requests.Session):
-    """A session that never waits forever and never goes through an environment proxy."""
-
-    def __init__(self, timeout: float = 15.0) -> None:
-        super().__init__()
-        self.trust_env = False
-        self._timeout = timeout
-
-    def request(self, method: str | bytes, url: str | bytes, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        kwargs.setdefault("timeout", self._timeout)
-        kwargs.setdefault("allow_redirects", False)
-        return super().request(method, url, **kwargs)
-
-
-def meta_refresh_url(response: requests.Response) -> str:
-    """The provider URL KHEOPS's launch page refreshes to (as a browser would read it)."""
-    match = _META_REFRESH.search(response.text)
-    assert match, f"no meta refresh in {response.status_code} {response.text[:300]!r}"
-    return html.unescape(match.group(1))
+__all__ = ["FakeProvider", "SandboxServer", "meta_refresh_url", "query_params", "server_env"]
 
 
 def query_params(url: str) -> dict[str, list[str]]:
     return parse_qs(urlsplit(url).query, keep_blank_values=True)
 
 
-@dataclass
-class SandboxServer:
-    root_url: str
-    env: dict[str, str]
+def server_env(workdir: Path, root_url: str, **variables: str) -> dict[str, str]:
+    """A stand-in's environment for the tests: its own database and secret in `workdir`."""
+    # Short fetch timeout: a provider that hangs must not stall the suite.
+    return stand_in_env(
+        root_url, workdir=workdir, SANDBOX_PROVIDER_TIMEOUT_SECONDS="3", **variables
+    )
+
+
+@dataclass(kw_only=True)
+class SandboxServer(StandIn):
+    """A stand-in served by Django's runserver, with what the tests ask of it."""
+
     workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-    http: TimeoutSession = field(default_factory=TimeoutSession)
+    http: requests.Session = field(default_factory=lambda: LoopbackSession(follow_redirects=False))
     seeded: dict[str, Any] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
@@ -78,20 +57,6 @@ class SandboxServer:
     @property
     def log_path(self) -> Path:
         return self.workdir / "server.log"
-
-    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run `python -m django <args>` against this server's settings and database."""
-        completed = subprocess.run(
-            [sys.executable, "-m", "django", *args],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check and completed.returncode != 0:
-            raise AssertionError(f"{args} failed:\n{completed.stdout}\n{completed.stderr}")
-        return completed
 
     def state(self) -> dict[str, Any]:
         response = self.http.get(self.url("/_sandbox/state"))
@@ -184,75 +149,22 @@ class SandboxServer:
         )
 
     def start(self) -> None:
-        self.manage("migrate", "--noinput")
-        self.manage("sandbox_seed")
+        self.prepare()
         port = urlsplit(self.root_url).port
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "django", "runserver", f"127.0.0.1:{port}", "--noreload"],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + _STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                if self.http.get(
-                    self.api("/.well-known/report-provider-configuration"), timeout=1
-                ).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        else:
+        runserver = ["-m", "django", "runserver", f"127.0.0.1:{port}", "--noreload"]
+        self.serve(self.log_path, command=[sys.executable, *runserver])
+        try:
+            self.wait_until_up()
+        except BaseException:
             self.stop()
-            raise RuntimeError(f"stand-in did not start:\n{self.log_path.read_text()}")
-        if self.process.poll() is not None:
-            raise RuntimeError(f"stand-in exited:\n{self.log_path.read_text()}")
+            raise
         state = self.state()
         albums = {album["name"]: album for album in state["albums"]}
         self.seeded = {"demo": albums["Demo album"], "other": albums["Other album"]}
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        super().stop()
         self.http.close()
-
-
-def _server_env(workdir: Path, port: int, extra_env: dict[str, str] | None) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("SANDBOX_", "DJANGO_"))
-        and key.lower()
-        not in {
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-            "no_proxy",
-        }
-    }
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "sandbox.settings",
-            "PYTHONPATH": str(REPO_ROOT),
-            "PYTHONUNBUFFERED": "1",
-            "SANDBOX_ROOT_URL": f"http://127.0.0.1:{port}",
-            "SANDBOX_DATABASE_URL": f"sqlite:///{workdir / 'sandbox.sqlite3'}",
-            "SANDBOX_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
-            # Short fetch timeout: a provider that hangs must not stall the suite.
-            "SANDBOX_PROVIDER_TIMEOUT_SECONDS": "3",
-        }
-    )
-    env.update(extra_env or {})
-    return env
 
 
 class FakeProvider:

@@ -28,6 +28,7 @@ from sandbox.dicomweb import (
     token_from_header,
     unmatched_study_attributes,
 )
+from sandbox.orthanc import DEFAULT_TIMEOUT, TimeoutSession
 
 ORTHANC = "http://orthanc.test"
 
@@ -230,5 +231,7 @@ def test_orthanc_client_errors_are_passed_on() -> None:
 def test_every_orthanc_call_has_a_timeout() -> None:
     session = dicomweb.session()
 
-    assert session.default_timeout[0] > 0 and session.default_timeout[1] > 0  # type: ignore[attr-defined]
+    # The session that puts its default timeout on every call (tests/sandbox/test_orthanc.py).
+    assert isinstance(session, TimeoutSession)
+    assert session.default_timeout == DEFAULT_TIMEOUT
     assert session.trust_env is False

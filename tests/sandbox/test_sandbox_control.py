@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from sandbox_harness import FakeProvider, SandboxServer
+
+from tests.sandbox.sandbox_harness import FakeProvider, SandboxServer
 
 
 def test_discovery_document_is_kheops_configuration_response(sandbox: SandboxServer) -> None:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from sandbox_harness import FakeProvider, SandboxServer, meta_refresh_url, query_params
+
+from tests.sandbox.sandbox_harness import (
+    FakeProvider,
+    SandboxServer,
+    meta_refresh_url,
+    query_params,
+)
 
 
 def _access_token(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 import jwt
-from sandbox_harness import FakeProvider, SandboxServer
+
+from tests.sandbox.sandbox_harness import FakeProvider, SandboxServer
 
 _FORM = re.compile(r'<form method="post" action="([^"]+)" class="launch">(.*?)</form>', re.S)
 _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')

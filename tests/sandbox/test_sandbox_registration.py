@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from sandbox_harness import FakeProvider, SandboxServer
+
+from tests.sandbox.sandbox_harness import FakeProvider, SandboxServer
 
 BAD_FORM = {"message": "Bad Form Parameter", "detail": "'url' formparam is not valid"}
 

@@ -11,7 +11,8 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sandbox_harness import FakeProvider, SandboxServer
+
+from tests.sandbox.sandbox_harness import FakeProvider, SandboxServer
 
 
 def _code(sandbox: SandboxServer, client_id: str) -> str:
