@@ -83,16 +83,20 @@ PUBLIC_HOST = urlsplit(PUBLIC_BASE_URL).hostname or ""
 FORCE_SCRIPT_NAME = SCRIPT_NAME or None
 
 
-def _secret_key() -> str:
-    key = os.environ.get("SECRET_KEY", "")
-    key_file = os.environ.get("SECRET_KEY_FILE", "")
-    if not key and key_file:
+def envsecret(name: str) -> str:
+    """The secret in the variable `name`, or in the file `name`_FILE names ("" if neither)."""
+    value = os.environ.get(name, "")
+    path = os.environ.get(f"{name}_FILE", "")
+    if not value and path:
         try:
-            key = Path(key_file).read_text().strip()
+            value = Path(path).read_text().strip()
         except OSError as exc:
-            raise ImproperlyConfigured(
-                f"SECRET_KEY_FILE {key_file!r} cannot be read: {exc}"
-            ) from None
+            raise ImproperlyConfigured(f"{name}_FILE {path!r} cannot be read: {exc}") from None
+    return value
+
+
+def _secret_key() -> str:
+    key = envsecret("SECRET_KEY")
     if not key and DEBUG:
         # Development convenience only: a key generated once and kept in git-ignored var/.
         dev_key_file = BASE_DIR / "var" / "dev-secret-key"
@@ -115,6 +119,11 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 SECRET_KEY_FALLBACKS = envlist("SECRET_KEY_FALLBACKS", [])
+# The key-encryption key of what we keep sealed at rest (launcher.sealing): the signing keys,
+# the launch codes and KHEOPS tokens of viewer grants. Unset: derived from SECRET_KEY. Its
+# fallbacks stay readable during a change, until `manage.py reseal` has re-sealed everything.
+SEALING_KEY = envsecret("SEALING_KEY")
+SEALING_KEY_FALLBACKS = envlist("SEALING_KEY_FALLBACKS", [])
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", [PUBLIC_HOST])
 

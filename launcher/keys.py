@@ -24,7 +24,7 @@ from jwt.algorithms import RSAAlgorithm
 from launcher import sealing
 from launcher.models import SigningKey
 
-_PURPOSE = "signing-key"
+SEALING_PURPOSE = "signing-key"
 # KHEOPS accepts assertions expiring at most 600 s ahead (no leeway on that bound); a short
 # life limits what a leaked assertion is worth.
 ASSERTION_LIFETIME_SECONDS = 60
@@ -66,7 +66,9 @@ def _generate() -> SigningKey:
         serialization.NoEncryption(),
     ).decode()
     return SigningKey(
-        kid=kid, public_jwk=public_jwk, sealed_private_key=sealing.seal(pem, purpose=_PURPOSE)
+        kid=kid,
+        public_jwk=public_jwk,
+        sealed_private_key=sealing.seal(pem, purpose=SEALING_PURPOSE),
     )
 
 
@@ -138,7 +140,7 @@ def _loaded_signing_key(now: float) -> ActiveKey:
         if _cached is not None and started - _cached[0] < _CACHE_SECONDS:
             return _cached[1]
     row = _signing_key_row(now)
-    pem = sealing.unseal(row.sealed_private_key, purpose=_PURPOSE)
+    pem = sealing.unseal(row.sealed_private_key, purpose=SEALING_PURPOSE)
     private_key = serialization.load_pem_private_key(pem.encode(), password=None)
     assert isinstance(private_key, rsa.RSAPrivateKey)
     loaded = ActiveKey(kid=row.kid, private_key=private_key)

@@ -706,15 +706,10 @@ def _grant_or_pending_exchange(
     refusal = refusal_of(grant)
     if refusal is not None:
         raise refusal
-    try:
-        if row.state == GrantState.READY:
-            return replace(
-                grant, access_token=sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
-            )
-        code = sealing.unseal(row.sealed_code, purpose=_CODE_PURPOSE)
-    except sealing.SealError:
-        # Sealed under a SECRET_KEY that is gone: nothing to show or exchange.
-        raise refusal_for_another_browser(launch_id) from None
+    # A sealing.SealError (sealed under a key that is gone) reaches the view: a 500 page.
+    if row.state == GrantState.READY:
+        return replace(grant, access_token=sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE))
+    code = sealing.unseal(row.sealed_code, purpose=_CODE_PURPOSE)
     provider, server = _provider_by_id(row.provider_id), _server_by_id(row.kheops_server_id)
     known = _known_discoveries.get(_discovery_cache_key(server)) if server is not None else None
     discovery = (
@@ -986,10 +981,8 @@ def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
     grant = _viewer_grant(row)
     if row.state != GrantState.READY:
         return grant
-    try:
-        token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
-    except sealing.SealError:
-        return None
+    # A sealing.SealError (sealed under a key that is gone) reaches the view: a 500 page.
+    token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
     return replace(grant, access_token=token)
 
 
