@@ -215,10 +215,15 @@ def copy_field(value: str, *, field_id: str, label: str) -> str:
 
 @admin.register(SigningKey)
 class SigningKeyAdmin(admin.ModelAdmin):
-    # The sealed private key is never shown: only what the JWKS publishes anyway.
-    list_display = ["kid", "created_at", "active", "retired_at"]
-    fields = ["kid", "created_at", "active", "retired_at", "public_jwk"]
+    # The sealed private key is never shown: only what the JWKS publishes anyway, and whether
+    # the private key still exists (purge_keys destroys it after the grace period).
+    list_display = ["kid", "created_at", "active", "retired_at", "private_key_kept"]
+    fields = ["kid", "created_at", "active", "retired_at", "private_key_kept", "public_jwk"]
     readonly_fields = fields
+
+    @admin.display(description=_("private key kept"), boolean=True)
+    def private_key_kept(self, key: SigningKey) -> bool:
+        return bool(key.sealed_private_key)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

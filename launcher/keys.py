@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -99,6 +99,23 @@ def rotate(*, grace: timedelta) -> tuple[SigningKey, SigningKey | None]:
         new.save()
     forget_cached_key()
     return new, previous
+
+
+def purge_retired(*, now: datetime | None = None) -> list[SigningKey]:
+    """Destroy the private half of the retired keys whose grace period is over.
+
+    Nothing signs with them any more, nor verifies with them (they have left the JWKS). The
+    row stays, without its private key: the admin keeps the record of which kid was ours
+    and when it was retired.
+    """
+    with transaction.atomic():
+        expired = list(
+            SigningKey.objects.select_for_update()
+            .filter(active=False, retired_at__lte=now or timezone.now())
+            .exclude(sealed_private_key="")
+        )
+        SigningKey.objects.filter(pk__in=[key.pk for key in expired]).update(sealed_private_key="")
+    return expired
 
 
 def published_keys() -> list[dict]:

@@ -1,4 +1,4 @@
-"""Secrets at rest: how they are sealed, key changes and `reseal`.
+"""Secrets at rest: how they are sealed, key changes, `reseal` and `purge_keys`.
 
 What is sealed: our signing keys' private halves, each pending launch's code and each viewer's
 KHEOPS token (launcher.sealing). The key-encryption key is SEALING_KEY, else SECRET_KEY.
@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import logging
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -281,3 +282,55 @@ def test_a_viewer_whose_token_cannot_be_opened_gets_a_500_page_not_another_brows
     token = client.get(token_url_of(viewer))
     assert token.status_code == 500
     assert "authorization" not in token.json()
+
+
+# --- purge_keys ---------------------------------------------------------------------------
+
+
+def test_purge_keys_destroys_retired_private_keys_once_their_grace_period_is_over(
+    db: None,
+) -> None:
+    expired = keys.active_signing_key()
+    keys.rotate(grace=timedelta(seconds=-1))
+    in_grace = SigningKey.objects.get(active=True)
+    keys.rotate(grace=timedelta(hours=1))
+    active = SigningKey.objects.get(active=True)
+    out = io.StringIO()
+
+    call_command("purge_keys", stdout=out)
+
+    assert f"Destroyed the private key of kid={expired.kid}" in out.getvalue()
+    assert "1 retired private key(s) destroyed." in out.getvalue()
+    stored = {key.kid: key.sealed_private_key for key in SigningKey.objects.all()}
+    assert stored[expired.kid] == ""
+    assert stored[in_grace.kid] != "" and stored[active.kid] != ""
+    # Both the key in its grace period and the active one still work.
+    assert {k["kid"] for k in keys.published_keys()} == {in_grace.kid, active.kid}
+    out = io.StringIO()
+    call_command("purge_keys", stdout=out)
+    assert "0 retired private key(s) destroyed." in out.getvalue()
+
+
+def test_rotate_signing_key_purges_the_keys_past_their_grace_period(db: None) -> None:
+    expired = keys.active_signing_key()
+    keys.rotate(grace=timedelta(seconds=-1))
+    out = io.StringIO()
+
+    call_command("rotate_signing_key", "--grace-seconds", "3600", stdout=out)
+
+    assert f"Destroyed the private key of kid={expired.kid}" in out.getvalue()
+    assert SigningKey.objects.get(kid=expired.kid).sealed_private_key == ""
+
+
+def test_the_signing_key_admin_says_whether_the_private_key_is_kept(
+    admin_client: Client,
+) -> None:
+    expired = keys.active_signing_key()
+    keys.rotate(grace=timedelta(seconds=-1))
+    keys.purge_retired()
+
+    page = admin_client.get("/admin/launcher/signingkey/").content.decode()
+
+    assert "Private key kept" in page
+    row = re.search(rf"{expired.kid}.*?</tr>", page, re.S)
+    assert row is not None and 'alt="False"' in row.group(0)
