@@ -110,3 +110,44 @@ def check_protective_middleware(app_configs: Sequence[AppConfig] | None, **kwarg
             isinstance(cls, type) and issubclass(cls, import_string(path)) for cls in installed
         )
     ]
+
+
+# The example values of .env.example: a copied file must not reach production as it is.
+PLACEHOLDER_SECRETS = frozenset({"change-me-to-50-random-characters"})
+MINIMUM_SECRET_LENGTH = 50
+
+
+@register(Tags.security, deploy=True)
+def check_secrets_are_not_placeholders(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list:
+    if settings.DEBUG:
+        return []
+    errors = []
+    for name in ("SECRET_KEY", "SEALING_KEY"):
+        value = getattr(settings, name)
+        if name == "SEALING_KEY" and not value:
+            continue  # unset: the sealing key is derived from SECRET_KEY
+        if value in PLACEHOLDER_SECRETS:
+            problem = "is the example value from .env.example"
+        elif len(value) < MINIMUM_SECRET_LENGTH:
+            problem = f"is shorter than {MINIMUM_SECRET_LENGTH} characters"
+        else:
+            continue
+        errors.append(
+            Error(
+                f"{name} {problem}.",
+                hint=f"{_GUARDS[name]} Generate one: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(50))'; to replace one in use, see README "
+                "(Security: changing a key).",
+                id="launcher.E010",
+            )
+        )
+    return errors
+
+
+_GUARDS = {
+    "SECRET_KEY": "It signs the admin's sessions and, without SEALING_KEY, seals the stored "
+    "signing keys, launch codes and tokens.",
+    "SEALING_KEY": "It seals the stored signing keys, launch codes and tokens.",
+}

@@ -1,4 +1,5 @@
-"""Secrets at rest: how they are sealed, key changes, `reseal` and `purge_keys`.
+"""Secrets at rest: how they are sealed, key changes, `reseal`, `purge_keys`, and the
+placeholder check.
 
 What is sealed: our signing keys' private halves, each pending launch's code and each viewer's
 KHEOPS token (launcher.sealing). The key-encryption key is SEALING_KEY, else SECRET_KEY.
@@ -13,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,12 +25,14 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
-from launcher import keys, sealing
+from launcher import checks, keys, sealing
 from launcher.models import GrantState, LaunchGrant, SigningKey
 from tests.fakes import ROOT, FakeKheops, token_url_of
+from tests.test_settings_and_health import STRONG_KEY, run_django
 
 KEY_A = "A" * 20 + "kT3#vQ9@zL1!xW7&pR5^mN" + "a" * 20
 KEY_B = "B" * 20 + "hY6$cF2%jD8*sG4(uE0)bV" + "b" * 20
+ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 
 
 def hkdf_key(secret: str, purpose: str) -> bytes:
@@ -334,3 +338,67 @@ def test_the_signing_key_admin_says_whether_the_private_key_is_kept(
     assert "Private key kept" in page
     row = re.search(rf"{expired.kid}.*?</tr>", page, re.S)
     assert row is not None and 'alt="False"' in row.group(0)
+
+
+# --- the placeholder check ----------------------------------------------------------------
+
+
+def env_example_secrets() -> list[tuple[str, str]]:
+    """SECRET_KEY and SEALING_KEY example values in .env.example (commented or not)."""
+    found = re.findall(
+        r"^#?\s*(SECRET_KEY|SEALING_KEY)=(\S+)$", ENV_EXAMPLE.read_text(), flags=re.M
+    )
+    assert found, ".env.example shows no example secret"
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        *[
+            (name, value, "is the example value from .env.example")
+            for name, value in env_example_secrets()
+        ],
+        ("SECRET_KEY", "x9#Lq2" * 8, "is shorter than 50 characters"),
+        ("SEALING_KEY", "short-sealing-key", "is shorter than 50 characters"),
+    ],
+)
+def test_a_placeholder_or_short_secret_is_a_deploy_error(
+    settings: Any, name: str, value: str, problem: str
+) -> None:
+    settings.DEBUG = False
+    setattr(settings, name, value)
+
+    [error] = checks.check_secrets_are_not_placeholders(None)
+
+    assert error.id == "launcher.E010"
+    assert error.msg == f"{name} {problem}."
+    assert value not in error.msg + error.hint
+
+
+def test_strong_secrets_an_unset_sealing_key_and_debug_pass_the_placeholder_check(
+    settings: Any,
+) -> None:
+    settings.DEBUG = False
+    settings.SECRET_KEY = STRONG_KEY
+    settings.SEALING_KEY = ""
+    assert checks.check_secrets_are_not_placeholders(None) == []
+    settings.SEALING_KEY = KEY_A
+    assert checks.check_secrets_are_not_placeholders(None) == []
+    settings.DEBUG = True
+    settings.SECRET_KEY = "change-me-to-50-random-characters"
+    assert checks.check_secrets_are_not_placeholders(None) == []
+
+
+def test_check_deploy_refuses_the_env_example_secret_key() -> None:
+    [(_, placeholder)] = [(n, v) for n, v in env_example_secrets() if n == "SECRET_KEY"]
+    result = run_django(
+        ["check", "--deploy"],
+        SECRET_KEY=placeholder,
+        PUBLIC_BASE_URL="https://viewer.example.org",
+        TRUST_X_FORWARDED_PROTO="true",
+    )
+
+    assert result.returncode != 0
+    assert "launcher.E010" in result.stderr
+    assert "SECRET_KEY is the example value from .env.example" in result.stderr
