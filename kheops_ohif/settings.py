@@ -338,6 +338,10 @@ KHEOPS_MAX_CALLS_IN_FLIGHT = envint("KHEOPS_MAX_CALLS_IN_FLIGHT", 32)
 # (KHEOPS calls back for our documents meanwhile: launcher.serving).
 SHUTDOWN_DRAIN_SECONDS = envint("SHUTDOWN_DRAIN_SECONDS", 30)
 KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
+# Test labs only: let KHEOPS servers be trusted, and called, over plain http on other
+# machines than this one. Codes, assertions and tokens then cross the network in clear.
+# Off: plain http only to localhost, 127.0.0.1 and ::1 (launcher.kheops.is_private).
+ALLOW_INSECURE_HTTP_KHEOPS = envbool("ALLOW_INSECURE_HTTP_KHEOPS", False)
 # Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
 KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)
 # After `rotate_signing_key`, the previous public key stays in our JWKS this long.

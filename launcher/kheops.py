@@ -5,7 +5,8 @@ exceptions that views map to honest status codes:
 
 - `KheopsUnavailable` (connection failure, 5xx; `KheopsTimeout` for a slow server),
 - `KheopsRejected` (KHEOPS said no: a 400 with an OAuth error code, 401, 403),
-- `KheopsMalformed` (an answer that is not what the protocol says).
+- `KheopsMalformed` (an answer that is not what the protocol says),
+- `KheopsInsecure` (plain http to a host other than this machine: refused before sending).
 
 Exception messages never contain a code, token or assertion.
 
@@ -17,6 +18,7 @@ very server that is waiting for its answer.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import Mapping
@@ -61,6 +63,11 @@ class KheopsMalformed(KheopsError):
     pass
 
 
+class KheopsInsecure(KheopsError):
+    """Plain http to a host that is not this machine: codes, assertions and tokens would
+    cross the network in clear. Nothing was sent."""
+
+
 @dataclass(frozen=True)
 class Discovery:
     issuer: str
@@ -97,7 +104,9 @@ class Client:
       costing nothing, instead of overloading KHEOPS until every call times out;
     - no redirect is followed (it could lead outside the trusted root), no cookie is kept
       between calls (they are made for different users), and the environment's proxy and
-      .netrc settings are ignored.
+      .netrc settings are ignored;
+    - nothing goes over plain http to a host other than this machine (`is_private`), unless
+      `allow_plain_http`.
 
     One per event loop: its connections belong to the loop that opened them.
     """
@@ -107,10 +116,13 @@ class Client:
         *,
         timeout: float,
         max_in_flight: int = 32,
+        allow_plain_http: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.timeout = timeout
         self.max_in_flight = max_in_flight
+        # Plain http to other hosts than this machine (test labs only): see `is_private`.
+        self.allow_plain_http = allow_plain_http
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
@@ -134,6 +146,26 @@ class Client:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """`localhost` or a loopback address literal (127.0.0.0/8, ::1): this machine, whatever
+    the DNS says. A name that merely resolves to loopback is not."""
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_private(url: str) -> bool:
+    """Whether what is sent to `url` stays between the two ends: https, or plain http that
+    never leaves this machine (the stand-in, a KHEOPS on the same host)."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname))
 
 
 def is_under_root(url: str, root: str) -> bool:
@@ -175,6 +207,10 @@ async def fetch_discovery(
             raise KheopsMalformed(f"the discovery document has no valid {name!r}")
         if not is_under_root(value, root):
             raise KheopsMalformed(f"the discovery document's {name!r} leaves the trusted root")
+        if not client.allow_plain_http and not is_private(value):
+            raise KheopsInsecure(
+                f"the discovery document's {name!r} is plain http to another machine"
+            )
         return value
 
     issuer = url_field("issuer", required=True)
@@ -284,6 +320,8 @@ async def _send(
 ) -> bytes:
     """One call, its whole answer read (bounded), its status judged; the body of a 200."""
     host = urlsplit(url).netloc
+    if not client.allow_plain_http and not is_private(url):
+        raise KheopsInsecure(f"refused to send to {host} over plain http (not this machine)")
     queued = time.perf_counter()
     async with client.turn(url):
         started = time.perf_counter()

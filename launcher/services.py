@@ -127,6 +127,8 @@ ADVICE: dict[LaunchOutcome, str] = {
     "administrator to enable it again.",
     LaunchOutcome.UNTRUSTED_SERVER: "Ask this viewer's administrator to add your KHEOPS "
     "server to its trusted servers.",
+    LaunchOutcome.INSECURE_SERVER: "Tell this viewer's administrator: it must trust your "
+    "KHEOPS server by its https address.",
     LaunchOutcome.REPLAY: "Open the study again from KHEOPS: each click makes a new link.",
     LaunchOutcome.CODE_REJECTED: OPEN_AGAIN,
     LaunchOutcome.KHEOPS_UNAVAILABLE: "Wait a moment, then open the study again from KHEOPS.",
@@ -350,9 +352,15 @@ def kheops_client() -> kheops.Client:
     connections (and their TLS handshakes) are reused across launches."""
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
-    wanted = (settings.KHEOPS_HTTP_TIMEOUT, settings.KHEOPS_MAX_CALLS_IN_FLIGHT)
-    if client is None or (client.timeout, client.max_in_flight) != wanted:
-        client = _clients[loop] = kheops.Client(timeout=wanted[0], max_in_flight=wanted[1])
+    wanted = (
+        settings.KHEOPS_HTTP_TIMEOUT,
+        settings.KHEOPS_MAX_CALLS_IN_FLIGHT,
+        settings.ALLOW_INSECURE_HTTP_KHEOPS,
+    )
+    if client is None or (client.timeout, client.max_in_flight, client.allow_plain_http) != wanted:
+        client = _clients[loop] = kheops.Client(
+            timeout=wanted[0], max_in_flight=wanted[1], allow_plain_http=wanted[2]
+        )
     return client
 
 
@@ -438,7 +446,7 @@ def check_servers(servers: list[KheopsServer], *, timeout: float) -> list[str | 
 async def _check_servers(
     servers: list[KheopsServer], timeout: float
 ) -> list[str | kheops.KheopsError]:
-    client = kheops.Client(timeout=timeout)
+    client = kheops.Client(timeout=timeout, allow_plain_http=settings.ALLOW_INSECURE_HTTP_KHEOPS)
     try:
         answers = await asyncio.gather(
             *(kheops.fetch_discovery(client, s.discovery_url, root=s.root_url) for s in servers),
@@ -876,6 +884,12 @@ def _clean_up_now_and_then(now: datetime) -> None:
 # a timeout is also "unavailable").
 _KHEOPS_FAILURES: list[tuple[type[kheops.KheopsError], LaunchOutcome, int, str]] = [
     (kheops.KheopsTimeout, LaunchOutcome.KHEOPS_TIMEOUT, 504, "KHEOPS did not answer in time."),
+    (
+        kheops.KheopsInsecure,
+        LaunchOutcome.INSECURE_SERVER,
+        403,
+        "This viewer does not talk to this KHEOPS server over plain http.",
+    ),
     (
         kheops.KheopsRejected,
         LaunchOutcome.CODE_REJECTED,
