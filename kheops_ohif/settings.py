@@ -391,6 +391,10 @@ SPECTACULAR_SETTINGS = {
     "OAUTH2_TOKEN_URL": f"{PUBLIC_BASE_URL}/oauth/token/",
 }
 
+# Error reports (the DEBUG page, error e-mails) hide our secrets: launcher/reporting.py.
+DEFAULT_EXCEPTION_REPORTER = "launcher.reporting.SecretsExceptionReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "launcher.reporting.SecretsFilter"
+
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,

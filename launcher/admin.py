@@ -6,11 +6,13 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import QuerySet
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_post_parameters
 from oauth2_provider.forms import ApplicationForm
 from oauth2_provider.models import (
     get_access_token_model,
@@ -314,3 +316,14 @@ class ApiClientAdmin(admin.ModelAdmin):
     readonly_fields = ["client_type", "authorization_grant_type"]
     # Its get_absolute_url names the toolkit's own pages, which are not served here.
     view_on_site = False
+
+    # The form posts the new client's secret: no error report may show it.
+    @method_decorator(sensitive_post_parameters("client_secret"))
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        return super().changeform_view(request, object_id, form_url, extra_context)

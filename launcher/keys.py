@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 from jwt.algorithms import RSAAlgorithm
 
 from launcher import sealing
@@ -47,6 +48,7 @@ _cached: tuple[float, ActiveKey] | None = None
 _CACHE_SECONDS = 30.0
 
 
+@sensitive_variables()
 def _generate() -> SigningKey:
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     kid = secrets.token_urlsafe(12)
@@ -150,6 +152,7 @@ def _signing_key_row(now: float) -> SigningKey:
     return published[-1]
 
 
+@sensitive_variables()
 def _loaded_signing_key(now: float) -> ActiveKey:
     global _cached
     started = time.monotonic()
@@ -166,6 +169,7 @@ def _loaded_signing_key(now: float) -> ActiveKey:
     return loaded
 
 
+@sensitive_variables()
 def client_assertion(*, client_id: str, audience: str, now: float | None = None) -> str:
     """An RS256 private_key_jwt assertion for KHEOPS's token endpoint."""
     issued = int(now if now is not None else time.time())

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 import httpx
+from django.views.decorators.debug import sensitive_variables
 
 USER_AGENT = "kheops-ohif (+https://github.com/kheops-ohif)"
 # A discovery or token answer is a few hundred bytes; refuse to buffer anything huge.
@@ -226,6 +227,7 @@ async def fetch_discovery(
     )
 
 
+@sensitive_variables()
 async def exchange_code(
     client: Client,
     token_endpoint: str,
@@ -275,6 +277,7 @@ async def exchange_code(
     return TokenGrant(access_token=access_token, expires_in=min(expires_in, 24 * 3600))
 
 
+@sensitive_variables()
 async def fetch_userinfo(
     client: Client, userinfo_endpoint: str, *, access_token: str, timings: Timings | None = None
 ) -> UserInfo:
@@ -308,6 +311,7 @@ class _Answer:
     body: bytes
 
 
+@sensitive_variables()
 async def _send(
     client: Client,
     call: str,
@@ -353,6 +357,7 @@ async def _send(
     return answer.body
 
 
+@sensitive_variables()
 async def _send_once_more_if_dropped(
     client: Client, method: str, url: str, headers: Mapping[str, str], content: bytes | None
 ) -> _Answer:
@@ -373,6 +378,7 @@ async def _send_once_more_if_dropped(
     raise AssertionError("unreachable: the second attempt returns or raises")
 
 
+@sensitive_variables()
 async def _read_limited(response: httpx.Response) -> bytes:
     chunks = []
     size = 0
@@ -392,6 +398,7 @@ async def _read_limited(response: httpx.Response) -> bytes:
     return b"".join(chunks)
 
 
+@sensitive_variables()
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
@@ -399,6 +406,7 @@ def _json(body: bytes) -> Any:
         raise KheopsMalformed("the answer is not JSON") from None
 
 
+@sensitive_variables()
 def _oauth_error(body: bytes) -> str:
     try:
         parsed = json.loads(body)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.db import models
+from django.views.decorators.debug import sensitive_variables
 
 from launcher import keys, sealing, services
 from launcher.models import LaunchGrant, SigningKey
@@ -56,6 +57,7 @@ class Tally:
     unopenable: list[str] = field(default_factory=list)
 
 
+@sensitive_variables()
 def reseal(sealed: SealedField) -> Tally:
     tally = Tally(sealed)
     manager = sealed.model._default_manager

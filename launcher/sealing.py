@@ -26,6 +26,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
 # Fixed, public and ours: HKDF's salt separates our keys from any other use of the same
 # secret; the purpose (in `info`) separates our keys from one another.
@@ -46,6 +47,7 @@ class _Keys:
     readable: MultiFernet  # opens: the current key first
 
 
+@sensitive_variables()
 def _keys(purpose: str) -> _Keys:
     current = settings.SEALING_KEY or settings.SECRET_KEY
     readable = (
@@ -59,12 +61,14 @@ def _keys(purpose: str) -> _Keys:
 
 
 @lru_cache(maxsize=32)
+@sensitive_variables()
 def _keys_for(purpose: str, secrets: tuple[str, ...], legacy: tuple[str, ...]) -> _Keys:
     fernets = [Fernet(derived_key(secret, purpose)) for secret in secrets]
     fernets += [Fernet(legacy_key(secret, purpose)) for secret in legacy]
     return _Keys(current=fernets[0], readable=MultiFernet(fernets))
 
 
+@sensitive_variables()
 def derived_key(secret: str, purpose: str) -> bytes:
     """The Fernet key for `purpose` under the key-encryption key `secret`."""
     hkdf = HKDF(
@@ -76,6 +80,7 @@ def derived_key(secret: str, purpose: str) -> bytes:
     return base64.urlsafe_b64encode(hkdf.derive(secret.encode()))
 
 
+@sensitive_variables()
 def legacy_key(secret: str, purpose: str) -> bytes:
     """The key earlier versions derived (read only: nothing is sealed under it any more)."""
     return base64.urlsafe_b64encode(
@@ -83,10 +88,12 @@ def legacy_key(secret: str, purpose: str) -> bytes:
     )
 
 
+@sensitive_variables()
 def seal(value: str, *, purpose: str) -> str:
     return _keys(purpose).current.encrypt(value.encode()).decode()
 
 
+@sensitive_variables()
 def unseal(sealed: str, *, purpose: str) -> str:
     try:
         return _keys(purpose).readable.decrypt(sealed.encode()).decode()
@@ -96,6 +103,7 @@ def unseal(sealed: str, *, purpose: str) -> str:
         ) from None
 
 
+@sensitive_variables()
 def is_current(sealed: str, *, purpose: str) -> bool:
     """Whether `sealed` is sealed under the current key (re-sealing it would change nothing)."""
     try:
@@ -105,6 +113,7 @@ def is_current(sealed: str, *, purpose: str) -> bool:
     return True
 
 
+@sensitive_variables()
 def resealed(sealed: str, *, purpose: str) -> str | None:
     """`sealed` sealed anew under the current key; None when it already is.
 

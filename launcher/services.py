@@ -25,6 +25,7 @@ from django.core.cache import cache
 from django.db import IntegrityError
 from django.http import QueryDict
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from launcher import blocking, keys, kheops, sealing, writes
 from launcher.models import (
@@ -184,6 +185,7 @@ class ViewerGrant:
         return self.seconds_left <= 0
 
 
+@sensitive_variables()
 def parse_launch_params(query: QueryDict | None) -> LaunchParams:
     """Validate the launch query string; any problem is a 400 with a plain reason.
 
@@ -338,6 +340,7 @@ def album_id_from(return_uri: str | None, server: KheopsServer) -> str:
     return ""
 
 
+@sensitive_variables()
 def _code_hash(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
@@ -479,6 +482,7 @@ class _Accepted:
     return_uri: str | None
 
 
+@sensitive_variables()
 async def launch(
     *,
     slug: str,
@@ -570,6 +574,7 @@ def _pending_grant(accepted: _Accepted, discovery: kheops.Discovery) -> ViewerGr
     )
 
 
+@sensitive_variables()
 def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> None:
     """The claim (the used code's primary key), the grant and the audit row: one commit."""
     code = accepted.params.code
@@ -651,6 +656,7 @@ class _PendingExchange:
     assertion: str | None = field(repr=False)
 
 
+@sensitive_variables()
 async def complete(
     launch_id: str, browser_key: str | None, *, timings: kheops.Timings | None = None
 ) -> ViewerGrant:
@@ -700,6 +706,7 @@ async def complete(
     raise AssertionError("unreachable: an outcome was stored, the grant is no longer pending")
 
 
+@sensitive_variables()
 def _grant_or_pending_exchange(
     launch_id: str, browser_key: str | None
 ) -> ViewerGrant | _PendingExchange:
@@ -743,6 +750,7 @@ def _grant_or_pending_exchange(
     )
 
 
+@sensitive_variables()
 async def _exchange(
     pending: _PendingExchange, timings: kheops.Timings | None
 ) -> tuple[kheops.TokenGrant, kheops.UserInfo | None]:
@@ -780,6 +788,7 @@ async def _exchange(
     return token, await _who_launched(client, discovery, token, timings)
 
 
+@sensitive_variables()
 async def _who_launched(
     client: kheops.Client,
     discovery: kheops.Discovery,
@@ -798,6 +807,7 @@ async def _who_launched(
         return None
 
 
+@sensitive_variables()
 def _record_success(
     pending: _PendingExchange, token: kheops.TokenGrant, user: kheops.UserInfo | None
 ) -> ViewerGrant | None:
@@ -984,6 +994,7 @@ def refusal_for_another_browser(launch_id: str) -> ViewerRefused:
     )
 
 
+@sensitive_variables()
 def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
     """The grant of `launch_id` if `browser_key` is the one its browser was given.
 

@@ -19,6 +19,7 @@ from django.http import (
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_safe
 
 from launcher import blocking, documents, kheops, sealing, services, viewer
@@ -68,6 +69,7 @@ def document_response(document: dict) -> HttpResponse:
     )
 
 
+@sensitive_variables()
 @no_referrer
 @never_cache
 @require_GET
@@ -209,6 +211,7 @@ def refusal_answer(refused: services.ViewerRefused) -> JsonResponse:
     )
 
 
+@sensitive_variables()
 @no_referrer
 @never_cache
 @require_GET
