@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ USER_AGENT = "kheops-ohif (+https://github.com/kheops-ohif)"
 # A discovery or token answer is a few hundred bytes; refuse to buffer anything huge.
 MAX_BODY_BYTES = 256 * 1024
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# What an `Authorization: Bearer` header can carry (RFC 6750, b64token): a KHEOPS token is
+# sent in one to userinfo, and by the viewer to DICOMweb.
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*\Z")
 # Errors raised while sending, before any answer: a kept-alive connection the server closed
 # just as we sent on it (about 1 request in 400 under a burst, measured by the load test).
 _DROPPED_BEFORE_ANSWERING = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -269,7 +273,11 @@ async def exchange_code(
         raise KheopsMalformed("the token response is not a JSON object")
     access_token = body.get("access_token")
     expires_in = body.get("expires_in")
-    if not isinstance(access_token, str) or not access_token or len(access_token) > 16384:
+    if (
+        not isinstance(access_token, str)
+        or len(access_token) > 16384
+        or not BEARER_TOKEN.match(access_token)
+    ):
         raise KheopsMalformed("the token response has no valid access_token")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
         raise KheopsMalformed("the token response has no valid expires_in")
