@@ -340,7 +340,7 @@ SHUTDOWN_DRAIN_SECONDS = envint("SHUTDOWN_DRAIN_SECONDS", 30)
 KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
 # Test labs only: let KHEOPS servers be trusted, and called, over plain http on other
 # machines than this one. Codes, assertions and tokens then cross the network in clear.
-# Off: plain http only to localhost, 127.0.0.1 and ::1 (launcher.kheops.is_private).
+# Off: plain http only to localhost, 127.0.0.1 and ::1 (launcher.kheops.is_confidential).
 ALLOW_INSECURE_HTTP_KHEOPS = envbool("ALLOW_INSECURE_HTTP_KHEOPS", False)
 # Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
 KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)

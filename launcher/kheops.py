@@ -110,8 +110,8 @@ class Client:
     - no redirect is followed (it could lead outside the trusted root), no cookie is kept
       between calls (they are made for different users), and the environment's proxy and
       .netrc settings are ignored;
-    - nothing goes over plain http to a host other than this machine (`is_private`), unless
-      `allow_plain_http`.
+    - nothing goes over plain http to a host other than this machine (`is_confidential`),
+      unless `allow_plain_http`.
 
     One per event loop: its connections belong to the loop that opened them.
     """
@@ -126,7 +126,7 @@ class Client:
     ) -> None:
         self.timeout = timeout
         self.max_in_flight = max_in_flight
-        # Plain http to other hosts than this machine (test labs only): see `is_private`.
+        # Plain http to other hosts than this machine (test labs only): see `is_confidential`.
         self.allow_plain_http = allow_plain_http
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
@@ -166,7 +166,7 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def is_private(url: str) -> bool:
+def is_confidential(url: str) -> bool:
     """Whether what is sent to `url` stays between the two ends: https, or plain http that
     never leaves this machine (the stand-in, a KHEOPS on the same host)."""
     parts = urlsplit(url)
@@ -212,7 +212,7 @@ async def fetch_discovery(
             raise KheopsMalformed(f"the discovery document has no valid {name!r}")
         if not is_under_root(value, root):
             raise KheopsMalformed(f"the discovery document's {name!r} leaves the trusted root")
-        if not client.allow_plain_http and not is_private(value):
+        if not client.allow_plain_http and not is_confidential(value):
             raise KheopsInsecure(
                 f"the discovery document's {name!r} is plain http to another machine"
             )
@@ -332,7 +332,7 @@ async def _send(
 ) -> bytes:
     """One call, its whole answer read (bounded), its status judged; the body of a 200."""
     host = urlsplit(url).netloc
-    if not client.allow_plain_http and not is_private(url):
+    if not client.allow_plain_http and not is_confidential(url):
         raise KheopsInsecure(f"refused to send to {host} over plain http (not this machine)")
     queued = time.perf_counter()
     async with client.turn(url):

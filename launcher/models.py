@@ -24,7 +24,7 @@ def validate_root_url(value: str) -> None:
         raise ValidationError(_("The root URL must not contain user info, a query or a fragment."))
     if value.endswith("/"):
         raise ValidationError(_("Leave out the trailing slash: KHEOPS compares URLs as strings."))
-    if not kheops.is_private(value) and not settings.ALLOW_INSECURE_HTTP_KHEOPS:
+    if not kheops.is_confidential(value) and not settings.ALLOW_INSECURE_HTTP_KHEOPS:
         raise ValidationError(PLAIN_HTTP_REFUSED)
 
 
@@ -68,7 +68,7 @@ class KheopsServer(models.Model):
     def plain_http(self) -> bool:
         """Whether calls to it would cross the network in clear (refused, unless
         ALLOW_INSECURE_HTTP_KHEOPS)."""
-        return not kheops.is_private(self.root_url)
+        return not kheops.is_confidential(self.root_url)
 
 
 class OhifMode(models.TextChoices):
