@@ -9,7 +9,6 @@ an unexpected exception *inside* those functions, with real secrets in their loc
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import sys
 import time
@@ -19,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.test import Client, RequestFactory
 from django.views.debug import get_exception_reporter_class, get_exception_reporter_filter
@@ -27,6 +25,7 @@ from django.views.debug import get_exception_reporter_class, get_exception_repor
 from launcher import keys, kheops, sealing
 from launcher.models import SigningKey
 from tests.fakes import DISCOVERY_URL, TOKEN_URL, FakeKheops, token_url_of
+from tests.test_plain_http_kheops import run
 
 HIDDEN = "********************"
 
@@ -118,7 +117,7 @@ def test_an_error_report_hides_the_code_and_assertion_in_the_exchange(
     SECRETS["assertion"] = "eyJassertion." + secrets.token_urlsafe(48)
 
     report = report_of(
-        lambda: asyncio.run(
+        lambda: run(
             kheops.exchange_code(
                 kheops.Client(timeout=1),
                 TOKEN_URL,
@@ -142,7 +141,7 @@ def test_an_error_report_hides_the_access_token_sent_for_userinfo(
     SECRETS["token"] = "eyJtoken." + secrets.token_urlsafe(32)
 
     report = report_of(
-        lambda: asyncio.run(
+        lambda: run(
             kheops.fetch_userinfo(
                 kheops.Client(timeout=1),
                 "https://kheops.test/api/userinfo",
@@ -242,13 +241,15 @@ def test_kheops_client_errors_carry_no_secret_in_their_message() -> None:
     code = "eyJcode." + secrets.token_urlsafe(24)
 
     with pytest.raises(kheops.KheopsRejected) as refused:
-        async_to_sync(kheops.exchange_code)(
-            client,
-            TOKEN_URL,
-            code=code,
-            client_id="Q9ZTMv3fW7ta0Npg1caGMF",
-            redirect_uri="https://viewer.example.org/providers/ohif/launch",
-            client_assertion="eyJassertion." + secrets.token_urlsafe(48),
+        run(
+            kheops.exchange_code(
+                client,
+                TOKEN_URL,
+                code=code,
+                client_id="Q9ZTMv3fW7ta0Npg1caGMF",
+                redirect_uri="https://viewer.example.org/providers/ohif/launch",
+                client_assertion="eyJassertion." + secrets.token_urlsafe(48),
+            )
         )
 
     assert code not in str(refused.value)

@@ -10,13 +10,14 @@ plain-http KHEOPS are in test_hostile_input.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import respx
-from asgiref.sync import async_to_sync
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -31,6 +32,15 @@ from launcher.models import (
     validate_root_url,
 )
 from tests.fakes import FakeKheops, token_url_of
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    # A thread of its own: after the browser tests, this one has Playwright's event loop.
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
+
 
 LOOPBACK_ROOTS = [
     "http://localhost:8100",
@@ -125,13 +135,15 @@ def test_a_pending_launch_is_not_exchanged_once_its_server_is_plain_http(
 
 
 def exchange(client: kheops.Client, token_endpoint: str) -> kheops.TokenGrant:
-    return async_to_sync(kheops.exchange_code)(
-        client,
-        token_endpoint,
-        code="eyJcode.must-not-travel-in-clear",
-        client_id="Q9ZTMv3fW7ta0Npg1caGMF",
-        redirect_uri="https://viewer.example.org/providers/ohif/launch",
-        client_assertion="eyJassertion.must-not-travel-in-clear",
+    return run(
+        kheops.exchange_code(
+            client,
+            token_endpoint,
+            code="eyJcode.must-not-travel-in-clear",
+            client_id="Q9ZTMv3fW7ta0Npg1caGMF",
+            redirect_uri="https://viewer.example.org/providers/ohif/launch",
+            client_assertion="eyJassertion.must-not-travel-in-clear",
+        )
     )
 
 
@@ -154,10 +166,12 @@ def test_no_token_is_sent_over_plain_http_to_another_machine(
     route = kheops_http.get("http://kheops.example.org/api/userinfo").respond(json={"sub": "u"})
 
     with pytest.raises(kheops.KheopsInsecure):
-        async_to_sync(kheops.fetch_userinfo)(
-            kheops.Client(timeout=1),
-            "http://kheops.example.org/api/userinfo",
-            access_token="eyJtoken.must-not-travel-in-clear",
+        run(
+            kheops.fetch_userinfo(
+                kheops.Client(timeout=1),
+                "http://kheops.example.org/api/userinfo",
+                access_token="eyJtoken.must-not-travel-in-clear",
+            )
         )
 
     assert not route.called
@@ -177,11 +191,13 @@ def test_plain_http_on_this_machine_and_with_the_escape_hatch_is_sent(
 
 def test_the_servers_client_follows_the_escape_hatch(settings: Any) -> None:
     async def allows() -> bool:
-        return services.kheops_client().allow_plain_http
+        allowed = services.kheops_client().allow_plain_http
+        await services.close_kheops_client()
+        return allowed
 
-    assert async_to_sync(allows)() is False
+    assert run(allows()) is False
     settings.ALLOW_INSECURE_HTTP_KHEOPS = True
-    assert async_to_sync(allows)() is True
+    assert run(allows()) is True
 
 
 @pytest.mark.parametrize("name", ["token_endpoint", "userinfo_endpoint", "dicomweb_endpoint"])
@@ -198,10 +214,12 @@ def test_a_discovery_document_naming_a_plain_http_endpoint_is_refused(
     kheops_http.get(f"{root}/api/.well-known/report-provider-configuration").respond(json=document)
 
     with pytest.raises(kheops.KheopsError, match=name):
-        async_to_sync(kheops.fetch_discovery)(
-            kheops.Client(timeout=1),
-            f"{root}/api/.well-known/report-provider-configuration",
-            root=root,
+        run(
+            kheops.fetch_discovery(
+                kheops.Client(timeout=1),
+                f"{root}/api/.well-known/report-provider-configuration",
+                root=root,
+            )
         )
 
 
@@ -218,8 +236,12 @@ def test_the_discovery_document_of_a_kheops_on_this_machine_may_use_plain_http(
         }
     )
 
-    discovery = async_to_sync(kheops.fetch_discovery)(
-        kheops.Client(timeout=1), f"{root}/api/.well-known/report-provider-configuration", root=root
+    discovery = run(
+        kheops.fetch_discovery(
+            kheops.Client(timeout=1),
+            f"{root}/api/.well-known/report-provider-configuration",
+            root=root,
+        )
     )
 
     assert discovery.userinfo_endpoint == f"{root}/api/userinfo"
