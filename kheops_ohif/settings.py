@@ -105,16 +105,20 @@ PUBLIC_HOST = urlsplit(PUBLIC_BASE_URL).hostname or ""
 FORCE_SCRIPT_NAME = SCRIPT_NAME or None
 
 
-def _secret_key() -> str:
-    key = os.environ.get("SECRET_KEY", "")
-    key_file = os.environ.get("SECRET_KEY_FILE", "")
-    if not key and key_file:
+def envsecret(name: str) -> str:
+    """The secret in the variable `name`, or in the file `name`_FILE names ("" if neither)."""
+    value = os.environ.get(name, "")
+    path = os.environ.get(f"{name}_FILE", "")
+    if not value and path:
         try:
-            key = Path(key_file).read_text().strip()
+            value = Path(path).read_text().strip()
         except OSError as exc:
-            raise ImproperlyConfigured(
-                f"SECRET_KEY_FILE {key_file!r} cannot be read: {exc}"
-            ) from None
+            raise ImproperlyConfigured(f"{name}_FILE {path!r} cannot be read: {exc}") from None
+    return value
+
+
+def _secret_key() -> str:
+    key = envsecret("SECRET_KEY")
     if not key and DEBUG:
         # Development convenience only: a key generated once and kept in git-ignored var/.
         dev_key_file = BASE_DIR / "var" / "dev-secret-key"
@@ -137,6 +141,11 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 SECRET_KEY_FALLBACKS = envlist("SECRET_KEY_FALLBACKS", [])
+# The key-encryption key of what we keep sealed at rest (launcher.sealing): the signing keys,
+# the launch codes and KHEOPS tokens of viewer grants. Unset: derived from SECRET_KEY. Its
+# fallbacks stay readable during a change, until `manage.py reseal` has re-sealed everything.
+SEALING_KEY = envsecret("SEALING_KEY")
+SEALING_KEY_FALLBACKS = envlist("SEALING_KEY_FALLBACKS", [])
 
 # Host names on which the admin (/admin/) and the audit API (/api/v1/, /oauth/) answer; any
 # other host answers them 404, and these hosts answer nothing else (launcher.middleware.
@@ -401,6 +410,10 @@ CLEAN_UP_INTERVAL_SECONDS = envint("CLEAN_UP_INTERVAL_SECONDS", 300)
 LAUNCH_RATE_LIMIT = envrate("LAUNCH_RATE_LIMIT", "120/m")
 TOKEN_RATE_LIMIT = envrate("TOKEN_RATE_LIMIT", "240/m")
 KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
+# Test labs only: let KHEOPS servers be trusted, and called, over plain http on other
+# machines than this one. Codes, assertions and tokens then cross the network in clear.
+# Off: plain http only to localhost, 127.0.0.1 and ::1 (launcher.kheops.is_confidential).
+ALLOW_INSECURE_HTTP_KHEOPS = envbool("ALLOW_INSECURE_HTTP_KHEOPS", False)
 # Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
 KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)
 # After `rotate_signing_key`, the previous public key stays in our JWKS this long.
@@ -458,6 +471,10 @@ SPECTACULAR_SETTINGS = {
     "OAUTH2_FLOWS": ["clientCredentials"],
     "OAUTH2_TOKEN_URL": f"{AUDIT_API_BASE_URL}/oauth/token/",
 }
+
+# Error reports (the DEBUG page, error e-mails) hide our secrets: launcher/reporting.py.
+DEFAULT_EXCEPTION_REPORTER = "launcher.reporting.SecretsExceptionReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "launcher.reporting.SecretsFilter"
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 LOGGING = {

@@ -10,8 +10,10 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_post_parameters
 from oauth2_provider.forms import ApplicationForm
 from oauth2_provider.models import (
     get_access_token_model,
@@ -216,10 +218,15 @@ def copy_field(value: str, *, field_id: str, label: str) -> str:
 
 @admin.register(SigningKey)
 class SigningKeyAdmin(admin.ModelAdmin):
-    # The sealed private key is never shown: only what the JWKS publishes anyway.
-    list_display = ["kid", "created_at", "active", "retired_at"]
-    fields = ["kid", "created_at", "active", "retired_at", "public_jwk"]
+    # The sealed private key is never shown: only what the JWKS publishes anyway, and whether
+    # the private key still exists (purge_keys destroys it after the grace period).
+    list_display = ["kid", "created_at", "active", "retired_at", "private_key_kept"]
+    fields = ["kid", "created_at", "active", "retired_at", "private_key_kept", "public_jwk"]
     readonly_fields = fields
+
+    @admin.display(description=_("private key kept"), boolean=True)
+    def private_key_kept(self, key: SigningKey) -> bool:
+        return bool(key.sealed_private_key)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -311,6 +318,17 @@ class ApiClientAdmin(admin.ModelAdmin):
     readonly_fields = ["client_type", "authorization_grant_type"]
     # Its get_absolute_url names the toolkit's own pages, which are not served here.
     view_on_site = False
+
+    # The form posts the new client's secret: no error report may show it.
+    @method_decorator(sensitive_post_parameters("client_secret"))
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
 
 def locked_out(

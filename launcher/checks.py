@@ -1,25 +1,17 @@
 """System checks for configuration mistakes that would only show up when KHEOPS calls us."""
 
 from collections.abc import Sequence
-from ipaddress import ip_address
 from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.db import DatabaseError
 from django.http.request import validate_host
 from django.utils.module_loading import import_string
 
-from launcher import keys, ohif_bundle
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
+from launcher import keys, kheops, ohif_bundle
+from launcher.models import KheopsServer
 
 
 @register(Tags.security)
@@ -35,7 +27,7 @@ def check_public_base_url(app_configs: Sequence[AppConfig] | None, **kwargs: Any
                 id="launcher.E001",
             )
         )
-    if not settings.PUBLIC_IS_HTTPS and not _is_loopback(host):
+    if not settings.PUBLIC_IS_HTTPS and not kheops.is_loopback_host(host):
         errors.append(
             Warning(
                 "PUBLIC_BASE_URL is plain http on a non-loopback host.",
@@ -144,3 +136,82 @@ def check_protective_middleware(app_configs: Sequence[AppConfig] | None, **kwarg
             isinstance(cls, type) and issubclass(cls, import_string(path)) for cls in installed
         )
     ]
+
+
+# The example values of .env.example: a copied file must not reach production as it is.
+PLACEHOLDER_SECRETS = frozenset({"change-me-to-50-random-characters"})
+MINIMUM_SECRET_LENGTH = 50
+
+
+@register(Tags.security, deploy=True)
+def check_secrets_are_not_placeholders(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list:
+    if settings.DEBUG:
+        return []
+    errors = []
+    for name in ("SECRET_KEY", "SEALING_KEY"):
+        value = getattr(settings, name)
+        if name == "SEALING_KEY" and not value:
+            continue  # unset: the sealing key is derived from SECRET_KEY
+        if value in PLACEHOLDER_SECRETS:
+            problem = "is the example value from .env.example"
+        elif len(value) < MINIMUM_SECRET_LENGTH:
+            problem = f"is shorter than {MINIMUM_SECRET_LENGTH} characters"
+        else:
+            continue
+        errors.append(
+            Error(
+                f"{name} {problem}.",
+                hint=f"{_GUARDS[name]} Generate one: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(50))'; to replace one in use, see README "
+                "(Security: changing a key).",
+                id="launcher.E013",
+            )
+        )
+    return errors
+
+
+_GUARDS = {
+    "SECRET_KEY": "It signs the admin's sessions and, without SEALING_KEY, seals the stored "
+    "signing keys, launch codes and tokens.",
+    "SEALING_KEY": "It seals the stored signing keys, launch codes and tokens.",
+}
+
+
+@register(Tags.security, Tags.database)
+def check_kheops_servers_use_https(
+    app_configs: Sequence[AppConfig] | None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list:
+    """Servers trusted by a plain-http address to another machine (saved before it was refused,
+    or while ALLOW_INSECURE_HTTP_KHEOPS was on). Run with `check --database default`; `migrate`
+    runs it too."""
+    warnings = []
+    if settings.ALLOW_INSECURE_HTTP_KHEOPS:
+        warnings.append(
+            Warning(
+                "ALLOW_INSECURE_HTTP_KHEOPS is on: KHEOPS servers on other machines may be "
+                "called over plain http, launch codes and tokens crossing the network in clear.",
+                hint="For a test lab only. Never in production: unset it and trust KHEOPS by "
+                "its https address.",
+                id="launcher.W015",
+            )
+        )
+    if not databases:
+        return warnings
+    try:
+        servers = [s for s in KheopsServer.objects.order_by("name") if s.plain_http]
+    except DatabaseError:
+        return warnings  # not migrated yet: nothing trusted yet
+    if servers:
+        listed = ", ".join(f"{server.name} ({server.root_url})" for server in servers)
+        refused = "" if settings.ALLOW_INSECURE_HTTP_KHEOPS else ": their launches are refused"
+        warnings.append(
+            Warning(
+                f"Trusted KHEOPS servers over plain http to another machine{refused}: {listed}.",
+                hint="Change each one's root URL to its https address (Django admin, Trusted "
+                "KHEOPS servers, or manage.py trust_kheops https://…).",
+                id="launcher.W014",
+            )
+        )
+    return warnings

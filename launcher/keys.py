@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -19,12 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 from jwt.algorithms import RSAAlgorithm
 
 from launcher import sealing
 from launcher.models import SigningKey
 
-_PURPOSE = "signing-key"
+SEALING_PURPOSE = "signing-key"
 # KHEOPS accepts assertions expiring at most 600 s ahead (no leeway on that bound); a short
 # life limits what a leaked assertion is worth.
 ASSERTION_LIFETIME_SECONDS = 60
@@ -47,6 +48,7 @@ _cached: tuple[float, ActiveKey] | None = None
 _CACHE_SECONDS = 30.0
 
 
+@sensitive_variables()
 def _generate() -> SigningKey:
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     kid = secrets.token_urlsafe(12)
@@ -66,7 +68,9 @@ def _generate() -> SigningKey:
         serialization.NoEncryption(),
     ).decode()
     return SigningKey(
-        kid=kid, public_jwk=public_jwk, sealed_private_key=sealing.seal(pem, purpose=_PURPOSE)
+        kid=kid,
+        public_jwk=public_jwk,
+        sealed_private_key=sealing.seal(pem, purpose=SEALING_PURPOSE),
     )
 
 
@@ -97,6 +101,23 @@ def rotate(*, grace: timedelta) -> tuple[SigningKey, SigningKey | None]:
         new.save()
     forget_cached_key()
     return new, previous
+
+
+def purge_retired(*, now: datetime | None = None) -> list[SigningKey]:
+    """Destroy the private half of the retired keys whose grace period is over.
+
+    Nothing signs with them any more, nor verifies with them (they have left the JWKS). The
+    row stays, without its private key: the admin keeps the record of which kid was ours
+    and when it was retired.
+    """
+    with transaction.atomic():
+        expired = list(
+            SigningKey.objects.select_for_update()
+            .filter(active=False, retired_at__lte=now or timezone.now())
+            .exclude(sealed_private_key="")
+        )
+        SigningKey.objects.filter(pk__in=[key.pk for key in expired]).update(sealed_private_key="")
+    return expired
 
 
 def published_keys() -> list[dict]:
@@ -131,6 +152,7 @@ def _signing_key_row(now: float) -> SigningKey:
     return published[-1]
 
 
+@sensitive_variables()
 def _loaded_signing_key(now: float) -> ActiveKey:
     global _cached
     started = time.monotonic()
@@ -138,7 +160,7 @@ def _loaded_signing_key(now: float) -> ActiveKey:
         if _cached is not None and started - _cached[0] < _CACHE_SECONDS:
             return _cached[1]
     row = _signing_key_row(now)
-    pem = sealing.unseal(row.sealed_private_key, purpose=_PURPOSE)
+    pem = sealing.unseal(row.sealed_private_key, purpose=SEALING_PURPOSE)
     private_key = serialization.load_pem_private_key(pem.encode(), password=None)
     assert isinstance(private_key, rsa.RSAPrivateKey)
     loaded = ActiveKey(kid=row.kid, private_key=private_key)
@@ -147,6 +169,7 @@ def _loaded_signing_key(now: float) -> ActiveKey:
     return loaded
 
 
+@sensitive_variables()
 def client_assertion(*, client_id: str, audience: str, now: float | None = None) -> str:
     """An RS256 private_key_jwt assertion for KHEOPS's token endpoint."""
     issued = int(now if now is not None else time.time())

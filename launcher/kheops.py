@@ -5,7 +5,8 @@ exceptions that views map to honest status codes:
 
 - `KheopsUnavailable` (connection failure, 5xx; `KheopsTimeout` for a slow server),
 - `KheopsRejected` (KHEOPS said no: a 400 with an OAuth error code, 401, 403),
-- `KheopsMalformed` (an answer that is not what the protocol says).
+- `KheopsMalformed` (an answer that is not what the protocol says),
+- `KheopsInsecure` (plain http to a host other than this machine: refused before sending).
 
 Exception messages never contain a code, token or assertion.
 
@@ -17,7 +18,9 @@ very server that is waiting for its answer.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,11 +29,15 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 import httpx
+from django.views.decorators.debug import sensitive_variables
 
 USER_AGENT = "kheops-ohif (+https://github.com/kheops-ohif)"
 # A discovery or token answer is a few hundred bytes; refuse to buffer anything huge.
 MAX_BODY_BYTES = 256 * 1024
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# What an `Authorization: Bearer` header can carry (RFC 6750, b64token): a KHEOPS token is
+# sent in one to userinfo, and by the viewer to DICOMweb.
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*\Z")
 # Errors raised while sending, before any answer: a kept-alive connection the server closed
 # just as we sent on it (about 1 request in 400 under a burst, measured by the load test).
 _DROPPED_BEFORE_ANSWERING = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -59,6 +66,11 @@ class KheopsRejected(KheopsError):
 
 class KheopsMalformed(KheopsError):
     pass
+
+
+class KheopsInsecure(KheopsError):
+    """Plain http to a host that is not this machine: codes, assertions and tokens would
+    cross the network in clear. Nothing was sent."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,9 @@ class Client:
       costing nothing, instead of overloading KHEOPS until every call times out;
     - no redirect is followed (it could lead outside the trusted root), no cookie is kept
       between calls (they are made for different users), and the environment's proxy and
-      .netrc settings are ignored.
+      .netrc settings are ignored;
+    - nothing goes over plain http to a host other than this machine (`is_confidential`),
+      unless `allow_plain_http`.
 
     One per event loop: its connections belong to the loop that opened them.
     """
@@ -107,10 +121,13 @@ class Client:
         *,
         timeout: float,
         max_in_flight: int = 32,
+        allow_plain_http: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.timeout = timeout
         self.max_in_flight = max_in_flight
+        # Plain http to other hosts than this machine (test labs only): see `is_confidential`.
+        self.allow_plain_http = allow_plain_http
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
@@ -134,6 +151,26 @@ class Client:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """`localhost` or a loopback address literal (127.0.0.0/8, ::1): this machine, whatever
+    the DNS says. A name that merely resolves to loopback is not."""
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_confidential(url: str) -> bool:
+    """Whether what is sent to `url` stays between the two ends: https, or plain http that
+    never leaves this machine (the stand-in, a KHEOPS on the same host)."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname))
 
 
 def is_under_root(url: str, root: str) -> bool:
@@ -175,6 +212,10 @@ async def fetch_discovery(
             raise KheopsMalformed(f"the discovery document has no valid {name!r}")
         if not is_under_root(value, root):
             raise KheopsMalformed(f"the discovery document's {name!r} leaves the trusted root")
+        if not client.allow_plain_http and not is_confidential(value):
+            raise KheopsInsecure(
+                f"the discovery document's {name!r} is plain http to another machine"
+            )
         return value
 
     issuer = url_field("issuer", required=True)
@@ -190,6 +231,7 @@ async def fetch_discovery(
     )
 
 
+@sensitive_variables()
 async def exchange_code(
     client: Client,
     token_endpoint: str,
@@ -231,7 +273,11 @@ async def exchange_code(
         raise KheopsMalformed("the token response is not a JSON object")
     access_token = body.get("access_token")
     expires_in = body.get("expires_in")
-    if not isinstance(access_token, str) or not access_token or len(access_token) > 16384:
+    if (
+        not isinstance(access_token, str)
+        or len(access_token) > 16384
+        or not BEARER_TOKEN.match(access_token)
+    ):
         raise KheopsMalformed("the token response has no valid access_token")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
         raise KheopsMalformed("the token response has no valid expires_in")
@@ -239,6 +285,7 @@ async def exchange_code(
     return TokenGrant(access_token=access_token, expires_in=min(expires_in, 24 * 3600))
 
 
+@sensitive_variables()
 async def fetch_userinfo(
     client: Client, userinfo_endpoint: str, *, access_token: str, timings: Timings | None = None
 ) -> UserInfo:
@@ -272,6 +319,7 @@ class _Answer:
     body: bytes
 
 
+@sensitive_variables()
 async def _send(
     client: Client,
     call: str,
@@ -284,6 +332,8 @@ async def _send(
 ) -> bytes:
     """One call, its whole answer read (bounded), its status judged; the body of a 200."""
     host = urlsplit(url).netloc
+    if not client.allow_plain_http and not is_confidential(url):
+        raise KheopsInsecure(f"refused to send to {host} over plain http (not this machine)")
     queued = time.perf_counter()
     async with client.turn(url):
         started = time.perf_counter()
@@ -315,6 +365,7 @@ async def _send(
     return answer.body
 
 
+@sensitive_variables()
 async def _send_once_more_if_dropped(
     client: Client, method: str, url: str, headers: Mapping[str, str], content: bytes | None
 ) -> _Answer:
@@ -335,6 +386,7 @@ async def _send_once_more_if_dropped(
     raise AssertionError("unreachable: the second attempt returns or raises")
 
 
+@sensitive_variables()
 async def _read_limited(response: httpx.Response) -> bytes:
     chunks = []
     size = 0
@@ -354,6 +406,7 @@ async def _read_limited(response: httpx.Response) -> bytes:
     return b"".join(chunks)
 
 
+@sensitive_variables()
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
@@ -361,6 +414,7 @@ def _json(body: bytes) -> Any:
         raise KheopsMalformed("the answer is not JSON") from None
 
 
+@sensitive_variables()
 def _oauth_error(body: bytes) -> str:
     try:
         parsed = json.loads(body)

@@ -10,6 +10,8 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.translation import gettext_lazy as _
 
+from launcher import kheops
+
 # KHEOPS serves its discovery document at a fixed path under its root.
 DISCOVERY_PATH = "/api/.well-known/report-provider-configuration"
 
@@ -22,6 +24,15 @@ def validate_root_url(value: str) -> None:
         raise ValidationError(_("The root URL must not contain user info, a query or a fragment."))
     if value.endswith("/"):
         raise ValidationError(_("Leave out the trailing slash: KHEOPS compares URLs as strings."))
+    if not kheops.is_confidential(value) and not settings.ALLOW_INSECURE_HTTP_KHEOPS:
+        raise ValidationError(PLAIN_HTTP_REFUSED)
+
+
+PLAIN_HTTP_REFUSED = _(
+    "Use the https address of this KHEOPS server: over plain http, launch codes, this "
+    "viewer's signed assertions and access tokens would cross the network in clear. "
+    "(Plain http is accepted for localhost, 127.0.0.1 and ::1 only.)"
+)
 
 
 class KheopsServer(models.Model):
@@ -34,7 +45,8 @@ class KheopsServer(models.Model):
         unique=True,
         validators=[validate_root_url],
         help_text=_(
-            "Exactly the issuer of its discovery document, e.g. https://demo.kheops.online"
+            "Exactly the issuer of its discovery document, e.g. https://demo.kheops.online "
+            "(https; plain http only for a KHEOPS on this machine: localhost, 127.0.0.1)."
         ),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
@@ -51,6 +63,12 @@ class KheopsServer(models.Model):
     @property
     def discovery_url(self) -> str:
         return f"{self.root_url}{DISCOVERY_PATH}"
+
+    @property
+    def plain_http(self) -> bool:
+        """Whether calls to it would cross the network in clear (refused, unless
+        ALLOW_INSECURE_HTTP_KHEOPS)."""
+        return not kheops.is_confidential(self.root_url)
 
 
 class OhifMode(models.TextChoices):
@@ -239,6 +257,8 @@ class LaunchOutcome(models.TextChoices):
     UNKNOWN_PROVIDER = "unknown_provider", _("Refused: unknown provider")
     PROVIDER_DISABLED = "provider_disabled", _("Refused: provider disabled")
     UNTRUSTED_SERVER = "untrusted_server", _("Refused: KHEOPS server not trusted")
+    # Trusted by a plain-http address to another machine (saved before this was refused).
+    INSECURE_SERVER = "insecure_server", _("Refused: KHEOPS server over plain http")
     REPLAY = "replay", _("Refused: link already used (replay)")
     # The same browser presented its own launch's code again (a double click in KHEOPS
     # makes two identical links): sent to the viewer it already has.

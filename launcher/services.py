@@ -28,6 +28,7 @@ from django.db import IntegrityError
 from django.db.models import Q
 from django.http import QueryDict
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from launcher import blocking, keys, kheops, ratelimit, sealing, writes
 from launcher.models import (
@@ -144,6 +145,8 @@ ADVICE: dict[LaunchOutcome, str] = {
     "administrator to enable it again.",
     LaunchOutcome.UNTRUSTED_SERVER: "Ask this viewer's administrator to add your KHEOPS "
     "server to its trusted servers.",
+    LaunchOutcome.INSECURE_SERVER: "Tell this viewer's administrator: it must trust your "
+    "KHEOPS server by its https address.",
     LaunchOutcome.REPLAY: "Open the study again from KHEOPS: each click makes a new link.",
     LaunchOutcome.REOPENED: OPEN_AGAIN,
     LaunchOutcome.CODE_REJECTED: OPEN_AGAIN,
@@ -209,6 +212,7 @@ class ViewerGrant:
         return self.seconds_left <= 0
 
 
+@sensitive_variables()
 def parse_launch_params(query: QueryDict | None) -> LaunchParams:
     """Validate the launch query string; any problem is a 400 with a plain reason.
 
@@ -374,6 +378,7 @@ def album_id_from(return_uri: str | None, server: KheopsServer) -> str:
     return ""
 
 
+@sensitive_variables()
 def _code_hash(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
@@ -388,9 +393,15 @@ def kheops_client() -> kheops.Client:
     connections (and their TLS handshakes) are reused across launches."""
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
-    wanted = (settings.KHEOPS_HTTP_TIMEOUT, settings.KHEOPS_MAX_CALLS_IN_FLIGHT)
-    if client is None or (client.timeout, client.max_in_flight) != wanted:
-        client = _clients[loop] = kheops.Client(timeout=wanted[0], max_in_flight=wanted[1])
+    wanted = (
+        settings.KHEOPS_HTTP_TIMEOUT,
+        settings.KHEOPS_MAX_CALLS_IN_FLIGHT,
+        settings.ALLOW_INSECURE_HTTP_KHEOPS,
+    )
+    if client is None or (client.timeout, client.max_in_flight, client.allow_plain_http) != wanted:
+        client = _clients[loop] = kheops.Client(
+            timeout=wanted[0], max_in_flight=wanted[1], allow_plain_http=wanted[2]
+        )
     return client
 
 
@@ -476,7 +487,7 @@ def check_servers(servers: list[KheopsServer], *, timeout: float) -> list[str | 
 async def _check_servers(
     servers: list[KheopsServer], timeout: float
 ) -> list[str | kheops.KheopsError]:
-    client = kheops.Client(timeout=timeout)
+    client = kheops.Client(timeout=timeout, allow_plain_http=settings.ALLOW_INSECURE_HTTP_KHEOPS)
     try:
         answers = await asyncio.gather(
             *(kheops.fetch_discovery(client, s.discovery_url, root=s.root_url) for s in servers),
@@ -509,6 +520,7 @@ class _Accepted:
     return_uri: str | None
 
 
+@sensitive_variables()
 async def launch(
     *,
     slug: str,
@@ -649,6 +661,7 @@ def _pending_grant(
     )
 
 
+@sensitive_variables()
 def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> ViewerGrant | None:
     """The claim (the used code's primary key), the grant and the audit row: one commit.
 
@@ -761,6 +774,7 @@ class _PendingExchange:
     assertion: str | None = field(repr=False)
 
 
+@sensitive_variables()
 async def complete(
     launch_id: str,
     browser_key: str | None,
@@ -833,6 +847,7 @@ def _too_many_requests(over: ratelimit.OverTheLimit) -> ViewerRefused:
     )
 
 
+@sensitive_variables()
 def _grant_or_pending_exchange(
     launch_id: str, browser_key: str | None
 ) -> ViewerGrant | _PendingExchange:
@@ -847,15 +862,10 @@ def _grant_or_pending_exchange(
     refusal = refusal_of(grant)
     if refusal is not None:
         raise refusal
-    try:
-        if row.state == GrantState.READY:
-            return replace(
-                grant, access_token=sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
-            )
-        code = sealing.unseal(row.sealed_code, purpose=_CODE_PURPOSE)
-    except sealing.SealError:
-        # Sealed under a SECRET_KEY that is gone: nothing to show or exchange.
-        raise refusal_for_another_browser(launch_id) from None
+    # A sealing.SealError (sealed under a key that is gone) reaches the view: a 500 page.
+    if row.state == GrantState.READY:
+        return replace(grant, access_token=sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE))
+    code = sealing.unseal(row.sealed_code, purpose=_CODE_PURPOSE)
     provider, server = _provider_by_id(row.provider_id), _server_by_id(row.kheops_server_id)
     known = _known_discoveries.get(_discovery_cache_key(server)) if server is not None else None
     discovery = (
@@ -881,6 +891,7 @@ def _grant_or_pending_exchange(
     )
 
 
+@sensitive_variables()
 async def _exchange(
     pending: _PendingExchange, timings: kheops.Timings | None
 ) -> tuple[kheops.TokenGrant, kheops.UserInfo | None]:
@@ -918,6 +929,7 @@ async def _exchange(
     return token, await _who_launched(client, discovery, token, timings)
 
 
+@sensitive_variables()
 async def _who_launched(
     client: kheops.Client,
     discovery: kheops.Discovery,
@@ -936,6 +948,7 @@ async def _who_launched(
         return None
 
 
+@sensitive_variables()
 def _record_success(
     pending: _PendingExchange, token: kheops.TokenGrant, user: kheops.UserInfo | None
 ) -> ViewerGrant | None:
@@ -1042,6 +1055,12 @@ def clean_up(now: datetime | None = None) -> CleanUp:
 _KHEOPS_FAILURES: list[tuple[type[kheops.KheopsError], LaunchOutcome, int, str]] = [
     (kheops.KheopsTimeout, LaunchOutcome.KHEOPS_TIMEOUT, 504, "KHEOPS did not answer in time."),
     (
+        kheops.KheopsInsecure,
+        LaunchOutcome.INSECURE_SERVER,
+        403,
+        "This viewer does not talk to this KHEOPS server over plain http.",
+    ),
+    (
         kheops.KheopsRejected,
         LaunchOutcome.CODE_REJECTED,
         403,
@@ -1142,6 +1161,7 @@ def refusal_for_another_browser(launch_id: str) -> ViewerRefused:
     )
 
 
+@sensitive_variables()
 def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
     """The grant of `launch_id` if `browser_key` is the one its browser was given.
 
@@ -1153,10 +1173,8 @@ def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
     grant = _viewer_grant(row)
     if row.state != GrantState.READY:
         return grant
-    try:
-        token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
-    except sealing.SealError:
-        return None
+    # A sealing.SealError (sealed under a key that is gone) reaches the view: a 500 page.
+    token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
     return replace(grant, access_token=token)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import re
 import time
 from urllib.parse import urlencode
@@ -18,14 +19,21 @@ from django.http import (
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_safe
 
-from launcher import clientaddr, documents, kheops, services, viewer
+from launcher import blocking, clientaddr, documents, kheops, sealing, services, viewer
 from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 
+logger = logging.getLogger(__name__)
+
 NOT_INSTALLED = "The OHIF viewer is not installed on this server."
 TELL_ADMIN = "Tell this viewer's administrator."
+UNSEALABLE = "This viewer cannot open the credentials it keeps for this study."
+UNSEALABLE_ADVICE = (
+    "Tell this viewer's administrator: its keys have changed (the server's log says what to do)."
+)
 
 # What OHIF's router would otherwise answer with index.html: a missing chunk must be a
 # real 404, or the browser parses HTML as JavaScript.
@@ -61,6 +69,7 @@ def document_response(document: dict) -> HttpResponse:
     )
 
 
+@sensitive_variables()
 @no_referrer
 @never_cache
 @require_GET
@@ -151,6 +160,20 @@ def grant_from(request: HttpRequest, launch_id: str) -> services.ViewerGrant | N
     return services.grant_for(launch_id, request.COOKIES.get(grant_cookie_name(launch_id)))
 
 
+def unsealable(launch_id: str, error: sealing.SealError) -> services.ViewerRefused:
+    """A value this launch needs (its code, its token, our signing key) was sealed under a
+    key this server no longer has: the administrator must act; the log says how."""
+    logger.error("launch %s cannot go on: %s", launch_id, error)
+    known = services.refusal_for_another_browser(launch_id)  # the way back, the studies
+    return services.ViewerRefused(
+        500,
+        UNSEALABLE,
+        advice=UNSEALABLE_ADVICE,
+        return_uri=known.return_uri,
+        study_uids=known.study_uids,
+    )
+
+
 def viewer_url(grant: services.ViewerGrant) -> str:
     path = reverse("viewer", kwargs={"launch_id": grant.launch_id, "route": grant.mode})
     return f"{path}?{urlencode({'StudyInstanceUIDs': ','.join(grant.study_uids)})}"
@@ -180,7 +203,10 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
             for value in values
         ]
         return HttpResponseRedirect(request.path + ("?" + urlencode(query) if query else ""))
-    grant = grant_from(request, launch_id)
+    try:
+        grant = grant_from(request, launch_id)
+    except sealing.SealError as error:
+        return error_page(request, unsealable(launch_id, error))
     if grant is None:
         return error_page(request, services.refusal_for_another_browser(launch_id))
     if not route:
@@ -200,6 +226,24 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
     return response
 
 
+def refusal_answer(refused: services.ViewerRefused) -> JsonResponse:
+    answer = JsonResponse(
+        {
+            "error": refused.message,
+            "advice": refused.advice,
+            "returnUri": refused.return_uri,
+            # Worth asking again in a moment (KHEOPS slow or away, the server restarting):
+            # the viewer's launch.js does, a few times, before it shows the error.
+            "retryable": refused.retryable,
+        },
+        status=refused.status,
+    )
+    if refused.retry_after is not None:  # over the rate limit
+        answer["Retry-After"] = str(refused.retry_after)
+    return answer
+
+
+@sensitive_variables()
 @no_referrer
 @never_cache
 @require_GET
@@ -219,20 +263,10 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
             remote_addr=clientaddr.client_address(request),
             timings=timings,
         )
+    except sealing.SealError as error:
+        response = refusal_answer(await blocking.run(unsealable, launch_id, error))
     except services.ViewerRefused as refused:
-        response = JsonResponse(
-            {
-                "error": refused.message,
-                "advice": refused.advice,
-                "returnUri": refused.return_uri,
-                # Worth asking again in a moment (KHEOPS slow or away, the server restarting):
-                # the viewer's launch.js does, a few times, before it shows the error.
-                "retryable": refused.retryable,
-            },
-            status=refused.status,
-        )
-        if refused.retry_after is not None:
-            response["Retry-After"] = str(refused.retry_after)
+        response = refusal_answer(refused)
     else:
         response = JsonResponse(
             {

@@ -200,6 +200,8 @@ def _watch_responses(check: LeakCheck) -> None:
 
 
 def _watch_secrets(check: LeakCheck) -> None:
+    from django.views.decorators.debug import sensitive_variables
+
     from launcher import keys, kheops, sealing
 
     def assertion_wrapper(client_assertion: Callable[..., str]) -> Callable[..., str]:
@@ -211,6 +213,9 @@ def _watch_secrets(check: LeakCheck) -> None:
         return watched
 
     def exchange_wrapper(exchange_code: Callable[..., Any]) -> Callable[..., Any]:
+        # Its frame holds what exchange_code's does, and sits in the tracebacks of the
+        # exchange (tests/test_error_reports.py). Marking a coroutine hides its own frame only.
+        @sensitive_variables()
         async def watched(*args: Any, **kwargs: Any) -> Any:
             check.register(kwargs.get("code"), "launch code")
             grant = await exchange_code(*args, **kwargs)

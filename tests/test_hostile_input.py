@@ -21,7 +21,15 @@ from django.contrib.sessions.models import Session
 from django.test import Client
 from django.utils.html import escape
 
-from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord
+from launcher import services
+from launcher.models import (
+    DISCOVERY_PATH,
+    GrantState,
+    KheopsServer,
+    LaunchGrant,
+    LaunchOutcome,
+    LaunchRecord,
+)
 from tests import leakcheck
 from tests.fakes import (
     ALBUM_ID,
@@ -41,6 +49,7 @@ IMG = '"><img src=x onerror=alert(1)>'
 CANNOT_OPEN = "Cannot open the viewer"
 NOT_TRUSTED = "not trusted by this viewer"
 NOT_UNDERSTOOD = "does not understand"
+PLAIN_HTTP = "over plain http"
 Params = list[tuple[str, str]]
 
 
@@ -88,6 +97,9 @@ class LaunchCase:
     settings: dict[str, Any] = field(default_factory=dict)  # settings for this case
     remote_addr: str | None = None  # the audit's "from where", when the case is about it
     audited: bool = True  # refused before the launch is even looked at: no audit record
+    # The trusted server's root URL as an earlier version let it be saved, if not ROOT.
+    server_root: str | None = None
+    outcome: LaunchOutcome | None = None  # the audit record's, when the case says
 
 
 def refused(change: Callable[[Params], Params], message: str) -> LaunchCase:
@@ -114,6 +126,18 @@ def forwarded_for(value: str, *, proxies: int = 0, expected: str = "127.0.0.1") 
         headers={"HTTP_X_FORWARDED_FOR": value},
         settings={"TRUSTED_PROXY_COUNT": proxies},
         remote_addr=expected,
+    )
+
+
+def plain_http(root: str) -> LaunchCase:
+    # A server trusted by a plain-http root (saved before that was refused): never called.
+    return LaunchCase(
+        replace("conf_uri", root + DISCOVERY_PATH),
+        403,
+        PLAIN_HTTP,
+        way_back=False,
+        server_root=root,
+        outcome=LaunchOutcome.INSECURE_SERVER,
     )
 
 
@@ -289,6 +313,18 @@ LAUNCH_CASES = {
     "discovery-introspection-elsewhere": bad_discovery(
         introspection_endpoint="https://evil.example/i"
     ),
+    "discovery-token-http-downgrade": bad_discovery(token_endpoint="http://kheops.test/api/token"),
+    # --- a KHEOPS trusted by a plain-http address: codes and tokens would travel in clear --
+    "kheops-http": plain_http("http://kheops.test"),
+    "kheops-http-odd-port": plain_http("http://kheops.test:8080"),
+    "kheops-http-upper-case-scheme": plain_http("HTTP://kheops.test"),
+    "kheops-http-private-address": plain_http("http://10.1.2.3"),
+    "kheops-http-ipv6-global": plain_http("http://[2001:db8::1]"),
+    "kheops-http-unspecified-address": plain_http("http://0.0.0.0:8100"),
+    "kheops-http-decimal-loopback": plain_http("http://2130706433"),
+    "kheops-http-localhost-as-subdomain": plain_http("http://localhost.evil.example"),
+    "kheops-http-loopback-as-subdomain": plain_http("http://127.0.0.1.nip.io"),
+    "kheops-http-localhost-with-dot": plain_http("http://localhost."),
     # --- return_uri: the way back must lead into the trusted KHEOPS -------------------
     "return_uri-other-host": open_redirect("https://evil.example/albums/x"),
     "return_uri-javascript": open_redirect("javascript:alert(document.cookie)"),
@@ -369,6 +405,9 @@ def test_hostile_launch(
     if not case.provider_enabled:
         provider.enabled = False
         provider.save()
+    if case.server_root is not None:
+        KheopsServer.objects.update(root_url=case.server_root)  # no validation: saved earlier
+        services.forget_lookups()
     fake_kheops.discovery_answer = case.discovery
     params = case.change(base_params(fake_kheops.new_code()))
 
@@ -403,6 +442,8 @@ def test_hostile_launch(
     assert LaunchRecord.objects.count() == (1 if case.audited else 0)
     if case.remote_addr is not None:
         assert LaunchRecord.objects.get().remote_addr == case.remote_addr
+    if case.outcome is not None:
+        assert LaunchRecord.objects.get().outcome == case.outcome
 
 
 def assert_nothing_raw_echoed(page: str, params: Params) -> None:

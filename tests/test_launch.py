@@ -577,6 +577,18 @@ def test_the_way_back_is_offered_only_into_the_trusted_server(
         ((200, {}), 502, LaunchOutcome.KHEOPS_MALFORMED),
         ((200, {"access_token": "", "expires_in": 3600}), 502, LaunchOutcome.KHEOPS_MALFORMED),
         ((200, {"access_token": "t", "expires_in": "3600"}), 502, LaunchOutcome.KHEOPS_MALFORMED),
+        # Not a bearer token (RFC 6750): it could not be sent in a header (found by test_fuzz).
+        (
+            (200, {"access_token": "eyJ.caf\u00e9", "expires_in": 60}),
+            502,
+            LaunchOutcome.KHEOPS_MALFORMED,
+        ),
+        ((200, {"access_token": "eyJ.a b", "expires_in": 60}), 502, LaunchOutcome.KHEOPS_MALFORMED),
+        (
+            (200, {"access_token": "eyJ.a\r\nX: y", "expires_in": 60}),
+            502,
+            LaunchOutcome.KHEOPS_MALFORMED,
+        ),
         ((200, [1, 2]), 502, LaunchOutcome.KHEOPS_MALFORMED),
         ((302, ""), 502, LaunchOutcome.KHEOPS_MALFORMED),
         (httpx.ConnectError("reset"), 502, LaunchOutcome.KHEOPS_UNAVAILABLE),

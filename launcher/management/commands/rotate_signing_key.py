@@ -1,5 +1,6 @@
 from datetime import timedelta
 
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from launcher import keys
@@ -8,7 +9,8 @@ from launcher import keys
 class Command(BaseCommand):
     help = (
         "Create a new active signing key. The previous public key stays in the JWKS for a "
-        "grace period so that token exchanges in flight still verify."
+        "grace period so that token exchanges in flight still verify. Also destroys the "
+        "private keys of retired keys whose grace period is over (as purge_keys does)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -38,3 +40,4 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"Previous key kid={previous.kid} stays published until {previous.retired_at:%Y-%m-%d %H:%M:%S} UTC"
             )
+        call_command("purge_keys", stdout=self.stdout)
