@@ -106,4 +106,5 @@ class _RedactedRequest:
 
 
 def redact(text: str) -> str:
-    return SECRET_VALUES.sub(r"\1[redacted]", text)
+    # str(): a lazy setting (django-axes has some) passes for a str but is not one to re.
+    return SECRET_VALUES.sub(r"\1[redacted]", str(text))
