@@ -22,7 +22,7 @@ from oauth2_provider.models import (
 
 from launcher import audit, branding, dashboard, kheops, services
 from launcher.modalities import MODALITIES
-from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey
+from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey, TokenDelivery
 
 # The index lists every section already: the navigation sidebar only took 300 px from the
 # lists, which then no longer fitted a 1440 px screen.
@@ -102,6 +102,7 @@ class ProviderForm(forms.ModelForm):
             "client_name",
             "slug",
             "mode",
+            "token_delivery",
             "supported_modalities",
             "enabled",
             "is_default",
@@ -110,6 +111,12 @@ class ProviderForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The empty choice says what it means on this server (DICOMWEB_RELAY).
+        default = "relay" if settings.DICOMWEB_RELAY else "direct"
+        self.fields["token_delivery"].choices = [
+            ("", _("Server default (now: %(mode)s)") % {"mode": default}),
+            *TokenDelivery.choices,
+        ]
         stored = self.instance.supported_modalities or []
         # A code stored before (through the API or a script) stays choosable, unnamed.
         unknown = [code for code in stored if isinstance(code, str) and code not in MODALITIES]
@@ -145,6 +152,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "client_name",
                     "slug",
                     "mode",
+                    "token_delivery",
                     "supported_modalities",
                     "enabled",
                     "is_default",

@@ -37,6 +37,7 @@ from launcher.models import (
     LaunchOutcome,
     LaunchRecord,
     Provider,
+    TokenDelivery,
     UsedCode,
 )
 
@@ -191,6 +192,12 @@ class ViewerGrant:
     failure_advice: str = ""
     provider_id: int | None = None
     kheops_server_id: int | None = None
+    # TokenDelivery: "relay" keeps the token on the server (launcher.relay).
+    token_delivery: str = TokenDelivery.DIRECT
+
+    @property
+    def relayed(self) -> bool:
+        return self.token_delivery == TokenDelivery.RELAY
 
     @property
     def seconds_left(self) -> int:
@@ -594,6 +601,7 @@ def _pending_grant(
         dicomweb_endpoint=discovery.dicomweb_endpoint,
         study_uids=accepted.params.study_uids,
         mode=accepted.provider.mode,
+        token_delivery=accepted.provider.effective_token_delivery,
         return_uri=accepted.return_uri,
         user_name="",
         browser_key=secrets.token_urlsafe(32),
@@ -628,6 +636,7 @@ def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> Vie
         dicomweb_endpoint=grant.dicomweb_endpoint,
         study_uids=list(grant.study_uids),
         mode=grant.mode,
+        token_delivery=grant.token_delivery,
         return_uri=accepted.return_uri or "",
         album_id=grant.album_id,
         launcher_key_hash=_key_hash(grant.launcher_key),
@@ -1033,6 +1042,7 @@ def _viewer_grant(row: LaunchGrant) -> ViewerGrant:
         failure_advice=row.failure_advice,
         provider_id=row.provider_id,
         kheops_server_id=row.kheops_server_id,
+        token_delivery=row.token_delivery,
     )
 
 
