@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -352,6 +352,64 @@ async def _read_limited(response: httpx.Response) -> bytes:
             f"{response.url.netloc.decode()} broke off: {type(exc).__name__}"
         ) from None
     return b"".join(chunks)
+
+
+# --- The DICOMweb relay (launcher.relay): one request, its answer streamed -----------------
+
+# A relayed answer may take this long to begin, and each of its reads (or each write of an
+# upload) this long again: a large study's rendering or a slow client, not a stuck server.
+RELAY_READ_SECONDS = 60.0
+
+
+async def open_dicomweb(
+    client: Client,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    content: AsyncIterable[bytes] | None = None,
+) -> httpx.Response:
+    """Send one DICOMweb request; its answer comes back with the body still unread.
+
+    The caller streams it (`raw_body`, which closes it). Not bounded by `turn`: a viewer's
+    many image requests must not hold up launches. A GET or HEAD dropped on a kept-alive
+    connection before any answer is sent once more; an upload is not (its body is gone).
+    """
+    host = urlsplit(url).netloc
+    timeout = httpx.Timeout(
+        client.timeout, read=RELAY_READ_SECONDS, write=RELAY_READ_SECONDS, pool=client.timeout
+    )
+    attempts = 1 if content is not None else 2
+    for attempt in range(1, attempts + 1):
+        request = client.http.build_request(
+            method, url, headers=headers, content=content, timeout=timeout
+        )
+        try:
+            return await client.http.send(request, stream=True)
+        except _DROPPED_BEFORE_ANSWERING as exc:
+            if attempt == attempts:
+                raise KheopsUnavailable(f"{host} broke off: {type(exc).__name__}") from None
+        except httpx.TimeoutException:
+            raise KheopsTimeout(f"{host} did not answer in time") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def raw_body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The answer's bytes as KHEOPS sent them (still compressed, multipart boundaries and
+    all), chunk by chunk; the answer is closed at the end, on error, and when the consumer
+    stops early (the browser went away)."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        # The answer had begun: the browser sees a cut-off body, never a made-up end.
+        raise KheopsUnavailable(
+            f"{response.url.netloc.decode()} broke off mid-answer: {type(exc).__name__}"
+        ) from None
+    finally:
+        await response.aclose()
 
 
 def _json(body: bytes) -> Any:
