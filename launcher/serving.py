@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import random
+import re
 import signal
 import threading
 import weakref
@@ -328,6 +330,10 @@ class Application:
                     prepared.body if scope["method"] == "GET" else {"type": "http.response.body"}
                 )
                 return
+            refusal = _upload_refusal(scope)
+            if refusal is not None:
+                await _send_refusal(send, *refusal)
+                return
         await self.django(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -348,6 +354,47 @@ class Application:
                 await services.close_kheops_client()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+# An upload to the DICOMweb relay (launcher.relay): Django's ASGI handler reads a request's
+# whole body (spooled to disk) before any view runs, so its size is checked here first.
+_RELAY_PATH = re.compile(r"/launches/[^/]+/dicomweb/")
+
+
+def _upload_refusal(scope: Scope) -> tuple[int, str] | None:
+    if scope["method"] != "POST" or not _RELAY_PATH.match(_app_path(scope)):
+        return None
+    length = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
+    if not length.isdigit():
+        return 411, "An upload must state its length."
+    if int(length) > settings.DICOMWEB_RELAY_MAX_UPLOAD_BYTES:
+        return 413, "This upload is larger than the viewer accepts."
+    return None
+
+
+def _app_path(scope: Scope) -> str:
+    path = scope["path"]
+    script_name = settings.FORCE_SCRIPT_NAME or scope.get("root_path", "")
+    return path[len(script_name) :] if script_name and path.startswith(script_name) else path
+
+
+async def _send_refusal(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message, "advice": ""}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
+                # The browser may still be sending: it stops, the connection is not reused.
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _host_allowed(scope: Scope) -> bool:

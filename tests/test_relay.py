@@ -719,3 +719,45 @@ def test_a_browser_that_disconnects_mid_stream_closes_the_upstream_answer(
     assert chunks >= 3
     assert stream.closed
     assert stream.sent < 1000
+
+
+@pytest.mark.parametrize(("length", "status"), [("2000", 413), (None, 411), ("12abc", 411)])
+def test_the_server_refuses_an_oversized_upload_before_reading_it(
+    db: None, settings: Any, length: str | None, status: int
+) -> None:
+    # Django would read the whole body (to disk) before the view runs: the server answers
+    # from the headers alone, and Django never sees the request.
+    settings.DICOMWEB_RELAY_MAX_UPLOAD_BYTES = 1000
+    reached_django: list[str] = []
+
+    async def django(scope: Any, receive: Any, send: Any) -> None:
+        reached_django.append(scope["path"])
+
+    received: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        received.append(None)
+        return {"type": "http.request", "body": b"x" * 100, "more_body": True}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"host", b"127.0.0.1:8000"), (b"origin", ORIGIN.encode())]
+    if length is not None:
+        headers.append((b"content-length", length.encode()))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/launches/abc/dicomweb/studies",
+        "root_path": "",
+        "headers": headers,
+    }
+
+    async_to_sync(Application(django))(scope, receive, send)
+
+    assert reached_django == []
+    assert received == []
+    assert sent[0]["status"] == status
+    assert json.loads(sent[1]["body"])["error"]
