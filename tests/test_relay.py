@@ -761,3 +761,14 @@ def test_the_server_refuses_an_oversized_upload_before_reading_it(
     assert received == []
     assert sent[0]["status"] == status
     assert json.loads(sent[1]["body"])["error"]
+
+
+def test_an_oversized_header_is_refused_before_kheops_is_asked(
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    root = relayed()
+
+    answer = ask(client, study_path(root), if_none_match='"' + "v" * 2000 + '"')
+
+    assert answer.status == 400
+    assert fake_kheops.dicomweb_requests == []
