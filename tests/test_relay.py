@@ -472,7 +472,7 @@ def test_encoded_slashes_dots_and_line_breaks_are_refused(
             url = httpx.URL(ORIGIN).copy_with(raw_path=f"/launches/x/dicomweb{raw_path}".encode())
             return await browser.get(url)
 
-    with test_transaction_kept():
+    with transaction_kept():
         response = async_to_sync(call)()
 
     assert response.status_code == 400, response.text
@@ -630,7 +630,7 @@ def test_a_failed_grant_answers_401(
 
 
 @contextlib.contextmanager
-def test_transaction_kept() -> Iterator[None]:
+def transaction_kept() -> Iterator[None]:
     # As Django's test client does: a request's end must not close the test's connection.
     # (The test client itself connects these again after each of its requests.)
     request_started.disconnect(close_old_connections)
@@ -713,7 +713,7 @@ def test_a_browser_that_disconnects_mid_stream_closes_the_upstream_answer(
         await asyncio.wait_for(ASGIHandler().handle(scope, receive, send), 10)
         return chunks
 
-    with test_transaction_kept():
+    with transaction_kept():
         chunks = async_to_sync(browser)()
 
     assert chunks >= 3
