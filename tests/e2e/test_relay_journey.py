@@ -4,14 +4,21 @@ and the KHEOPS token never reaches the browser."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
+import requests
 from playwright.sync_api import Error, Response
 
 from launcher import services
 from launcher.models import LaunchGrant, Provider, TokenDelivery
 from tests.e2e.journey import Journey
-from tests.e2e.test_clinician_journey import CT_STUDY, FRAMES
+from tests.e2e.test_clinician_journey import (  # noqa: F401  (orthanc: a fixture)
+    CT_STUDY,
+    FRAMES,
+    orthanc,
+    sr_series,
+)
 from tests.stack import Stack
 
 
@@ -71,3 +78,39 @@ def test_in_relay_mode_the_ct_is_drawn_through_us_and_the_token_never_reaches_th
         answer = stranger.request.get(f"{relay_root}studies/{CT_STUDY}/series")
         assert answer.status == 401
         assert grant.access_token not in answer.text()
+
+
+def test_in_relay_mode_a_report_is_saved_through_the_relay_and_read_back(
+    journey: Journey,
+    relay_mode: None,
+    live_stack: Stack,
+    orthanc: requests.Session,  # noqa: F811  (the fixture imported above)
+) -> None:
+    report_name = f"e2e relay {uuid.uuid4().hex[:8]}"
+    assert sr_series(orthanc, live_stack, CT_STUDY) == []
+    page = journey.page
+    with journey.step("open the CT study from the album page"):
+        journey.open_from_album(CT_STUDY)
+        journey.wait_for_image()
+    with journey.step("draw a Length measurement and track it"):
+        page.locator('[data-cy="Length-btn"]').click()
+        journey.drag_across_viewport()
+        page.locator('[data-cy="prompt-begin-tracking-yes-btn"]').click()
+        page.locator('[data-cy="trackedMeasurements-btn"]').click()
+        page.locator('[data-cy="measurement-table-row-0"]').get_by_text(" mm").first.wait_for()
+    with journey.step("create the report: STOW through our relay, no token in the browser"):
+        page.get_by_role("button", name="Create SR").click()
+        page.locator('[data-cy="dialog-input"]').fill(report_name)
+        stow_url = f"{live_stack.viewer.url}/launches/{journey.launch_id()}/dicomweb/studies"
+        with page.expect_response(
+            lambda r: r.url == stow_url and r.request.method == "POST", timeout=30_000
+        ) as stored:
+            page.locator('[data-cy="input-dialog-save-button"]').click()
+        assert stored.value.status == 200, stored.value.text()[:500]
+        assert "authorization" not in stored.value.request.all_headers()
+        page.get_by_text("Measurements saved successfully").wait_for()
+        journey.screenshot("relay-saved")
+    with journey.step("the stand-in's store has the SR in the CT study"):
+        [series] = sr_series(orthanc, live_stack, CT_STUDY)
+        assert series["MainDicomTags"].get("SeriesDescription") == report_name
+    assert journey.dicomweb_requests() == []
