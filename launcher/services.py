@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -310,6 +311,7 @@ async def _looked_up(key: str, load: Any) -> Any:
 def forget_lookups(**kwargs: Any) -> None:
     _lookups.clear()
     _known_discoveries.clear()
+    _ready_grants.clear()
 
 
 def provider_for(slug: str) -> Provider | None:
@@ -1103,6 +1105,32 @@ def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
     except sealing.SealError:
         return None
     return replace(grant, access_token=token)
+
+
+# The relay (launcher.relay) needs the viewer's grant for every DICOMweb request, dozens a
+# second while images load. A ready grant changes no more (it only expires, which is checked
+# at each use): each process keeps the ones it looked up for a few seconds, by launch and
+# the hash of the browser's key.
+READY_GRANT_SECONDS = 5.0
+READY_GRANTS_KEPT = 1024
+_ready_grants: OrderedDict[tuple[str, str], tuple[float, ViewerGrant]] = OrderedDict()
+
+
+async def relay_grant(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
+    """`grant_for`, from memory when this browser's grant was ready a moment ago."""
+    if not browser_key:
+        return None
+    key = (launch_id, _key_hash(browser_key))
+    kept = _ready_grants.get(key)
+    if kept is not None and time.monotonic() - kept[0] < READY_GRANT_SECONDS:
+        return kept[1]
+    grant = await blocking.run(grant_for, launch_id, browser_key)
+    if grant is not None and grant.state == GrantState.READY:
+        _ready_grants[key] = (time.monotonic(), grant)
+        _ready_grants.move_to_end(key)
+        while len(_ready_grants) > READY_GRANTS_KEPT:
+            _ready_grants.popitem(last=False)
+    return grant
 
 
 def origin_of(url: str) -> str:

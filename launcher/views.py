@@ -330,7 +330,7 @@ async def _relay_grant(
     """This browser's relayed grant of the launch, its token ready; the studies checked
     before any call to KHEOPS (a pending grant's code is exchanged only then)."""
     browser_key = request.COOKIES.get(grant_cookie_name(launch_id))
-    grant = await blocking.run(services.grant_for, launch_id, browser_key)
+    grant = await services.relay_grant(launch_id, browser_key)
     if grant is None:
         raise await blocking.run(services.refusal_for_another_browser, launch_id)
     refusal = services.refusal_of(grant)

@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -772,3 +773,33 @@ def test_an_oversized_header_is_refused_before_kheops_is_asked(
 
     assert answer.status == 400
     assert fake_kheops.dicomweb_requests == []
+
+
+def test_a_ready_grant_is_looked_up_once_for_a_burst_of_requests(
+    client: Client,
+    relayed: Callable[..., str],
+    fake_kheops: FakeKheops,
+    django_assert_num_queries: Any,
+) -> None:
+    # Images load as dozens of requests a second: the grant comes from memory after the first.
+    root = relayed()
+    assert ask(client, study_path(root)).status == 200
+
+    with django_assert_num_queries(0):
+        for _ in range(3):
+            assert ask(client, study_path(root)).status == 200
+    assert len(fake_kheops.dicomweb_requests) == 4
+
+
+def test_a_remembered_grant_still_expires(
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops, monkeypatch: Any
+) -> None:
+    root = relayed()
+    assert ask(client, study_path(root)).status == 200
+    later = time.time() + 2 * 3600  # the token's hour is over; the memory is a second old
+    monkeypatch.setattr(time, "time", lambda: later)
+
+    answer = ask(client, study_path(root))
+
+    assert answer.status == 401
+    assert len(fake_kheops.dicomweb_requests) == 1
