@@ -28,6 +28,7 @@ from launcher import blocking, documents, kheops, relay, services, viewer
 from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 from launcher.models import GrantState
+from launcher.serving import UploadAbandoned, UploadStream
 
 NOT_INSTALLED = "The OHIF viewer is not installed on this server."
 TELL_ADMIN = "Tell this viewer's administrator."
@@ -294,6 +295,8 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
             headers=headers,
             content=_upload_body(request) if target.is_upload else None,
         )
+    except UploadAbandoned:
+        return _relay_refusal(400, "The upload was broken off.")
     except kheops.KheopsTimeout:
         return _relay_refusal(504, "KHEOPS did not answer in time.")
     except kheops.KheopsUnavailable:
@@ -346,8 +349,13 @@ async def _relay_grant(
 
 
 async def _upload_body(request: HttpRequest) -> AsyncIterator[bytes]:
-    # The server spooled the body (to a temporary file beyond FILE_UPLOAD_MAX_MEMORY_SIZE);
-    # it goes up piece by piece, read off the event loop.
+    """The upload as it arrives (our server: launcher.serving.UploadStream); elsewhere (the
+    test client, another ASGI server) from where Django spooled it, read off the event loop."""
+    upload = getattr(request, "scope", {}).get(UploadStream.SCOPE_KEY)
+    if upload is not None:
+        async for chunk in upload.chunks():
+            yield chunk
+        return
     while chunk := await asyncio.to_thread(request.read, UPLOAD_CHUNK_BYTES):
         yield chunk
 

@@ -23,12 +23,13 @@ from asgiref.sync import async_to_sync
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
-from django.test import AsyncClient, Client
+from django.test import AsyncClient, AsyncRequestFactory, Client
 from django.utils import timezone
 
+from launcher import views
 from launcher.admin import ProviderForm
 from launcher.models import GrantState, LaunchGrant, Provider, TokenDelivery
-from launcher.serving import Application
+from launcher.serving import Application, UploadAbandoned, UploadStream
 from tests.fakes import ROOT, STUDY_1, STUDY_2, FakeKheops, token_url_of
 
 OTHER_STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -803,3 +804,108 @@ def test_a_remembered_grant_still_expires(
 
     assert answer.status == 401
     assert len(fake_kheops.dicomweb_requests) == 1
+
+
+# --- Uploads through our server: as they arrive ------------------------------------------
+
+
+def test_an_upload_stream_hands_each_piece_on_as_it_arrives() -> None:
+    pieces = [b"one", b"two", b"three"]
+    events: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        index = sum(1 for e in events if e.startswith("received"))
+        events.append(f"received {index}")
+        if index < len(pieces):
+            return {"type": "http.request", "body": pieces[index], "more_body": index < 2}
+        return {"type": "http.disconnect"}
+
+    async def run() -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
+        upload = UploadStream(receive)
+        django_body = await upload.for_django()  # what Django's handler reads: nothing
+        chunks = []
+        async for chunk in upload.chunks():
+            events.append(f"sent {chunk.decode()}")
+            chunks.append(chunk)
+        return django_body, chunks, await upload.for_django()
+
+    django_body, chunks, after = async_to_sync(run)()
+
+    assert django_body == {"type": "http.request", "body": b"", "more_body": False}
+    assert chunks == pieces
+    assert events[:6] == [
+        "received 0",
+        "sent one",
+        "received 1",
+        "sent two",
+        "received 2",
+        "sent three",
+    ]
+    # Once the body is read, Django's disconnect listener listens to the browser itself.
+    assert after == {"type": "http.disconnect"}
+
+
+def test_an_upload_broken_off_tells_django_the_browser_went_away() -> None:
+    messages = [
+        {"type": "http.request", "body": b"part", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def run() -> tuple[list[bytes], dict[str, Any]]:
+        upload = UploadStream(receive)
+        await upload.for_django()
+        chunks: list[bytes] = []
+
+        async def read_all() -> None:
+            async for chunk in upload.chunks():
+                chunks.append(chunk)
+
+        with pytest.raises(UploadAbandoned):
+            await read_all()
+        return chunks, await upload.for_django()
+
+    chunks, told = async_to_sync(run)()
+
+    assert chunks == [b"part"]
+    assert told == {"type": "http.disconnect"}
+
+
+def test_the_relay_sends_up_the_upload_our_server_streams_not_what_django_read(
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    root = relayed()
+    launch_id = root.split("/")[2]
+    body, content_type = stow_body(300 * 1024)
+    pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    received: list[bytes] = []
+
+    async def stored(request: httpx.Request) -> httpx.Response:
+        received.append(await request.aread())
+        return httpx.Response(200, headers={"Content-Type": "application/dicom+json"}, json={})
+
+    fake_kheops.dicomweb_answer = stored
+
+    async def receive() -> dict[str, Any]:
+        piece = pieces.pop(0)
+        return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+
+    async def call() -> int:
+        factory = AsyncRequestFactory()
+        factory.cookies = client.cookies
+        request = factory.post(
+            f"{root}/studies",
+            data=b"",  # Django read nothing: the body is in the upload stream
+            content_type=content_type,
+            headers={"origin": ORIGIN, "content-length": str(len(body))},
+        )
+        upload = UploadStream(receive)
+        await upload.for_django()
+        request.scope[UploadStream.SCOPE_KEY] = upload
+        response = await views.dicomweb_relay(request, launch_id, "studies")
+        return response.status_code
+
+    assert async_to_sync(call)() == 200
+    assert received == [body]
