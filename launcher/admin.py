@@ -140,7 +140,15 @@ class ProviderForm(forms.ModelForm):
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
-    list_display = ["client_name", "slug", "mode", "enabled", "is_default", "configuration_url"]
+    list_display = [
+        "client_name",
+        "slug",
+        "mode",
+        "token_delivery_in_use",
+        "enabled",
+        "is_default",
+        "configuration_url",
+    ]
     list_filter = ["enabled", "mode"]
     readonly_fields = ["configuration_url_to_copy", "launch_url", "current_logo"]
     prepopulated_fields = {"slug": ["client_name"]}
@@ -168,6 +176,12 @@ class ProviderAdmin(admin.ModelAdmin):
 
     class Media:
         js = ["launcher/copy.js"]
+
+    @admin.display(description=_("token delivery"))
+    def token_delivery_in_use(self, provider: Provider) -> str:
+        if provider.token_delivery:
+            return provider.token_delivery
+        return _("%(mode)s (server default)") % {"mode": provider.effective_token_delivery}
 
     @admin.display(description=_("launch URL"))
     def launch_url(self, provider: Provider) -> str:

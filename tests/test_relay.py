@@ -909,3 +909,13 @@ def test_the_relay_sends_up_the_upload_our_server_streams_not_what_django_read(
 
     assert async_to_sync(call)() == 200
     assert received == [body]
+
+
+def test_the_providers_list_shows_each_ones_token_delivery(
+    admin_client: Client, provider: Provider, settings: Any
+) -> None:
+    settings.DICOMWEB_RELAY = True
+
+    page = admin_client.get("/admin/launcher/provider/").content.decode()
+
+    assert "relay (server default)" in page
