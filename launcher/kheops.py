@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Errors raised while sending, before any answer: a kept-alive connection the server closed
 # just as we sent on it (about 1 request in 400 under a burst, measured by the load test).
 _DROPPED_BEFORE_ANSWERING = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+# What an Authorization: Bearer header can carry (RFC 6750 §2.1, b64token); a KHEOPS token
+# (a JWT) is one. Anything else would break every call that sends it.
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 Timings = list[tuple[str, float]]
 
@@ -231,7 +236,11 @@ async def exchange_code(
         raise KheopsMalformed("the token response is not a JSON object")
     access_token = body.get("access_token")
     expires_in = body.get("expires_in")
-    if not isinstance(access_token, str) or not access_token or len(access_token) > 16384:
+    if (
+        not isinstance(access_token, str)
+        or len(access_token) > 16384
+        or not BEARER_TOKEN.fullmatch(access_token)
+    ):
         raise KheopsMalformed("the token response has no valid access_token")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
         raise KheopsMalformed("the token response has no valid expires_in")
