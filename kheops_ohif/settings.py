@@ -416,6 +416,12 @@ KHEOPS_DISCOVERY_CACHE_SECONDS = envint("KHEOPS_DISCOVERY_CACHE_SECONDS", 60)
 ALLOW_INSECURE_HTTP_KHEOPS = envbool("ALLOW_INSECURE_HTTP_KHEOPS", False)
 # Ask KHEOPS who launched (for the audit trail); one more round trip per launch.
 KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)
+# Token delivery for providers that leave it to the server: false, the viewer's script holds
+# the KHEOPS token and calls KHEOPS (direct); true, it stays here and the viewer's DICOMweb
+# requests go through this server (launcher.relay).
+DICOMWEB_RELAY = envbool("DICOMWEB_RELAY", False)
+# The largest upload (STOW-RS) the relay forwards, in bytes.
+DICOMWEB_RELAY_MAX_UPLOAD_BYTES = envint("DICOMWEB_RELAY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024)
 # After `rotate_signing_key`, the previous public key stays in our JWKS this long.
 SIGNING_KEY_GRACE_SECONDS = envint("SIGNING_KEY_GRACE_SECONDS", 3600)
 

@@ -25,7 +25,7 @@ from oauth2_provider.models import (
 
 from launcher import audit, branding, dashboard, kheops, services
 from launcher.modalities import MODALITIES
-from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey
+from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey, TokenDelivery
 
 # The index lists every section already: the navigation sidebar only took 300 px from the
 # lists, which then no longer fitted a 1440 px screen.
@@ -105,6 +105,7 @@ class ProviderForm(forms.ModelForm):
             "client_name",
             "slug",
             "mode",
+            "token_delivery",
             "supported_modalities",
             "enabled",
             "is_default",
@@ -113,6 +114,12 @@ class ProviderForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The empty choice says what it means on this server (DICOMWEB_RELAY).
+        default = "relay" if settings.DICOMWEB_RELAY else "direct"
+        self.fields["token_delivery"].choices = [
+            ("", _("Server default (now: %(mode)s)") % {"mode": default}),
+            *TokenDelivery.choices,
+        ]
         stored = self.instance.supported_modalities or []
         # A code stored before (through the API or a script) stays choosable, unnamed.
         unknown = [code for code in stored if isinstance(code, str) and code not in MODALITIES]
@@ -136,7 +143,15 @@ class ProviderForm(forms.ModelForm):
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
-    list_display = ["client_name", "slug", "mode", "enabled", "is_default", "configuration_url"]
+    list_display = [
+        "client_name",
+        "slug",
+        "mode",
+        "token_delivery_in_use",
+        "enabled",
+        "is_default",
+        "configuration_url",
+    ]
     list_filter = ["enabled", "mode"]
     readonly_fields = ["configuration_url_to_copy", "launch_url", "current_logo"]
     prepopulated_fields = {"slug": ["client_name"]}
@@ -148,6 +163,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "client_name",
                     "slug",
                     "mode",
+                    "token_delivery",
                     "supported_modalities",
                     "enabled",
                     "is_default",
@@ -163,6 +179,12 @@ class ProviderAdmin(admin.ModelAdmin):
 
     class Media:
         js = ["launcher/copy.js"]
+
+    @admin.display(description=_("token delivery"))
+    def token_delivery_in_use(self, provider: Provider) -> str:
+        if provider.token_delivery:
+            return provider.token_delivery
+        return _("%(mode)s (server default)") % {"mode": provider.effective_token_delivery}
 
     @admin.display(description=_("launch URL"))
     def launch_url(self, provider: Provider) -> str:

@@ -5,10 +5,10 @@ leaves one `LaunchRecord` (written by `services.launch`); the admin and the audi
 (`launcher/api/`) read them through the functions here.
 
 What was *written* during a launch (DICOM SR measurements, segmentations) is not recorded
-yet: OHIF stores them with STOW-RS straight at KHEOPS, so this server never sees them. When
-a same-origin DICOMweb relay carries those writes, it will know the launch they belong to
-(the relay is reached through `/launches/<launch_id>/…`, and the viewer grant carries the
-launch id), and each write becomes one row of a new model keyed to the launch record::
+yet. In direct mode OHIF stores them with STOW-RS straight at KHEOPS, so this server never
+sees them. In relay mode (launcher.relay) the uploads pass through `/launches/<launch_id>/
+dicomweb/studies` and the relay knows the launch they belong to, but does not record them
+yet; each write is to become one row of a new model keyed to the launch record::
 
     class LaunchWrite(models.Model):
         launch = models.ForeignKey(LaunchRecord, on_delete=models.PROTECT, related_name="writes")

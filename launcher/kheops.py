@@ -22,7 +22,7 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -35,12 +35,14 @@ USER_AGENT = "kheops-ohif (+https://github.com/kheops-ohif)"
 # A discovery or token answer is a few hundred bytes; refuse to buffer anything huge.
 MAX_BODY_BYTES = 256 * 1024
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-# What an `Authorization: Bearer` header can carry (RFC 6750, b64token): a KHEOPS token is
-# sent in one to userinfo, and by the viewer to DICOMweb.
-BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*\Z")
 # Errors raised while sending, before any answer: a kept-alive connection the server closed
 # just as we sent on it (about 1 request in 400 under a burst, measured by the load test).
 _DROPPED_BEFORE_ANSWERING = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+# What an Authorization: Bearer header can carry (RFC 6750 §2.1, b64token); a KHEOPS token
+# (a JWT) is one. Anything else would break every call that sends it (userinfo, the viewer's
+# DICOMweb requests, the relay's).
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 Timings = list[tuple[str, float]]
 
@@ -276,7 +278,7 @@ async def exchange_code(
     if (
         not isinstance(access_token, str)
         or len(access_token) > 16384
-        or not BEARER_TOKEN.match(access_token)
+        or not BEARER_TOKEN.fullmatch(access_token)
     ):
         raise KheopsMalformed("the token response has no valid access_token")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
@@ -404,6 +406,65 @@ async def _read_limited(response: httpx.Response) -> bytes:
             f"{response.url.netloc.decode()} broke off: {type(exc).__name__}"
         ) from None
     return b"".join(chunks)
+
+
+# --- The DICOMweb relay (launcher.relay): one request, its answer streamed -----------------
+
+# A relayed answer may take this long to begin, and each of its reads (or each write of an
+# upload) this long again: a large study's rendering or a slow client, not a stuck server.
+RELAY_READ_SECONDS = 60.0
+
+
+@sensitive_variables()
+async def open_dicomweb(
+    client: Client,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    content: AsyncIterable[bytes] | None = None,
+) -> httpx.Response:
+    """Send one DICOMweb request; its answer comes back with the body still unread.
+
+    The caller streams it (`raw_body`, which closes it). Not bounded by `turn`: a viewer's
+    many image requests must not hold up launches. A GET or HEAD dropped on a kept-alive
+    connection before any answer is sent once more; an upload is not (its body is gone).
+    """
+    host = urlsplit(url).netloc
+    timeout = httpx.Timeout(
+        client.timeout, read=RELAY_READ_SECONDS, write=RELAY_READ_SECONDS, pool=client.timeout
+    )
+    attempts = 1 if content is not None else 2
+    for attempt in range(1, attempts + 1):
+        request = client.http.build_request(
+            method, url, headers=headers, content=content, timeout=timeout
+        )
+        try:
+            return await client.http.send(request, stream=True)
+        except _DROPPED_BEFORE_ANSWERING as exc:
+            if attempt == attempts:
+                raise KheopsUnavailable(f"{host} broke off: {type(exc).__name__}") from None
+        except httpx.TimeoutException:
+            raise KheopsTimeout(f"{host} did not answer in time") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def raw_body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The answer's bytes as KHEOPS sent them (still compressed, multipart boundaries and
+    all), chunk by chunk; the answer is closed at the end, on error, and when the consumer
+    stops early (the browser went away)."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        # The answer had begun: the browser sees a cut-off body, never a made-up end.
+        raise KheopsUnavailable(
+            f"{response.url.netloc.decode()} broke off mid-answer: {type(exc).__name__}"
+        ) from None
+    finally:
+        await response.aclose()
 
 
 @sensitive_variables()

@@ -81,6 +81,12 @@ class OhifMode(models.TextChoices):
     US_ANNOTATION = "usAnnotation", _("Ultrasound annotation")
 
 
+class TokenDelivery(models.TextChoices):
+    # How the viewer's DICOMweb requests carry the KHEOPS token (README, "Token delivery").
+    DIRECT = "direct", _("Direct: the viewer's script holds the token and calls KHEOPS")
+    RELAY = "relay", _("Relay: the token stays on this server, which forwards the requests")
+
+
 class Provider(models.Model):
     """What a KHEOPS album admin registers: one configuration document and launch URL."""
 
@@ -129,6 +135,17 @@ class Provider(models.Model):
             "Its configuration is also served at /.well-known/kheops-report-configuration."
         ),
     )
+    token_delivery = models.CharField(
+        _("token delivery"),
+        max_length=16,
+        choices=TokenDelivery.choices,
+        blank=True,
+        help_text=_(
+            "Relay keeps the KHEOPS token out of the browser: this server forwards the "
+            "viewer's DICOMweb requests (all image data passes through it). Empty: the "
+            "server's default (DICOMWEB_RELAY)."
+        ),
+    )
     # White label: what the viewer's header shows (launcher/branding.py).
     viewer_title = models.CharField(
         _("name in the viewer"),
@@ -168,6 +185,13 @@ class Provider(models.Model):
 
     # Absolute URLs built from PUBLIC_BASE_URL: KHEOPS requires redirect_uri and jwks_uri to
     # share the configuration URL's scheme and authority *as strings*.
+    @property
+    def effective_token_delivery(self) -> str:
+        """This provider's choice, or the server's default (DICOMWEB_RELAY) if it made none."""
+        if self.token_delivery:
+            return self.token_delivery
+        return TokenDelivery.RELAY if settings.DICOMWEB_RELAY else TokenDelivery.DIRECT
+
     @property
     def configuration_url(self) -> str:
         return public_url("provider-configuration", slug=self.slug)
@@ -356,6 +380,10 @@ class LaunchGrant(models.Model):
     dicomweb_endpoint = models.CharField(max_length=300)
     study_uids = models.JSONField(default=list)
     mode = models.CharField(max_length=32)
+    # Fixed at launch (the provider's choice then): a viewer keeps its data source.
+    token_delivery = models.CharField(
+        max_length=16, choices=TokenDelivery.choices, default=TokenDelivery.DIRECT
+    )
     return_uri = models.CharField(max_length=2048, blank=True)
     album_id = models.CharField(max_length=64, blank=True)
     # Whom the viewer was opened as (KHEOPS userinfo), shown in the viewer.

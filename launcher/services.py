@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -38,6 +39,7 @@ from launcher.models import (
     LaunchOutcome,
     LaunchRecord,
     Provider,
+    TokenDelivery,
     UsedCode,
 )
 
@@ -202,6 +204,12 @@ class ViewerGrant:
     failure_advice: str = ""
     provider_id: int | None = None
     kheops_server_id: int | None = None
+    # TokenDelivery: "relay" keeps the token on the server (launcher.relay).
+    token_delivery: str = TokenDelivery.DIRECT
+
+    @property
+    def relayed(self) -> bool:
+        return self.token_delivery == TokenDelivery.RELAY
 
     @property
     def seconds_left(self) -> int:
@@ -315,6 +323,7 @@ async def _looked_up(key: str, load: Any) -> Any:
 def forget_lookups(**kwargs: Any) -> None:
     _lookups.clear()
     _known_discoveries.clear()
+    _ready_grants.clear()
 
 
 def provider_for(slug: str) -> Provider | None:
@@ -648,6 +657,7 @@ def _pending_grant(
         dicomweb_endpoint=discovery.dicomweb_endpoint,
         study_uids=accepted.params.study_uids,
         mode=accepted.provider.mode,
+        token_delivery=accepted.provider.effective_token_delivery,
         return_uri=accepted.return_uri,
         user_name="",
         browser_key=secrets.token_urlsafe(32),
@@ -683,6 +693,7 @@ def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> Vie
         dicomweb_endpoint=grant.dicomweb_endpoint,
         study_uids=list(grant.study_uids),
         mode=grant.mode,
+        token_delivery=grant.token_delivery,
         return_uri=accepted.return_uri or "",
         album_id=grant.album_id,
         launcher_key_hash=_key_hash(grant.launcher_key),
@@ -1117,6 +1128,7 @@ def _viewer_grant(row: LaunchGrant) -> ViewerGrant:
         failure_advice=row.failure_advice,
         provider_id=row.provider_id,
         kheops_server_id=row.kheops_server_id,
+        token_delivery=row.token_delivery,
     )
 
 
@@ -1176,6 +1188,32 @@ def grant_for(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
     # A sealing.SealError (sealed under a key that is gone) reaches the view: a 500 page.
     token = sealing.unseal(row.sealed_token, purpose=_GRANT_PURPOSE)
     return replace(grant, access_token=token)
+
+
+# The relay (launcher.relay) needs the viewer's grant for every DICOMweb request, dozens a
+# second while images load. A ready grant changes no more (it only expires, which is checked
+# at each use): each process keeps the ones it looked up for a few seconds, by launch and
+# the hash of the browser's key.
+READY_GRANT_SECONDS = 5.0
+READY_GRANTS_KEPT = 1024
+_ready_grants: OrderedDict[tuple[str, str], tuple[float, ViewerGrant]] = OrderedDict()
+
+
+async def relay_grant(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
+    """`grant_for`, from memory when this browser's grant was ready a moment ago."""
+    if not browser_key:
+        return None
+    key = (launch_id, _key_hash(browser_key))
+    kept = _ready_grants.get(key)
+    if kept is not None and time.monotonic() - kept[0] < READY_GRANT_SECONDS:
+        return kept[1]
+    grant = await blocking.run(grant_for, launch_id, browser_key)
+    if grant is not None and grant.state == GrantState.READY:
+        _ready_grants[key] = (time.monotonic(), grant)
+        _ready_grants.move_to_end(key)
+        while len(_ready_grants) > READY_GRANTS_KEPT:
+            _ready_grants.popitem(last=False)
+    return grant
 
 
 def origin_of(url: str) -> str:

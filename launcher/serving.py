@@ -15,6 +15,9 @@ burst of launches and no slow KHEOPS can make them wait.
 - A request that is not a plain GET or HEAD of a document, for an allowed host, over https
   when https is required, goes to Django, as does every request while no documents are
   ready (the database was down at start-up, say).
+- An upload to the DICOMweb relay (launcher.relay) is refused from its headers when too
+  large, and otherwise reaches the view as it arrives (UploadStream): Django would read it
+  whole, to disk, before the view runs.
 - A stop (SIGTERM, or Ctrl-C) first waits for the code exchanges in flight: while they wait
   on KHEOPS, KHEOPS calls back for our documents, so the server must go on answering until
   they are done (at most SHUTDOWN_DRAIN_SECONDS). /readyz says 503 meanwhile, so that a load
@@ -27,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import random
+import re
 import signal
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
@@ -252,6 +257,51 @@ def _tell_documents() -> None:
         prepared.changed()
 
 
+class UploadStream:
+    """A request body handed to the view as it arrives, instead of read whole by Django.
+
+    Django's handler reads the body before the view runs, then listens for a disconnect.
+    Here it is given an empty body at once; the view reads the real one from `chunks()`;
+    Django's listener hears of a disconnect seen meanwhile, and listens itself once the
+    body is read.
+    """
+
+    SCOPE_KEY = "kheops_ohif.upload"
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._handed_over = False
+        self._body_read = asyncio.Event()
+        self._disconnected = False
+
+    async def for_django(self) -> Message:
+        if not self._handed_over:
+            self._handed_over = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self._body_read.wait()
+        if self._disconnected:
+            return {"type": "http.disconnect"}
+        return await self._receive()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    self._disconnected = True
+                    raise UploadAbandoned("the browser went away during its upload")
+                if message.get("body"):
+                    yield message["body"]
+                if not message.get("more_body"):
+                    return
+        finally:
+            self._body_read.set()
+
+
+class UploadAbandoned(Exception):
+    pass
+
+
 class DjangoHandler(ASGIHandler):
     """Django's ASGI handler, with request threads that are reused, and shared by async views.
 
@@ -282,6 +332,12 @@ class DjangoHandler(ASGIHandler):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        if scope["method"] == "POST" and _RELAY_PATH.match(_app_path(scope)):
+            # An upload to the relay: Django would read it whole first. It goes to the view
+            # as it arrives instead (UploadStream), size already checked (_upload_refusal).
+            upload = UploadStream(receive)
+            scope = {**scope, UploadStream.SCOPE_KEY: upload}
+            receive = upload.for_django
         if self._for_an_async_view(scope):
             # Round robin: each of these calls is short (a query, a commit, a signature).
             async with ThreadSensitiveContext(executor=next(self._next_shared)):
@@ -329,6 +385,10 @@ class Application:
                     prepared.body if scope["method"] == "GET" else {"type": "http.response.body"}
                 )
                 return
+            refusal = _upload_refusal(scope)
+            if refusal is not None:
+                await _send_refusal(send, *refusal)
+                return
         await self.django(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -349,6 +409,47 @@ class Application:
                 await services.close_kheops_client()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+# An upload to the DICOMweb relay (launcher.relay): Django's ASGI handler reads a request's
+# whole body (spooled to disk) before any view runs, so its size is checked here first.
+_RELAY_PATH = re.compile(r"/launches/[^/]+/dicomweb/")
+
+
+def _upload_refusal(scope: Scope) -> tuple[int, str] | None:
+    if scope["method"] != "POST" or not _RELAY_PATH.match(_app_path(scope)):
+        return None
+    length = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
+    if not length.isdigit():
+        return 411, "An upload must state its length."
+    if int(length) > settings.DICOMWEB_RELAY_MAX_UPLOAD_BYTES:
+        return 413, "This upload is larger than the viewer accepts."
+    return None
+
+
+def _app_path(scope: Scope) -> str:
+    path = scope["path"]
+    script_name = settings.FORCE_SCRIPT_NAME or scope.get("root_path", "")
+    return path[len(script_name) :] if script_name and path.startswith(script_name) else path
+
+
+async def _send_refusal(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message, "advice": ""}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
+                # The browser may still be sending: it stops, the connection is not reused.
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _host_allowed(scope: Scope) -> bool:

@@ -20,6 +20,7 @@ from django.urls import reverse
 from django.utils.html import json_script
 
 from launcher import branding, ohif_bundle, services
+from launcher.models import public_url
 from launcher.services import ViewerGrant
 
 # Values measured on OHIF 3.13 against KHEOPS (docs/ohif.md): KHEOPS's own OHIF
@@ -54,8 +55,17 @@ def router_basename(launch_id: str) -> str:
     return reverse("viewer-root", kwargs={"launch_id": launch_id}).rstrip("/")
 
 
+def dicomweb_root(grant: ViewerGrant) -> str:
+    """Where the viewer's data source sends its DICOMweb requests: KHEOPS itself (direct),
+    or, in relay mode, this launch's same-origin relay (absolute, as OHIF expects)."""
+    if not grant.relayed:
+        return grant.dicomweb_endpoint
+    return public_url("viewer-root", launch_id=grant.launch_id) + "dicomweb"
+
+
 def ohif_config(grant: ViewerGrant) -> dict[str, Any]:
     """OHIF's configuration for the launch, less its functions (launch.js adds them)."""
+    root = dicomweb_root(grant)
     return {
         "routerBasename": router_basename(grant.launch_id),
         "showStudyList": False,
@@ -69,9 +79,9 @@ def ohif_config(grant: ViewerGrant) -> dict[str, Any]:
                 "sourceName": "kheops",
                 "configuration": {
                     **DATA_SOURCE_CONFIGURATION,
-                    "qidoRoot": grant.dicomweb_endpoint,
+                    "qidoRoot": root,
                     # STOW (saving reports) goes to wadoRoot too: POST {wadoRoot}/studies.
-                    "wadoRoot": grant.dicomweb_endpoint,
+                    "wadoRoot": root,
                 },
             }
         ],

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 from csp.constants import SELF
@@ -15,16 +17,20 @@ from django.http import (
     HttpResponseRedirect,
     JsonResponse,
     QueryDict,
+    StreamingHttpResponse,
 )
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_safe
 
-from launcher import blocking, clientaddr, documents, kheops, sealing, services, viewer
+from launcher import blocking, clientaddr, documents, kheops, relay, sealing, services, viewer
 from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
+from launcher.models import GrantState
+from launcher.serving import UploadAbandoned, UploadStream
 
 logger = logging.getLogger(__name__)
 
@@ -219,9 +225,11 @@ def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpRe
     if html is None:
         return error_page(request, services.ViewerRefused(503, NOT_INSTALLED, advice=TELL_ADMIN))
     response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    # Relay mode: the viewer talks to us alone (its DICOMweb goes through launcher.relay).
+    connect = [SELF] if grant.relayed else [SELF, services.origin_of(grant.dicomweb_endpoint)]
     response._csp_replace = {  # type: ignore[attr-defined]  # django-csp's per-response hook
         **OHIF_CSP_DIRECTIVES,
-        "connect-src": [SELF, services.origin_of(grant.dicomweb_endpoint)],
+        "connect-src": connect,
     }
     return response
 
@@ -268,20 +276,142 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
     except services.ViewerRefused as refused:
         response = refusal_answer(refused)
     else:
-        response = JsonResponse(
-            {
-                "authorization": "Bearer " + grant.access_token,
-                "expiresIn": grant.seconds_left,
-                # Whom the viewer was opened as, shown in it (banner.js): a launch link
-                # crafted by someone else opens *their* study, and this says so.
-                "userName": grant.user_name,
-                "userEmail": grant.user_email,
-            }
-        )
+        answer = {
+            "expiresIn": grant.seconds_left,
+            # Whom the viewer was opened as, shown in it (banner.js): a launch link
+            # crafted by someone else opens *their* study, and this says so.
+            "userName": grant.user_name,
+            "userEmail": grant.user_email,
+        }
+        if not grant.relayed:  # relay mode: the token stays on the server
+            answer["authorization"] = "Bearer " + grant.access_token
+        response = JsonResponse(answer)
         # The launch's cookie lasted as long as the code; now the browser keeps it as long
         # as the token, so that a reload within the hour still finds the viewer.
         if browser_key:  # always: complete() refuses a request without it
             set_grant_cookie(response, launch_id, browser_key, seconds=grant.seconds_left)
     response["Cache-Control"] = "no-store"
     response["Server-Timing"] = server_timing(timings, time.perf_counter() - started)
+    return response
+
+
+# --- The same-origin DICOMweb relay (relay mode; launcher.relay) ------------------------------
+
+# An upload is sent up in pieces this large, read from where the server spooled it.
+UPLOAD_CHUNK_BYTES = 256 * 1024
+
+
+@sensitive_variables()
+@csrf_exempt  # uploads are checked for our own origin (relay.same_origin) instead
+@no_referrer
+async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) -> HttpResponse:
+    """One DICOMweb request of the viewer, sent on to KHEOPS with the launch's token.
+
+    The grant cookie is the only credential. Refusals are JSON: 400 (not a DICOMweb
+    address), 403 (another study, or an upload from another origin), 405, 413, and 401
+    when this browser has no usable grant (not its launch, expired, failed).
+    """
+    try:
+        target = relay.check(
+            request.method or "",
+            _raw_path(request),
+            resource,
+            request.META.get("QUERY_STRING", ""),
+        )
+        _check_upload(request, target)
+        grant = await _relay_grant(request, launch_id, target)
+        headers = relay.upstream_headers(
+            request.headers, grant.access_token, upload=target.is_upload
+        )
+    except relay.Refused as refused:
+        return _relay_refusal(refused.status, refused.message)
+    except sealing.SealError as error:
+        unopenable = await blocking.run(unsealable, launch_id, error)
+        return _relay_refusal(500, unopenable.message, advice=unopenable.advice)
+    except services.ViewerRefused as refused:
+        status = 503 if refused.retryable else 401
+        return _relay_refusal(status, refused.message, advice=refused.advice)
+    url = grant.dicomweb_endpoint.rstrip("/") + "/" + target.path
+    if target.query:
+        url += "?" + target.query
+    try:
+        upstream = await kheops.open_dicomweb(
+            services.kheops_client(),
+            target.method,
+            url,
+            headers=headers,
+            content=_upload_body(request) if target.is_upload else None,
+        )
+    except UploadAbandoned:
+        return _relay_refusal(400, "The upload was broken off.")
+    except kheops.KheopsTimeout:
+        return _relay_refusal(504, "KHEOPS did not answer in time.")
+    except kheops.KheopsUnavailable:
+        return _relay_refusal(502, "KHEOPS could not be reached.")
+    response = StreamingHttpResponse(kheops.raw_body(upstream), status=upstream.status_code)
+    del response["Content-Type"]  # KHEOPS's, or none
+    for name, value in relay.downstream_headers(upstream.headers).items():
+        response[name] = value
+    return response
+
+
+def _raw_path(request: HttpRequest) -> str:
+    # Under ASGI, the path as the browser sent it (percent-encoded); else the decoded one.
+    raw = getattr(request, "scope", {}).get("raw_path")
+    return raw.decode("latin-1") if isinstance(raw, bytes) else request.path
+
+
+def _check_upload(request: HttpRequest, target: relay.Target) -> None:
+    if not target.is_upload:
+        return
+    origin = f"{request.scheme}://{request.get_host()}"
+    if not relay.same_origin(request.headers, relay.our_origin(origin)):
+        raise relay.Refused(403, "Uploads are accepted from this viewer's own pages only.")
+    length = request.headers.get("content-length", "")
+    if not length.isdigit():
+        raise relay.Refused(411, "An upload must state its length.")
+    if int(length) > settings.DICOMWEB_RELAY_MAX_UPLOAD_BYTES:
+        raise relay.Refused(413, "This upload is larger than the viewer accepts.")
+
+
+async def _relay_grant(
+    request: HttpRequest, launch_id: str, target: relay.Target
+) -> services.ViewerGrant:
+    """This browser's relayed grant of the launch, its token ready; the studies checked
+    before any call to KHEOPS (a pending grant's code is exchanged only then)."""
+    browser_key = request.COOKIES.get(grant_cookie_name(launch_id))
+    grant = await services.relay_grant(launch_id, browser_key)
+    if grant is None:
+        raise await blocking.run(services.refusal_for_another_browser, launch_id)
+    refusal = services.refusal_of(grant)
+    if refusal is not None:
+        raise refusal
+    if not grant.relayed:
+        raise relay.Refused(404, "This viewer does not use the relay.")
+    if not relay.owns(target, grant.study_uids):
+        raise relay.Refused(403, "Only the launch's studies can be reached through the viewer.")
+    if grant.state != GrantState.READY:
+        grant = await services.complete(
+            launch_id, browser_key, remote_addr=clientaddr.client_address(request)
+        )
+    return grant
+
+
+async def _upload_body(request: HttpRequest) -> AsyncIterator[bytes]:
+    """The upload as it arrives (our server: launcher.serving.UploadStream); elsewhere (the
+    test client, another ASGI server) from where Django spooled it, read off the event loop."""
+    upload = getattr(request, "scope", {}).get(UploadStream.SCOPE_KEY)
+    if upload is not None:
+        async for chunk in upload.chunks():
+            yield chunk
+        return
+    while chunk := await asyncio.to_thread(request.read, UPLOAD_CHUNK_BYTES):
+        yield chunk
+
+
+def _relay_refusal(status: int, message: str, *, advice: str = "") -> JsonResponse:
+    response = JsonResponse({"error": message, "advice": advice}, status=status)
+    if status == 405:
+        response["Allow"] = relay.ALLOWED_METHODS
+    response["Cache-Control"] = "no-store"
     return response

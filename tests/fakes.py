@@ -75,11 +75,18 @@ class FakeKheops:
     token_answer: Any = None
     userinfo_answer: Any = None
     expires_in: int = 3600
+    # KHEOPS's DICOMweb (what the relay forwards to): every request, and a knob taking the
+    # request and giving the answer.
+    dicomweb_requests: list[httpx.Request] = field(default_factory=list)
+    dicomweb_answer: Any = None
 
     def install(self) -> None:
         self.router.get(DISCOVERY_URL).mock(side_effect=self._discovery)
         self.router.post(TOKEN_URL).mock(side_effect=self._token)
         self.router.get(USERINFO_URL).mock(side_effect=self._userinfo)
+        self.router.route(host=urlsplit(ROOT).hostname, path__startswith="/api/studies").mock(
+            side_effect=self._dicomweb
+        )
         # Anything else on KHEOPS's host (a wrong method, an unknown path) finds nobody
         # listening; a call to any other host fails the test (respx: "not mocked").
         self.router.route(host=urlsplit(ROOT).hostname).mock(
@@ -161,6 +168,12 @@ class FakeKheops:
         return _json_response(
             200, {"sub": "user-123", "name": "Dr Alice Martin", "email": "alice@example.org"}
         )
+
+    async def _dicomweb(self, request: httpx.Request) -> httpx.Response:
+        self.dicomweb_requests.append(request)
+        if self.dicomweb_answer is not None:
+            return await self.dicomweb_answer(request)
+        return httpx.Response(200, headers={"Content-Type": "application/dicom+json"}, json=[])
 
     @property
     def issued_tokens(self) -> list[str]:

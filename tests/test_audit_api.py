@@ -691,3 +691,15 @@ def test_an_api_clients_page_has_no_view_on_site_link_to_pages_we_do_not_serve(
 
     assert response.status_code == 200
     assert "viewsitelink" not in response.content.decode()
+
+
+def test_a_provider_says_how_its_viewers_get_the_kheops_token(
+    api: Callable[..., Any], provider: Provider, settings: Any
+) -> None:
+    # The effective choice: the provider's own, or the server's default (DICOMWEB_RELAY).
+    settings.DICOMWEB_RELAY = True
+    assert api("/api/v1/providers/ohif/").json()["token_delivery"] == "relay"
+
+    provider.token_delivery = "direct"
+    provider.save()
+    assert api("/api/v1/providers/ohif/").json()["token_delivery"] == "direct"

@@ -342,6 +342,13 @@ def userinfo_answers(draw: st.DrawFn) -> tuple[int, Any] | None:
     token=None,
     userinfo=(200, {"sub": "a\x00b", "name": "Dr\x00X", "email": "e\nf"}),
 )
+# Found by this test: a token that is not one an HTTP header can carry (RFC 6750's
+# b64token) broke the userinfo call, and would break every relayed request.
+@example(
+    discovery=None,
+    token=(200, {"access_token": "eyJfuzztoken.NJDClsj6xWs\x80", "expires_in": 1}),
+    userinfo=None,
+)
 def test_any_kheops_answer_gets_a_deliberate_answer(
     client: Client, fake_kheops: FakeKheops, discovery: Any, token: Any, userinfo: Any
 ) -> None:

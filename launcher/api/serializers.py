@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from launcher.models import KheopsServer, LaunchRecord, Provider
+from launcher.models import KheopsServer, LaunchRecord, Provider, TokenDelivery
 
 
 class KheopsServerSerializer(serializers.ModelSerializer):
@@ -25,6 +25,11 @@ class KheopsServerRefSerializer(serializers.ModelSerializer):
 
 class ProviderSerializer(serializers.ModelSerializer):
     supported_modalities = serializers.ListField(child=serializers.CharField(), read_only=True)
+    # "direct" (the viewer's script holds the KHEOPS token) or "relay" (it stays on the
+    # server): the provider's choice, or the server's default (DICOMWEB_RELAY).
+    token_delivery = serializers.ChoiceField(
+        source="effective_token_delivery", choices=TokenDelivery.choices, read_only=True
+    )
 
     class Meta:
         model = Provider
@@ -32,6 +37,7 @@ class ProviderSerializer(serializers.ModelSerializer):
             "slug",
             "client_name",
             "mode",
+            "token_delivery",
             "supported_modalities",
             "enabled",
             "is_default",

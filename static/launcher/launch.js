@@ -6,7 +6,9 @@
  * launch and this browser only. This script is the same for every launch (cached for ever).
  *
  * The KHEOPS code is exchanged while OHIF loads: the token is asked for at once, and OHIF
- * waits for it only where it first needs it. The token never enters a URL.
+ * waits for it only where it first needs it. The token never enters a URL. In relay mode
+ * the answer has no token at all: the data source is this server's same-origin relay, and
+ * the browser's cookie is its only credential.
  */
 (function () {
   "use strict";
@@ -95,7 +97,8 @@
       args.servicesManager.services.userAuthenticationService.setServiceImplementation({
         getAuthorizationHeader: function () { return authorization ? { Authorization: authorization } : {}; }
       });
-      return token.then(function (body) { authorization = body.authorization; }, stop);
+      // Relay mode: no token in the answer; the server adds it to the same-origin requests.
+      return token.then(function (body) { authorization = body.authorization || null; }, stop);
     }
   }];
 

@@ -1,0 +1,116 @@
+"""Relay mode in headless Chromium: the CT is drawn through our same-origin DICOMweb relay,
+and the KHEOPS token never reaches the browser."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import requests
+from playwright.sync_api import Error, Response
+
+from launcher import services
+from launcher.models import LaunchGrant, Provider, TokenDelivery
+from tests.e2e.journey import Journey
+from tests.e2e.test_clinician_journey import (  # noqa: F401  (orthanc: a fixture)
+    CT_STUDY,
+    FRAMES,
+    orthanc,
+    sr_series,
+)
+from tests.stack import Stack
+
+
+def body_of(response: Response) -> bytes | None:
+    try:
+        return response.body()
+    except Error:  # a redirect, or a body the browser did not keep
+        return None
+
+
+@pytest.fixture
+def relay_mode(live_stack: Stack) -> None:
+    Provider.objects.filter(slug="ohif").update(token_delivery=TokenDelivery.RELAY)
+
+
+def test_in_relay_mode_the_ct_is_drawn_through_us_and_the_token_never_reaches_the_browser(
+    journey: Journey, relay_mode: None
+) -> None:
+    responses: list[Response] = []
+    journey.context.on("response", lambda response: responses.append(response))
+    with journey.step("click Open in OHIF for the CT study on the album page"):
+        journey.open_from_album(CT_STUDY)
+    with journey.step("the CT image is drawn"):
+        journey.wait_for_image()
+        journey.page_screenshot("relay-viewer")
+    launch_id = journey.launch_id()
+    relay_root = f"{journey.stack.viewer.url}/launches/{launch_id}/dicomweb/"
+    with journey.step("every DICOMweb request went to our relay, none to KHEOPS, no header"):
+        assert LaunchGrant.objects.get(launch_id=launch_id).token_delivery == "relay"
+        assert journey.dicomweb_requests() == []
+        relayed = [r for r in journey.finished if r.url.startswith(relay_root)]
+        assert any(FRAMES.search(r.url) for r in relayed), [r.url for r in relayed]
+        assert all("authorization" not in r.all_headers() for r in relayed)
+        assert "connect-src 'self';" in journey.viewer_csp() + ";"
+    with journey.step("no response the browser received, nor its storage, holds the token"):
+        [cookie] = [
+            c for c in journey.context.cookies() if c["name"] == f"kheops_ohif_grant_{launch_id}"
+        ]
+        assert cookie["httpOnly"]
+        grant = services.grant_for(launch_id, cookie["value"])
+        assert grant is not None and grant.access_token
+        token = grant.access_token.encode()
+        seen = 0
+        for response in responses:
+            assert token not in json.dumps(response.all_headers()).encode(), response.url
+            body = body_of(response)
+            if body is not None:
+                seen += 1
+                assert token not in body, response.url
+        assert seen > 10
+        storage = journey.page.evaluate(
+            "() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])"
+        )
+        assert grant.access_token not in storage
+    with journey.step("another browser gets 401 from the relay, nothing from KHEOPS"):
+        stranger = journey.new_context()
+        answer = stranger.request.get(f"{relay_root}studies/{CT_STUDY}/series")
+        assert answer.status == 401
+        assert grant.access_token not in answer.text()
+
+
+def test_in_relay_mode_a_report_is_saved_through_the_relay_and_read_back(
+    journey: Journey,
+    relay_mode: None,
+    live_stack: Stack,
+    orthanc: requests.Session,  # noqa: F811  (the fixture imported above)
+) -> None:
+    report_name = f"e2e relay {uuid.uuid4().hex[:8]}"
+    assert sr_series(orthanc, live_stack, CT_STUDY) == []
+    page = journey.page
+    with journey.step("open the CT study from the album page"):
+        journey.open_from_album(CT_STUDY)
+        journey.wait_for_image()
+    with journey.step("draw a Length measurement and track it"):
+        page.locator('[data-cy="Length-btn"]').click()
+        journey.drag_across_viewport()
+        page.locator('[data-cy="prompt-begin-tracking-yes-btn"]').click()
+        page.locator('[data-cy="trackedMeasurements-btn"]').click()
+        page.locator('[data-cy="measurement-table-row-0"]').get_by_text(" mm").first.wait_for()
+    with journey.step("create the report: STOW through our relay, no token in the browser"):
+        page.get_by_role("button", name="Create SR").click()
+        page.locator('[data-cy="dialog-input"]').fill(report_name)
+        stow_url = f"{live_stack.viewer.url}/launches/{journey.launch_id()}/dicomweb/studies"
+        with page.expect_response(
+            lambda r: r.url == stow_url and r.request.method == "POST", timeout=30_000
+        ) as stored:
+            page.locator('[data-cy="input-dialog-save-button"]').click()
+        assert stored.value.status == 200, stored.value.text()[:500]
+        assert "authorization" not in stored.value.request.all_headers()
+        page.get_by_text("Measurements saved successfully").wait_for()
+        journey.screenshot("relay-saved")
+    with journey.step("the stand-in's store has the SR in the CT study"):
+        [series] = sr_series(orthanc, live_stack, CT_STUDY)
+        assert series["MainDicomTags"].get("SeriesDescription") == report_name
+    assert journey.dicomweb_requests() == []
