@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 import responses
 import respx
 from django.contrib.auth.models import User
@@ -16,6 +18,29 @@ from launcher import keys, services
 from launcher.models import KheopsServer, Provider
 from tests.fakes import ROOT, FakeKheops, token_url_of
 from tests.stack import Stack, start_stack
+
+# The tests' own Redis database (the machine's Redis; each test keys under a prefix of its own).
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture
+def with_redis(settings: Any) -> Iterator[redis.Redis]:
+    """Redis as the cache (and the session store), as with REDIS_URL set in production."""
+    prefix = f"kheops-ohif-test-{secrets.token_hex(4)}"
+    settings.REDIS_URL = REDIS_URL
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": prefix,
+        }
+    }
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+    server = redis.Redis.from_url(REDIS_URL)
+    yield server
+    for key in server.scan_iter(f"{prefix}*"):
+        server.delete(key)
+    server.close()
 
 
 @pytest.fixture(scope="session")

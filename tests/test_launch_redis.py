@@ -5,37 +5,11 @@ without Redis, and Redis never holds a secret in clear."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
 import redis
 from django.test import Client
 
 from launcher.models import LaunchOutcome, LaunchRecord, UsedCode
 from tests.fakes import FakeKheops, launch_and_exchange, token_url_of
-
-REDIS_URL = "redis://127.0.0.1:6379/15"
-
-
-@pytest.fixture
-def with_redis(settings: Any) -> Iterator[redis.Redis]:
-    prefix = f"kheops-ohif-test-{secrets.token_hex(4)}"
-    settings.REDIS_URL = REDIS_URL
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": prefix,
-        }
-    }
-    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cache"
-    server = redis.Redis.from_url(REDIS_URL)
-    yield server
-    for key in server.scan_iter(f"{prefix}*"):
-        server.delete(key)
-    server.close()
 
 
 def redis_keys(server: redis.Redis) -> str:

@@ -5,9 +5,7 @@ The rest of the suite runs with both limits off (tests/conftest.py): here they a
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,8 +17,6 @@ from kheops_ohif.settings import parse_rate
 from launcher import ratelimit
 from launcher.models import LaunchGrant, LaunchOutcome, LaunchRecord, RateCounter, UsedCode
 from tests.fakes import STUDY_1, FakeKheops, token_url_of
-
-REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 @pytest.mark.parametrize(
@@ -164,24 +160,6 @@ def test_the_database_counts_per_key_and_period_and_forgets_past_periods(db: Non
     assert next_period == 1
     assert ratelimit.forget_past_periods(now=end + 30) == 1  # 192.0.2.2's, ended at `end`
     assert RateCounter.objects.get(key="launch:192.0.2.1").hits == 1
-
-
-@pytest.fixture
-def with_redis(settings: Any) -> Iterator[redis.Redis]:
-    prefix = f"kheops-ohif-test-{secrets.token_hex(4)}"
-    settings.REDIS_URL = REDIS_URL
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": prefix,
-        }
-    }
-    server = redis.Redis.from_url(REDIS_URL)
-    yield server
-    for key in server.scan_iter(f"{prefix}*"):
-        server.delete(key)
-    server.close()
 
 
 def test_with_redis_the_count_lives_there_and_expires(
