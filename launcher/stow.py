@@ -8,7 +8,8 @@ for the launch: the study, KHEOPS's HTTP status, and the instances stored and re
 KHEOPS's STOW-RS answer is a DICOM JSON dataset (PS3.18 §10.5.3): ReferencedSOPSequence
 (0008,1199) lists the instances stored, each with ReferencedSOPClassUID (0008,1150) and
 ReferencedSOPInstanceUID (0008,1155); FailedSOPSequence (0008,1198) the instances refused,
-each with a FailureReason (0008,1197); RetrieveURL (0008,1190) the study's address. An
+each with a FailureReason (0008,1197), and OtherFailuresSequence (0008,119A) the parts
+refused for other reasons; RetrieveURL (0008,1190) the study's address. An
 answer that is compressed is decompressed here (gzip or deflate, bounded too); one that is
 not DICOM JSON is recorded with its status alone. Nothing of the request is kept: not the
 token, not the uploaded data.
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 MAX_ANSWER_BYTES = 1024 * 1024
 REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
+OTHER_FAILURES_SEQUENCE = "0008119A"  # instances refused that are not SOP instances proper
 REFERENCED_SOP_CLASS_UID = "00081150"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
@@ -101,7 +103,8 @@ def read_answer(body: bytes, content_encoding: str = "") -> Outcome:
         stored=[_instance(item) for item in _items(dataset, REFERENCED_SOP_SEQUENCE)],
         failed=[
             {**_instance(item), "reason": _first(item, FAILURE_REASON)}
-            for item in _items(dataset, FAILED_SOP_SEQUENCE)
+            for tag in (FAILED_SOP_SEQUENCE, OTHER_FAILURES_SEQUENCE)
+            for item in _items(dataset, tag)
         ],
     )
 

@@ -312,3 +312,12 @@ def test_values_that_are_not_uids_are_left_out() -> None:
     outcome = stow.read_answer(json.dumps(answer).encode())
 
     assert outcome.stored == [{"sop_instance_uid": "", "sop_class_uid": SR_CLASS}]
+
+
+def test_other_failures_count_as_refused() -> None:
+    answer = stow_answer([])
+    answer["0008119A"] = {"vr": "SQ", "Value": [{"00081197": {"vr": "US", "Value": [0xA900]}}]}
+
+    outcome = stow.read_answer(json.dumps(answer).encode())
+
+    assert outcome.failed == [{"sop_instance_uid": "", "sop_class_uid": "", "reason": 0xA900}]
