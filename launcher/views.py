@@ -396,8 +396,11 @@ async def _recorded_upload(
         note = "KHEOPS broke off its answer."
         raise
     finally:
-        await body.aclose()  # KHEOPS's answer closed, however this one ends
-        await asyncio.shield(_record_write(launch_id, target, upstream, copy, note=note))
+        try:
+            await body.aclose()  # KHEOPS's answer closed, however this one ends
+        finally:
+            # Shielded: a browser that went away cancels the response, not the record.
+            await asyncio.shield(_record_write(launch_id, target, upstream, copy, note=note))
 
 
 async def _record_write(
