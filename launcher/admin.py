@@ -11,7 +11,7 @@ from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 from oauth2_provider.forms import ApplicationForm
@@ -25,7 +25,14 @@ from oauth2_provider.models import (
 
 from launcher import audit, branding, dashboard, kheops, services
 from launcher.modalities import MODALITIES
-from launcher.models import KheopsServer, LaunchRecord, Provider, SigningKey, TokenDelivery
+from launcher.models import (
+    KheopsServer,
+    LaunchRecord,
+    LaunchWrite,
+    Provider,
+    SigningKey,
+    TokenDelivery,
+)
 
 # The index lists every section already: the navigation sidebar only took 300 px from the
 # lists, which then no longer fitted a 1440 px screen.
@@ -257,6 +264,93 @@ class SigningKeyAdmin(admin.ModelAdmin):
         return False
 
 
+class ReadOnlyAdminMixin:
+    """The audit trail is written by the server alone: admins read it, never change it."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def instances_list(write: LaunchWrite) -> str:
+    """The instances an upload stored and refused, one a line: SOP class, SOP instance."""
+    stored = format_html_join(
+        "",
+        "<div>{} {}</div>",
+        (
+            (item.get("sop_class_uid", ""), item.get("sop_instance_uid", ""))
+            for item in write.stored
+        ),
+    )
+    refused = format_html_join(
+        "",
+        "<div>{} {} ({} {})</div>",
+        (
+            (
+                item.get("sop_class_uid", ""),
+                item.get("sop_instance_uid", ""),
+                _("refused, reason"),
+                item.get("reason", ""),
+            )
+            for item in write.failed
+        ),
+    )
+    return format_html("{}{}", stored, refused) or "-"
+
+
+class LaunchWriteInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = LaunchWrite
+    fields = ["created_at", "study_uid", "status", "instances", "note"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    @admin.display(description=_("instances (SOP class, SOP instance)"))
+    def instances(self, write: LaunchWrite) -> str:
+        return instances_list(write)
+
+
+@admin.register(LaunchWrite)
+class LaunchWriteAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Each upload through the relay (relay mode) and what KHEOPS answered."""
+
+    list_display = [
+        "created_at",
+        "user",
+        "study_uid",
+        "status",
+        "stored_count",
+        "failed_count",
+        "launch",
+    ]
+    list_filter = ["status", "created_at"]
+    # A study UID, a user (id, name or e-mail), or a launch id.
+    search_fields = [
+        "study_uid",
+        "launch__user_name",
+        "launch__user_email",
+        "launch__user_sub",
+        "launch__launch_id",
+    ]
+    date_hierarchy = "created_at"
+    list_select_related = ["launch"]
+    fields = ["created_at", "launch", "user", "study_uid", "status", "instances", "note"]
+    readonly_fields = fields
+
+    @admin.display(description=_("user"), ordering="launch__user_name")
+    def user(self, write: LaunchWrite) -> str:
+        return write.launch.user_name or write.launch.user_sub
+
+    @admin.display(description=_("instances (SOP class, SOP instance)"))
+    def instances(self, write: LaunchWrite) -> str:
+        return instances_list(write)
+
+
 @admin.register(LaunchRecord)
 class LaunchRecordAdmin(admin.ModelAdmin):
     # What fits a 1440 px screen; the album, e-mail and studies are on the record's page.
@@ -275,6 +369,7 @@ class LaunchRecordAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["kheops_server", "provider"]
     actions = ["export_csv"]
+    inlines = [LaunchWriteInline]
 
     @admin.action(description=_("Export selected launch records as CSV"), permissions=["view"])
     def export_csv(

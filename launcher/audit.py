@@ -4,25 +4,12 @@ Hospitals ask "who viewed this patient's study, when, from where". Every launch 
 leaves one `LaunchRecord` (written by `services.launch`); the admin and the audit API
 (`launcher/api/`) read them through the functions here.
 
-What was *written* during a launch (DICOM SR measurements, segmentations) is not recorded
-yet. In direct mode OHIF stores them with STOW-RS straight at KHEOPS, so this server never
-sees them. In relay mode (launcher.relay) the uploads pass through `/launches/<launch_id>/
-dicomweb/studies` and the relay knows the launch they belong to, but does not record them
-yet; each write is to become one row of a new model keyed to the launch record::
-
-    class LaunchWrite(models.Model):
-        launch = models.ForeignKey(LaunchRecord, on_delete=models.PROTECT, related_name="writes")
-        created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-        study_uid = models.CharField(max_length=64, db_index=True)
-        series_uid = models.CharField(max_length=64)
-        sop_instance_uid = models.CharField(max_length=64)
-        sop_class_uid = models.CharField(max_length=64)
-        outcome = models.CharField(max_length=32)   # stored / refused by KHEOPS / failed
-
-`LaunchRecord` itself does not change: the API adds a `writes` list to a launch record
-(`prefetch_related("writes")`) and a `/api/v1/writes/` endpoint with the same filters,
-which is backwards compatible for clients that ignore unknown fields; the CSV export adds
-a `writes` count column at the end.
+What was *written* during a launch (DICOM SR measurements, segmentations) is known in
+relay mode only: the uploads pass through `/launches/<launch_id>/dicomweb/studies`, and each
+leaves one `LaunchWrite` keyed to the launch record (launcher.stow), with the instances
+KHEOPS stored and refused. In direct mode OHIF stores them straight at KHEOPS: this server
+never sees them. The API lists a launch record's `writes`; the CSV export counts them in
+its last column.
 """
 
 from __future__ import annotations
@@ -34,7 +21,7 @@ from itertools import islice
 
 from asgiref.sync import sync_to_async
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from launcher.models import LaunchRecord
 
@@ -56,6 +43,7 @@ CSV_COLUMNS = [
     "remote_addr",
     "launch_id",
     "expires_at",
+    "writes",  # how many uploads went through the relay (launcher.stow)
 ]
 # A cell starting with one of these is a formula to a spreadsheet; user names come from
 # KHEOPS and failure details from upstream answers, so neither is trusted (CWE-1236).
@@ -99,6 +87,7 @@ def export_queryset(queryset: QuerySet[LaunchRecord]) -> Iterator[LaunchRecord]:
     """`queryset` in the export's order, fetched in chunks so memory stays flat."""
     return (
         queryset.select_related("kheops_server", "provider")
+        .annotate(writes_count=Count("writes"))
         .order_by("-created_at", "-id")
         .iterator(chunk_size=_EXPORT_CHUNK)
     )
@@ -124,6 +113,7 @@ def _csv_values(record: LaunchRecord) -> list[object]:
         record.remote_addr or "",
         record.launch_id or "",
         _iso(record.expires_at),
+        getattr(record, "writes_count", 0),
     ]
 
 

@@ -298,8 +298,7 @@ class LaunchOutcome(models.TextChoices):
 class LaunchRecord(models.Model):
     """The audit trail: one row per launch attempt, whatever its outcome. Never a secret."""
 
-    # What a launch *wrote* (SR, segmentations) will be a related model keyed to this
-    # record once a same-origin relay sees the writes; the plan is in launcher/audit.py.
+    # What a launch *wrote* through the relay (SR, segmentations): `writes` (LaunchWrite).
 
     launch_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
     provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.SET_NULL)
@@ -347,6 +346,41 @@ class LaunchRecord(models.Model):
             return str(self.get_outcome_display())
         when = date_format(timezone.localtime(self.created_at), "DATETIME_FORMAT")
         return f"{self.get_outcome_display()}, {when}"
+
+
+class LaunchWrite(models.Model):
+    """One upload (STOW-RS) through the relay of a launch, and what KHEOPS answered.
+
+    Written by launcher.stow once KHEOPS's answer has passed to the browser (or failed to).
+    The user is the launch record's. Never the token, never the uploaded data."""
+
+    launch = models.ForeignKey(
+        LaunchRecord,
+        on_delete=models.PROTECT,
+        related_name="writes",
+        verbose_name=_("launch record"),
+    )
+    created_at = models.DateTimeField(_("when"), auto_now_add=True, db_index=True)
+    # The study the upload named, or (an upload to `studies`) the one KHEOPS's answer names.
+    study_uid = models.CharField(_("study UID"), max_length=64, blank=True, db_index=True)
+    # Empty: KHEOPS never answered (unreachable, timed out, the upload broken off).
+    status = models.PositiveSmallIntegerField(_("KHEOPS's HTTP status"), null=True, blank=True)
+    # [{"sop_instance_uid": ..., "sop_class_uid": ...}], from ReferencedSOPSequence.
+    stored = models.JSONField(_("instances stored"), default=list, blank=True)
+    stored_count = models.PositiveIntegerField(_("stored"), default=0)
+    # The same with "reason" (the DICOM FailureReason), from FailedSOPSequence.
+    failed = models.JSONField(_("instances refused"), default=list, blank=True)
+    failed_count = models.PositiveIntegerField(_("refused"), default=0)
+    # What kept us from reading KHEOPS's answer, if anything (not JSON, cut off, ...).
+    note = models.CharField(_("note"), max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = _("write through the relay")
+        verbose_name_plural = _("writes through the relay")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.stored_count} stored, {self.failed_count} refused ({self.status or '-'})"
 
 
 class GrantState(models.TextChoices):

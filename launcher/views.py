@@ -4,7 +4,8 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 from urllib.parse import urlencode
 
 from csp.constants import SELF
@@ -26,7 +27,17 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_safe
 
-from launcher import blocking, clientaddr, documents, kheops, relay, sealing, services, viewer
+from launcher import (
+    blocking,
+    clientaddr,
+    documents,
+    kheops,
+    relay,
+    sealing,
+    services,
+    stow,
+    viewer,
+)
 from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 from launcher.models import GrantState
@@ -342,17 +353,77 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
             headers=headers,
             content=_upload_body(request) if target.is_upload else None,
         )
-    except UploadAbandoned:
-        return _relay_refusal(400, "The upload was broken off.")
-    except kheops.KheopsTimeout:
-        return _relay_refusal(504, "KHEOPS did not answer in time.")
-    except kheops.KheopsUnavailable:
-        return _relay_refusal(502, "KHEOPS could not be reached.")
-    response = StreamingHttpResponse(kheops.raw_body(upstream), status=upstream.status_code)
+    except (UploadAbandoned, kheops.KheopsUnavailable) as exc:
+        status, message = _unanswered(exc)
+        if target.is_upload:
+            await _record_write(launch_id, target, None, None, note=message)
+        return _relay_refusal(status, message)
+    body = kheops.raw_body(upstream)
+    if target.is_upload and upstream.status_code == 204:
+        # No body to pass on, and a server may never start streaming one: recorded now.
+        await _record_write(launch_id, target, upstream, stow.AnswerCopy(), note="")
+    elif target.is_upload:
+        body = _recorded_upload(body, upstream, launch_id, target)
+    response = StreamingHttpResponse(body, status=upstream.status_code)
     del response["Content-Type"]  # KHEOPS's, or none
     for name, value in relay.downstream_headers(upstream.headers).items():
         response[name] = value
     return response
+
+
+def _unanswered(exc: Exception) -> tuple[int, str]:
+    if isinstance(exc, UploadAbandoned):
+        return 400, "The upload was broken off."
+    if isinstance(exc, kheops.KheopsTimeout):
+        return 504, "KHEOPS did not answer in time."
+    return 502, "KHEOPS could not be reached."
+
+
+async def _recorded_upload(
+    body: AsyncGenerator[bytes, None], upstream: Any, launch_id: str, target: relay.Target
+) -> AsyncIterator[bytes]:
+    """An upload's answer, passed on as it comes, a bounded copy kept for the write audit
+    (launcher.stow), which is written once the answer has ended, broken off, or the browser
+    went away."""
+    copy = stow.AnswerCopy()
+    note = "The browser went away before KHEOPS's answer was passed on."
+    try:
+        async for chunk in body:
+            copy.add(chunk)
+            yield chunk
+        note = ""
+    except kheops.KheopsUnavailable:
+        note = "KHEOPS broke off its answer."
+        raise
+    finally:
+        try:
+            await body.aclose()  # KHEOPS's answer closed, however this one ends
+        finally:
+            # Shielded: a browser that went away cancels the response, not the record.
+            await asyncio.shield(_record_write(launch_id, target, upstream, copy, note=note))
+
+
+async def _record_write(
+    launch_id: str,
+    target: relay.Target,
+    upstream: Any,
+    copy: stow.AnswerCopy | None,
+    *,
+    note: str,
+) -> None:
+    # The audit must never break the upload it records: a failure is logged, not raised.
+    try:
+        await blocking.run(
+            stow.record,
+            launch_id,
+            target.study_uids,
+            upstream.status_code if upstream is not None else None,
+            copy,
+            content_encoding=upstream.headers.get("content-encoding", "") if upstream else "",
+            note=note,
+        )
+    except Exception:
+        logger.exception("The write audit of an upload through the relay failed")
 
 
 def _raw_path(request: HttpRequest) -> str:

@@ -19,7 +19,7 @@ from django.core.cache.backends import locmem
 from django.test import Client
 from django.utils import timezone
 
-from launcher.models import KheopsServer, LaunchRecord, Provider
+from launcher.models import KheopsServer, LaunchRecord, LaunchWrite, Provider
 from tests.fakes import DISCOVERY_URL, STUDY_1, STUDY_2, discovery_document
 
 OTHER_ROOT = "https://other.test"
@@ -187,6 +187,7 @@ def test_the_csv_export_has_no_secret_columns_and_disarms_spreadsheet_formulas(
         "remote_addr",
         "launch_id",
         "expires_at",
+        "writes",
     }
     assert rows[0]["user_name"] == '\'=HYPERLINK("https://evil.test")'
     assert rows[0]["failure_detail"] == "'@SUM(A1)"
@@ -432,3 +433,68 @@ def test_a_date_reads_the_same_on_the_index_in_the_lists_and_on_the_pages(
         assert "Nov. 29" not in page and "p.m." not in page
     assert "2026-11-29 16:51 UTC" in launch_page  # access until
     assert str(chosen) == "Viewer opened, 2026-11-29 15:51 UTC"
+
+
+# --- Writes through the relay (LaunchWrite) ------------------------------------------
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.22"
+SR_UID = "2.25.118463274938745523659811873245867"
+
+
+def write_of(launch: LaunchRecord, **fields: Any) -> LaunchWrite:
+    values: dict[str, Any] = {
+        "launch": launch,
+        "study_uid": STUDY_1,
+        "status": 200,
+        "stored": [{"sop_instance_uid": SR_UID, "sop_class_uid": SR_CLASS}],
+        "stored_count": 1,
+        **fields,
+    }
+    return LaunchWrite.objects.create(**values)
+
+
+def test_a_launch_records_page_shows_its_writes_read_only(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
+    launch = record(launch_id="L1")
+    write_of(launch, note="Checked by hand")
+    write_of(record(launch_id="L2"), note="Another launch's")
+
+    page = admin_client.get(f"/admin/launcher/launchrecord/{launch.pk}/change/").content.decode()
+
+    assert "Writes through the relay" in page
+    assert SR_UID in page and SR_CLASS in page and "Checked by hand" in page
+    assert "Another launch" not in page
+    assert 'name="writes-0-note"' not in page  # nothing to edit
+
+
+def test_the_writes_list_is_read_only_and_names_the_user_and_study(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
+    write = write_of(record(launch_id="L1", user_name="Dr Grace"), status=202, failed_count=1)
+
+    page = admin_client.get("/admin/launcher/launchwrite/").content.decode()
+
+    assert "Dr Grace" in page and STUDY_1 in page and "202" in page
+    assert admin_client.get("/admin/launcher/launchwrite/add/").status_code == 403
+    assert (
+        admin_client.post(f"/admin/launcher/launchwrite/{write.pk}/change/", {"note": "x"})
+    ).status_code == 403
+    assert (
+        admin_client.post(f"/admin/launcher/launchwrite/{write.pk}/delete/", {"post": "yes"})
+    ).status_code == 403
+    write.refresh_from_db()
+    assert write.note == ""
+
+
+def test_the_csv_export_counts_each_records_writes(
+    admin_client: Client, record: Callable[..., LaunchRecord]
+) -> None:
+    wrote = record(launch_id="L1")
+    write_of(wrote)
+    write_of(wrote)
+    quiet = record(launch_id="L2")
+
+    _, rows = export(admin_client, {"_selected_action": [wrote.pk, quiet.pk]})
+
+    assert {row["id"]: row["writes"] for row in rows} == {str(wrote.pk): "2", str(quiet.pk): "0"}

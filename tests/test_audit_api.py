@@ -18,7 +18,7 @@ from django.utils import timezone
 from oauth2_provider.models import AccessToken, Application
 
 from launcher import keys
-from launcher.models import KheopsServer, LaunchRecord, Provider
+from launcher.models import KheopsServer, LaunchRecord, LaunchWrite, Provider
 from tests.fakes import STUDY_1, STUDY_2
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -319,6 +319,7 @@ def test_a_launch_record_tells_who_opened_which_studies_when_and_from_where(
         "remote_addr": "192.0.2.10",
         "launch_id": "abc123",
         "expires_at": None,
+        "writes": [],
     }
 
 
@@ -344,6 +345,43 @@ def test_a_failed_launch_without_server_or_user_is_listed_too(
         None,
         "",
     )
+
+
+def test_a_launch_record_lists_what_its_viewer_stored_through_the_relay(
+    api: Callable[..., Any], record: Callable[..., LaunchRecord]
+) -> None:
+    launched = record(launch_id="abc123")
+    sr = {"sop_instance_uid": "2.25.1", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.22"}
+    refused = {"sop_instance_uid": "2.25.2", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2"}
+    write = LaunchWrite.objects.create(
+        launch=launched,
+        study_uid=STUDY_1,
+        status=202,
+        stored=[sr],
+        stored_count=1,
+        failed=[{**refused, "reason": 292}],
+        failed_count=1,
+    )
+    LaunchWrite.objects.filter(pk=write.pk).update(created_at=T0 + timedelta(minutes=5))
+    record(launch_id="quiet")
+
+    detail = api(f"/api/v1/launches/{launched.pk}/").json()
+    listed = {
+        item["launch_id"]: item["writes"] for item in api("/api/v1/launches/").json()["results"]
+    }
+
+    assert detail["writes"] == [
+        {
+            "id": write.pk,
+            "created_at": "2025-03-01T12:05:00Z",
+            "study_uid": STUDY_1,
+            "status": 202,
+            "stored": [sr],
+            "failed": [{**refused, "reason": 292}],
+            "note": "",
+        }
+    ]
+    assert listed == {"abc123": detail["writes"], "quiet": []}
 
 
 def test_an_unknown_launch_record_is_404(api: Callable[..., Any], db: None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from launcher.models import KheopsServer, LaunchRecord, Provider, TokenDelivery
+from launcher.models import KheopsServer, LaunchRecord, LaunchWrite, Provider, TokenDelivery
 
 
 class KheopsServerSerializer(serializers.ModelSerializer):
@@ -55,12 +55,25 @@ class LaunchUserSerializer(serializers.Serializer):
     email = serializers.CharField(source="user_email", read_only=True)
 
 
+class LaunchWriteSerializer(serializers.ModelSerializer):
+    """One upload through the relay (relay mode): KHEOPS's HTTP status (null: it never
+    answered), the instances it stored and refused ({sop_instance_uid, sop_class_uid},
+    plus the DICOM FailureReason for a refused one), and a note when its answer could not
+    be read. The user is the launch record's."""
+
+    class Meta:
+        model = LaunchWrite
+        fields = ["id", "created_at", "study_uid", "status", "stored", "failed", "note"]
+        read_only_fields = fields
+
+
 class LaunchRecordSerializer(serializers.ModelSerializer):
-    # A later `writes` list (what was stored during the launch) goes here: see launcher/audit.py.
     kheops_server = KheopsServerRefSerializer(read_only=True)
     provider = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     study_uids = serializers.ListField(child=serializers.CharField(), read_only=True)
     user = LaunchUserSerializer(source="*", read_only=True)
+    # What the launch's viewer stored through the relay, newest first (direct mode: none).
+    writes = LaunchWriteSerializer(many=True, read_only=True)
 
     class Meta:
         model = LaunchRecord
@@ -81,5 +94,6 @@ class LaunchRecordSerializer(serializers.ModelSerializer):
             "remote_addr",
             "launch_id",
             "expires_at",
+            "writes",
         ]
         read_only_fields = fields

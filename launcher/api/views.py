@@ -46,7 +46,9 @@ class LaunchRecordViewSet(AuditAPIMixin, ReadOnlyModelViewSet):
     ended. Failed attempts are included (`outcome` other than `success`); `pending` is a launch
     whose viewer has not exchanged its code (yet, or ever: the tab was closed at once)."""
 
-    queryset = LaunchRecord.objects.select_related("kheops_server", "provider")
+    queryset = LaunchRecord.objects.select_related("kheops_server", "provider").prefetch_related(
+        "writes"
+    )
     serializer_class = LaunchRecordSerializer
     filter_backends = [DjangoFilterBackend]
     filterset_class = LaunchRecordFilter

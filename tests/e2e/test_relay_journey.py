@@ -4,6 +4,7 @@ and the KHEOPS token never reaches the browser."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -11,7 +12,7 @@ import requests
 from playwright.sync_api import Error, Response
 
 from launcher import services
-from launcher.models import LaunchGrant, Provider, TokenDelivery
+from launcher.models import LaunchGrant, LaunchWrite, Provider, TokenDelivery
 from tests.e2e.journey import Journey
 from tests.e2e.test_clinician_journey import (  # noqa: F401  (orthanc: a fixture)
     CT_STUDY,
@@ -80,6 +81,16 @@ def test_in_relay_mode_the_ct_is_drawn_through_us_and_the_token_never_reaches_th
         assert grant.access_token not in answer.text()
 
 
+def recorded_writes(launch_id: str) -> list[LaunchWrite]:
+    # The row is written as the answer's stream ends, which may be just after the browser
+    # has the answer's last byte (its Content-Length): wait a little for it.
+    for _ in range(100):
+        if writes := list(LaunchWrite.objects.filter(launch__launch_id=launch_id)):
+            return writes
+        time.sleep(0.1)
+    return []
+
+
 def test_in_relay_mode_a_report_is_saved_through_the_relay_and_read_back(
     journey: Journey,
     relay_mode: None,
@@ -113,4 +124,9 @@ def test_in_relay_mode_a_report_is_saved_through_the_relay_and_read_back(
     with journey.step("the stand-in's store has the SR in the CT study"):
         [series] = sr_series(orthanc, live_stack, CT_STUDY)
         assert series["MainDicomTags"].get("SeriesDescription") == report_name
+    with journey.step("the write audit has the upload: the SR, in the CT study"):
+        [write] = recorded_writes(journey.launch_id())
+        assert (write.status, write.study_uid, write.failed) == (200, CT_STUDY, [])
+        [stored] = write.stored
+        assert stored["sop_class_uid"].startswith("1.2.840.10008.5.1.4.1.1.88.")  # an SR
     assert journey.dicomweb_requests() == []
