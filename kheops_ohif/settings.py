@@ -153,6 +153,9 @@ SEALING_KEY_FALLBACKS = envlist("SEALING_KEY_FALLBACKS", [])
 # name of its own (admin.viewer.example.org), so that the admin's session cookie never
 # reaches the origin that runs OHIF.
 ADMIN_HOSTS = [host.lower() for host in envlist("ADMIN_HOSTS", [])]
+# GET /metrics (Prometheus, launcher.metrics) answers on ADMIN_HOSTS, and anywhere to
+# `Authorization: Bearer <METRICS_TOKEN>` (or the token in METRICS_TOKEN_FILE). Neither: 404.
+METRICS_TOKEN = envsecret("METRICS_TOKEN")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", [PUBLIC_HOST, *ADMIN_HOSTS])
 
 INSTALLED_APPS = [

@@ -51,7 +51,7 @@ from django.db import transaction
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
-from launcher import blocking, documents, services
+from launcher import blocking, documents, metrics, services
 from launcher.logfilters import RedactSecretParameters
 from launcher.middleware import is_admin_only_host
 
@@ -401,12 +401,14 @@ class Application:
                     logger.exception("documents not prepared at start-up: Django answers them")
                 DRAIN.install()
                 self.housekeeping.start()
+                metrics.forget_dead_processes()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 DRAIN.uninstall()
                 await self.housekeeping.stop()
                 await self.documents.stop()
                 await services.close_kheops_client()
+                metrics.forget_this_process()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

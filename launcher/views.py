@@ -26,7 +26,17 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_safe
 
-from launcher import blocking, clientaddr, documents, kheops, relay, sealing, services, viewer
+from launcher import (
+    blocking,
+    clientaddr,
+    documents,
+    kheops,
+    metrics,
+    relay,
+    sealing,
+    services,
+    viewer,
+)
 from launcher.headers import no_referrer
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 from launcher.models import GrantState
@@ -345,10 +355,14 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
     except UploadAbandoned:
         return _relay_refusal(400, "The upload was broken off.")
     except kheops.KheopsTimeout:
+        metrics.KHEOPS_ERRORS.labels("dicomweb", "timeout").inc()
         return _relay_refusal(504, "KHEOPS did not answer in time.")
     except kheops.KheopsUnavailable:
+        metrics.KHEOPS_ERRORS.labels("dicomweb", "unavailable").inc()
         return _relay_refusal(502, "KHEOPS could not be reached.")
-    response = StreamingHttpResponse(kheops.raw_body(upstream), status=upstream.status_code)
+    response = StreamingHttpResponse(
+        metrics.relayed(kheops.raw_body(upstream)), status=upstream.status_code
+    )
     del response["Content-Type"]  # KHEOPS's, or none
     for name, value in relay.downstream_headers(upstream.headers).items():
         response[name] = value
@@ -401,11 +415,14 @@ async def _upload_body(request: HttpRequest) -> AsyncIterator[bytes]:
     """The upload as it arrives (our server: launcher.serving.UploadStream); elsewhere (the
     test client, another ASGI server) from where Django spooled it, read off the event loop."""
     upload = getattr(request, "scope", {}).get(UploadStream.SCOPE_KEY)
+    up = metrics.RELAY_BYTES.labels("up")
     if upload is not None:
         async for chunk in upload.chunks():
+            up.inc(len(chunk))
             yield chunk
         return
     while chunk := await asyncio.to_thread(request.read, UPLOAD_CHUNK_BYTES):
+        up.inc(len(chunk))
         yield chunk
 
 
