@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.request import split_domain_port, validate_host
 from django.utils import timezone
@@ -39,6 +40,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "kheops_ohif"
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and not os.path.isdir(
+    os.environ["PROMETHEUS_MULTIPROC_DIR"]
+):
+    # prometheus-client would fail on its first file with a bare FileNotFoundError.
+    raise ImproperlyConfigured(
+        f"PROMETHEUS_MULTIPROC_DIR {os.environ['PROMETHEUS_MULTIPROC_DIR']!r} is not a "
+        "directory: create it, empty, before the server starts (or unset it for one process)."
+    )
 
 LAUNCHES = Counter(
     f"{PREFIX}_launches",

@@ -51,6 +51,27 @@ def moved(before: dict[Any, float], after: dict[Any, float], name: str, **labels
     return value(after, name, **labels) - value(before, name, **labels)
 
 
+MULTIPROCESS_WORKER = textwrap.dedent(
+    """
+    import django, os, sys
+    os.environ["DJANGO_SETTINGS_MODULE"] = "kheops_ohif.settings"
+    django.setup()
+    from launcher import metrics
+    metrics.GrantsCollector.collect = lambda self: iter(())  # no database here
+    if sys.argv[1] == "launch":
+        metrics.LAUNCHES.labels("pending").inc()
+        metrics.RELAY_STREAMS.inc()
+    else:
+        sys.stdout.write(metrics.exposition().decode())
+    """
+)
+MULTIPROCESS_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "SECRET_KEY": "x" * 50,
+    "DEBUG": "false",
+}
+
+
 # --- Who may read it ---------------------------------------------------------------------------
 
 
@@ -250,32 +271,12 @@ def test_the_relay_counts_its_streams_and_bytes(
 
 def test_multiprocess_mode_adds_up_every_process(tmp_path: Path) -> None:
     """PROMETHEUS_MULTIPROC_DIR set: each process writes its own file, a scrape sums them."""
-    worker = textwrap.dedent(
-        """
-        import django, os, sys
-        os.environ["DJANGO_SETTINGS_MODULE"] = "kheops_ohif.settings"
-        django.setup()
-        from launcher import metrics
-        metrics.GrantsCollector.collect = lambda self: iter(())  # no database here
-        if sys.argv[1] == "launch":
-            metrics.LAUNCHES.labels("pending").inc()
-            metrics.RELAY_STREAMS.inc()
-        else:
-            sys.stdout.write(metrics.exposition().decode())
-        """
-    )
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
-        "SECRET_KEY": "x" * 50,
-        "DEBUG": "false",
-    }
 
     def run(role: str) -> str:
         result = subprocess.run(
-            [sys.executable, "-c", worker, role],
+            [sys.executable, "-c", MULTIPROCESS_WORKER, role],
             cwd=REPO,
-            env=env,
+            env={**MULTIPROCESS_ENV, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
             capture_output=True,
             text=True,
             timeout=60,
@@ -297,6 +298,21 @@ def test_multiprocess_mode_adds_up_every_process(tmp_path: Path) -> None:
     assert samples[("kheops_ohif_relay_streams_in_flight", ())] == 2
 
 
+def test_a_missing_multiprocess_directory_is_named_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "not-there"
+    result = subprocess.run(
+        [sys.executable, "-c", MULTIPROCESS_WORKER, "launch"],
+        cwd=REPO,
+        env={**MULTIPROCESS_ENV, "PROMETHEUS_MULTIPROC_DIR": str(missing)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert f"PROMETHEUS_MULTIPROC_DIR '{missing}' is not a directory" in result.stderr
+
+
 def test_a_starting_server_forgets_the_live_gauges_of_dead_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,3 +328,15 @@ def test_a_starting_server_forgets_the_live_gauges_of_dead_processes(
 
     assert not dead.exists()
     assert counter.exists()
+
+
+def test_a_short_metrics_token_is_refused_by_the_system_checks(settings: Any) -> None:
+    from launcher.checks import check_metrics_token
+
+    settings.METRICS_TOKEN = "abc123xyz"
+    [error] = check_metrics_token(None)
+    settings.METRICS_TOKEN = TOKEN
+
+    assert error.id == "launcher.E016"
+    assert "abc123xyz" not in error.msg + error.hint  # the token itself is never printed
+    assert check_metrics_token(None) == []
