@@ -486,21 +486,40 @@ DEFAULT_EXCEPTION_REPORTER = "launcher.reporting.SecretsExceptionReporter"
 DEFAULT_EXCEPTION_REPORTER_FILTER = "launcher.reporting.SecretsFilter"
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    # Launch URLs carry the authorization code: no line may quote one (the server's access
-    # log gets the same filter from launcher.serving, leaving the server's own settings).
-    "filters": {"secrets": {"()": "launcher.logfilters.RedactSecretParameters"}},
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["secrets"]}
-    },
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        "launcher": {"level": LOG_LEVEL},
-        "django.request": {"level": "ERROR"},
-        # One line per call to KHEOPS is noise; failures are ours to log (launcher.services).
-        "httpx": {"level": "WARNING"},
-    },
-}
+
+
+def logging_config(*, level: str, log_format: str) -> dict:
+    """Our log lines: `plain` text, or `json` (one object a line, with the request's id)."""
+    if log_format not in ("plain", "json"):
+        raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {log_format!r}.")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+            "json": {"()": "launcher.logfilters.JsonLines"},
+        },
+        # Launch URLs carry the authorization code: no line may quote one (the server's access
+        # log gets the same filter from launcher.serving, leaving the server's own settings).
+        "filters": {
+            "secrets": {"()": "launcher.logfilters.RedactSecretParameters"},
+            "request_id": {"()": "launcher.logfilters.WithRequestId"},
+        },
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": log_format,
+                "filters": ["secrets", "request_id"],
+            }
+        },
+        "root": {"handlers": ["console"], "level": "WARNING"},
+        "loggers": {
+            "launcher": {"level": level},
+            "django.request": {"level": "ERROR"},
+            # One line per call to KHEOPS is noise; failures are ours to log (launcher.services).
+            "httpx": {"level": "WARNING"},
+        },
+    }
+
+
+LOGGING = logging_config(level=LOG_LEVEL, log_format=os.environ.get("LOG_FORMAT", "plain"))

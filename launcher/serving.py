@@ -52,7 +52,7 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
 from launcher import blocking, documents, metrics, services
-from launcher.logfilters import RedactSecretParameters
+from launcher.logfilters import REQUEST_ID, RedactSecretParameters, request_id_from
 from launcher.middleware import is_admin_only_host
 
 logger = logging.getLogger(__name__)
@@ -377,18 +377,28 @@ class Application:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        if scope["type"] == "http":
-            prepared = self.documents.answer_for(scope)
-            if prepared is not None:
-                await send(prepared.start)
-                await send(
-                    prepared.body if scope["method"] == "GET" else {"type": "http.response.body"}
-                )
-                return
-            refusal = _upload_refusal(scope)
-            if refusal is not None:
-                await _send_refusal(send, *refusal)
-                return
+        if scope["type"] != "http":
+            await self.django(scope, receive, send)
+            return
+        # Every line logged while this request is served carries its id.
+        request_id = REQUEST_ID.set(request_id_from(dict(scope["headers"]).get(b"x-request-id")))
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            REQUEST_ID.reset(request_id)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        prepared = self.documents.answer_for(scope)
+        if prepared is not None:
+            await send(prepared.start)
+            await send(
+                prepared.body if scope["method"] == "GET" else {"type": "http.response.body"}
+            )
+            return
+        refusal = _upload_refusal(scope)
+        if refusal is not None:
+            await _send_refusal(send, *refusal)
+            return
         await self.django(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
