@@ -153,6 +153,9 @@ SEALING_KEY_FALLBACKS = envlist("SEALING_KEY_FALLBACKS", [])
 # name of its own (admin.viewer.example.org), so that the admin's session cookie never
 # reaches the origin that runs OHIF.
 ADMIN_HOSTS = [host.lower() for host in envlist("ADMIN_HOSTS", [])]
+# GET /metrics (Prometheus, launcher.metrics) answers on ADMIN_HOSTS, and anywhere to
+# `Authorization: Bearer <METRICS_TOKEN>` (or the token in METRICS_TOKEN_FILE). Neither: 404.
+METRICS_TOKEN = envsecret("METRICS_TOKEN")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", [PUBLIC_HOST, *ADMIN_HOSTS])
 
 INSTALLED_APPS = [
@@ -483,21 +486,40 @@ DEFAULT_EXCEPTION_REPORTER = "launcher.reporting.SecretsExceptionReporter"
 DEFAULT_EXCEPTION_REPORTER_FILTER = "launcher.reporting.SecretsFilter"
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    # Launch URLs carry the authorization code: no line may quote one (the server's access
-    # log gets the same filter from launcher.serving, leaving the server's own settings).
-    "filters": {"secrets": {"()": "launcher.logfilters.RedactSecretParameters"}},
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["secrets"]}
-    },
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        "launcher": {"level": LOG_LEVEL},
-        "django.request": {"level": "ERROR"},
-        # One line per call to KHEOPS is noise; failures are ours to log (launcher.services).
-        "httpx": {"level": "WARNING"},
-    },
-}
+
+
+def logging_config(*, level: str, log_format: str) -> dict:
+    """Our log lines: `plain` text, or `json` (one object a line, with the request's id)."""
+    if log_format not in ("plain", "json"):
+        raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {log_format!r}.")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+            "json": {"()": "launcher.logfilters.JsonLines"},
+        },
+        # Launch URLs carry the authorization code: no line may quote one (the server's access
+        # log gets the same filter from launcher.serving, leaving the server's own settings).
+        "filters": {
+            "secrets": {"()": "launcher.logfilters.RedactSecretParameters"},
+            "request_id": {"()": "launcher.logfilters.WithRequestId"},
+        },
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": log_format,
+                "filters": ["secrets", "request_id"],
+            }
+        },
+        "root": {"handlers": ["console"], "level": "WARNING"},
+        "loggers": {
+            "launcher": {"level": level},
+            "django.request": {"level": "ERROR"},
+            # One line per call to KHEOPS is noise; failures are ours to log (launcher.services).
+            "httpx": {"level": "WARNING"},
+        },
+    }
+
+
+LOGGING = logging_config(level=LOG_LEVEL, log_format=os.environ.get("LOG_FORMAT", "plain"))

@@ -215,3 +215,22 @@ def check_kheops_servers_use_https(
             )
         )
     return warnings
+
+
+# A bearer token anybody on the viewer's origin may try against /metrics: long and random.
+MINIMUM_METRICS_TOKEN_LENGTH = 32
+
+
+@register(Tags.security)
+def check_metrics_token(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
+    token = settings.METRICS_TOKEN
+    if not token or len(token) >= MINIMUM_METRICS_TOKEN_LENGTH:
+        return []
+    return [
+        Error(
+            f"METRICS_TOKEN is shorter than {MINIMUM_METRICS_TOKEN_LENGTH} characters.",
+            hint="It opens /metrics on every host. Generate one: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'.",
+            id="launcher.E016",
+        )
+    ]

@@ -18,18 +18,21 @@ very server that is waiting for its answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 
 import httpx
 from django.views.decorators.debug import sensitive_variables
+
+from launcher import metrics
 
 USER_AGENT = "kheops-ohif (+https://github.com/kheops-ohif)"
 # A discovery or token answer is a few hundred bytes; refuse to buffer anything huge.
@@ -45,6 +48,8 @@ _DROPPED_BEFORE_ANSWERING = (httpx.RemoteProtocolError, httpx.ReadError, httpx.W
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 Timings = list[tuple[str, float]]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class KheopsError(Exception):
@@ -155,6 +160,25 @@ class Client:
         await self.http.aclose()
 
 
+def _counted(call: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Count the failures of one kind of call by kind (launcher.metrics), whether the answer
+    never came or did not hold up to the checks."""
+
+    def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        @functools.wraps(function)
+        @sensitive_variables()
+        async def counted(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return await function(*args, **kwargs)
+            except KheopsError as exc:
+                metrics.KHEOPS_ERRORS.labels(call, metrics.kheops_error_kind(exc)).inc()
+                raise
+
+        return counted
+
+    return decorate
+
+
 def is_loopback_host(host: str | None) -> bool:
     """`localhost` or a loopback address literal (127.0.0.0/8, ::1): this machine, whatever
     the DNS says. A name that merely resolves to loopback is not."""
@@ -189,6 +213,7 @@ def is_under_root(url: str, root: str) -> bool:
     return target.path == base_path or target.path.startswith(base_path + "/")
 
 
+@_counted("discovery")
 async def fetch_discovery(
     client: Client, conf_uri: str, *, root: str, timings: Timings | None = None
 ) -> Discovery:
@@ -233,6 +258,7 @@ async def fetch_discovery(
     )
 
 
+@_counted("token")
 @sensitive_variables()
 async def exchange_code(
     client: Client,
@@ -287,6 +313,7 @@ async def exchange_code(
     return TokenGrant(access_token=access_token, expires_in=min(expires_in, 24 * 3600))
 
 
+@_counted("userinfo")
 @sensitive_variables()
 async def fetch_userinfo(
     client: Client, userinfo_endpoint: str, *, access_token: str, timings: Timings | None = None
@@ -351,8 +378,10 @@ async def _send(
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
         finally:
+            took = time.perf_counter() - started
+            metrics.KHEOPS_SECONDS.labels(call).observe(took)
             if timings is not None:
-                timings.append((call, time.perf_counter() - started))
+                timings.append((call, took))
     if answer.status >= 500:
         raise KheopsUnavailable(f"{host} answered HTTP {answer.status}")
     if answer.status in (400, 401, 403):

@@ -214,8 +214,8 @@ class ContentSecurityPolicyMiddleware(_OnTheLoop, CSPMiddleware):
 
 # The admin and the audit API (paths without the sub-path, as in request.path_info).
 ADMIN_PATHS = ("/admin", "/api/v1", "/oauth")
-# What an admin-only host also answers: probes, and the admin's own static files.
-ADMIN_HOST_EXTRAS = ("/healthz", "/readyz", "/favicon.ico")
+# What an admin-only host also answers: probes, metrics, and the admin's own static files.
+ADMIN_HOST_EXTRAS = ("/healthz", "/readyz", "/metrics", "/favicon.ico")
 
 
 def is_admin_path(path: str) -> bool:

@@ -31,7 +31,7 @@ from django.http import QueryDict
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from launcher import blocking, keys, kheops, ratelimit, sealing, writes
+from launcher import blocking, keys, kheops, metrics, ratelimit, sealing, writes
 from launcher.models import (
     GrantState,
     KheopsServer,
@@ -564,12 +564,15 @@ async def launch(
             raise _kheops_failure(exc, return_uri=accepted.return_uri) from None
         grant = _pending_grant(accepted, discovery, launcher_key)
         earlier = await blocking.run(_claim, accepted, grant, record)
-        if earlier is not None:
-            return earlier
     except LaunchFailed as failure:
         failure.study_uids = tuple(record.study_uids)
         await blocking.run(_record_refusal, record, failure)
+        metrics.LAUNCHES.labels(failure.outcome.value).inc()
         raise
+    if earlier is not None:
+        metrics.LAUNCHES.labels(LaunchOutcome.REOPENED.value).inc()
+        return earlier
+    metrics.LAUNCHES.labels(LaunchOutcome.PENDING.value).inc()
     logger.info(
         "launch %s accepted: server=%s client_id=%s studies=%d",
         grant.launch_id,
@@ -822,20 +825,27 @@ async def complete(
             retryable=True,
         )
     _exchanges.in_flight += 1
+    started = time.perf_counter()
+    # Cut short (the browser went away, the server stopped): the grant stays pending.
+    outcome = "interrupted"
     try:
         try:
             token, user = await _exchange(found, timings)
         except LaunchFailed as failure:
+            outcome = failure.outcome.value
             failure.return_uri = found.grant.return_uri
             failure.study_uids = found.grant.study_uids
             if await blocking.run(_record_failure, found, failure):
                 raise
         else:
+            outcome = LaunchOutcome.SUCCESS.value
             ready = await blocking.run(_record_success, found, token, user)
             if ready is not None:
                 return ready
     finally:
         _exchanges.in_flight -= 1
+        metrics.EXCHANGES.labels(outcome).inc()
+        metrics.EXCHANGE_SECONDS.observe(time.perf_counter() - started)
     # Another request of this browser stored its outcome first: answer with that.
     settled = await blocking.run(_grant_or_pending_exchange, launch_id, browser_key)
     if isinstance(settled, ViewerGrant):

@@ -51,8 +51,8 @@ from django.db import transaction
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
-from launcher import blocking, documents, services
-from launcher.logfilters import RedactSecretParameters
+from launcher import blocking, documents, metrics, services
+from launcher.logfilters import REQUEST_ID, RedactSecretParameters, request_id_from
 from launcher.middleware import is_admin_only_host
 
 logger = logging.getLogger(__name__)
@@ -377,18 +377,28 @@ class Application:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        if scope["type"] == "http":
-            prepared = self.documents.answer_for(scope)
-            if prepared is not None:
-                await send(prepared.start)
-                await send(
-                    prepared.body if scope["method"] == "GET" else {"type": "http.response.body"}
-                )
-                return
-            refusal = _upload_refusal(scope)
-            if refusal is not None:
-                await _send_refusal(send, *refusal)
-                return
+        if scope["type"] != "http":
+            await self.django(scope, receive, send)
+            return
+        # Every line logged while this request is served carries its id.
+        request_id = REQUEST_ID.set(request_id_from(dict(scope["headers"]).get(b"x-request-id")))
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            REQUEST_ID.reset(request_id)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        prepared = self.documents.answer_for(scope)
+        if prepared is not None:
+            await send(prepared.start)
+            await send(
+                prepared.body if scope["method"] == "GET" else {"type": "http.response.body"}
+            )
+            return
+        refusal = _upload_refusal(scope)
+        if refusal is not None:
+            await _send_refusal(send, *refusal)
+            return
         await self.django(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -401,12 +411,14 @@ class Application:
                     logger.exception("documents not prepared at start-up: Django answers them")
                 DRAIN.install()
                 self.housekeeping.start()
+                metrics.forget_dead_processes()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 DRAIN.uninstall()
                 await self.housekeeping.stop()
                 await self.documents.stop()
                 await services.close_kheops_client()
+                metrics.forget_this_process()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -32,6 +32,7 @@ from launcher import (
     clientaddr,
     documents,
     kheops,
+    metrics,
     relay,
     sealing,
     services,
@@ -355,10 +356,14 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
         )
     except (UploadAbandoned, kheops.KheopsUnavailable) as exc:
         status, message = _unanswered(exc)
+        if isinstance(exc, kheops.KheopsTimeout):
+            metrics.KHEOPS_ERRORS.labels("dicomweb", "timeout").inc()
+        elif isinstance(exc, kheops.KheopsUnavailable):
+            metrics.KHEOPS_ERRORS.labels("dicomweb", "unavailable").inc()
         if target.is_upload:
             await _record_write(launch_id, target, None, None, note=message)
         return _relay_refusal(status, message)
-    body = kheops.raw_body(upstream)
+    body = metrics.relayed(kheops.raw_body(upstream))
     if target.is_upload and upstream.status_code == 204:
         # No body to pass on, and a server may never start streaming one: recorded now.
         await _record_write(launch_id, target, upstream, stow.AnswerCopy(), note="")
@@ -472,11 +477,14 @@ async def _upload_body(request: HttpRequest) -> AsyncIterator[bytes]:
     """The upload as it arrives (our server: launcher.serving.UploadStream); elsewhere (the
     test client, another ASGI server) from where Django spooled it, read off the event loop."""
     upload = getattr(request, "scope", {}).get(UploadStream.SCOPE_KEY)
+    up = metrics.RELAY_BYTES.labels("up")
     if upload is not None:
         async for chunk in upload.chunks():
+            up.inc(len(chunk))
             yield chunk
         return
     while chunk := await asyncio.to_thread(request.read, UPLOAD_CHUNK_BYTES):
+        up.inc(len(chunk))
         yield chunk
 
 
