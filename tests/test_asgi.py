@@ -20,14 +20,13 @@ import respx
 from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.handlers.asgi import ASGIHandler
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.utils import timezone
 
 from launcher import blocking, kheops, services
 from launcher.logfilters import redact
 from launcher.models import KheopsServer, Provider, UsedCode
 from launcher.serving import Application, Housekeeping
+from tests.asgi_calls import transaction_kept
 from tests.fakes import ROOT, FakeKheops, discovery_document
 
 T = TypeVar("T")
@@ -42,11 +41,8 @@ DOCUMENTS = [
 def _keep_the_test_transaction() -> Iterator[None]:
     # As Django's test client does: a request's end must not close the test's connection
     # (and its transaction) in the thread that runs it.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    yield
-    request_started.connect(close_old_connections)
-    request_finished.connect(close_old_connections)
+    with transaction_kept():
+        yield
 
 
 def prepared_application() -> Application:

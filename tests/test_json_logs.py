@@ -15,6 +15,7 @@ from django.test import Client
 from django.utils.module_loading import import_string
 
 from launcher.serving import Application
+from tests.asgi_calls import http_scope
 from tests.fakes import FakeKheops
 from tests.test_asgi import (  # noqa: F401 (a fixture, autouse here too)
     _keep_the_test_transaction,
@@ -47,21 +48,12 @@ def get(app: Application, path: str, **headers: str) -> int:
     """One GET straight through the ASGI application (no HTTP client: its own log lines
     would quote the launch URL); the status."""
     target, _, query = path.partition("?")
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": target,
-        "raw_path": target.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1:8000")]
-        + [(name.lower().encode(), value.encode()) for name, value in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = http_scope(
+        "GET",
+        target,
+        query=query,
+        headers=[(name.lower().encode(), value.encode()) for name, value in headers.items()],
+    )
     sent: list[dict[str, Any]] = []
     bodies = [{"type": "http.request", "body": b"", "more_body": False}]
 

@@ -7,12 +7,11 @@ and that nothing refused did.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,6 @@ import httpx
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.handlers.asgi import ASGIHandler
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.test import AsyncClient, AsyncRequestFactory, Client
 from django.utils import timezone
 
@@ -31,6 +28,7 @@ from launcher import services, views
 from launcher.admin import ProviderForm
 from launcher.models import GrantState, LaunchGrant, Provider, TokenDelivery
 from launcher.serving import Application, UploadAbandoned, UploadStream
+from tests.asgi_calls import cookie_header, http_scope, transaction_kept
 from tests.fakes import ROOT, STUDY_1, STUDY_2, FakeKheops, token_url_of
 
 OTHER_STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -632,19 +630,6 @@ def test_a_failed_grant_answers_401(
 # --- A browser that goes away -----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def transaction_kept() -> Iterator[None]:
-    # As Django's test client does: a request's end must not close the test's connection.
-    # (The test client itself connects these again after each of its requests.)
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        yield
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-
-
 class EndlessFrames(httpx.AsyncByteStream):
     """A KHEOPS answer that goes on until it is closed."""
 
@@ -674,7 +659,6 @@ def test_a_browser_that_disconnects_mid_stream_closes_the_upstream_answer(
         )
 
     fake_kheops.dicomweb_answer = endless
-    cookie = "; ".join(f"{name}={morsel.value}" for name, morsel in client.cookies.items())
 
     async def browser() -> int:
         gone = asyncio.Event()
@@ -697,20 +681,7 @@ def test_a_browser_that_disconnects_mid_stream_closes_the_upstream_answer(
                     gone.set()  # the browser closes the connection
                     await asyncio.sleep(0.05)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": study_path(root),
-            "raw_path": study_path(root).encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"127.0.0.1:8000"), (b"cookie", cookie.encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-        }
+        scope = http_scope("GET", study_path(root), headers=[cookie_header(client)])
         # handle(): Django's ASGI handling without a thread context of its own, so that the
         # view's database work runs in the test's thread and transaction.
         await asyncio.wait_for(ASGIHandler().handle(scope, receive, send), 10)

@@ -21,8 +21,9 @@ from django.test import Client
 from launcher import stow
 from launcher.models import LaunchRecord, LaunchWrite
 from tests import test_relay
+from tests.asgi_calls import cookie_header, http_scope, transaction_kept
 from tests.fakes import ROOT, STUDY_1, FakeKheops
-from tests.test_relay import ORIGIN, ask, stow_body, transaction_kept
+from tests.test_relay import ORIGIN, ask, stow_body
 
 # The relay tests' fixtures: a relay-mode provider, and a viewer launched in the browser.
 relay_provider = test_relay.relay_provider
@@ -236,7 +237,6 @@ def test_a_browser_that_goes_away_mid_answer_still_leaves_a_record(
         )
 
     fake_kheops.dicomweb_answer = slow
-    cookie = "; ".join(f"{name}={morsel.value}" for name, morsel in client.cookies.items())
     body, content_type = stow_body(1024)
 
     async def browser() -> None:
@@ -255,27 +255,16 @@ def test_a_browser_that_goes_away_mid_answer_still_leaves_a_record(
             if message["type"] == "http.response.body" and message.get("body"):
                 gone.set()  # the browser closes the connection after the first piece
 
-        path = f"{root}/studies"
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"host", b"127.0.0.1:8000"),
-                (b"cookie", cookie.encode()),
+        scope = http_scope(
+            "POST",
+            f"{root}/studies",
+            headers=[
+                cookie_header(client),
                 (b"origin", ORIGIN.encode()),
                 (b"content-type", content_type.encode()),
                 (b"content-length", str(len(body)).encode()),
             ],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-        }
+        )
         await asyncio.wait_for(ASGIHandler().handle(scope, receive, send), 10)
 
     with transaction_kept():
