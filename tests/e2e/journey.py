@@ -335,3 +335,12 @@ class Journey:
         self.page.mouse.move(x, y + 25, steps=5)
         self.page.mouse.move(x + 100, y + 50, steps=5)
         self.page.mouse.up()
+
+    def measure_length(self) -> None:
+        """Draw a Length measurement across the viewport and track it (OHIF's prompt)."""
+        page = self.page
+        page.locator('[data-cy="Length-btn"]').click()
+        self.drag_across_viewport()
+        page.locator('[data-cy="prompt-begin-tracking-yes-btn"]').click()
+        page.locator('[data-cy="trackedMeasurements-btn"]').click()
+        page.locator('[data-cy="measurement-table-row-0"]').get_by_text(" mm").first.wait_for()

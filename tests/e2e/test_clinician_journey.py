@@ -323,11 +323,7 @@ def test_a_length_measurement_saved_as_a_report_is_stored_in_the_same_study(
         journey.open_from_album(CT_STUDY)
         journey.wait_for_image()
     with journey.step("draw a Length measurement and track it"):
-        page.locator('[data-cy="Length-btn"]').click()
-        journey.drag_across_viewport()
-        page.locator('[data-cy="prompt-begin-tracking-yes-btn"]').click()
-        page.locator('[data-cy="trackedMeasurements-btn"]').click()
-        page.locator('[data-cy="measurement-table-row-0"]').get_by_text(" mm").first.wait_for()
+        journey.measure_length()
         journey.screenshot("measured")
     with journey.step("create the report: STOW into the study through KHEOPS"):
         page.get_by_role("button", name="Create SR").click()

@@ -104,11 +104,7 @@ def test_in_relay_mode_a_report_is_saved_through_the_relay_and_read_back(
         journey.open_from_album(CT_STUDY)
         journey.wait_for_image()
     with journey.step("draw a Length measurement and track it"):
-        page.locator('[data-cy="Length-btn"]').click()
-        journey.drag_across_viewport()
-        page.locator('[data-cy="prompt-begin-tracking-yes-btn"]').click()
-        page.locator('[data-cy="trackedMeasurements-btn"]').click()
-        page.locator('[data-cy="measurement-table-row-0"]').get_by_text(" mm").first.wait_for()
+        journey.measure_length()
     with journey.step("create the report: STOW through our relay, no token in the browser"):
         page.get_by_role("button", name="Create SR").click()
         page.locator('[data-cy="dialog-input"]').fill(report_name)
