@@ -263,9 +263,44 @@ else:
 # ADMIN_LOGIN_LOCKOUT_MINUTES; each further failure starts the wait again, a success resets
 # the count. Attempts are kept in the database (shared by all server processes) and shown in
 # the admin (Axes); logged with the user name and address, never the password.
+# Admin sign-in through the hospital's OpenID Connect provider (launcher.oidc, with
+# mozilla-django-oidc): on when OIDC_ISSUER is set. The provider's endpoints come from its
+# discovery document (OIDC_ISSUER + /.well-known/openid-configuration), https only (plain http
+# only on this machine, as for KHEOPS). Group membership (OIDC_GROUPS_CLAIM of the ID token)
+# is read again at every sign-in: OIDC_SUPERUSER_GROUPS make a superuser, OIDC_STAFF_GROUPS a
+# read-only staff member (launch records and health), anyone else is refused.
+OIDC_ISSUER = os.environ.get("OIDC_ISSUER", "").strip()
+OIDC_ENABLED = bool(OIDC_ISSUER)
+OIDC_PROVIDER_NAME = os.environ.get("OIDC_PROVIDER_NAME", "").strip() or "Keycloak"
+OIDC_RP_CLIENT_ID = os.environ.get("OIDC_CLIENT_ID", "").strip()
+OIDC_RP_CLIENT_SECRET = envsecret("OIDC_CLIENT_SECRET")
+OIDC_RP_SCOPES = os.environ.get("OIDC_SCOPES", "").strip() or "openid email profile"
+OIDC_GROUPS_CLAIM = os.environ.get("OIDC_GROUPS_CLAIM", "").strip() or "groups"
+OIDC_STAFF_GROUPS = envlist("OIDC_STAFF_GROUPS", [])
+OIDC_SUPERUSER_GROUPS = envlist("OIDC_SUPERUSER_GROUPS", [])
+# Every call to the provider (discovery, token, JWKS) has this timeout; the library's own
+# default is none at all. The discovery document is reused this long.
+OIDC_TIMEOUT = float(os.environ.get("OIDC_HTTP_TIMEOUT", "5"))
+OIDC_DISCOVERY_CACHE_SECONDS = envint("OIDC_DISCOVERY_CACHE_SECONDS", 300)
+# mozilla-django-oidc: authorization code flow with PKCE (S256), state and nonce; RS256 ID
+# tokens verified against the provider's JWKS (launcher.oidc adds iss, aud and exp); the
+# tokens themselves are never kept (neither in the session nor anywhere else).
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_USE_PKCE = True
+OIDC_PKCE_CODE_CHALLENGE_METHOD = "S256"
+OIDC_USE_NONCE = True
+OIDC_STORE_ACCESS_TOKEN = False
+OIDC_STORE_ID_TOKEN = False
+OIDC_OP_LOGOUT_URL_METHOD = "launcher.oidc.provider_logout_url"
+OIDC_REDIRECT_REQUIRE_HTTPS = PUBLIC_IS_HTTPS
+LOGIN_REDIRECT_URL = "admin:index"
+# Local password sign-in (the first set-up, createsuperuser); false: only the provider.
+ADMIN_PASSWORD_LOGIN = envbool("ADMIN_PASSWORD_LOGIN", True)
+
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    *(["launcher.oidc.AdminOidcBackend"] if OIDC_ENABLED else []),
+    *(["django.contrib.auth.backends.ModelBackend"] if ADMIN_PASSWORD_LOGIN else []),
 ]
 AXES_FAILURE_LIMIT = envint("ADMIN_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=envint("ADMIN_LOGIN_LOCKOUT_MINUTES", 15))
@@ -274,8 +309,9 @@ AXES_CLIENT_IP_CALLABLE = "launcher.clientaddr.client_address"
 AXES_RESET_ON_SUCCESS = True
 # Our page: what happened, for how long, what to do (429 with Retry-After).
 AXES_LOCKOUT_CALLABLE = "launcher.admin.locked_out"
-# User names and addresses are not secrets: the log says who was locked out, from where.
-AXES_SENSITIVE_PARAMETERS: list[str] = []
+# User names and addresses are not secrets: the log says who was locked out, from where. The
+# authorization code on the provider's callback URL (launcher.oidc) is: masked in its rows.
+AXES_SENSITIVE_PARAMETERS = ["code"]
 if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME.total_seconds() <= 0:
     raise ImproperlyConfigured(
         "ADMIN_LOGIN_FAILURE_LIMIT and ADMIN_LOGIN_LOCKOUT_MINUTES must be 1 or more."
@@ -391,7 +427,16 @@ CONTENT_SECURITY_POLICY = {
         "connect-src": [SELF],
         "object-src": [NONE],
         "base-uri": [NONE],
-        "form-action": [SELF],
+        # The admin's sign-out form is answered with a redirect to the provider's
+        # end_session_endpoint (launcher.oidc): browsers check form-action on redirects.
+        "form-action": [
+            SELF,
+            *(
+                [f"{urlsplit(OIDC_ISSUER).scheme}://{urlsplit(OIDC_ISSUER).netloc}"]
+                if OIDC_ENABLED and urlsplit(OIDC_ISSUER).netloc
+                else []
+            ),
+        ],
         "frame-ancestors": [NONE],
     }
 }

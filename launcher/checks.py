@@ -234,3 +234,68 @@ def check_metrics_token(app_configs: Sequence[AppConfig] | None, **kwargs: Any) 
             id="launcher.E016",
         )
     ]
+
+
+@register(Tags.security)
+def check_oidc(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
+    """Admin sign-in through OpenID Connect (launcher.oidc): what would only fail at sign-in."""
+    problems: list = []
+    if not settings.OIDC_ENABLED:
+        if not settings.ADMIN_PASSWORD_LOGIN:
+            problems.append(
+                Error(
+                    "ADMIN_PASSWORD_LOGIN is off and OIDC_ISSUER is unset: nobody can sign in "
+                    "to the admin.",
+                    hint="Set OIDC_ISSUER, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET (README, Admin "
+                    "sign-in), or leave ADMIN_PASSWORD_LOGIN on.",
+                    id="launcher.E042",
+                )
+            )
+        return problems
+    missing = [
+        name
+        for name, value in (
+            ("OIDC_CLIENT_ID", settings.OIDC_RP_CLIENT_ID),
+            ("OIDC_CLIENT_SECRET", settings.OIDC_RP_CLIENT_SECRET),
+        )
+        if not value
+    ]
+    if missing:
+        problems.append(
+            Error(
+                f"OIDC_ISSUER is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not.",
+                hint="Copy them from the client created for this app in the provider "
+                "(OIDC_CLIENT_SECRET_FILE for a file holding the secret).",
+                id="launcher.E040",
+            )
+        )
+    from launcher import oidc
+
+    if not kheops.is_confidential(oidc.discovery_url(settings.OIDC_ISSUER)):
+        problems.append(
+            Error(
+                f"OIDC_ISSUER is not an https URL: {settings.OIDC_ISSUER}.",
+                hint="The client secret and the codes travel to the provider: use its https "
+                "address (plain http only on this machine).",
+                id="launcher.E041",
+            )
+        )
+    if not settings.OIDC_STAFF_GROUPS and not settings.OIDC_SUPERUSER_GROUPS:
+        problems.append(
+            Warning(
+                "Neither OIDC_SUPERUSER_GROUPS nor OIDC_STAFF_GROUPS is set: every sign-in "
+                "through the provider is refused.",
+                hint="Name the provider's groups whose members administer this app "
+                "(superusers) or read its launch records (staff).",
+                id="launcher.W043",
+            )
+        )
+    if settings.OIDC_TIMEOUT <= 0:
+        problems.append(
+            Error(
+                "OIDC_HTTP_TIMEOUT must be more than 0 seconds.",
+                hint="A sign-in would wait for the provider for ever; 5 is the default.",
+                id="launcher.E044",
+            )
+        )
+    return problems

@@ -43,6 +43,13 @@ class KheopsCorsMiddleware:
         return response
 
 
+# The OpenID Connect provider's pages: its forms (sign-in, sign-out) end in a redirect to a
+# client's redirect URI, which a browser checks against form-action; like Keycloak, no
+# form-action there.
+def provider_content_security_policy() -> str:
+    return "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+
+
 class ContentSecurityPolicyMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -50,6 +57,11 @@ class ContentSecurityPolicyMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         if response.headers.get("Content-Type", "").startswith("text/html"):
-            response.headers.setdefault("Content-Security-Policy", content_security_policy())
+            policy = (
+                provider_content_security_policy()
+                if request.path.startswith(("/oidc/", "/idp/"))
+                else content_security_policy()
+            )
+            response.headers.setdefault("Content-Security-Policy", policy)
             response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response

@@ -10,6 +10,8 @@ SANDBOX_ORTHANC_URL    the Orthanc behind the DICOMweb relay (default http://127
 SANDBOX_DEBUG          "1" to turn Django's DEBUG on (default off)
 SANDBOX_ALLOWED_HOSTS  comma-separated extra host names to serve
 SANDBOX_PROVIDER_TIMEOUT_SECONDS  timeout of each fetch of a provider document or JWKS (default 5)
+SANDBOX_OIDC_KEY_FILE  the OpenID Connect provider's RSA signing key, PEM (default: generated once,
+                       kept in var/sandbox-oidc-key.pem)
 """
 
 from __future__ import annotations
@@ -66,6 +68,34 @@ def _stored_secret() -> str:
     return path.read_text().strip()
 
 
+def _oidc_signing_key() -> str:
+    """The OpenID Connect provider's RSA key (PEM): the file SANDBOX_OIDC_KEY_FILE names, made
+    once (mode 0600) when missing, so that every process signs ID tokens with the same key."""
+    path = Path(os.environ.get("SANDBOX_OIDC_KEY_FILE") or VAR_DIR / "sandbox-oidc-key.pem")
+    if not path.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        pem = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            .private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            .decode()
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first: read theirs below
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(pem)
+    return path.read_text()
+
+
 SANDBOX_ROOT_URL = os.environ.get("SANDBOX_ROOT_URL", "http://127.0.0.1:8100").rstrip("/")
 _root = urlsplit(SANDBOX_ROOT_URL)
 if _root.scheme not in {"http", "https"} or not _root.hostname or _root.path not in {"", "/"}:
@@ -85,14 +115,23 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1", _root.hostname] + [
 
 INSTALLED_APPS = [
     "django.contrib.staticfiles",
+    # The OpenID Connect provider role (Keycloak's, beside KHEOPS): django-oauth-toolkit,
+    # its users and groups in Django's auth, a session at the provider (sandbox/oidc.py).
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "oauth2_provider",
     "sandbox",
 ]
 
-# No sessions, cookies or CSRF middleware: every call is authenticated by a bearer token or a
-# client assertion, exactly like the KHEOPS API, and the album page holds no session.
+# No CSRF middleware: every KHEOPS call is authenticated by a bearer token or a client
+# assertion, exactly like the KHEOPS API, and the album page holds no session. The session
+# is the OpenID Connect provider's (its sign-in form is CSRF-protected by its own view).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
     "sandbox.middleware.KheopsCorsMiddleware",
     "sandbox.middleware.ContentSecurityPolicyMiddleware",
 ]
@@ -138,4 +177,24 @@ LOGGING = {
         "sandbox": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
+}
+
+# --- The OpenID Connect provider (sandbox/oidc.py), issuer ROOT/oidc -------------------------
+SESSION_COOKIE_NAME = "sandbox_idp_session"
+LOGIN_URL = "/idp/login/"
+OAUTH2_PROVIDER = {
+    "OIDC_ENABLED": True,
+    "OIDC_ISS_ENDPOINT": f"{SANDBOX_ROOT_URL}/oidc",
+    "OIDC_RSA_PRIVATE_KEY": _oidc_signing_key(),
+    "PKCE_REQUIRED": True,
+    "OAUTH2_VALIDATOR_CLASS": "sandbox.oidc.GroupsClaimValidator",
+    "SCOPES": {
+        "openid": "OpenID Connect",
+        "profile": "Name",
+        "email": "E-mail address",
+    },
+    # RP-initiated logout, as Keycloak: without an id_token_hint the provider asks first.
+    "OIDC_RP_INITIATED_LOGOUT_ENABLED": True,
+    "OIDC_RP_INITIATED_LOGOUT_ALWAYS_PROMPT": False,
+    "ID_TOKEN_EXPIRE_SECONDS": 300,
 }

@@ -3,6 +3,7 @@ routes it to the Authorization server); the DICOMweb relay's routes are included
 
 from django.urls import include, path
 
+from sandbox import oidc
 from sandbox.views import api, control, pages
 
 urlpatterns = [
@@ -24,6 +25,10 @@ urlpatterns = [
     path("_sandbox/faults", control.faults_view),
     path("_sandbox/clock", control.clock_view),
     path("_sandbox/user-token", control.user_token_view),
+    # The OpenID Connect provider (Keycloak's role): discovery at /oidc/.well-known/openid-
+    # configuration, its sign-in page at /idp/login/.
+    path("oidc/", include((oidc.urlpatterns, "oauth2_provider"))),
+    path("idp/login/", oidc.SignIn.as_view(), name="idp-login"),
     path("api/", include("sandbox.dicomweb_urls")),
 ]
 
