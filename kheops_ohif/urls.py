@@ -15,6 +15,7 @@ urlpatterns = [
         oidc.AdminOidcCallback.as_view(),
         name="oidc_authentication_callback",
     ),
+    path("admin/oidc/problem/", oidc.sign_in_problem, name="oidc_sign_in_problem"),
     path("admin/logout/", oidc.AdminSignOut.as_view(), name="admin_sign_out"),
     path("admin/", admin.site.urls),
     path("", include("launcher.api.urls")),

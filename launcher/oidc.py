@@ -42,7 +42,7 @@ from django.contrib.auth.models import AbstractBaseUser, Group, Permission
 from django.core.cache import cache
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.translation import gettext as _
@@ -322,18 +322,67 @@ class AdminOidcBackend(OIDCAuthenticationBackend):
 # --- the views -----------------------------------------------------------------------------
 
 
-def sign_in_page(
-    request: HttpRequest, *, title: str, what: str, advice: str, status: int
-) -> HttpResponse:
+# What the sign-in problem page says, by kind, and its status.
+PROBLEM_KEY = "oidc_sign_in_problem"
+
+
+def _problem_text(kind: str, who: str) -> tuple[str, str, str, int]:
+    provider = settings.OIDC_PROVIDER_NAME
+    if kind == "refused":
+        return (
+            _("No access to this administration"),
+            _(
+                "%(provider)s signed you in as %(who)s, but your account is in none of the "
+                "groups allowed here."
+            )
+            % {"provider": provider, "who": who},
+            _(
+                "If you should have access, ask the IT service to add you to the right group, "
+                "then sign in again."
+            ),
+            403,
+        )
+    if kind == "unavailable":
+        return (
+            _("Sign-in unavailable"),
+            _("%(provider)s cannot be reached just now.") % {"provider": provider},
+            _("Try again in a few minutes; if it goes on, tell the IT service."),
+            502,
+        )
+    return (
+        _("Sign-in not completed"),
+        _("The sign-in with %(provider)s could not be completed or was cancelled.")
+        % {"provider": provider},
+        _("Start again from the sign-in page."),
+        400,
+    )
+
+
+def problem_redirect(request: HttpRequest, kind: str, who: str = "") -> HttpResponse:
+    """To the page that says what went wrong: the callback's URL, which carries the code,
+    is then neither the page's address nor in anything it renders or logs."""
+    request.session[PROBLEM_KEY] = {"kind": kind, "who": who[:300]}
+    return HttpResponseRedirect(reverse("oidc_sign_in_problem"))
+
+
+def sign_in_problem(request: HttpRequest) -> HttpResponse:
+    problem = request.session.pop(PROBLEM_KEY, None)
+    # Shown once; saved here: Django does not save a session with a 5xx answer.
+    request.session.save()
+    if not isinstance(problem, dict):
+        return HttpResponseRedirect(reverse("admin:login"))
+    title, what, advice, status = _problem_text(
+        str(problem.get("kind")), str(problem.get("who", ""))
+    )
     response = render(
         request,
         "admin/oidc_sign_in_failed.html",
         {
+            **admin.site.each_context(request),
             "title": title,
             "what": what,
             "advice": advice,
             "status": status,
-            "provider_name": settings.OIDC_PROVIDER_NAME,
         },
         status=status,
     )
@@ -357,19 +406,8 @@ class AdminOidcSignIn(OIDCAuthenticationRequestView):
             self.OIDC_OP_AUTH_ENDPOINT = provider_metadata()["authorization_endpoint"]
         except ProviderUnavailable as exc:
             logger.warning("Admin sign-in through OpenID Connect unavailable: %s", exc)
-            return provider_unavailable(request)
+            return problem_redirect(request, "unavailable")
         return super().get(request)
-
-
-def provider_unavailable(request: HttpRequest) -> HttpResponse:
-    return sign_in_page(
-        request,
-        title=_("Sign-in unavailable"),
-        what=_("%(provider)s cannot be reached just now.")
-        % {"provider": settings.OIDC_PROVIDER_NAME},
-        advice=_("Try again in a few minutes; if it goes on, tell the IT service."),
-        status=502,
-    )
 
 
 class AdminOidcCallback(OIDCAuthenticationCallbackView):
@@ -385,23 +423,10 @@ class AdminOidcCallback(OIDCAuthenticationCallbackView):
             return super().get(request)
         except AccessRefused as refused:
             logger.info("Admin sign-in refused: %s is in none of the admin groups", refused.who)
-            return sign_in_page(
-                request,
-                title=_("No access to this administration"),
-                what=_(
-                    "%(provider)s signed you in as %(who)s, but your account is in none of the "
-                    "groups allowed here."
-                )
-                % {"provider": settings.OIDC_PROVIDER_NAME, "who": refused.who},
-                advice=_(
-                    "If you should have access, ask the IT service to add you to the right "
-                    "group, then sign in again."
-                ),
-                status=403,
-            )
+            return problem_redirect(request, "refused", refused.who)
         except ProviderUnavailable as exc:
             logger.warning("Admin sign-in through OpenID Connect unavailable: %s", exc)
-            return provider_unavailable(request)
+            return problem_redirect(request, "unavailable")
         except (SuspiciousOperation, requests.RequestException) as exc:
             # Names the check that failed (state, nonce, signature, iss, aud, exp…): never
             # a token, which no message here quotes.
@@ -409,14 +434,7 @@ class AdminOidcCallback(OIDCAuthenticationCallbackView):
             return self.login_failure()
 
     def login_failure(self) -> HttpResponse:
-        return sign_in_page(
-            self.request,
-            title=_("Sign-in not completed"),
-            what=_("The sign-in with %(provider)s could not be completed or was cancelled.")
-            % {"provider": settings.OIDC_PROVIDER_NAME},
-            advice=_("Start again from the sign-in page."),
-            status=400,
-        )
+        return problem_redirect(self.request, "failed")
 
 
 class AdminSignOut(OIDCLogoutView):

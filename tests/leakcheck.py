@@ -4,8 +4,10 @@ Hooked from `tests/conftest.py`, it watches the whole test run:
 
 - **Secrets** are registered where they come to exist, at our app's boundaries: the `code`
   parameter of every request our app receives, every client assertion we sign, every
-  access token KHEOPS (fake or stand-in) gives us, and every value we seal (the code and
-  the KHEOPS token in a viewer grant, the private signing keys, line by line).
+  access token KHEOPS (fake or stand-in) gives us, every value we seal (the code and
+  the KHEOPS token in a viewer grant, the private signing keys, line by line), and for the
+  admin's sign-in through OpenID Connect the client secret we send to the provider and the
+  ID, access and refresh tokens it answers.
 - **What is scanned**: every log record (DEBUG and up; the root logger is set to DEBUG)
   written by our app, Django, or anything while our app handles a request; every response
   header (Location, Set-Cookie, …) and every HTML (the viewer page with its launch data),
@@ -37,7 +39,7 @@ MIN_SECRET_LENGTH = 16
 MIN_DISTINCT_CHARACTERS = 6
 REPORTED_LEAKS = 10
 # Where a launch could store something: our tables, sessions and the admin's change log.
-SCANNED_APPS = {"launcher", "sessions", "admin"}
+SCANNED_APPS = {"launcher", "sessions", "admin", "auth", "axes"}
 # Loggers whose records are ours or Django's wherever they are written; any other logger's
 # records are scanned only while our app handles a request (the test's own HTTP client
 # logs the launch URL, code included, as a browser's history would hold it).
@@ -202,7 +204,7 @@ def _watch_responses(check: LeakCheck) -> None:
 def _watch_secrets(check: LeakCheck) -> None:
     from django.views.decorators.debug import sensitive_variables
 
-    from launcher import keys, kheops, sealing
+    from launcher import keys, kheops, oidc, sealing
 
     def assertion_wrapper(client_assertion: Callable[..., str]) -> Callable[..., str]:
         def watched(*args: Any, **kwargs: Any) -> str:
@@ -231,6 +233,18 @@ def _watch_secrets(check: LeakCheck) -> None:
 
         return watched
 
+    def oidc_token_wrapper(get_token: Callable[..., Any]) -> Callable[..., Any]:
+        @sensitive_variables()
+        def watched(self: Any, payload: dict[str, Any]) -> Any:
+            check.register(payload.get("client_secret"), "OpenID Connect client secret")
+            answer = get_token(self, payload)
+            for name in ("id_token", "access_token", "refresh_token"):
+                check.register(answer.get(name), f"OpenID Connect {name}")
+            return answer
+
+        return watched
+
+    _wrap(oidc.AdminOidcBackend, "get_token", oidc_token_wrapper)
     _wrap(keys, "client_assertion", assertion_wrapper)
     _wrap(kheops, "exchange_code", exchange_wrapper)
     _wrap(sealing, "seal", seal_wrapper)
