@@ -7,6 +7,7 @@ stand-in's and our app's settings are set in their processes' environments).
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import secrets
@@ -86,6 +87,7 @@ def stand_in_env(
     if workdir is not None:
         env["SANDBOX_DATABASE_URL"] = f"sqlite:///{workdir / 'sandbox.sqlite3'}"
         env["SANDBOX_SECRET"] = secrets.token_urlsafe(48)
+        env["SANDBOX_OIDC_KEY_FILE"] = str(workdir / "sandbox-oidc-key.pem")
     env.update(variables)
     return env
 
@@ -100,9 +102,33 @@ class StandIn:
     album_id: str = ""  # the seeded demo album's
     server: ServerProcess | None = None
 
-    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def manage(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """`python -m django <args>` on the stand-in's settings and database."""
-        return run_python(["-m", "django", *args], self.env, check=check)
+        return run_python(["-m", "django", *args], self.env, check=check, stdin=stdin)
+
+    @property
+    def oidc_issuer(self) -> str:
+        """The issuer of its OpenID Connect provider (Keycloak's role, sandbox/oidc.py)."""
+        return f"{self.root_url}/oidc"
+
+    def set_up_oidc(
+        self, viewer_url: str, *, client_id: str, client_secret: str, users: list[dict]
+    ) -> None:
+        """A client for our admin's sign-in at its OpenID Connect provider, as a hospital's
+        Keycloak admin would make it (README: Admin sign-in), and `users` (username,
+        password, first_name, last_name, email, groups). Idempotent."""
+        config = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "client_name": "kheops-ohif admin",
+            "redirect_uris": [f"{viewer_url}/admin/oidc/callback/"],
+            "post_logout_redirect_uris": [f"{viewer_url}/admin/login/"],
+            "users": users,
+        }
+        # On standard input: secrets and passwords never on a command line.
+        self.manage("sandbox_oidc", stdin=json.dumps(config))
 
     def prepare(self) -> str:
         """Migrate and seed (idempotent: the same albums again); the demo album's id."""
