@@ -4,6 +4,8 @@ Starts (or reuses) Orthanc with the sample studies, the KHEOPS stand-in on
 http://localhost:8100 and the viewer on http://127.0.0.1:8000 (two different sites, as a
 real KHEOPS and viewer would be), trusts the stand-in, registers the viewer in the demo album
 through its configuration URL as a KHEOPS album admin would, and prints the one URL to open.
+The viewer's admins sign in through the stand-in's OpenID Connect provider (as through a
+hospital's Keycloak); the local password account stays for the first set-up.
 Ctrl-C stops everything this script started. A second run reuses what exists.
 
 The parts and their processes are devstack's, as for the tests and the benchmarks; the demo
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from devstack import (
     APP_ASGI,
@@ -42,6 +45,7 @@ VIEWER_PORT = int(os.environ.get("DEMO_VIEWER_PORT", "8000"))
 ORTHANC_URL = f"http://127.0.0.1:{ORTHANC_PORT}"
 KHEOPS_URL = f"http://localhost:{KHEOPS_PORT}"
 VIEWER_URL = os.environ.get("PUBLIC_BASE_URL", f"http://127.0.0.1:{VIEWER_PORT}")
+DEMO_OIDC_CLIENT_ID = "kheops-ohif-admin"
 
 
 def say(message: str) -> None:
@@ -90,6 +94,51 @@ class Demo:
         stand_in.wait_until_up()
         return stand_in
 
+    def sign_in_through_the_stand_in(self, stand_in: StandIn) -> str | None:
+        """The viewer's admins sign in with the stand-in's OpenID Connect provider, as with a
+        hospital's Keycloak: a client there, two people (a superuser and a read-only staff
+        member), our settings pointing at it. The people's password; None when the caller's
+        environment names a provider of its own (OIDC_ISSUER)."""
+        if os.environ.get("OIDC_ISSUER"):
+            return None
+        say(f"Setting up the stand-in's OpenID Connect provider ({stand_in.oidc_issuer})")
+        client_secret = kept_secret(VAR / "demo-oidc-client-secret")
+        password = kept_secret(VAR / "demo-idp-password", length=12)
+        stand_in.set_up_oidc(
+            VIEWER_URL,
+            client_id=DEMO_OIDC_CLIENT_ID,
+            client_secret=client_secret,
+            users=[
+                {
+                    "username": "demo-admin",
+                    "password": password,
+                    "first_name": "Ada",
+                    "last_name": "Admin",
+                    "email": "demo-admin@hospital.invalid",
+                    "groups": ["kheops-ohif-admins"],
+                },
+                {
+                    "username": "demo-staff",
+                    "password": password,
+                    "first_name": "Sam",
+                    "last_name": "Staff",
+                    "email": "demo-staff@hospital.invalid",
+                    "groups": ["kheops-ohif-staff"],
+                },
+            ],
+        )
+        self.viewer_env.update(
+            {
+                "OIDC_ISSUER": stand_in.oidc_issuer,
+                "OIDC_PROVIDER_NAME": "KHEOPS stand-in",
+                "OIDC_CLIENT_ID": DEMO_OIDC_CLIENT_ID,
+                "OIDC_CLIENT_SECRET_FILE": str(VAR / "demo-oidc-client-secret"),
+                "OIDC_SUPERUSER_GROUPS": "kheops-ohif-admins",
+                "OIDC_STAFF_GROUPS": "kheops-ohif-staff",
+            }
+        )
+        return password
+
     def start_viewer(self) -> str:
         """Start the viewer, trusting the stand-in; the admin's password."""
         say(f"Starting the viewer ({VIEWER_URL})")
@@ -137,9 +186,29 @@ class Demo:
             time.sleep(1)
 
 
+def kept_secret(path: Path, *, length: int = 32) -> str:
+    """A random secret made once and kept in git-ignored var/ (mode 0600)."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(length)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
 def listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def sign_in_help(idp_password: str | None) -> str:
+    if idp_password is None:
+        return "    Sign in with your OIDC_ISSUER's provider,"
+    return (
+        '    "Sign in with KHEOPS stand-in", then at the stand-in\'s provider as demo-admin\n'
+        "    (superuser) or demo-staff (read-only: launch records and health), password\n"
+        f"    {idp_password} (kept in var/demo-idp-password); sign-out ends both sessions,"
+    )
 
 
 def main() -> None:
@@ -155,6 +224,7 @@ def main() -> None:
     try:
         demo.start_orthanc()
         stand_in = demo.start_stand_in()
+        idp_password = demo.sign_in_through_the_stand_in(stand_in)
         password = demo.start_viewer()
         say("Registering the viewer in the demo album by its configuration URL")
         client_id = stand_in.register(f"{VIEWER_URL}/providers/ohif/configuration")
@@ -169,7 +239,9 @@ def main() -> None:
 
   and click "Open in OHIF Viewer" on a study.
 
-  Viewer admin: {VIEWER_URL}/admin/  (user admin, password {password}, kept in var/demo-admin-password)
+  Viewer admin: {VIEWER_URL}/admin/
+{sign_in_help(idp_password)}
+    or the local account: user admin, password {password} (kept in var/demo-admin-password)
   Provider client_id in the album: {client_id}.  Logs: var/viewer.log, var/kheops-stand-in.log
   Press Ctrl-C to stop.
 """,
