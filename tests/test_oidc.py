@@ -514,3 +514,17 @@ def test_group_names_match_with_or_without_keycloaks_full_path(settings: Any) ->
     assert oidc.role_of({"roles": ["/staff", "/admins"]}) == "superuser"
     assert oidc.role_of({"groups": ["/admins"]}) is None
     assert oidc.role_of({"roles": [{"name": "admins"}]}) is None
+
+
+def test_error_reports_hide_the_client_secret_and_the_callbacks_code(settings: Any) -> None:
+    from django.test import RequestFactory
+
+    from launcher.reporting import SecretsFilter, redact
+
+    settings.OIDC_RP_CLIENT_SECRET = CLIENT_SECRET
+    safe = SecretsFilter().get_safe_settings()
+    assert safe["OIDC_RP_CLIENT_SECRET"] != CLIENT_SECRET
+    request = RequestFactory().get("/admin/oidc/callback/?code=idp-code-Zx81Qw&state=s")
+    assert "idp-code-Zx81Qw" not in redact(repr(request))
+    cleansed = SecretsFilter().get_cleansed_multivaluedict(request, request.GET)
+    assert cleansed["code"] != "idp-code-Zx81Qw" and cleansed["state"] == "s"
