@@ -528,3 +528,39 @@ def test_error_reports_hide_the_client_secret_and_the_callbacks_code(settings: A
     assert "idp-code-Zx81Qw" not in redact(repr(request))
     cleansed = SecretsFilter().get_cleansed_multivaluedict(request, request.GET)
     assert cleansed["code"] != "idp-code-Zx81Qw" and cleansed["state"] == "s"
+
+
+@pytest.mark.django_db
+def test_the_sign_in_lives_on_the_admin_host_only(
+    client: Client, idp: FakeProvider, settings: Any
+) -> None:
+    settings.PUBLIC_HOST = "viewer.test"
+    settings.ALLOWED_HOSTS = ["viewer.test", "admin.viewer.test"]
+    settings.ADMIN_HOSTS = ["admin.viewer.test"]
+    for path in ("/admin/oidc/sign-in/", "/admin/oidc/callback/?code=c&state=s"):
+        assert client.get(path, HTTP_HOST="viewer.test").status_code == 404, path
+    start = client.get("/admin/oidc/sign-in/", HTTP_HOST="admin.viewer.test")
+    assert start.status_code == 302
+    redirect_uri = parse_qs(urlsplit(start["Location"]).query)["redirect_uri"]
+    assert redirect_uri == ["http://admin.viewer.test/admin/oidc/callback/"]
+
+
+@pytest.mark.django_db
+def test_without_an_issuer_there_is_no_provider_to_sign_in_with(
+    client: Client, settings: Any
+) -> None:
+    settings.OIDC_ENABLED = False
+    settings.OIDC_ISSUER = ""
+    page = client.get("/admin/login/").content.decode()
+    assert "Sign in with" not in page and 'name="password"' in page
+    assert client.get("/admin/oidc/sign-in/").status_code == 404
+    assert client.get("/admin/oidc/callback/?code=c&state=s").status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_page_to_return_to_must_be_ours(client: Client, idp: FakeProvider) -> None:
+    start = client.get("/admin/oidc/sign-in/?next=https://evil.example/admin/")
+    query = parse_qs(urlsplit(start["Location"]).query)
+    idp.nonce = query["nonce"][0]
+    back = client.get(f"/admin/oidc/callback/?code=idp-code-n&state={query['state'][0]}")
+    assert back.status_code == 302 and back["Location"] == "/admin/"
