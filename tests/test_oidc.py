@@ -213,6 +213,8 @@ def test_a_member_of_the_superuser_group_signs_in_as_superuser(
     assert len(form["code_verifier"][0]) >= 43
     assert form["client_secret"] == [CLIENT_SECRET]
     assert form["redirect_uri"] == ["http://testserver/admin/oidc/callback/"]
+    # The library's default is no timeout at all: every call to the provider has ours.
+    assert [call.request.req_kwargs["timeout"] for call in idp.rsps.calls] == [5.0, 5.0]
     assert client.get("/admin/").status_code == 200
     # No token is kept in the session.
     assert "oidc_id_token" not in client.session and "oidc_access_token" not in client.session
