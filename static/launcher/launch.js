@@ -101,13 +101,13 @@
       }
     }
     var open = XMLHttpRequest.prototype.open;
-    XMLHttpRequest.prototype.open = function (method, url) {
+    XMLHttpRequest.prototype.open = function () {
       var request = this;
-      request.kheopsOhifUrl = new URL(url, location.href).href;
       if (!request.kheopsOhifWatched) {
         request.kheopsOhifWatched = true;
+        // responseURL: absolute, and set whenever an answer (a 401 too) arrived.
         request.addEventListener("loadend", function () {
-          check(request.responseURL || request.kheopsOhifUrl, request.status);
+          check(request.responseURL, request.status);
         });
       }
       return open.apply(request, arguments);

@@ -217,8 +217,9 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    """One server process and one fake KHEOPS for the module (each test its own grant)."""
+def running(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> Iterator[Running]:
+    """One server process and one fake KHEOPS for the module (each test its own grant), on
+    the test database (set up first: its name is what the server is given)."""
     kheops = FakeDicomweb()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
