@@ -131,6 +131,8 @@ def uvicorn_command(app: str, *, port: int, workers: int, access_log: bool = Fal
         *([] if access_log else ["--no-access-log"]),
         # The client's address and scheme are ours to decide (launcher.clientaddr).
         "--no-proxy-headers",
+        # uvicorn's httptools parser, refusing a request head over 64 KiB (431).
+        "--http", "launcher.httpserver:HttpToolsProtocol",
     ]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """ASGI entry point, what production runs: `uvicorn kheops_ohif.asgi:application
---no-proxy-headers …` (the client's address is ours to decide: launcher.clientaddr).
+--no-proxy-headers --http launcher.httpserver:HttpToolsProtocol …` (the client's address is
+ours to decide: launcher.clientaddr; a request head is bounded: launcher.httpserver).
 
 Django, behind launcher.serving, which answers the documents KHEOPS fetches during every
 exchange from memory, reuses request threads, and stops gracefully.

@@ -138,7 +138,11 @@ class Client:
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
-                max_connections=None, max_keepalive_connections=max_in_flight, keepalive_expiry=30
+                max_connections=None,
+                # The relay's streams too: a viewer loading a series keeps several busy,
+                # and a connection closed after each image would be opened again at once.
+                max_keepalive_connections=max_in_flight + RELAY_KEPT_CONNECTIONS,
+                keepalive_expiry=30,
             ),
             follow_redirects=False,
             trust_env=False,
@@ -438,6 +442,10 @@ async def _read_limited(response: httpx.Response) -> bytes:
 
 
 # --- The DICOMweb relay (launcher.relay): one request, its answer streamed -----------------
+
+# Idle connections kept for the relay (besides `max_in_flight`): measured with 50 viewers
+# loading at once (bench/relay.py), fewer meant a new connection for most images.
+RELAY_KEPT_CONNECTIONS = 128
 
 # A relayed answer may take this long to begin, and each of its reads (or each write of an
 # upload) this long again: a large study's rendering or a slow client, not a stuck server.

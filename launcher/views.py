@@ -321,8 +321,10 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
 
     The grant cookie is the only credential. Refusals are JSON: 400 (not a DICOMweb
     address), 403 (another study, or an upload from another origin), 405, 413, and 401
-    when this browser has no usable grant (not its launch, expired, failed).
+    when this browser has no usable grant (not its launch, expired, failed). The answer's
+    Server-Timing says how long KHEOPS took to begin answering and what was our own work.
     """
+    started = time.perf_counter()
     try:
         target = relay.check(
             request.method or "",
@@ -346,6 +348,7 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
     url = grant.dicomweb_endpoint.rstrip("/") + "/" + target.path
     if target.query:
         url += "?" + target.query
+    asked = time.perf_counter()
     try:
         upstream = await kheops.open_dicomweb(
             services.kheops_client(),
@@ -363,6 +366,7 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
         if target.is_upload:
             await _record_write(launch_id, target, None, None, note=message)
         return _relay_refusal(status, message)
+    answered = time.perf_counter()
     body = metrics.relayed(kheops.raw_body(upstream))
     if target.is_upload and upstream.status_code == 204:
         # No body to pass on, and a server may never start streaming one: recorded now.
@@ -373,6 +377,11 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
     del response["Content-Type"]  # KHEOPS's, or none
     for name, value in relay.downstream_headers(upstream.headers).items():
         response[name] = value
+    # The time to KHEOPS's answer's headers, and our own work before and after (the body
+    # then streams through: its time is KHEOPS's and the network's).
+    response["Server-Timing"] = server_timing(
+        [("kheops", answered - asked)], time.perf_counter() - started
+    )
     return response
 
 

@@ -69,6 +69,8 @@ class ViewerServer:
             # As every command we ship: the client's address is ours to decide
             # (launcher.clientaddr), not uvicorn's from X-Forwarded-For.
             proxy_headers=False,
+            # As devstack's command: uvicorn's parser with a bound on a request's head.
+            http="launcher.httpserver:HttpToolsProtocol",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

@@ -122,3 +122,9 @@ def test_the_readme_production_command_turns_proxy_headers_off() -> None:
         line for line in readme.splitlines() if line.startswith("uvicorn kheops_ohif.asgi")
     ]
     assert "--no-proxy-headers" in shlex.split(command)
+    # The same bounded HTTP parser as devstack's command (launcher.httpserver).
+    at = shlex.split(command).index("--http")
+    assert shlex.split(command)[at + 1] == "launcher.httpserver:HttpToolsProtocol"
+    assert "launcher.httpserver:HttpToolsProtocol" in uvicorn_command(
+        "kheops_ohif.asgi:application", port=8000, workers=2
+    )

@@ -265,6 +265,8 @@ def test_a_read_is_forwarded_with_the_token_and_only_the_headers_that_belong(
     assert headers["etag"] == '"v1"'
     assert headers["last-modified"] == "Wed, 01 Jan 2025 00:00:00 GMT"
     assert headers["cache-control"] == "private, max-age=60"
+    # What KHEOPS took to begin answering, and our own work (bench/relay.py reads it).
+    assert re.fullmatch(r"kheops;dur=[0-9.]+, app;dur=[0-9.]+", headers["server-timing"])
     for dropped in ("set-cookie", "connection", "keep-alive", "location"):
         assert dropped not in headers
     assert_no_token(answer, fake_kheops)

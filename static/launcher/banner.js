@@ -53,7 +53,13 @@
     }
     document.body.appendChild(banner);
 
+    // The relay refused a request (401: the grant expired or failed; launch.js): over now.
+    var ended = Boolean(launch.ended);
+    window.addEventListener("kheops-ohif:access-ended", function () {
+      if (!ended) { ended = true; update(); }
+    });
     function secondsLeft() {
+      if (ended) { return 0; }
       return Math.max(0, Math.round(expiresIn - (performance.now() - startedAt) / 1000));
     }
     function format(seconds) {

@@ -87,6 +87,40 @@
     return new Promise(function () {});  // OHIF goes no further
   }
 
+  // Relay mode: the server answers 401 once the grant has expired or failed (or the
+  // browser lost its cookie). The viewer then says so as when the hour is over: banner.js
+  // shows its expiry message on this event. OHIF fetches DICOMweb with XMLHttpRequest (and
+  // fetch, for some): both are watched for answers from the relay, nothing else changes.
+  var ACCESS_ENDED = "kheops-ohif:access-ended";
+  function watchRelay(root) {
+    var prefix = new URL(root.replace(/\/?$/, "/"), location.href).href;
+    function check(url, status) {
+      if (status === 401 && String(url).indexOf(prefix) === 0) {
+        window.kheopsLaunch.ended = true;
+        window.dispatchEvent(new Event(ACCESS_ENDED));
+      }
+    }
+    var open = XMLHttpRequest.prototype.open;
+    XMLHttpRequest.prototype.open = function () {
+      var request = this;
+      if (!request.kheopsOhifWatched) {
+        request.kheopsOhifWatched = true;
+        // responseURL: absolute, and set whenever an answer (a 401 too) arrived.
+        request.addEventListener("loadend", function () {
+          check(request.responseURL, request.status);
+        });
+      }
+      return open.apply(request, arguments);
+    };
+    var originalFetch = window.fetch;
+    window.fetch = function () {
+      return originalFetch.apply(this, arguments).then(function (response) {
+        check(response.url, response.status);
+        return response;
+      });
+    };
+  }
+
   var config = launch.config;
   // OHIF 3.13 takes DICOMweb headers from its user-authentication service only; an
   // extension's preRegistration runs after services exist and before any data source,
@@ -98,7 +132,10 @@
         getAuthorizationHeader: function () { return authorization ? { Authorization: authorization } : {}; }
       });
       // Relay mode: no token in the answer; the server adds it to the same-origin requests.
-      return token.then(function (body) { authorization = body.authorization || null; }, stop);
+      return token.then(function (body) {
+        authorization = body.authorization || null;
+        if (!authorization) { watchRelay(config.dataSources[0].configuration.wadoRoot); }
+      }, stop);
     }
   }];
 

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import requests
+from django.utils import timezone
 from playwright.sync_api import Error, Response
 
 from launcher import services
@@ -125,4 +126,38 @@ def test_in_relay_mode_a_report_is_saved_through_the_relay_and_read_back(
         assert (write.status, write.study_uid, write.failed) == (200, CT_STUDY, [])
         [stored] = write.stored
         assert stored["sop_class_uid"].startswith("1.2.840.10008.5.1.4.1.1.88.")  # an SR
+    assert journey.dicomweb_requests() == []
+
+
+def test_in_relay_mode_a_grant_that_ends_while_the_viewer_is_open_shows_the_expiry_message(
+    journey: Journey, relay_mode: None, live_stack: Stack
+) -> None:
+    page = journey.page
+    banner = page.locator("#kheops-ohif-banner")
+    with journey.step("open the CT study from the album page and draw a measurement"):
+        journey.open_from_album(CT_STUDY)
+        journey.wait_for_image()
+        journey.measure_length()
+        assert banner.is_hidden()  # an hour left: nothing to say yet
+    with journey.step("the grant expires on the server while the viewer stays open"):
+        launch_id = journey.launch_id()
+        ended = LaunchGrant.objects.filter(launch_id=launch_id).update(
+            expires_at=timezone.now() - timezone.timedelta(seconds=1)
+        )
+        assert ended == 1
+        services.forget_lookups()  # this process's few seconds of memory of the grant
+    with journey.step("the viewer's next request (saving the report) is refused: 401"):
+        page.get_by_role("button", name="Create SR").click()
+        page.locator('[data-cy="dialog-input"]').fill("e2e relay after expiry")
+        stow_url = f"{live_stack.viewer.url}/launches/{launch_id}/dicomweb/studies"
+        with page.expect_response(
+            lambda r: r.url == stow_url and r.request.method == "POST", timeout=30_000
+        ) as refused:
+            page.locator('[data-cy="input-dialog-save-button"]').click()
+        assert refused.value.status == 401
+    with journey.step("the viewer shows the expiry message, with the way back to KHEOPS"):
+        banner.and_(page.locator(".expired")).wait_for(timeout=10_000)
+        assert banner.locator("span").inner_text() == "Your access has expired."
+        assert banner.get_by_role("link", name="Open again from KHEOPS").is_visible()
+        journey.screenshot("relay-expired")
     assert journey.dicomweb_requests() == []
