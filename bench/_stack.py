@@ -67,6 +67,8 @@ from sandbox.samples import sample_studies
 logger = logging.getLogger(__name__)
 
 OHIF_ROOT = REPO / "var" / "ohif"
+# How long a server worker keeps a provider it looked up (launcher.services).
+LOOKUP_CACHE_SECONDS = 5.0
 
 
 def token_url(launch_url: str, location: str) -> str:
@@ -172,8 +174,9 @@ def _start_app(
     *,
     workers: int,
     previous: tuple[PreviousRelease, Path] | None,
-) -> ServerProcess:
-    """Our app (or a previous release of it) migrated, trusting the stand-in, started."""
+) -> tuple[ServerProcess, dict[str, str]]:
+    """Our app (or a previous release of it) migrated, trusting the stand-in, started; and
+    its environment (for manage.py commands against it)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     code = previous[1] if previous else REPO
@@ -194,9 +197,10 @@ def _start_app(
         )
     else:
         command = uvicorn_command(APP_ASGI, port=port, workers=workers)
-    return ServerProcess.start(
+    process = ServerProcess.start(
         "kheops-ohif", command, url=url, env=env, log=workdir / "app.log", cwd=code
     )
+    return process, env
 
 
 @dataclass
@@ -208,6 +212,7 @@ class BenchStack:
     database: ThrowawayDatabase
     client_id: str = ""
     http: requests.Session = field(default_factory=LoopbackSession)
+    app_environment: dict[str, str] = field(default_factory=dict)
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -237,14 +242,21 @@ class BenchStack:
             cleanup.append(kheops.stop)
             database = ThrowawayDatabase.create(workdir, name)
             cleanup.append(database.drop)
-            app = _start_app(workdir, database, kheops, workers=workers, previous=previous)
+            app, env = _start_app(workdir, database, kheops, workers=workers, previous=previous)
             cleanup.append(app.stop)
             kheops.wait_until_up()
             # readyz, not healthz: it also says the OHIF bundle is installed (not in a
             # previous release's checkout, which launches alone measure).
             workers = previous[0].workers if previous else workers
             app.wait_until_up("/healthz" if previous else "/readyz", workers=workers)
-            stack = cls(workdir=workdir, orthanc=orthanc, kheops=kheops, app=app, database=database)
+            stack = cls(
+                workdir=workdir,
+                orthanc=orthanc,
+                kheops=kheops,
+                app=app,
+                database=database,
+                app_environment=env,
+            )
             stack.client_id = kheops.register(stack.config_url)
             return stack
         except BaseException:
@@ -313,6 +325,19 @@ class BenchStack:
     def sample_study_uid(modality: str) -> str:
         """The sample study of that modality ("CT", "MR", …)."""
         return next(s.study_uid for s in sample_studies() if modality in s.modalities)
+
+    def set_token_delivery(self, mode: str) -> None:
+        """Our default provider's token delivery ("direct" or "relay"; README, "Token
+        delivery"), for the launches from now on: set in the database, then waited for
+        until every worker has forgotten the provider it had looked up."""
+        manage_app(
+            "shell",
+            "-c",
+            "from launcher.models import Provider; "
+            f"Provider.objects.filter(slug='ohif').update(token_delivery={mode!r})",
+            env=self.app_environment,
+        )
+        time.sleep(LOOKUP_CACHE_SECONDS + 0.5)
 
     def worker_pids(self) -> list[int]:
         """Our app's worker PIDs."""

@@ -66,6 +66,17 @@ COMPRESSIBLE_SUFFIXES = (".js", ".css", ".json", ".wasm", ".svg", ".html", ".txt
 
 WEBPACK_PUBLIC_PATH = '__webpack_require__.p = "/"'
 
+# OHIF's build loads each extension with `Promise.all([__webpack_require__.e(<chunk>), …])`
+# from its app bundle; its default extension's chunks are requested first, as soon as the
+# app bundle has run, on every load (docs/ohif.md, "What the viewer loads first").
+FIRST_EXTENSION = "@ohif/extension-default"
+_EXTENSION_IMPORT = re.compile(
+    r'if \(module === "' + re.escape(FIRST_EXTENSION) + r'"\) \{\s*const imported = await '
+    r"Promise\.all\(/\* import\(\) \*/ \[([^\]]*)\]\)"
+)
+_CHUNK_ID = re.compile(r"__webpack_require__\.e\((\d+)\)")
+PRELOAD_MARK = "<!--kheops-ohif-preload-->"
+
 
 class BundleError(Exception):
     """The OHIF bundle could not be installed; the message says why and what to do."""
@@ -235,6 +246,10 @@ def _prepare(
     _extract_dist(tarball, static_dir, index_target=work_dir / "index.html")
     log(f"Rewriting the asset prefix to {asset_prefix}")
     _rewrite_prefix(static_dir, work_dir / "index.html", asset_prefix)
+    first = first_chunks(static_dir)
+    log(f"Preloading the {len(first)} chunks of OHIF's default extension")
+    index = work_dir / "index.html"
+    index.write_text(add_preload_links(index.read_text(encoding="utf-8"), first, asset_prefix))
     log("Precompressing (brotli and gzip)")
     _precompress(static_dir, brotli_quality=brotli_quality)
     marker = {
@@ -431,6 +446,34 @@ def rewrite_index_html(html: str, prefix: str) -> str:
     if APP_CONFIG_PLACEHOLDER not in html:
         raise BundleError("index.html does not load /app-config.js: unexpected OHIF build")
     return html
+
+
+def first_chunks(static_dir: Path) -> list[str]:
+    """The script files of the chunks the app bundle imports OHIF's default extension from
+    (in the bundle's order): OHIF requests them right after its app bundle has run, on
+    every load. Empty when the bundle is not laid out so (nothing is then preloaded)."""
+    bundles = sorted(static_dir.glob("app.bundle.*.js"))
+    if len(bundles) != 1:
+        return []
+    found = _EXTENSION_IMPORT.search(bundles[0].read_text(encoding="utf-8"))
+    if found is None:
+        return []
+    files = []
+    for chunk in dict.fromkeys(_CHUNK_ID.findall(found.group(1))):
+        # A chunk with styles only has no script file; each script chunk has exactly one.
+        named = sorted(static_dir.glob(f"{chunk}.bundle.*.js"))
+        if len(named) == 1 and re.fullmatch(rf"{chunk}\.bundle\.[0-9a-f]+\.js", named[0].name):
+            files.append(named[0].name)
+    return files
+
+
+def add_preload_links(html: str, files: list[str], prefix: str) -> str:
+    """index.html with `<link rel="preload" as="script">` for `files` (under `prefix`) at the
+    end of its head: fetched while the app bundle downloads and compiles, instead of after
+    it ran. Classic scripts, as webpack's loader adds them (no `crossorigin`), so the
+    browser reuses what it preloaded."""
+    links = "".join(f'<link rel="preload" as="script" href="{prefix}{name}">' for name in files)
+    return html.replace("</head>", PRELOAD_MARK + links + "</head>", 1)
 
 
 def _compress_file(args: tuple[str, int]) -> int:

@@ -25,6 +25,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
+from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_GET, require_safe
 
 from launcher import (
@@ -207,6 +208,9 @@ def error_page(request: HttpRequest, refusal: services.ViewerRefused) -> HttpRes
 
 @no_referrer
 @never_cache
+# The page is OHIF's index.html (5 KB, mostly icon links) and the launch's data: 1 KB
+# compressed. Nothing secret in it (Django pads it against length attacks all the same).
+@gzip_page
 @require_GET
 def viewer_page(request: HttpRequest, launch_id: str, route: str = "") -> HttpResponse:
     if ASSET_PATH.search(route):

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -135,6 +136,63 @@ def test_it_rewrites_the_asset_prefix_under_a_sub_path(
     assert f'src="{ohif_bundle.APP_CONFIG_PLACEHOLDER}"' in index
     assert "window.PUBLIC_URL" not in index  # inline scripts moved into app-config.js
     assert '="/' not in index.replace(f'="{prefix}', "")
+
+
+# The shape of OHIF's generated extension loader in its app bundle (3.13).
+LOADER = """
+async function loadModule(module) {
+  if (typeof module !== 'string') return module;
+  if (module === "@ohif/extension-default") {
+    const imported = await Promise.all(/* import() */ [__webpack_require__.e(1673), __webpack_require__.e(6938), __webpack_require__.e(6214), __webpack_require__.e(89)]).then(__webpack_require__.bind(__webpack_require__, 50904));
+    return imported.default;
+  }
+  if (module === "@ohif/extension-cornerstone") {
+    const imported = await Promise.all(/* import() */ [__webpack_require__.e(1673), __webpack_require__.e(9383)]).then(__webpack_require__.bind(__webpack_require__, 75609));
+    return imported.default;
+  }
+}
+"""
+
+
+def test_it_preloads_the_chunks_ohif_loads_first(
+    tmp_path: Path, rsps: responses.RequestsMock
+) -> None:
+    files = {
+        **FILES,
+        "app.bundle.0f6159c501addfe9.js": FILES["app.bundle.0f6159c501addfe9.js"] + LOADER,
+        "1673.bundle.76779c7722e8c6c0.js": "a",
+        "6938.bundle.34415aaeea5935b3.js": "b",
+        "6214.css": "c{}",  # a chunk of styles only: no script to preload
+        "89.bundle.b327bf3664812958.js": "d",
+        "9383.bundle.40008913697b48b8.js": "e",  # another extension's: not preloaded
+    }
+    tarball = make_tarball(files)
+    rsps.get(TARBALL_URL, body=tarball)
+    spec = ohif_bundle.BundleSpec(
+        package="@ohif/app", version="3.13.2", integrity=integrity(tarball)
+    )
+    prefix = "/static/ohif/3.13.2-2/"
+
+    index = install(tmp_path, prefix, spec=spec).bundle.index_html.read_text()
+
+    preloaded = re.findall(r'<link rel="preload" as="script" href="([^"]*)">', index)
+    assert preloaded == [
+        f"{prefix}1673.bundle.76779c7722e8c6c0.js",
+        f"{prefix}6938.bundle.34415aaeea5935b3.js",
+        f"{prefix}89.bundle.b327bf3664812958.js",
+    ]
+    # After the app bundle's script (requested first), in the head; no crossorigin
+    # attribute: webpack adds its chunks as plain scripts, which must match the preloads.
+    head = index[: index.index("</head>")]
+    assert head.index("app.bundle.0f6159c501addfe9.js") < head.index(preloaded[0])
+
+
+def test_a_bundle_of_another_shape_is_installed_without_preloads(
+    tmp_path: Path, registry: responses.RequestsMock
+) -> None:
+    index = install(tmp_path).bundle.index_html.read_text()
+
+    assert 'rel="preload"' not in index.replace('<script rel="preload"', "")
 
 
 def test_it_precompresses_for_whitenoise(tmp_path: Path, registry: responses.RequestsMock) -> None:

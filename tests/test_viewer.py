@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import time
@@ -72,6 +73,26 @@ def test_the_viewer_page_is_ohifs_index_with_our_config(
     assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == [
         '<script id="kheops-ohif-launch" type="application/json">'
     ]
+
+
+def test_the_viewer_page_is_sent_compressed_and_still_never_cached(
+    client: Client, launched: Callable[..., str]
+) -> None:
+    location = launched()
+    plain = client.get(location)
+
+    response = client.get(location, headers={"Accept-Encoding": "gzip, deflate, br"})
+
+    assert response["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in response["Vary"]
+    page = gzip.decompress(response.content).decode()
+    assert page == plain.content.decode()
+    assert len(response.content) < len(plain.content) / 3
+    assert "no-store" in response["Cache-Control"]
+    assert response["Content-Security-Policy"] == plain["Content-Security-Policy"]
+    assert (
+        "'unsafe-inline'" not in csp_directives(response["Content-Security-Policy"])["script-src"]
+    )
 
 
 def test_the_viewer_page_allows_exactly_the_dicomweb_origin(
