@@ -49,11 +49,28 @@ def test_a_french_browser_sees_french_in_our_banner_and_in_ohif(
         assert lines[0] == "Ouvert en tant que Alice Admin (alice@sandbox.invalid)", lines
         assert re.match(r"depuis l'album \S+ sur ", lines[1]), lines
     with journey.step("OHIF's menus are French too"):
-        panel = journey.page.locator('[data-cy="trackedMeasurements-btn"]')
-        panel.wait_for()
-        journey.page.get_by_text("Mesures", exact=True).first.wait_for(timeout=10_000)
-        assert journey.page.get_by_text("Measurements", exact=True).count() == 0
-        assert journey.page.get_by_text("Messungen", exact=True).count() == 0
+        studies = journey.page.locator('[data-cy="studyBrowser-panel"]')
+        journey.page.get_by_text("Études", exact=True).first.wait_for(timeout=10_000)
+        assert journey.page.get_by_text("Studies", exact=True).count() == 0
+        assert studies.count() == 1
+        journey.page.locator('[data-cy="trackedMeasurements-btn"]').click()
+        # "Mesures (0)" over "Aucune mesure suivie".
+        journey.page.get_by_text(re.compile(r"^Mesures\b")).first.wait_for(timeout=10_000)
+        assert journey.page.get_by_text(re.compile(r"^(Measurements|Messungen)\b")).count() == 0
         journey.page_screenshot("viewer-french")
+    with journey.step("OHIF took French from lng and now remembers it"):
+        remembered = {c["name"]: c["value"] for c in journey.context.cookies(viewer)}
+        assert remembered["i18next"] == "fr"
+    with journey.step("without lng, OHIF would have followed its memory of German instead"):
+        journey.context.add_cookies([{"name": "i18next", "value": "de", "url": viewer}])
+        without_lng = journey.page.url.replace("&lng=fr", "")
+        assert "lng=" not in without_lng
+        journey.page.goto(without_lng)
+        journey.wait_for_image()
+        # OHIF's German has no word for its study panel: English, not French.
+        journey.page.get_by_text("Studies", exact=True).first.wait_for(timeout=10_000)
+        assert journey.page.get_by_text("Études", exact=True).count() == 0
+        # Our own page still follows the browser: French.
+        assert journey.page.locator("html").get_attribute("lang") == "fr"
     with journey.step("no console errors"):
         assert journey.viewer_console_errors() == []
