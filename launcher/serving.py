@@ -50,6 +50,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import transaction
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
+from django.utils import translation
 
 from launcher import blocking, documents, metrics, services
 from launcher.logfilters import REQUEST_ID, RedactSecretParameters, request_id_from
@@ -405,6 +406,9 @@ class Application:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # The catalogues of every language, read now rather than by the first
+                # request in each (a launch must not wait on them).
+                await asyncio.to_thread(_load_translations)
                 try:
                     await self.documents.start(self.django)
                 except Exception:
@@ -421,6 +425,12 @@ class Application:
                 metrics.forget_this_process()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _load_translations() -> None:
+    for language, _name in settings.LANGUAGES:
+        with translation.override(language):
+            translation.gettext("KHEOPS is unavailable.")
 
 
 # An upload to the DICOMweb relay (launcher.relay): Django's ASGI handler reads a request's
