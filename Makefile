@@ -12,7 +12,7 @@ ifdef DATABASE_URL
 export DATABASE_URL
 endif
 
-.PHONY: run test prepare deps deps-dev system-deps-test lint lint-js node bench loadtest clean
+.PHONY: run test prepare deps deps-dev system-deps system-deps-test lint lint-js node bench loadtest clean messages
 
 # The demo: Orthanc + the KHEOPS stand-in + the viewer; prints the URL to open.
 run: prepare
@@ -63,6 +63,12 @@ var/secret_key:
 	@mkdir -p var
 	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' > $@
 
+# Debian packages the server needs (installed only when missing): GNU gettext compiles the
+# translations (`make prepare`) and collects the strings to translate (`make messages`).
+DEBIAN_PACKAGES := gettext
+system-deps:
+	@scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
+
 # Debian packages the test suite needs (installed only when missing).
 system-deps-test:
 	@scripts/ensure-debian-packages.sh $(TEST_DEBIAN_PACKAGES)
@@ -70,7 +76,8 @@ system-deps-test:
 # Orthanc backs the KHEOPS stand-in's DICOMweb; Chromium runs the browser tests (tests/e2e).
 TEST_DEBIAN_PACKAGES := orthanc orthanc-dicomweb chromium
 
-prepare: deps var/secret_key
+prepare: deps system-deps var/secret_key
+	$(PY) manage.py compilemessages --ignore .venv --ignore node_modules --ignore var --verbosity 0
 	$(PY) manage.py install_ohif
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py migrate --noinput --verbosity 0
@@ -89,3 +96,16 @@ loadtest: deps-dev prepare
 
 clean:
 	rm -rf $(VENV) node_modules var/ohif var/staticfiles
+
+# The translators' catalogues (locale/<language>/LC_MESSAGES/django.po) brought up to date with
+# the strings marked in our code and templates; then translate what is new or fuzzy.
+messages: deps
+	$(PY) manage.py makemessages $(MESSAGES_OPTIONS) $(foreach language,$(TRANSLATIONS),-l $(language))
+
+# The languages we translate into (English is the source), and what makemessages reads:
+# our code and templates, not the stand-in, the tests or the tools. tests/test_translations.py
+# runs the same command.
+TRANSLATIONS := fr de
+MESSAGES_OPTIONS := --no-obsolete --add-location file --ignore .venv --ignore node_modules \
+	--ignore var --ignore sandbox --ignore tests --ignore bench --ignore devstack --ignore scripts \
+	--ignore artifacts --ignore static

@@ -182,6 +182,9 @@ MIDDLEWARE = [
     "launcher.middleware.ContentSecurityPolicyMiddleware",
     "launcher.middleware.OhifWhiteNoiseMiddleware",
     "launcher.middleware.SessionMiddleware",
+    # The language of every page from the browser's Accept-Language (English otherwise):
+    # after the session, before CommonMiddleware, as Django asks (launcher.middleware).
+    "launcher.middleware.LocaleMiddleware",
     "launcher.middleware.CommonMiddleware",
     "launcher.middleware.CsrfViewMiddleware",
     "launcher.middleware.AuthenticationMiddleware",
@@ -324,11 +327,16 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+# Our pages, the admin and the viewer (OHIF too) speak the browser's language among these;
+# English otherwise. Catalogues: locale/<language>/LC_MESSAGES/django.po, compiled by
+# `make prepare` (README: "Languages").
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("fr", "Français"), ("de", "Deutsch")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
-# Dates as 2026-11-29 15:51 UTC everywhere (kheops_ohif/formats/en/formats.py).
+# Dates as 2026-11-29 15:51 UTC everywhere, in every language (kheops_ohif/formats/).
 FORMAT_MODULE_PATH = ["kheops_ohif.formats"]
 
 # Static files. The OHIF bundle is installed by `manage.py install_ohif` into OHIF_ROOT and

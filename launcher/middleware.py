@@ -21,7 +21,7 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.http.request import split_domain_port, validate_host
-from django.middleware import clickjacking, common, csrf, security
+from django.middleware import clickjacking, common, csrf, locale, security
 from django.urls import reverse
 from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
@@ -155,6 +155,11 @@ class SecurityMiddleware(_OnTheLoop, security.SecurityMiddleware):
 
 class CommonMiddleware(_OnTheLoop, common.CommonMiddleware):
     pass
+
+
+class LocaleMiddleware(_OnTheLoop, locale.LocaleMiddleware):
+    """The language of the request (Accept-Language; English when none of LANGUAGES fits),
+    active for the view and its threads, and said in Content-Language and Vary."""
 
 
 class CsrfViewMiddleware(_OnTheLoop, csrf.CsrfViewMiddleware):

@@ -233,12 +233,12 @@ def public_url(view_name: str, **kwargs: str) -> str:
 class SigningKey(models.Model):
     """An RSA key pair for our client assertions; the private half is sealed at rest."""
 
-    kid = models.CharField(max_length=64, unique=True)
-    public_jwk = models.JSONField()
+    kid = models.CharField(_("key id (kid)"), max_length=64, unique=True)
+    public_jwk = models.JSONField(_("public key (JWK)"))
     sealed_private_key = models.TextField(editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    active = models.BooleanField(default=True)
-    retired_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    active = models.BooleanField(_("active"), default=True)
+    retired_at = models.DateTimeField(_("retired"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("signing key")
@@ -300,8 +300,14 @@ class LaunchRecord(models.Model):
 
     # What a launch *wrote* through the relay (SR, segmentations): `writes` (LaunchWrite).
 
-    launch_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
-    provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.SET_NULL)
+    launch_id = models.CharField(_("launch id"), max_length=32, unique=True, null=True, blank=True)
+    provider = models.ForeignKey(
+        Provider,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        verbose_name=_("provider"),
+    )
     kheops_server = models.ForeignKey(
         KheopsServer,
         null=True,

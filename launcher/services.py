@@ -28,7 +28,10 @@ from django.core.cache import cache
 from django.db import IntegrityError
 from django.db.models import Q
 from django.http import QueryDict
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.functional import Promise, lazy
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.debug import sensitive_variables
 
 from launcher import blocking, keys, kheops, metrics, ratelimit, sealing, writes
@@ -75,7 +78,35 @@ PENDING_RETENTION_AFTER_EXPIRY = timedelta(hours=1)
 
 
 # What to do, when a refusal does not say better.
-OPEN_AGAIN = "Open the study again from KHEOPS."
+OPEN_AGAIN = gettext_lazy("Open the study again from KHEOPS.")
+
+# What clinicians read is in their language (gettext_lazy: translated when the page or the
+# answer is written, in the request's language); what the audit trail and the log keep of
+# it is English (`in_english`), and so is what a grant row keeps (translated when shown).
+Text = str | Promise
+
+
+def in_english(text: Text) -> str:
+    with translation.override("en"):
+        return str(text)
+
+
+def _wait_then(seconds: int, then: str) -> str:
+    if then == "reload":
+        return ngettext(
+            "Wait %(count)d second, then reload this page.",
+            "Wait %(count)d seconds, then reload this page.",
+            seconds,
+        ) % {"count": seconds}
+    return ngettext(
+        "Wait %(count)d second, then open the study again from KHEOPS.",
+        "Wait %(count)d seconds, then open the study again from KHEOPS.",
+        seconds,
+    ) % {"count": seconds}
+
+
+# "Wait 30 seconds, then …", in the language of the page that shows it.
+wait_then = lazy(_wait_then, str)
 
 
 class ViewerRefused(Exception):
@@ -88,9 +119,9 @@ class ViewerRefused(Exception):
     def __init__(
         self,
         status: int,
-        message: str,
+        message: Text,
         *,
-        advice: str = OPEN_AGAIN,
+        advice: Text = OPEN_AGAIN,
         return_uri: str | None = None,
         study_uids: tuple[str, ...] = (),
         retryable: bool = False,
@@ -115,7 +146,7 @@ class LaunchFailed(ViewerRefused):
         self,
         outcome: LaunchOutcome,
         status: int,
-        message: str,
+        message: Text,
         *,
         detail: str = "",
         return_uri: str | None = None,
@@ -138,33 +169,53 @@ class LaunchFailed(ViewerRefused):
 TRANSIENT = frozenset({LaunchOutcome.KHEOPS_TIMEOUT, LaunchOutcome.KHEOPS_UNAVAILABLE})
 
 # What a clinician can do about each refused or failed launch.
-ADVICE: dict[LaunchOutcome, str] = {
-    LaunchOutcome.BAD_REQUEST: "Open the study again from KHEOPS; if this happens again, "
-    "show this page to your KHEOPS administrator.",
-    LaunchOutcome.UNKNOWN_PROVIDER: "Ask your KHEOPS album administrator to register this "
-    "viewer again with its configuration URL.",
-    LaunchOutcome.PROVIDER_DISABLED: "Choose another viewer in KHEOPS, or ask this viewer's "
-    "administrator to enable it again.",
-    LaunchOutcome.UNTRUSTED_SERVER: "Ask this viewer's administrator to add your KHEOPS "
-    "server to its trusted servers.",
-    LaunchOutcome.INSECURE_SERVER: "Tell this viewer's administrator: it must trust your "
-    "KHEOPS server by its https address.",
-    LaunchOutcome.REPLAY: "Open the study again from KHEOPS: each click makes a new link.",
+ADVICE: dict[LaunchOutcome, Text] = {
+    LaunchOutcome.BAD_REQUEST: gettext_lazy(
+        "Open the study again from KHEOPS; if this happens again, "
+        "show this page to your KHEOPS administrator."
+    ),
+    LaunchOutcome.UNKNOWN_PROVIDER: gettext_lazy(
+        "Ask your KHEOPS album administrator to register this "
+        "viewer again with its configuration URL."
+    ),
+    LaunchOutcome.PROVIDER_DISABLED: gettext_lazy(
+        "Choose another viewer in KHEOPS, or ask this viewer's administrator to enable it again."
+    ),
+    LaunchOutcome.UNTRUSTED_SERVER: gettext_lazy(
+        "Ask this viewer's administrator to add your KHEOPS server to its trusted servers."
+    ),
+    LaunchOutcome.INSECURE_SERVER: gettext_lazy(
+        "Tell this viewer's administrator: it must trust your KHEOPS server by its https address."
+    ),
+    LaunchOutcome.REPLAY: gettext_lazy(
+        "Open the study again from KHEOPS: each click makes a new link."
+    ),
     LaunchOutcome.REOPENED: OPEN_AGAIN,
     LaunchOutcome.CODE_REJECTED: OPEN_AGAIN,
-    LaunchOutcome.KHEOPS_UNAVAILABLE: "Wait a moment, then open the study again from KHEOPS.",
-    LaunchOutcome.KHEOPS_TIMEOUT: "Wait a moment, then open the study again from KHEOPS.",
-    LaunchOutcome.KHEOPS_MALFORMED: "Open the study again from KHEOPS; if this happens again, "
-    "tell this viewer's administrator.",
-    LaunchOutcome.RATE_LIMITED: "Wait a moment, then open the study again from KHEOPS.",
+    LaunchOutcome.KHEOPS_UNAVAILABLE: gettext_lazy(
+        "Wait a moment, then open the study again from KHEOPS."
+    ),
+    LaunchOutcome.KHEOPS_TIMEOUT: gettext_lazy(
+        "Wait a moment, then open the study again from KHEOPS."
+    ),
+    LaunchOutcome.KHEOPS_MALFORMED: gettext_lazy(
+        "Open the study again from KHEOPS; if this happens again, tell this viewer's administrator."
+    ),
+    LaunchOutcome.RATE_LIMITED: gettext_lazy(
+        "Wait a moment, then open the study again from KHEOPS."
+    ),
 }
-NOT_YOURS = "This viewer link belongs to another browser session."
-NOT_YOURS_ADVICE = "Open the study from KHEOPS in this browser."
-EXPIRED = "Your access to this study has expired."
-TOO_MANY_LAUNCHES = "Too many viewers were opened from your network address in a short time."
-TOO_MANY_REQUESTS = "Too many viewers asked for access from your network address in a short time."
-RESTARTING = "The viewer is restarting."
-RESTARTING_ADVICE = "Reload this page in a moment."
+NOT_YOURS = gettext_lazy("This viewer link belongs to another browser session.")
+NOT_YOURS_ADVICE = gettext_lazy("Open the study from KHEOPS in this browser.")
+EXPIRED = gettext_lazy("Your access to this study has expired.")
+TOO_MANY_LAUNCHES = gettext_lazy(
+    "Too many viewers were opened from your network address in a short time."
+)
+TOO_MANY_REQUESTS = gettext_lazy(
+    "Too many viewers asked for access from your network address in a short time."
+)
+RESTARTING = gettext_lazy("The viewer is restarting.")
+RESTARTING_ADVICE = gettext_lazy("Reload this page in a moment.")
 
 
 @dataclass(frozen=True)
@@ -228,15 +279,21 @@ def parse_launch_params(query: QueryDict | None) -> LaunchParams:
     DATA_UPLOAD_MAX_NUMBER_FIELDS parameters).
     """
     if query is None:
-        raise _bad_request("The launch address has too many parameters.")
+        raise _bad_request(gettext_lazy("The launch address has too many parameters."))
 
     def single(name: str, *, required: bool = True) -> str | None:
         values = query.getlist(name)
         if len(values) > 1:
-            raise _bad_request(f"The parameter {name!r} appears more than once.")
+            raise _bad_request(
+                format_lazy(
+                    gettext_lazy("The parameter “{name}” appears more than once."), name=name
+                )
+            )
         if not values or not values[0]:
             if required:
-                raise _bad_request(f"The parameter {name!r} is missing.")
+                raise _bad_request(
+                    format_lazy(gettext_lazy("The parameter “{name}” is missing."), name=name)
+                )
             return None
         return values[0]
 
@@ -246,23 +303,29 @@ def parse_launch_params(query: QueryDict | None) -> LaunchParams:
     return_uri = single("return_uri", required=False)
     assert code is not None and conf_uri is not None and client_id is not None
     if len(code) > MAX_CODE_LENGTH or not _is_compact_jws(code):
-        raise _bad_request("The authorization code is not valid.")
+        raise _bad_request(gettext_lazy("The authorization code is not valid."))
     if len(conf_uri) > 2048:
-        raise _bad_request("The KHEOPS configuration URL is not valid.")
+        raise _bad_request(gettext_lazy("The KHEOPS configuration URL is not valid."))
     if not CLIENT_ID_PATTERN.match(client_id):
-        raise _bad_request("The client_id is not valid.")
+        raise _bad_request(gettext_lazy("The client_id is not valid."))
     if return_uri is not None and (len(return_uri) > 2048 or not return_uri.isprintable()):
         return_uri = None
     studies: list[str] = []
     for value in query.getlist("studyUID"):
         if len(value) > 64 or not UID_PATTERN.match(value):
-            raise _bad_request("A studyUID is not a valid DICOM UID.")
+            raise _bad_request(gettext_lazy("A studyUID is not a valid DICOM UID."))
         if value not in studies:
             studies.append(value)
     if not studies:
-        raise _bad_request("The parameter 'studyUID' is missing.")
+        raise _bad_request(
+            format_lazy(gettext_lazy("The parameter “{name}” is missing."), name="studyUID")
+        )
     if len(studies) > MAX_STUDIES:
-        raise _bad_request(f"At most {MAX_STUDIES} studies can be opened at once.")
+        raise _bad_request(
+            format_lazy(
+                gettext_lazy("At most {count} studies can be opened at once."), count=MAX_STUDIES
+            )
+        )
     return LaunchParams(
         code=code,
         conf_uri=conf_uri,
@@ -283,7 +346,7 @@ def _is_compact_jws(code: str) -> bool:
     return isinstance(decoded, dict) and isinstance(decoded.get("alg"), str)
 
 
-def _bad_request(message: str) -> LaunchFailed:
+def _bad_request(message: Text) -> LaunchFailed:
     return LaunchFailed(LaunchOutcome.BAD_REQUEST, 400, message)
 
 
@@ -487,7 +550,9 @@ def _fetch_done(cache_key: str, fetch: asyncio.Future[kheops.Discovery]) -> None
         logger.warning("KHEOPS discovery document not refreshed: %s", fetch.exception())
 
 
-def check_servers(servers: list[KheopsServer], *, timeout: float) -> list[str | kheops.KheopsError]:
+def check_servers(
+    servers: list[KheopsServer], *, timeout: float
+) -> list[Text | kheops.KheopsError]:
     """Fetch and validate each server's discovery document, all at once (for the admin):
     a verdict, or the KheopsError that says what is wrong."""
     return async_to_sync(_check_servers)(servers, timeout)
@@ -495,7 +560,7 @@ def check_servers(servers: list[KheopsServer], *, timeout: float) -> list[str | 
 
 async def _check_servers(
     servers: list[KheopsServer], timeout: float
-) -> list[str | kheops.KheopsError]:
+) -> list[Text | kheops.KheopsError]:
     client = kheops.Client(timeout=timeout, allow_plain_http=settings.ALLOW_INSECURE_HTTP_KHEOPS)
     try:
         answers = await asyncio.gather(
@@ -504,12 +569,17 @@ async def _check_servers(
         )
     finally:
         await client.aclose()
-    verdicts: list[str | kheops.KheopsError] = []
+    verdicts: list[Text | kheops.KheopsError] = []
     for answer in answers:
         if isinstance(answer, kheops.Discovery):
             verdicts.append(
-                f"discovery document OK: token endpoint {answer.token_endpoint}, "
-                f"DICOMweb {answer.dicomweb_endpoint}"
+                format_lazy(
+                    gettext_lazy(
+                        "discovery document OK: token endpoint {token}, DICOMweb {dicomweb}"
+                    ),
+                    token=answer.token_endpoint,
+                    dicomweb=answer.dicomweb_endpoint,
+                )
             )
         elif isinstance(answer, kheops.KheopsError):
             verdicts.append(answer)
@@ -593,7 +663,9 @@ def _accept(
     record.provider = provider
     if provider is None:
         raise LaunchFailed(
-            LaunchOutcome.UNKNOWN_PROVIDER, 404, "This launch address is not one of ours."
+            LaunchOutcome.UNKNOWN_PROVIDER,
+            404,
+            gettext_lazy("This launch address is not one of ours."),
         )
     params = parse_launch_params(query)
     record.client_id = params.client_id
@@ -603,7 +675,7 @@ def _accept(
         raise LaunchFailed(
             LaunchOutcome.UNTRUSTED_SERVER,
             403,
-            "This KHEOPS server is not trusted by this viewer.",
+            gettext_lazy("This KHEOPS server is not trusted by this viewer."),
             detail="conf_uri is not the discovery URL of an enabled trusted server",
         )
     record.kheops_server = server
@@ -613,7 +685,7 @@ def _accept(
         raise LaunchFailed(
             LaunchOutcome.PROVIDER_DISABLED,
             403,
-            "This viewer has been disabled by its administrator.",
+            gettext_lazy("This viewer has been disabled by its administrator."),
             return_uri=return_uri,
         )
     return _Accepted(provider=provider, params=params, server=server, return_uri=return_uri)
@@ -640,14 +712,10 @@ def _rate_limited(
         detail=f"over {over.limit} launches in {over.seconds} s from this address",
         return_uri=return_uri,
     )
-    failure.advice = f"Wait {_seconds(over.retry_after)}, then open the study again from KHEOPS."
+    failure.advice = wait_then(over.retry_after, "open again")
     failure.retry_after = over.retry_after
     failure.log_level = logging.WARNING if over.first else logging.DEBUG
     return failure
-
-
-def _seconds(seconds: int) -> str:
-    return "1 second" if seconds == 1 else f"{seconds} seconds"
 
 
 def _pending_grant(
@@ -713,7 +781,7 @@ def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> Vie
             raise LaunchFailed(
                 LaunchOutcome.REPLAY,
                 409,
-                "This launch link has already been used.",
+                gettext_lazy("This launch link has already been used."),
                 return_uri=accepted.return_uri,
             ) from None
         _record_reopening(record, earlier)
@@ -745,7 +813,7 @@ def _record_refusal(record: LaunchRecord, failure: LaunchFailed) -> None:
     record.pk = None
     record.launch_id = None
     record.outcome = failure.outcome
-    record.failure_detail = (failure.detail or failure.message)[:255]
+    record.failure_detail = in_english(failure.detail or failure.message)[:255]
     record.save()
     logger.log(failure.log_level, "launch refused (%s): %s", failure.outcome, record.failure_detail)
 
@@ -863,7 +931,7 @@ def _too_many_requests(over: ratelimit.OverTheLimit) -> ViewerRefused:
     return ViewerRefused(
         429,
         TOO_MANY_REQUESTS,
-        advice=f"Wait {_seconds(over.retry_after)}, then reload this page.",
+        advice=wait_then(over.retry_after, "reload"),
         retry_after=over.retry_after,
     )
 
@@ -921,14 +989,14 @@ async def _exchange(
         raise LaunchFailed(
             LaunchOutcome.UNTRUSTED_SERVER,
             403,
-            "This KHEOPS server is not trusted by this viewer.",
+            gettext_lazy("This KHEOPS server is not trusted by this viewer."),
             detail="the server was disabled or removed before the exchange",
         )
     if provider is None or not provider.enabled:
         raise LaunchFailed(
             LaunchOutcome.PROVIDER_DISABLED,
             403,
-            "This viewer has been disabled by its administrator.",
+            gettext_lazy("This viewer has been disabled by its administrator."),
         )
     client = kheops_client()
     try:
@@ -1022,7 +1090,7 @@ def _record_failure(pending: _PendingExchange, failure: LaunchFailed) -> bool:
     would still accept its code.
     """
     launch_id = pending.grant.launch_id
-    detail = (failure.detail or failure.message)[:255]
+    detail = in_english(failure.detail or failure.message)[:255]
     if failure.outcome in TRANSIENT:
         stored = (
             LaunchRecord.objects.filter(launch_id=launch_id)
@@ -1036,8 +1104,9 @@ def _record_failure(pending: _PendingExchange, failure: LaunchFailed) -> bool:
                 "state": GrantState.FAILED,
                 "sealed_code": "",
                 "failure_status": failure.status,
-                "failure_message": failure.message[:255],
-                "failure_advice": failure.advice[:255],
+                # In English, translated when shown (refusal_of).
+                "failure_message": in_english(failure.message)[:255],
+                "failure_advice": in_english(failure.advice)[:255],
             },
             {"launch_id": launch_id, "state": GrantState.PENDING},
             LaunchRecord,
@@ -1073,27 +1142,37 @@ def clean_up(now: datetime | None = None) -> CleanUp:
 
 # How each kind of KHEOPS failure reaches the user and the audit trail (most specific first:
 # a timeout is also "unavailable").
-_KHEOPS_FAILURES: list[tuple[type[kheops.KheopsError], LaunchOutcome, int, str]] = [
-    (kheops.KheopsTimeout, LaunchOutcome.KHEOPS_TIMEOUT, 504, "KHEOPS did not answer in time."),
+_KHEOPS_FAILURES: list[tuple[type[kheops.KheopsError], LaunchOutcome, int, Text]] = [
+    (
+        kheops.KheopsTimeout,
+        LaunchOutcome.KHEOPS_TIMEOUT,
+        504,
+        gettext_lazy("KHEOPS did not answer in time."),
+    ),
     (
         kheops.KheopsInsecure,
         LaunchOutcome.INSECURE_SERVER,
         403,
-        "This viewer does not talk to this KHEOPS server over plain http.",
+        gettext_lazy("This viewer does not talk to this KHEOPS server over plain http."),
     ),
     (
         kheops.KheopsRejected,
         LaunchOutcome.CODE_REJECTED,
         403,
-        "KHEOPS refused this launch: the link may have expired.",
+        gettext_lazy("KHEOPS refused this launch: the link may have expired."),
     ),
     (
         kheops.KheopsMalformed,
         LaunchOutcome.KHEOPS_MALFORMED,
         502,
-        "KHEOPS sent an answer this viewer does not understand.",
+        gettext_lazy("KHEOPS sent an answer this viewer does not understand."),
     ),
-    (kheops.KheopsError, LaunchOutcome.KHEOPS_UNAVAILABLE, 502, "KHEOPS is unavailable."),
+    (
+        kheops.KheopsError,
+        LaunchOutcome.KHEOPS_UNAVAILABLE,
+        502,
+        gettext_lazy("KHEOPS is unavailable."),
+    ),
 ]
 
 
@@ -1153,10 +1232,11 @@ def kheops_server_of(grant: ViewerGrant) -> KheopsServer | None:
 def refusal_of(grant: ViewerGrant) -> ViewerRefused | None:
     """Why the viewer of `grant` cannot open any more (its exchange failed, or it expired)."""
     if grant.state == GrantState.FAILED:
+        # Kept in English (the messages of this module): shown in the page's language.
         return ViewerRefused(
             grant.failure_status or 403,
-            grant.failure_message,
-            advice=grant.failure_advice or OPEN_AGAIN,
+            gettext_lazy(grant.failure_message),
+            advice=gettext_lazy(grant.failure_advice) if grant.failure_advice else OPEN_AGAIN,
             return_uri=grant.return_uri,
             study_uids=grant.study_uids,
         )

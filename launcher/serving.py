@@ -46,10 +46,12 @@ from urllib.parse import urlsplit
 
 from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction
 from django.conf import settings
+from django.conf.urls.i18n import is_language_prefix_patterns_used
 from django.core.handlers.asgi import ASGIHandler
 from django.db import transaction
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
+from django.utils import translation
 
 from launcher import blocking, documents, metrics, services
 from launcher.logfilters import REQUEST_ID, RedactSecretParameters, request_id_from
@@ -405,6 +407,9 @@ class Application:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # What choosing a language needs, read now rather than by the first
+                # request (a launch must not wait on it).
+                await asyncio.to_thread(_load_translations)
                 try:
                     await self.documents.start(self.django)
                 except Exception:
@@ -421,6 +426,17 @@ class Application:
                 metrics.forget_this_process()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _load_translations() -> None:
+    # What LocaleMiddleware reads on every request, cached after the first one: whether the
+    # URLs have language prefixes (it walks every URL pattern: seconds in a cold process),
+    # and the catalogues of each language.
+    is_language_prefix_patterns_used(settings.ROOT_URLCONF)
+    for language, _name in settings.LANGUAGES:
+        translation.check_for_language(language)
+        with translation.override(language):
+            translation.gettext("KHEOPS is unavailable.")
 
 
 # An upload to the DICOMweb relay (launcher.relay): Django's ASGI handler reads a request's

@@ -17,7 +17,8 @@ from typing import Any
 from django.conf import settings
 from django.templatetags.static import static
 from django.urls import reverse
-from django.utils.html import json_script
+from django.utils.html import escape, json_script
+from django.utils.translation import get_language, gettext_lazy
 
 from launcher import branding, ohif_bundle, services
 from launcher.models import public_url
@@ -49,6 +50,25 @@ _CONFIG_SCRIPT = re.compile(
     r'<script[^>]*src="' + re.escape(ohif_bundle.APP_CONFIG_PLACEHOLDER) + '"[^>]*></script>'
 )
 _LAUNCH_SLOT = "<!--kheops-ohif-launch-->"
+# OHIF's <html lang="en">: the page's language instead (screen readers; OHIF's own language
+# comes from the viewer URL's `lng`, launcher.views.viewer_url).
+_HTML_LANG = re.compile(r'<html lang="[^"]*"')
+_LANG_SLOT = '<html lang="__KHEOPS_OHIF_LANG__"'
+
+# What our scripts in the viewer show (banner.js, launch.js), in the page's language; `{…}`
+# are filled in by the scripts.
+VIEWER_TEXT = {
+    "openedAs": gettext_lazy("Opened as {who}"),
+    "openedWithoutUser": gettext_lazy("Opened without a KHEOPS user name"),
+    "fromAlbumOnServer": gettext_lazy("from album {album} on {server}"),
+    "fromAlbum": gettext_lazy("from album {album}"),
+    "fromServer": gettext_lazy("from {server}"),
+    "accessEndsIn": gettext_lazy("Access ends in {time}."),
+    "accessExpired": gettext_lazy("Your access has expired."),
+    "openAgain": gettext_lazy("Open again from KHEOPS"),
+    "cannotOpen": gettext_lazy("The viewer could not open this study."),
+    "backToKheops": gettext_lazy("Back to KHEOPS"),
+}
 
 
 def router_basename(launch_id: str) -> str:
@@ -99,6 +119,7 @@ def launch_data(grant: ViewerGrant) -> dict[str, Any]:
         "openedFrom": opened_from(grant),
         "brand": branding.header_brand(services.provider_of(grant)),
         "config": ohif_config(grant),
+        "text": VIEWER_TEXT,
     }
 
 
@@ -110,6 +131,7 @@ def opened_from(grant: ViewerGrant) -> dict[str, str]:
 @lru_cache(maxsize=4)
 def _index_template(path: Path, mtime_ns: int) -> str:
     html = path.read_text(encoding="utf-8")
+    html = _HTML_LANG.sub(_LANG_SLOT, html, count=1)
     html, found = _CONFIG_SCRIPT.subn(_LAUNCH_SLOT, html, count=1)
     if not found:
         raise ohif_bundle.BundleError("the installed index.html has no configuration script")
@@ -130,4 +152,5 @@ def index_html(grant: ViewerGrant) -> str | None:
         json_script(launch_data(grant), LAUNCH_DATA_ID)
         + f'<script src="{static("launcher/launch.js")}"></script>'
     )
-    return template.replace(_LAUNCH_SLOT, launch, 1)
+    html = template.replace(_LANG_SLOT, f'<html lang="{escape(get_language())}"', 1)
+    return html.replace(_LAUNCH_SLOT, launch, 1)

@@ -22,6 +22,7 @@ from django.http import (
 )
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.translation import get_language, gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
@@ -47,10 +48,10 @@ from launcher.serving import UploadAbandoned, UploadStream
 
 logger = logging.getLogger(__name__)
 
-NOT_INSTALLED = "The OHIF viewer is not installed on this server."
-TELL_ADMIN = "Tell this viewer's administrator."
-UNSEALABLE = "This viewer cannot open the credentials it keeps for this study."
-UNSEALABLE_ADVICE = (
+NOT_INSTALLED = gettext_lazy("The OHIF viewer is not installed on this server.")
+TELL_ADMIN = gettext_lazy("Tell this viewer's administrator.")
+UNSEALABLE = gettext_lazy("This viewer cannot open the credentials it keeps for this study.")
+UNSEALABLE_ADVICE = gettext_lazy(
     "Tell this viewer's administrator: its keys have changed (the server's log says what to do)."
 )
 
@@ -195,7 +196,10 @@ def unsealable(launch_id: str, error: sealing.SealError) -> services.ViewerRefus
 
 def viewer_url(grant: services.ViewerGrant) -> str:
     path = reverse("viewer", kwargs={"launch_id": grant.launch_id, "route": grant.mode})
-    return f"{path}?{urlencode({'StudyInstanceUIDs': ','.join(grant.study_uids)})}"
+    # `lng`: OHIF's own language, the one of our pages (LocaleMiddleware). It comes first in
+    # OHIF's detection, before what OHIF remembers of an earlier session (docs/ohif.md).
+    query = {"StudyInstanceUIDs": ",".join(grant.study_uids), "lng": get_language()}
+    return f"{path}?{urlencode(query)}"
 
 
 def error_page(request: HttpRequest, refusal: services.ViewerRefused) -> HttpResponse:

@@ -182,7 +182,7 @@ def test_the_provider_page_shows_the_configuration_url_with_a_copy_button(
         page,
     )
     assert (
-        '<button type="button" class="copy-button" data-copy="configuration-url">Copy</button>'
+        '<button type="button" class="copy-button" data-copy="configuration-url" data-copied="Copied" data-selected="Selected: press Ctrl+C to copy">Copy</button>'
         in page
     )
     assert re.search(r'<script src="/static/launcher/copy(\.[0-9a-f]{12})?\.js">', page)

@@ -185,6 +185,9 @@ def test_the_home_page_offers_the_configuration_url_to_copy_and_the_way_to_the_a
         '<input type="text" readonly id="configuration-url" value="http://127.0.0.1:8000/providers/ohif/configuration"'
         in page
     )
-    assert 'data-copy="configuration-url">Copy</button>' in page
+    assert (
+        'data-copy="configuration-url" data-copied="Copied" data-selected="Selected: press Ctrl+C to copy">Copy</button>'
+        in page
+    )
     assert re.search(r'<script defer src="/static/launcher/copy(\.[0-9a-f]{12})?\.js">', page)
     assert '<a href="/admin/">Administration</a>' in page

@@ -150,23 +150,23 @@ def open_redirect(return_uri: str) -> LaunchCase:
 
 LAUNCH_CASES = {
     # --- missing, duplicated, oversized parameters ---------------------------------
-    "missing-code": refused(replace("code"), "'code' is missing"),
-    "missing-conf_uri": refused(replace("conf_uri"), "'conf_uri' is missing"),
-    "missing-client_id": refused(replace("client_id"), "'client_id' is missing"),
-    "missing-studyUID": refused(replace("studyUID"), "'studyUID' is missing"),
-    "empty-code": refused(replace("code", ""), "'code' is missing"),
-    "no-parameters-at-all": refused(lambda p: [], "'code' is missing"),
+    "missing-code": refused(replace("code"), "“code” is missing"),
+    "missing-conf_uri": refused(replace("conf_uri"), "“conf_uri” is missing"),
+    "missing-client_id": refused(replace("client_id"), "“client_id” is missing"),
+    "missing-studyUID": refused(replace("studyUID"), "“studyUID” is missing"),
+    "empty-code": refused(replace("code", ""), "“code” is missing"),
+    "no-parameters-at-all": refused(lambda p: [], "“code” is missing"),
     "duplicated-code": refused(
-        add(("code", "eyJsecond-code-value")), "'code' appears more than once"
+        add(("code", "eyJsecond-code-value")), "“code” appears more than once"
     ),
     "duplicated-conf_uri": refused(
-        add(("conf_uri", DISCOVERY_URL)), "'conf_uri' appears more than once"
+        add(("conf_uri", DISCOVERY_URL)), "“conf_uri” appears more than once"
     ),
     "duplicated-client_id": refused(
-        add(("client_id", CLIENT_ID)), "'client_id' appears more than once"
+        add(("client_id", CLIENT_ID)), "“client_id” appears more than once"
     ),
     "duplicated-return_uri": refused(
-        add(("return_uri", RETURN_URI)), "'return_uri' appears more than once"
+        add(("return_uri", RETURN_URI)), "“return_uri” appears more than once"
     ),
     "oversized-code": refused(replace("code", "c" * 9000), "code is not valid"),
     "oversized-conf_uri": refused(

@@ -83,7 +83,8 @@ def test_it_exchanges_the_code_and_redirects_to_a_clean_viewer_url(
     location = response["Location"]
     path, query = urlsplit(location).path, parse_qs(urlsplit(location).query)
     assert path.startswith("/launches/") and path.endswith("/viewer")
-    assert query == {"StudyInstanceUIDs": [STUDY_1]}
+    # lng: OHIF's language, the page's (English: the test client sends no Accept-Language).
+    assert query == {"StudyInstanceUIDs": [STUDY_1], "lng": ["en"]}
     record = LaunchRecord.objects.get()
     assert record.outcome == LaunchOutcome.PENDING
     assert (record.client_id, record.album_id, record.study_uids) == (
@@ -155,7 +156,8 @@ def test_it_opens_several_studies_in_launch_order(client: Client, fake_kheops: F
 
     assert response.status_code == 302
     assert parse_qs(urlsplit(response["Location"]).query) == {
-        "StudyInstanceUIDs": [f"{STUDY_2},{STUDY_1}"]
+        "StudyInstanceUIDs": [f"{STUDY_2},{STUDY_1}"],
+        "lng": ["en"],
     }
     assert LaunchRecord.objects.get().study_uids == [STUDY_2, STUDY_1]
 
@@ -433,10 +435,10 @@ def test_the_replay_record_keeps_a_hash_not_the_code(
 @pytest.mark.parametrize(
     ("query_change", "message"),
     [
-        ({"code": None}, "'code' is missing"),
-        ({"conf_uri": None}, "'conf_uri' is missing"),
-        ({"client_id": None}, "'client_id' is missing"),
-        ({"studyUID": None}, "'studyUID' is missing"),
+        ({"code": None}, "“code” is missing"),
+        ({"conf_uri": None}, "“conf_uri” is missing"),
+        ({"client_id": None}, "“client_id” is missing"),
+        ({"studyUID": None}, "“studyUID” is missing"),
         ({"studyUID": "1.2.abc"}, "not a valid DICOM UID"),
         ({"studyUID": "1.02.3"}, "not a valid DICOM UID"),
         ({"studyUID": "1." + "2" * 70}, "not a valid DICOM UID"),

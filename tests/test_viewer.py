@@ -124,6 +124,7 @@ def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(
         "openedFrom",
         "brand",
         "config",
+        "text",
     }
     # The token is never in the page: launch.js asks for it.
     [token] = fake_kheops.issued_tokens

@@ -2,11 +2,13 @@
  * corner), how long the KHEOPS access lasts, and what to do once it has expired.
  * The server gives the user and the remaining seconds with the token
  * (window.kheopsLaunch.ready); counting from there with the monotonic clock makes the
- * user's wall clock irrelevant. */
+ * user's wall clock irrelevant. Its words come translated in the page's data block
+ * (window.kheopsLaunch.text, from launch.js). */
 (function () {
   "use strict";
   var launch = window.kheopsLaunch;
   if (!launch || !launch.ready) { return; }
+  var text = launch.text;
   launch.ready.then(function (access) {
     identify(access, launch.openedFrom || {});
     if (typeof access.expiresIn === "number") { show(access.expiresIn, performance.now()); }
@@ -18,10 +20,14 @@
   function identify(access, from) {
     var who = access.userName || "";
     if (access.userEmail) { who = who ? who + " (" + access.userEmail + ")" : access.userEmail; }
-    var where = from.album ? "album " + from.album : "";
-    if (from.server) { where = where ? where + " on " + from.server : from.server; }
-    var lines = [who ? "Opened as " + who : "Opened without a KHEOPS user name"];
-    if (where) { lines.push("from " + where); }
+    var lines = [who ? fill(text.openedAs, { who: who }) : text.openedWithoutUser];
+    if (from.album && from.server) {
+      lines.push(fill(text.fromAlbumOnServer, { album: from.album, server: from.server }));
+    } else if (from.album) {
+      lines.push(fill(text.fromAlbum, { album: from.album }));
+    } else if (from.server) {
+      lines.push(fill(text.fromServer, { server: from.server }));
+    }
     var identity = document.createElement("div");
     identity.id = "kheops-ohif-identity";
     identity.setAttribute("role", "note");
@@ -34,20 +40,27 @@
     document.body.appendChild(identity);
   }
 
+  // "Opened as {who}" with {who} replaced (a translation may move the words around).
+  function fill(template, values) {
+    return template.replace(/\{(\w+)\}/g, function (whole, name) {
+      return Object.prototype.hasOwnProperty.call(values, name) ? values[name] : whole;
+    });
+  }
+
   function show(expiresIn, startedAt) {
     var WARN_SECONDS = 300;
     var banner = document.createElement("div");
     banner.id = "kheops-ohif-banner";
     banner.setAttribute("role", "status");
     banner.hidden = true;
-    var text = document.createElement("span");
-    banner.appendChild(text);
+    var message = document.createElement("span");
+    banner.appendChild(message);
     var link = null;
     if (launch.returnUri) {
       link = document.createElement("a");
       link.href = launch.returnUri;
       link.rel = "noreferrer";
-      link.textContent = "Open again from KHEOPS";
+      link.textContent = text.openAgain;
       link.hidden = true;
       banner.appendChild(link);
     }
@@ -86,14 +99,14 @@
       if (left <= 0) {
         banner.hidden = false;
         banner.className = "expired";
-        text.textContent = "Your access has expired.";
+        message.textContent = text.accessExpired;
         if (link) { link.hidden = false; }
         keepClear();
         return false;
       }
       if (left <= WARN_SECONDS) {
         banner.hidden = false;
-        text.textContent = "Access ends in " + format(left) + ".";
+        message.textContent = fill(text.accessEndsIn, { time: format(left) });
         if (link) { link.hidden = false; }
         keepClear();
       }

@@ -1,6 +1,7 @@
 /* kheops-ohif: the "Copy" button beside a read-only value (templates/launcher/copy_field.html).
  * The clipboard API needs a secure context (HTTPS or localhost); elsewhere the value is
- * selected and copied the old way, or left selected for Ctrl+C. */
+ * selected and copied the old way, or left selected for Ctrl+C. What it says comes
+ * translated in the button's data-copied and data-selected attributes. */
 (function () {
   "use strict";
   document.addEventListener("click", function (event) {
@@ -10,7 +11,9 @@
     var status = button.parentNode.querySelector(".copy-status");
     if (!field) { return; }
     function report(copied) {
-      if (status) { status.textContent = copied ? "Copied" : "Selected: press Ctrl+C to copy"; }
+      if (status) {
+        status.textContent = button.getAttribute(copied ? "data-copied" : "data-selected");
+      }
     }
     function byHand() {
       field.focus();

@@ -3,7 +3,8 @@
  * What is particular to the launch (no secret: the viewer's data source, its token URL, the
  * way back to KHEOPS, the provider's name and logo) is in the page, in
  * <script type="application/json" id="kheops-ohif-launch">, written by the server for this
- * launch and this browser only. This script is the same for every launch (cached for ever).
+ * launch and this browser only. This script is the same for every launch (cached for ever);
+ * what it and banner.js show is in that block too ("text"), in the page's language.
  *
  * The KHEOPS code is exchanged while OHIF loads: the token is asked for at once, and OHIF
  * waits for it only where it first needs it. The token never enters a URL. In relay mode
@@ -16,9 +17,10 @@
   // A busy or restarting server, or a KHEOPS slow to answer, says so (retryable): ask
   // again after these pauses before telling the user.
   var RETRY_DELAYS_MS = [1000, 2000, 4000];
-  var UNABLE = "The viewer could not open this study.";
 
   var launch = JSON.parse(document.getElementById("kheops-ohif-launch").textContent);
+  var text = launch.text;
+  var UNABLE = text.cannotOpen;
   window.PUBLIC_URL = launch.publicUrl;
   window.browserImportFunction = function (name) { return import(name); };
 
@@ -27,6 +29,7 @@
   window.kheopsLaunch = {
     returnUri: launch.returnUri,
     openedFrom: launch.openedFrom,
+    text: text,
     ready: token.then(function (body) {
       return { expiresIn: body.expiresIn, userName: body.userName, userEmail: body.userEmail };
     })
@@ -78,7 +81,7 @@
         var back = document.createElement("a");
         back.href = launch.returnUri;
         back.rel = "noreferrer";
-        back.textContent = " Back to KHEOPS";
+        back.textContent = " " + text.backToKheops;
         back.style.color = "#7cf";
         message.appendChild(back);
       }

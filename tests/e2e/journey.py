@@ -75,10 +75,14 @@ class ConsoleLine:
 
 
 class Journey:
-    def __init__(self, browser: Browser, stack: Stack, scenario: str) -> None:
+    def __init__(
+        self, browser: Browser, stack: Stack, scenario: str, *, locale: str | None = None
+    ) -> None:
         self.browser = browser
         self.stack = stack
         self.scenario = scenario
+        # The browser's language (navigator.language and Accept-Language), e.g. "fr-FR".
+        self.locale = locale
         self.console: list[ConsoleLine] = []
         self.requests: list[Request] = []
         self.finished: list[Request] = []
@@ -91,8 +95,10 @@ class Journey:
 
     @classmethod
     @contextmanager
-    def open(cls, browser: Browser, stack: Stack, scenario: str) -> Iterator[Journey]:
-        journey = cls(browser, stack, scenario)
+    def open(
+        cls, browser: Browser, stack: Stack, scenario: str, *, locale: str | None = None
+    ) -> Iterator[Journey]:
+        journey = cls(browser, stack, scenario, locale=locale)
         started = time.monotonic()
         try:
             yield journey
@@ -106,7 +112,7 @@ class Journey:
 
     def new_context(self) -> BrowserContext:
         """A context of its own (cookies, cache): another browser, as far as servers can tell."""
-        context = self.browser.new_context(viewport=VIEWPORT)
+        context = self.browser.new_context(viewport=VIEWPORT, locale=self.locale)
         context.set_default_timeout(20_000)
         context.add_init_script(REPORT_CSP_VIOLATIONS)
         context.on("console", self._on_console)

@@ -69,7 +69,7 @@ def test_a_kheops_launch_opens_a_viewer_that_can_read_the_study(live_stack: Stac
     http = requests.Session()
     viewer_url = launch(http, live_stack, launch_url)
 
-    assert parse_qs(urlsplit(viewer_url).query) == {"StudyInstanceUIDs": [study]}
+    assert parse_qs(urlsplit(viewer_url).query) == {"StudyInstanceUIDs": [study], "lng": ["en"]}
     assert "code=" not in viewer_url
     # Redirected before the exchange: the audit row waits for the viewer's token request.
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.PENDING
@@ -158,7 +158,7 @@ def test_a_launch_with_several_studies_opens_them_all(live_stack: Stack) -> None
     viewer_url = launch(http, live_stack, kheops_launch_url(live_stack, studies))
 
     query = parse_qs(urlsplit(viewer_url).query)
-    assert query == {"StudyInstanceUIDs": [",".join(studies)]}
+    assert query == {"StudyInstanceUIDs": [",".join(studies)], "lng": ["en"]}
     token = token_from_viewer(http, viewer_url)
     for study in studies:
         qido = requests.get(
