@@ -27,6 +27,9 @@ wait_for_secret_files() {
 
 command="${1:-serve}"
 [ $# -gt 0 ] && shift
+# prometheus-client's multiprocess mode is the server's (several workers); a one-off command is
+# one process, whose values nobody scrapes.
+[ "$command" = serve ] || unset PROMETHEUS_MULTIPROC_DIR
 case "$command" in
   serve)
     wait_for_secret_files

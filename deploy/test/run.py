@@ -107,9 +107,21 @@ def build_images() -> None:
         run(str(DEPLOY / "base-image.sh"))
     ca = ["--secret", "id=ca,src=/etc/ssl/certs/ca-certificates.crt"]
     with timed("app image"):
-        run("podman", "build", "-q", "-f", "Containerfile", *ca, "-t", IMAGES["app"], ".")
+        run(
+            "podman",
+            "build",
+            "-q",
+            "--format",
+            "docker",
+            "-f",
+            "Containerfile",
+            *ca,
+            "-t",
+            IMAGES["app"],
+            ".",
+        )
     with timed("app image for the sub-path /ohif"):
-        run("podman", "build", "-q", "-f", "Containerfile", *ca, "--build-arg", "BASE_PATH=/ohif",
+        run("podman", "build", "-q", "--format", "docker", "-f", "Containerfile", *ca, "--build-arg", "BASE_PATH=/ohif",
             "-t", IMAGES["app-ohif"], ".")  # fmt: skip
     with timed("nginx, postgres and redis images"):
         run("podman", "build", "-q", "-t", IMAGES["nginx"], "deploy/nginx")
@@ -175,11 +187,13 @@ class Stack:
         ready: set[str] = set()
         while ready != {"app-1", "app-2"}:
             for service in {"app-1", "app-2"} - ready:
-                health = run(
-                    "podman", "inspect", "--format", "{{.State.Health.Status}}",
-                    self.container(service), check=False,
-                ).strip()  # fmt: skip
-                if health == "healthy":
+                # The image's HEALTHCHECK, run now (podman runs it on a timer only under
+                # systemd).
+                health = subprocess.run(  # noqa: S603
+                    ["podman", "healthcheck", "run", self.container(service)],  # noqa: S607
+                    capture_output=True, env=podman_env(), check=False,
+                )  # fmt: skip
+                if health.returncode == 0:
                     ready.add(service)
             if time.monotonic() > deadline:
                 raise Failed(f"not healthy in 90 s: {sorted({'app-1', 'app-2'} - ready)}")
@@ -234,6 +248,8 @@ class Stack:
     def stop(self) -> None:
         if self.up:
             self.compose("down", "-v", "-t", "5", check=False)
+            # podman-compose 1.0 leaves the network behind.
+            run("podman", "network", "rm", "-f", f"{PROJECT}_default", check=False)
             self.up = False
 
 
