@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -260,6 +262,7 @@ class Kheops:
     workdir: Path
     orthanc: object | None = None
     stand_in: StandIn | None = None
+    control_url: str = ""
 
     def start(self, host: str, cert: Path) -> str:
         if self.orthanc is None:
@@ -274,8 +277,11 @@ class Kheops:
         self.stand_in = StandIn(root_url=root, env=env)
         self.stand_in.prepare()
         port = root.rsplit(":", 1)[1]
+        # Also on loopback: its control API (/_sandbox/: user tokens, state) answers only there.
+        self.control_url = f"http://127.0.0.1:{port}"
         command = [
-            sys.executable, "-m", "gunicorn", "sandbox.wsgi", "--bind", f"{host}:{port}",
+            sys.executable, "-m", "gunicorn", "sandbox.wsgi",
+            "--bind", f"{host}:{port}", "--bind", f"127.0.0.1:{port}",
             "--worker-class", "gthread", "--workers", "2", "--threads", "16",
             "--backlog", "2048", "--timeout", "120", "--forwarded-allow-ips", "",
         ]  # fmt: skip
@@ -310,16 +316,17 @@ class Launch:
 
 
 class Clinician:
-    def __init__(self, stack: Stack, kheops_url: str, album_id: str) -> None:
+    def __init__(self, stack: Stack, kheops_url: str, control_url: str, album_id: str) -> None:
         self.stack = stack
         self.kheops_url = kheops_url
+        self.control_url = control_url
         self.album_id = album_id
         self._client_ids: list[str] = []
 
     def user_token(self, username: str) -> str:
         with httpx.Client(trust_env=False) as http:
             answer = http.post(
-                f"{self.kheops_url}/_sandbox/user-token", json={"username": username}
+                f"{self.control_url}/_sandbox/user-token", json={"username": username}
             )
             answer.raise_for_status()
             return answer.json()["access_token"]
@@ -338,7 +345,7 @@ class Clinician:
 
     def studies(self) -> list[str]:
         with httpx.Client(trust_env=False) as http:
-            state = http.get(f"{self.kheops_url}/_sandbox/state").json()
+            state = http.get(f"{self.control_url}/_sandbox/state").json()
         [album] = [album for album in state["albums"] if album["album_id"] == self.album_id]
         return [study["study_uid"] for study in album["studies"]]
 
@@ -488,10 +495,14 @@ def reload_on_the_other_replica(stack: Stack, clinician: Clinician, client_id: s
 
 
 def burst_with_a_replica_stopped(stack: Stack, clinician: Clinician) -> dict[str, object]:
-    client_ids = [clinician.register() for _ in range(3)]
+    # KHEOPS's codes have no random part: each launch of the burst needs its own client id,
+    # user or studies (another registration is another client id).
     tokens = [clinician.user_token(user) for user in ("alice", "bob")]
-    studies = clinician.studies()[:4]
-    orders = [[a, b] for a in studies for b in studies if a != b] + [[s] for s in studies]
+    studies = clinician.studies()[:3]
+    orders = [list(order) for size in (1, 2, 3) for order in itertools.permutations(studies, size)]
+    client_ids = [
+        clinician.register() for _ in range(math.ceil(BURST / (len(tokens) * len(orders))))
+    ]
     plan = [
         (client_id, token, order)
         for client_id in client_ids
@@ -582,7 +593,9 @@ def main() -> int:
                 kheops_url = kheops.start(stack.gateway(), stack.cert)
                 stack.manage("trust_kheops", kheops_url, "--name", "KHEOPS stand-in")
                 assert kheops.stand_in is not None
-                clinician = Clinician(stack, kheops_url, kheops.stand_in.album_id)
+                clinician = Clinician(
+                    stack, kheops_url, kheops.control_url, kheops.stand_in.album_id
+                )
             with timed(f"{label}: register, launch, token, DICOMweb read (through nginx)"):
                 client_id = clinician.register()
                 one_launch_end_to_end(stack, clinician, client_id)
@@ -596,8 +609,8 @@ def main() -> int:
                 kheops.stop_stand_in()
                 stack.stop()
             stack = None
-    except Failed as exc:
-        print(f"FAILED: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        print(f"FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         if stack is not None:
             for service in ("app-1", "app-2", "nginx"):
                 print(
