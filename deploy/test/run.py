@@ -240,6 +240,11 @@ class Stack:
         )  # fmt: skip
         return completed.stdout + completed.stderr
 
+    def upstreams(self) -> dict[str, str]:
+        """Each request id of nginx's access log: the replica(s) it went to ("a, b": the first
+        failed, nginx sent it on to the second)."""
+        return dict(re.findall(r"request_id=(\S+) upstream=(.+?) cache=", self.logs("nginx")))
+
     def upstream_of(self, request_id: str) -> str:
         """The replica (address) nginx sent the request `request_id` to (its access log)."""
         match = re.search(rf"request_id={request_id} upstream=(\S+)", self.logs("nginx"))
@@ -551,6 +556,10 @@ def burst_with_a_replica_stopped(stack: Stack, clinician: Clinician) -> dict[str
     success_ids = {launch_id for launch_id, outcome in rows if outcome == "success"}
     missing_audit = launch_ids - success_ids
     attempts = sum(launch.attempts for launch in launches)
+    # Which replica answered each launch (the last attempt's), from nginx's access log.
+    upstreams = stack.upstreams()
+    served_by = Counter(upstreams.get(launch.request_id, "?") for launch in launches)
+    passed_on = sum(", " in upstream for upstream in upstreams.values())
     summary = {
         "launches": len(launches),
         "lost": len(lost),
@@ -562,11 +571,15 @@ def burst_with_a_replica_stopped(stack: Stack, clinician: Clinician) -> dict[str
         "seconds": round(took, 1),
         "replica stopped after (s)": round(stopped.get("at", began) - began, 1),
         "its graceful stop took (s)": round(stopped.get("took", 0.0), 1),
+        "launches by replica": dict(served_by),
+        "requests nginx sent on to the other replica": passed_on,
         "errors seen": dict(Counter(error for launch in launches for error in launch.errors)),
     }
     print("   " + json.dumps(summary), flush=True)
-    if "at" not in stopped:
+    if "at" not in stopped or stopped["at"] - began > took:
         raise Failed("the replica was not stopped during the burst")
+    if len([upstream for upstream in served_by if ", " not in upstream]) < 2:
+        raise Failed(f"the burst did not reach both replicas: {dict(served_by)}")
     if lost:
         raise Failed(f"{len(lost)} launches lost: {[launch.errors for launch in lost][:5]}")
     if missing_audit:
