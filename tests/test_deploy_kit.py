@@ -290,3 +290,45 @@ def _ids() -> str:
     import os
 
     return f"{os.getuid()}:{os.getgid()}"
+
+
+# --- settings the image relies on -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["file", "variable"])
+def test_the_database_password_apart_from_the_url_replaces_the_urls(
+    tmp_path: Path, source: str
+) -> None:
+    from tests.test_settings_and_health import STRONG_KEY, run_django
+
+    password_file = tmp_path / "db_password"
+    password_file.write_text("from-the-secret\n")
+    given = (
+        {"DATABASE_PASSWORD_FILE": str(password_file)}
+        if source == "file"
+        else {"DATABASE_PASSWORD": "from-the-secret"}
+    )
+    code = "from django.conf import settings as s; print(s.DATABASES['default']['PASSWORD'])"
+
+    result = run_django(
+        ["shell", "-c", code],
+        SECRET_KEY=STRONG_KEY,
+        DATABASE_URL="postgres://kheops_ohif:in-the-url@db.internal:5432/kheops_ohif",
+        **given,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "from-the-secret"
+
+
+def test_a_database_password_file_that_cannot_be_read_stops_the_start(tmp_path: Path) -> None:
+    from tests.test_settings_and_health import STRONG_KEY, run_django
+
+    result = run_django(
+        ["check"],
+        SECRET_KEY=STRONG_KEY,
+        DATABASE_PASSWORD_FILE=str(tmp_path / "missing"),
+    )
+
+    assert result.returncode != 0
+    assert "DATABASE_PASSWORD_FILE" in result.stderr and "cannot be read" in result.stderr
