@@ -60,8 +60,11 @@ IMAGES = {
     "redis": "localhost/kheops-ohif-test-redis:test",
 }
 BURST = 100
-# The replica is stopped once this many launches of the burst have their viewer.
-STOP_AFTER = 15
+# The clicks of the burst come over this many seconds (a clinic's busy minute, compressed),
+# and one replica is stopped once this many launches have their viewer: clicks keep coming
+# while it stops and after.
+BURST_SECONDS = 10.0
+STOP_AFTER = 25
 # static/launcher/launch.js asks for the token again after these pauses when it is worth it.
 VIEWER_RETRY_DELAYS = (1.0, 2.0, 4.0)
 # A launch that failed is opened again from KHEOPS (a new code) this many times at most.
@@ -528,15 +531,16 @@ def burst_with_a_replica_stopped(stack: Stack, clinician: Clinician) -> dict[str
     async def all_launches() -> list[Launch]:
         finished = 0
 
-        async def one(item: tuple[str, str, list[str]]) -> Launch:
+        async def one(index: int, item: tuple[str, str, list[str]]) -> Launch:
             nonlocal finished
+            await asyncio.sleep(index * BURST_SECONDS / BURST)
             result = await clinician.launch(*item)
             finished += 1
             if finished == STOP_AFTER:
                 done.set()
             return result
 
-        return await asyncio.gather(*(one(item) for item in plan))
+        return await asyncio.gather(*(one(index, item) for index, item in enumerate(plan)))
 
     stopper = threading.Thread(target=stop_app_1, daemon=True)
     stopper.start()
@@ -578,7 +582,7 @@ def burst_with_a_replica_stopped(stack: Stack, clinician: Clinician) -> dict[str
     print("   " + json.dumps(summary), flush=True)
     if "at" not in stopped or stopped["at"] - began > took:
         raise Failed("the replica was not stopped during the burst")
-    if len([upstream for upstream in served_by if ", " not in upstream]) < 2:
+    if len([upstream for upstream in served_by if upstream != "?" and ", " not in upstream]) < 2:
         raise Failed(f"the burst did not reach both replicas: {dict(served_by)}")
     if lost:
         raise Failed(f"{len(lost)} launches lost: {[launch.errors for launch in lost][:5]}")
