@@ -44,6 +44,8 @@ case "$command" in
     ;;
   migrate)
     wait_for_secret_files
+    # One process, one connection: no pool, whose timeout would cut a slow first connection.
+    export DATABASE_POOL=false
     python - <<'PY'
 import os
 import time
@@ -56,7 +58,8 @@ from django.db import connection  # noqa: E402
 deadline = time.monotonic() + float(os.environ.get("DATABASE_WAIT_SECONDS", "60"))
 while True:
     try:
-        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
         break
     except Exception as exc:
         if time.monotonic() > deadline:
