@@ -12,7 +12,7 @@ ifdef DATABASE_URL
 export DATABASE_URL
 endif
 
-.PHONY: run test prepare deps deps-dev system-deps system-deps-test lint lint-js node bench loadtest clean messages
+.PHONY: run test test-deploy prepare deps deps-dev system-deps system-deps-test lint lint-js node bench loadtest clean messages
 
 # The demo: Orthanc + the KHEOPS stand-in + the viewer; prints the URL to open.
 run: prepare
@@ -81,6 +81,18 @@ prepare: deps system-deps var/secret_key
 	$(PY) manage.py install_ohif
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py migrate --noinput --verbosity 0
+
+# The deployment kit end to end (deploy/test/run.py): the image and deploy/compose.yaml built
+# and run with rootful podman, launches through nginx over HTTPS against the KHEOPS stand-in,
+# a burst of 100 with one replica stopped; torn down afterwards. Root, about 5 minutes.
+test-deploy: deps-dev
+	@scripts/ensure-debian-packages.sh $(DEPLOY_DEBIAN_PACKAGES)
+	$(PY) deploy/test/run.py
+
+# podman and its network stack, podman-compose, debootstrap (the base image); Orthanc for the
+# stand-in's studies.
+DEPLOY_DEBIAN_PACKAGES := podman runc netavark aardvark-dns iptables catatonit podman-compose \
+	debootstrap orthanc orthanc-dicomweb
 
 # Benchmarks (bench/*.py): a markdown table on stdout, JSON in git-ignored bench/results.json.
 # Each builds a throwaway database (temporary SQLite, or beside DATABASE_URL's). Orthanc and

@@ -224,6 +224,10 @@ DATABASES = {
         conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0),
     )
 }
+# The database password apart from the URL, e.g. from a container secret (DATABASE_PASSWORD_FILE):
+# it replaces the URL's own.
+if _database_password := envsecret("DATABASE_PASSWORD"):
+    DATABASES["default"]["PASSWORD"] = _database_password
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envbool(
     "DATABASE_POOL", True
 ):

@@ -382,12 +382,19 @@ class Application:
         if scope["type"] != "http":
             await self.django(scope, receive, send)
             return
-        # Every line logged while this request is served carries its id.
-        request_id = REQUEST_ID.set(request_id_from(dict(scope["headers"]).get(b"x-request-id")))
+        # Every line logged while this request is served carries its id, and so does the
+        # answer (X-Request-ID). The id a proxy of ours sent is kept (its access log then
+        # names the same request); without one (TRUSTED_PROXY_COUNT=0), anybody could have
+        # written it, and a fresh one is made.
+        from_proxy = (
+            dict(scope["headers"]).get(b"x-request-id") if settings.TRUSTED_PROXY_COUNT else None
+        )
+        request_id = request_id_from(from_proxy)
+        token = REQUEST_ID.set(request_id)
         try:
-            await self._http(scope, receive, send)
+            await self._http(scope, receive, _with_request_id(send, request_id))
         finally:
-            REQUEST_ID.reset(request_id)
+            REQUEST_ID.reset(token)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         prepared = self.documents.answer_for(scope)
@@ -437,6 +444,19 @@ def _load_translations() -> None:
         translation.check_for_language(language)
         with translation.override(language):
             translation.gettext("KHEOPS is unavailable.")
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    """`send`, adding `X-Request-ID: <request_id>` to the answer's headers."""
+    header = (b"x-request-id", request_id.encode("ascii"))
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [item for item in message.get("headers", ()) if item[0].lower() != header[0]]
+            message = {**message, "headers": [*headers, header]}
+        await send(message)
+
+    return sending
 
 
 # An upload to the DICOMweb relay (launcher.relay): Django's ASGI handler reads a request's

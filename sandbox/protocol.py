@@ -90,7 +90,9 @@ def configuration_url() -> str:
 
 
 def _session() -> requests.Session:
-    return providers.provider_session(settings.SANDBOX_PROVIDER_TIMEOUT_SECONDS)
+    return providers.provider_session(
+        settings.SANDBOX_PROVIDER_TIMEOUT_SECONDS, settings.SANDBOX_CA_BUNDLE
+    )
 
 
 def _fetch_valid_document(config_url: str) -> providers.ProviderDocument:

@@ -105,6 +105,9 @@ if _root.scheme not in {"http", "https"} or not _root.hostname or _root.path not
 SANDBOX_SECRET = _stored_secret()
 SANDBOX_ORTHANC_URL = os.environ.get("SANDBOX_ORTHANC_URL", "http://127.0.0.1:8142").rstrip("/")
 SANDBOX_PROVIDER_TIMEOUT_SECONDS = envfloat("SANDBOX_PROVIDER_TIMEOUT_SECONDS", 5.0)
+# A PEM file of the CA certificates that providers' https is checked against (a provider
+# behind a self-signed certificate: make test-deploy); empty, the usual ones.
+SANDBOX_CA_BUNDLE = os.environ.get("SANDBOX_CA_BUNDLE", "")
 
 # Django's own signing key is derived so that it never equals the protocol's HMAC secret.
 SECRET_KEY = hashlib.sha256(b"django-secret-key|" + SANDBOX_SECRET.encode()).hexdigest()

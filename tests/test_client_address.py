@@ -128,3 +128,12 @@ def test_the_readme_production_command_turns_proxy_headers_off() -> None:
     assert "launcher.httpserver:HttpToolsProtocol" in uvicorn_command(
         "kheops_ohif.asgi:application", port=8000, workers=2
     )
+
+
+def test_the_container_image_serves_with_proxy_headers_off_and_the_bounded_parser() -> None:
+    entrypoint = (REPO / "deploy" / "entrypoint.sh").read_text()
+    [start, *_] = [line for line in entrypoint.splitlines() if "exec uvicorn" in line]
+    at = entrypoint.index(start)
+    command = shlex.split(entrypoint[at : entrypoint.index(";;", at)].replace("\\\n", " "))
+    assert "--no-proxy-headers" in command
+    assert command[command.index("--http") + 1] == "launcher.httpserver:HttpToolsProtocol"

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,6 +48,11 @@ def json_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 def get(app: Application, path: str, **headers: str) -> int:
     """One GET straight through the ASGI application (no HTTP client: its own log lines
     would quote the launch URL); the status."""
+    return int(answer(app, path, **headers)["status"])
+
+
+def answer(app: Application, path: str, **headers: str) -> dict[str, Any]:
+    """The same; the answer's start message (status, headers)."""
     target, _, query = path.partition("?")
     scope = http_scope(
         "GET",
@@ -67,7 +73,7 @@ def get(app: Application, path: str, **headers: str) -> int:
         sent.append(message)
 
     async_to_sync(app)(scope, receive, send)
-    return int(sent[0]["status"])
+    return sent[0]
 
 
 def test_a_line_is_a_json_object_with_the_usual_fields_and_no_code(json_lines: Any) -> None:
@@ -111,8 +117,9 @@ def test_every_line_of_one_request_carries_its_id_and_requests_differ(
 
 
 def test_a_well_formed_request_id_from_the_proxy_is_kept_another_is_replaced(
-    db: None, fake_kheops: FakeKheops, json_lines: Any
+    db: None, fake_kheops: FakeKheops, json_lines: Any, settings: Any
 ) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1  # behind a proxy of ours (nginx: $request_id)
     app: Application = prepared_application()
 
     get(app, fake_kheops.launch_url(), **{"X-Request-ID": "a1b2c3d4e5f6a7b8"})
@@ -121,6 +128,37 @@ def test_a_well_formed_request_id_from_the_proxy_is_kept_another_is_replaced(
     kept, replaced = (line["request_id"] for line in json_lines() if "accepted" in line["message"])
     assert kept == "a1b2c3d4e5f6a7b8"
     assert replaced != "-" and "bad" not in replaced
+
+
+def test_the_answer_names_its_request_id_the_proxys_when_behind_one(
+    db: None, fake_kheops: FakeKheops, json_lines: Any, settings: Any
+) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1
+    app: Application = prepared_application()
+
+    launch = answer(app, fake_kheops.launch_url(), **{"X-Request-ID": "a1b2c3d4e5f6a7b8"})
+    probe = answer(app, "/healthz", **{"X-Request-ID": "bad id!"})
+
+    assert (b"x-request-id", b"a1b2c3d4e5f6a7b8") in launch["headers"]
+    [fresh] = [value for name, value in probe["headers"] if name == b"x-request-id"]
+    assert re.fullmatch(rb"[0-9a-f]{32}", fresh)
+    [line] = [line for line in json_lines() if "accepted" in line["message"]]
+    assert line["request_id"] == "a1b2c3d4e5f6a7b8"
+
+
+def test_without_a_trusted_proxy_an_incoming_request_id_is_not_believed(
+    db: None, fake_kheops: FakeKheops, json_lines: Any, settings: Any
+) -> None:
+    # TRUSTED_PROXY_COUNT=0: the header may come from anybody (a forged id to blur the logs).
+    settings.TRUSTED_PROXY_COUNT = 0
+    app: Application = prepared_application()
+
+    launch = answer(app, fake_kheops.launch_url(), **{"X-Request-ID": "a1b2c3d4e5f6a7b8"})
+
+    [sent] = [value for name, value in launch["headers"] if name == b"x-request-id"]
+    assert sent != b"a1b2c3d4e5f6a7b8" and re.fullmatch(rb"[0-9a-f]{32}", sent)
+    [line] = [line for line in json_lines() if "accepted" in line["message"]]
+    assert line["request_id"] == sent.decode()
 
 
 def test_an_unknown_log_format_is_refused_with_the_choices() -> None:

@@ -51,7 +51,9 @@ class Command(BaseCommand):
         )
         if membership is None:
             raise CommandError(f"{options['username']} is not a member of album {album_id}")
-        with providers.provider_session(settings.SANDBOX_PROVIDER_TIMEOUT_SECONDS + 5) as session:
+        with providers.provider_session(
+            settings.SANDBOX_PROVIDER_TIMEOUT_SECONDS + 5, settings.SANDBOX_CA_BUNDLE
+        ) as session:
             try:
                 response = providers.register_through_api(
                     session,
