@@ -147,10 +147,13 @@ def test_a_graceful_stop_finishes_the_exchanges_in_flight(
         [launch_url] = distinct_launch_urls(
             live_stack, 1, config_url=f"{url}/providers/ohif/configuration"
         )
-        live_stack.kheops.set_faults(token_delay_seconds=2)
+        live_stack.kheops.set_faults(token_delay_seconds=4)
         with ThreadPoolExecutor(max_workers=1) as browser:
             exchange = browser.submit(click, launch_url, url)
-            time.sleep(0.8)  # the token request waits on KHEOPS
+            # The launch has answered (its line in the access log); the token request follows
+            # at once and waits on KHEOPS, whatever the machine's load delayed until now.
+            _wait_for(lambda: '" 302' in server.log.read_text(), seconds=30)
+            time.sleep(0.8)
             assert not exchange.done()
             server.process.send_signal(signal.SIGTERM)
             # Still serving while the exchange waits (KHEOPS calls back), but not ready for more.
@@ -168,6 +171,7 @@ def test_a_graceful_stop_finishes_the_exchanges_in_flight(
     # uvicorn stops gracefully, then lets the signal end the process as it would have.
     assert exit_code == -signal.SIGTERM
     assert "Application shutdown complete" in log
+    assert "stopping: 1 code exchange(s) in flight first" in log  # the signal came mid-exchange
     assert LaunchRecord.objects.get().outcome == LaunchOutcome.SUCCESS
 
 
