@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from django.conf import settings as django_settings
 
-from devstack import free_port, meta_refresh_url, start_orthanc
+from devstack import app_env, free_port, meta_refresh_url, start_orthanc
 from launcher.serving import Application, DjangoHandler
 from sandbox.orthanc import OrthancProcess
 from sandbox.samples import sample_studies
@@ -141,3 +142,20 @@ def start_stack() -> Stack:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return Stack(orthanc=orthanc, kheops=kheops, viewer=viewer, workdir=workdir)
+
+
+def app_env_on_test_database(public_url: str, **extra: str) -> dict[str, str]:
+    """The environment of our app started as its own server process (the production
+    command) on this test run's database, SQLite or PostgreSQL, with this run's secret key."""
+    database = django_settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database_url = f"sqlite:///{database['NAME']}"
+    else:
+        database_url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+    return app_env(
+        public_url,
+        DATABASE_URL=database_url,
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        SECRET_KEY=django_settings.SECRET_KEY,
+        **extra,
+    )

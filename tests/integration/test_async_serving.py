@@ -20,12 +20,12 @@ import pytest
 import requests
 from django.conf import settings as django_settings
 
-from devstack import APP_ASGI, ServerProcess, app_env, free_port, uvicorn_command
+from devstack import APP_ASGI, ServerProcess, free_port, uvicorn_command
 from launcher import services, serving
 from launcher.models import LaunchOutcome, LaunchRecord, Provider
 from launcher.serving import REFRESH_SECONDS
 from tests.fakes import token_url_of
-from tests.stack import Stack, meta_refresh_url
+from tests.stack import Stack, app_env_on_test_database, meta_refresh_url
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,7 +139,7 @@ def test_a_graceful_stop_finishes_the_exchanges_in_flight(
         "kheops-ohif",
         uvicorn_command(APP_ASGI, port=port, workers=1, access_log=True),
         url=url,
-        env=_app_env(url),
+        env=app_env_on_test_database(url),
         log=tmp_path / "server.log",
     )
     try:
@@ -180,21 +180,6 @@ def _wait_for(condition: Any, *, seconds: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.05)
-
-
-def _app_env(public_url: str) -> dict[str, str]:
-    """Our app's environment on the test database."""
-    database = django_settings.DATABASES["default"]
-    if database["ENGINE"] == "django.db.backends.sqlite3":
-        database_url = f"sqlite:///{database['NAME']}"
-    else:
-        database_url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-    return app_env(
-        public_url,
-        DATABASE_URL=database_url,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        SECRET_KEY=django_settings.SECRET_KEY,
-    )
 
 
 def test_a_provider_saved_here_is_answered_at_once_not_at_the_next_refresh(

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from django.conf import settings as django_settings
 from django.utils import timezone
 
-from devstack import APP_ASGI, ServerProcess, app_env, free_port, uvicorn_command
+from devstack import APP_ASGI, ServerProcess, free_port, uvicorn_command
 from launcher import sealing, services
 from launcher.httpserver import MAX_HEAD_BYTES
 from launcher.models import GrantState, LaunchGrant, TokenDelivery
+from tests.stack import app_env_on_test_database
 
 STUDY = "1.2.826.0.1.3680043.8.498.16"
 FRAMES = f"studies/{STUDY}/series/1.2.3/instances/1.2.3.4/frames/1"
@@ -227,7 +227,7 @@ def running(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> 
         "kheops-ohif",
         uvicorn_command(APP_ASGI, port=port, workers=1, access_log=True),
         url=url,
-        env=_app_env(url),
+        env=app_env_on_test_database(url, DICOMWEB_RELAY_MAX_UPLOAD_BYTES=str(256 * 1024 * 1024)),
         log=tmp_path_factory.mktemp("relay-server") / "server.log",
     )
     try:
@@ -270,21 +270,6 @@ def relay(running: Running, transactional_db: None) -> Iterator[Relay]:
 
 def _token() -> str:
     return "kheops-at-" + secrets.token_urlsafe(24)
-
-
-def _app_env(public_url: str) -> dict[str, str]:
-    database = django_settings.DATABASES["default"]
-    if database["ENGINE"] == "django.db.backends.sqlite3":
-        database_url = f"sqlite:///{database['NAME']}"
-    else:
-        database_url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-    return app_env(
-        public_url,
-        DATABASE_URL=database_url,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        SECRET_KEY=django_settings.SECRET_KEY,
-        DICOMWEB_RELAY_MAX_UPLOAD_BYTES=str(256 * 1024 * 1024),
-    )
 
 
 def wait_for(condition: Callable[[], bool], *, seconds: float = PROMPT_SECONDS) -> None:
