@@ -448,6 +448,9 @@ def viewer_in_its_browser(stack: Stack, clinician: Clinician, client_id: str) ->
     """Launch in one browser, then load its viewer page and OHIF's files as it would."""
     studies = clinician.studies()
     token = clinician.user_token("alice")
+    # KHEOPS's codes carry no nonce: the same user and study in the same second as the
+    # previous scenario's launch would get the same code, which we rightly refuse as a replay.
+    time.sleep(1.1)
 
     async def browse() -> None:
         async with httpx.AsyncClient(verify=str(stack.cert), trust_env=False, timeout=60) as http:
@@ -458,7 +461,7 @@ def viewer_in_its_browser(stack: Stack, clinician: Clinician, client_id: str) ->
             )  # fmt: skip
             viewer = await http.get(meta_refresh_url(report), follow_redirects=True)
             if viewer.status_code != 200 or '<div id="root">' not in viewer.text:
-                raise Failed(f"viewer page {viewer.status_code} at {viewer.url}")
+                raise Failed(f"viewer page {viewer.status_code} at {viewer.url.path}")  # no code
             scripts = re.findall(r'<script[^>]+src="([^"]+)"', viewer.text)
             ohif = [src for src in scripts if "/static/ohif/" in src]
             if not ohif or not ohif[0].startswith(f"{stack.base_path}/static/"):
