@@ -23,7 +23,15 @@ from typing import Any
 import uvicorn
 from django.conf import settings as django_settings
 
-from devstack import app_env, free_port, meta_refresh_url, start_orthanc
+from devstack import (
+    APP_ASGI,
+    ServerProcess,
+    app_env,
+    free_port,
+    meta_refresh_url,
+    start_orthanc,
+    uvicorn_command,
+)
 from launcher.serving import Application, DjangoHandler
 from sandbox.orthanc import OrthancProcess
 from sandbox.samples import sample_studies
@@ -144,9 +152,21 @@ def start_stack() -> Stack:
     return Stack(orthanc=orthanc, kheops=kheops, viewer=viewer, workdir=workdir)
 
 
-def app_env_on_test_database(public_url: str, **extra: str) -> dict[str, str]:
-    """The environment of our app started as its own server process (the production
-    command) on this test run's database, SQLite or PostgreSQL, with this run's secret key."""
+def start_server_on_test_database(log: Path, **extra: str) -> ServerProcess:
+    """Our production server (uvicorn, one worker, access log on) as its own process, on
+    this test run's database, SQLite or PostgreSQL; `extra` adds to its environment. The
+    caller stops it (`stop()`), after `wait_until_up`."""
+    url = f"http://127.0.0.1:{free_port()}"
+    return ServerProcess.start(
+        "kheops-ohif",
+        uvicorn_command(APP_ASGI, port=int(url.rsplit(":", 1)[1]), workers=1, access_log=True),
+        url=url,
+        env=_app_env_on_test_database(url, **extra),
+        log=log,
+    )
+
+
+def _app_env_on_test_database(public_url: str, **extra: str) -> dict[str, str]:
     database = django_settings.DATABASES["default"]
     if database["ENGINE"] == "django.db.backends.sqlite3":
         database_url = f"sqlite:///{database['NAME']}"

@@ -20,12 +20,11 @@ import pytest
 import requests
 from django.conf import settings as django_settings
 
-from devstack import APP_ASGI, ServerProcess, free_port, uvicorn_command
 from launcher import services, serving
 from launcher.models import LaunchOutcome, LaunchRecord, Provider
 from launcher.serving import REFRESH_SECONDS
 from tests.fakes import token_url_of
-from tests.stack import Stack, app_env_on_test_database, meta_refresh_url
+from tests.stack import Stack, meta_refresh_url, start_server_on_test_database
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -133,15 +132,8 @@ def test_a_graceful_stop_finishes_the_exchanges_in_flight(
 ) -> None:
     # The production server (uvicorn) in its own process, on the test database, registered
     # in the stand-in under its own configuration URL.
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = ServerProcess.start(
-        "kheops-ohif",
-        uvicorn_command(APP_ASGI, port=port, workers=1, access_log=True),
-        url=url,
-        env=app_env_on_test_database(url),
-        log=tmp_path / "server.log",
-    )
+    server = start_server_on_test_database(tmp_path / "server.log")
+    url = server.url
     try:
         server.wait_until_up("/healthz")
         [launch_url] = distinct_launch_urls(

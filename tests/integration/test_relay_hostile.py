@@ -26,11 +26,11 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from devstack import APP_ASGI, ServerProcess, free_port, uvicorn_command
+from devstack import ServerProcess
 from launcher import sealing, services
 from launcher.httpserver import MAX_HEAD_BYTES
 from launcher.models import GrantState, LaunchGrant, TokenDelivery
-from tests.stack import app_env_on_test_database
+from tests.stack import start_server_on_test_database
 
 STUDY = "1.2.826.0.1.3680043.8.498.16"
 FRAMES = f"studies/{STUDY}/series/1.2.3/instances/1.2.3.4/frames/1"
@@ -221,14 +221,9 @@ def running(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> 
     """One server process and one fake KHEOPS for the module (each test its own grant), on
     the test database (set up first: its name is what the server is given)."""
     kheops = FakeDicomweb()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = ServerProcess.start(
-        "kheops-ohif",
-        uvicorn_command(APP_ASGI, port=port, workers=1, access_log=True),
-        url=url,
-        env=app_env_on_test_database(url, DICOMWEB_RELAY_MAX_UPLOAD_BYTES=str(256 * 1024 * 1024)),
-        log=tmp_path_factory.mktemp("relay-server") / "server.log",
+    server = start_server_on_test_database(
+        tmp_path_factory.mktemp("relay-server") / "server.log",
+        DICOMWEB_RELAY_MAX_UPLOAD_BYTES=str(256 * 1024 * 1024),
     )
     try:
         server.wait_until_up("/healthz")
