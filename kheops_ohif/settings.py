@@ -482,6 +482,9 @@ KHEOPS_FETCH_USERINFO = envbool("KHEOPS_FETCH_USERINFO", True)
 DICOMWEB_RELAY = envbool("DICOMWEB_RELAY", False)
 # The largest upload (STOW-RS) the relay forwards, in bytes.
 DICOMWEB_RELAY_MAX_UPLOAD_BYTES = envint("DICOMWEB_RELAY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024)
+# The relayed answers one server process streams at a time; further requests wait their turn
+# (launcher.relay_reads): the memory of a process stays bounded whatever the crowd of viewers.
+DICOMWEB_RELAY_STREAMS_PER_PROCESS = envint("DICOMWEB_RELAY_STREAMS_PER_PROCESS", 64)
 # After `rotate_signing_key`, the previous public key stays in our JWKS this long.
 SIGNING_KEY_GRACE_SECONDS = envint("SIGNING_KEY_GRACE_SECONDS", 3600)
 

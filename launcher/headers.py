@@ -37,3 +37,11 @@ def no_referrer(view: Callable[..., Any]) -> Callable[..., Any]:
         return response
 
     return sync_wrapped
+
+
+def server_timing(calls: list[tuple[str, float]], total: float) -> str:
+    """`Server-Timing`: each KHEOPS round trip, and what is left: our own processing (ms)."""
+    upstream = sum(seconds for _, seconds in calls)
+    parts = [f"{call};dur={seconds * 1000:.2f}" for call, seconds in calls]
+    parts.append(f"app;dur={max(0.0, total - upstream) * 1000:.2f}")
+    return ", ".join(parts)

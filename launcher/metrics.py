@@ -106,12 +106,13 @@ def kheops_error_kind(exc: Exception) -> str:
 
 
 async def relayed(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """`body`, counted: a stream in flight until it ends, and its bytes."""
+    """`body`, counted: a stream in flight until it ends, and its bytes (added once, at the
+    end: a multi-process counter costs a lock and a write each time)."""
     RELAY_STREAMS.inc()
-    down = RELAY_BYTES.labels("down")
+    size = 0
     try:
         async for chunk in body:
-            down.inc(len(chunk))
+            size += len(chunk)
             yield chunk
     except Exception as exc:
         kind = kheops_error_kind(exc)
@@ -120,6 +121,7 @@ async def relayed(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise
     finally:
         RELAY_STREAMS.dec()
+        RELAY_BYTES.labels("down").inc(size)
         # Closed early (the browser went away): close what it wraps too, at once (KHEOPS's
         # answer, launcher.kheops.raw_body), not whenever the collector finalizes it.
         close = getattr(body, "aclose", None)

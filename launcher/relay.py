@@ -16,12 +16,15 @@ the HTTP). This module decides, before anything is looked up or sent:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from django.conf import settings
+
+from launcher.kheops import KheopsTimeout
 
 # What may appear in one segment of a DICOMweb path: UIDs, resource names and frame lists
 # ("frames/1,2,3"). No "%", ":", "\\", nor any character a URL would need to escape.
@@ -177,3 +180,15 @@ def downstream_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     ]
     headers["cache-control"] = ", ".join(["private", *directives])
     return headers
+
+
+def unanswered(exc: Exception) -> tuple[int, str]:
+    """The status and message for a request KHEOPS did not answer (launcher.kheops)."""
+    if isinstance(exc, KheopsTimeout):
+        return 504, "KHEOPS did not answer in time."
+    return 502, "KHEOPS could not be reached."
+
+
+def refusal_body(message: str, advice: str = "") -> bytes:
+    """A refusal's JSON body, as the viewer's script reads it."""
+    return json.dumps({"error": str(message), "advice": str(advice)}).encode()

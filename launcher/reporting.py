@@ -25,7 +25,7 @@ SECRET_QUERY_PARAMETERS = ("code", "token", "access_token", "client_assertion")
 SECRET_VALUES = re.compile(
     r"(?i)((?:^|[?&;\s])(?:" + "|".join(SECRET_QUERY_PARAMETERS) + r")=)[^&;\s\"']*"
 )
-# Cookies that are credentials: the per-launch browser key (launcher.views.grant_cookie_name).
+# Cookies that are credentials: the per-launch browser key (launcher.services.grant_cookie_name).
 SECRET_COOKIE_PREFIX = "kheops_ohif_grant_"  # noqa: S105 - a name, not a secret
 
 

@@ -1289,6 +1289,12 @@ READY_GRANTS_KEPT = 1024
 _ready_grants: OrderedDict[tuple[str, str], tuple[float, ViewerGrant]] = OrderedDict()
 
 
+def grant_cookie_name(launch_id: str) -> str:
+    """The cookie holding a launching browser's key (one name per launch: several viewers
+    may be open in one browser)."""
+    return f"kheops_ohif_grant_{launch_id}"
+
+
 async def relay_grant(launch_id: str, browser_key: str | None) -> ViewerGrant | None:
     """`grant_for`, from memory when this browser's grant was ready a moment ago."""
     if not browser_key:

@@ -56,6 +56,7 @@ from django.utils import translation
 from launcher import blocking, documents, metrics, services
 from launcher.logfilters import REQUEST_ID, RedactSecretParameters, request_id_from
 from launcher.middleware import is_admin_only_host
+from launcher.relay_reads import RelayReads
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class Documents:
     def __init__(self) -> None:
         self.prepared: dict[str, Prepared] = {}
         self._bodies: dict[str, bytes] = {}
-        self._headers: list[tuple[bytes, bytes]] | None = None
+        # The headers Django sends with a document (its security headers among them).
+        self.headers: list[tuple[bytes, bytes]] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,7 +102,7 @@ class Documents:
         return prepared
 
     async def start(self, django: ASGIApp) -> None:
-        self._headers = await _headers_django_sends(django, documents.JWKS_PATH)
+        self.headers = await _headers_django_sends(django, documents.JWKS_PATH)
         await self.refresh()
         self._loop, self._changed = asyncio.get_running_loop(), asyncio.Event()
         self._refresher = asyncio.create_task(self._refresh_forever())
@@ -120,9 +122,9 @@ class Documents:
 
     async def refresh(self) -> None:
         bodies = await blocking.run(documents.all_bodies)
-        if bodies == self._bodies or self._headers is None:
+        if bodies == self._bodies or self.headers is None:
             return
-        headers = self._headers
+        headers = self.headers
         self.prepared = {
             path: Prepared(
                 start={
@@ -373,6 +375,7 @@ class Application:
     def __init__(self, django: ASGIApp) -> None:
         self.django = django
         self.documents = Documents()
+        self.relay_reads = RelayReads()
         self.housekeeping = Housekeeping()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -404,11 +407,29 @@ class Application:
                 prepared.body if scope["method"] == "GET" else {"type": "http.response.body"}
             )
             return
+        app_path = _app_path(scope)
+        if (
+            _RELAY_PATH.match(app_path)
+            and _host_allowed(scope)
+            and _secure_enough(scope)
+            and await self.relay_reads.serve(scope, receive, send, app_path)
+        ):
+            return
         refusal = _upload_refusal(scope)
         if refusal is not None:
             await _send_refusal(send, *refusal)
             return
         await self.django(scope, receive, send)
+
+    async def prepare(self) -> None:
+        """What is answered below Django: the documents, and the relay's reads (which send
+        the security headers learnt with the documents)."""
+        try:
+            await self.documents.start(self.django)
+        except Exception:
+            logger.exception("documents not prepared at start-up: Django answers them")
+        if self.documents.headers is not None:
+            self.relay_reads.learn(self.documents.headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -417,10 +438,7 @@ class Application:
                 # What choosing a language needs, read now rather than by the first
                 # request (a launch must not wait on it).
                 await asyncio.to_thread(_load_translations)
-                try:
-                    await self.documents.start(self.django)
-                except Exception:
-                    logger.exception("documents not prepared at start-up: Django answers them")
+                await self.prepare()
                 DRAIN.install()
                 self.housekeeping.start()
                 metrics.forget_dead_processes()

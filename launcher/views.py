@@ -41,7 +41,7 @@ from launcher import (
     stow,
     viewer,
 )
-from launcher.headers import no_referrer
+from launcher.headers import no_referrer, server_timing
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 from launcher.models import GrantState
 from launcher.serving import UploadAbandoned, UploadStream
@@ -134,7 +134,7 @@ def set_grant_cookie(
     response: HttpResponse, launch_id: str, browser_key: str, *, seconds: int
 ) -> None:
     response.set_cookie(
-        grant_cookie_name(launch_id),
+        services.grant_cookie_name(launch_id),
         browser_key,
         max_age=seconds + 60,
         path=reverse("viewer-root", kwargs={"launch_id": launch_id}),
@@ -163,21 +163,8 @@ def set_launcher_cookie(response: HttpResponse, slug: str, launcher_key: str) ->
     )
 
 
-def server_timing(calls: list[tuple[str, float]], total: float) -> str:
-    """Each KHEOPS round trip, and what is left: our own processing (milliseconds)."""
-    upstream = sum(seconds for _, seconds in calls)
-    parts = [f"{call};dur={seconds * 1000:.2f}" for call, seconds in calls]
-    parts.append(f"app;dur={max(0.0, total - upstream) * 1000:.2f}")
-    return ", ".join(parts)
-
-
-def grant_cookie_name(launch_id: str) -> str:
-    # One name per launch: several viewers may be open in one browser.
-    return f"kheops_ohif_grant_{launch_id}"
-
-
 def grant_from(request: HttpRequest, launch_id: str) -> services.ViewerGrant | None:
-    return services.grant_for(launch_id, request.COOKIES.get(grant_cookie_name(launch_id)))
+    return services.grant_for(launch_id, request.COOKIES.get(services.grant_cookie_name(launch_id)))
 
 
 def unsealable(launch_id: str, error: sealing.SealError) -> services.ViewerRefused:
@@ -283,7 +270,7 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
     """
     started = time.perf_counter()
     timings: kheops.Timings = []
-    browser_key = request.COOKIES.get(grant_cookie_name(launch_id))
+    browser_key = request.COOKIES.get(services.grant_cookie_name(launch_id))
     try:
         grant = await services.complete(
             launch_id,
@@ -396,9 +383,7 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
 def _unanswered(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, UploadAbandoned):
         return 400, "The upload was broken off."
-    if isinstance(exc, kheops.KheopsTimeout):
-        return 504, "KHEOPS did not answer in time."
-    return 502, "KHEOPS could not be reached."
+    return relay.unanswered(exc)
 
 
 async def _recorded_upload(
@@ -472,7 +457,7 @@ async def _relay_grant(
 ) -> services.ViewerGrant:
     """This browser's relayed grant of the launch, its token ready; the studies checked
     before any call to KHEOPS (a pending grant's code is exchanged only then)."""
-    browser_key = request.COOKIES.get(grant_cookie_name(launch_id))
+    browser_key = request.COOKIES.get(services.grant_cookie_name(launch_id))
     grant = await services.relay_grant(launch_id, browser_key)
     if grant is None:
         raise await blocking.run(services.refusal_for_another_browser, launch_id)
@@ -505,8 +490,10 @@ async def _upload_body(request: HttpRequest) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _relay_refusal(status: int, message: str, *, advice: str = "") -> JsonResponse:
-    response = JsonResponse({"error": message, "advice": advice}, status=status)
+def _relay_refusal(status: int, message: str, *, advice: str = "") -> HttpResponse:
+    response = HttpResponse(
+        relay.refusal_body(message, advice), status=status, content_type="application/json"
+    )
     if status == 405:
         response["Allow"] = relay.ALLOWED_METHODS
     response["Cache-Control"] = "no-store"

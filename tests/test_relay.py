@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
@@ -26,8 +26,9 @@ from django.utils import timezone
 
 from launcher import services, views
 from launcher.admin import ProviderForm
+from launcher.documents import JWKS_PATH
 from launcher.models import GrantState, LaunchGrant, Provider, TokenDelivery
-from launcher.serving import Application, UploadAbandoned, UploadStream
+from launcher.serving import Application, UploadAbandoned, UploadStream, _headers_django_sends
 from tests.asgi_calls import cookie_header, http_scope, transaction_kept
 from tests.fakes import ROOT, STUDY_1, STUDY_2, FakeKheops, token_url_of
 
@@ -77,9 +78,19 @@ def ask(
     method: str = "GET",
     body: bytes = b"",
     content_type: str = "application/octet-stream",
+    through: str = "server",
     **headers: str,
 ) -> Answer:
-    """One request of `client`'s browser (its cookies) to the relay, its body read whole."""
+    """One request of `client`'s browser (its cookies) to the relay, its body read whole.
+
+    `through`: "server", our ASGI application as the server runs it (reads answered below
+    Django, launcher.relay_reads; the rest by the view); "view", Django's view alone (as
+    under another ASGI server).
+    """
+    if through == "server":
+        return ask_server(
+            client, path, method=method, body=body, content_type=content_type, **headers
+        )
 
     async def call() -> Answer:
         browser = AsyncClient()
@@ -97,6 +108,66 @@ def ask(
         return Answer(response.status_code, answered, content)
 
     return async_to_sync(call)()
+
+
+def ask_server(
+    client: Client, path: str, *, method: str, body: bytes, content_type: str, **headers: str
+) -> Answer:
+    """`ask` through launcher.serving.Application as the server hands a request over (the
+    path as written: still percent-encoded, dot segments kept)."""
+    sent = [
+        (name.lower().removeprefix("http_").replace("_", "-").encode(), value.encode())
+        for name, value in headers.items()
+    ]
+    if body:
+        sent += [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
+    path, _, query = path.partition("?")
+    scope = http_scope(method, path, query=query, headers=[*sent, cookie_header(client)])
+    scope["path"] = unquote(path)
+
+    async def call() -> Answer:
+        # handle(): Django without a thread context of its own, so that the database work
+        # runs in the test's thread and transaction (as the fast path's does).
+        app = Application(ASGIHandler().handle)  # type: ignore[arg-type]
+        app.relay_reads.learn(await _django_headers(app))
+        answered = asyncio.Event()
+        messages: list[dict[str, Any]] = []
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered.set()
+
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        [start] = [m for m in messages if m["type"] == "http.response.start"]
+        content = b"".join(
+            m.get("body", b"") for m in messages if m["type"] == "http.response.body"
+        )
+        answer_headers = {n.decode().lower(): v.decode() for n, v in start["headers"]}
+        return Answer(start["status"], answer_headers, content)
+
+    with transaction_kept():
+        return async_to_sync(call)()
+
+
+_LEARNT: list[list[tuple[bytes, bytes]]] = []
+
+
+async def _django_headers(app: Application) -> list[tuple[bytes, bytes]]:
+    """The headers Django sends with a document, learnt once (as at a server's start-up;
+    asking again would add database queries to tests that count them)."""
+    if not _LEARNT:
+        _LEARNT.append(await _headers_django_sends(app.django, JWKS_PATH))
+    return _LEARNT[0]
 
 
 def study_path(root: str, study: str = STUDY_1) -> str:
@@ -214,8 +285,9 @@ def test_in_direct_mode_the_relay_forwards_nothing(
 # --- Forwarding -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("through", ["server", "view"])
 def test_a_read_is_forwarded_with_the_token_and_only_the_headers_that_belong(
-    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops, through: str
 ) -> None:
     root = relayed()
     client.cookies["sessionid"] = "browser-cookie-value"
@@ -246,6 +318,7 @@ def test_a_read_is_forwarded_with_the_token_and_only_the_headers_that_belong(
         if_none_match='"v0"',
         range="bytes=0-10",
         x_forwarded_for="10.0.0.1",
+        through=through,
     )
 
     [sent] = fake_kheops.dicomweb_requests
@@ -778,6 +851,176 @@ def test_a_remembered_grant_still_expires(
 
     assert answer.status == 401
     assert len(fake_kheops.dicomweb_requests) == 1
+
+
+# --- Reads answered below Django (launcher.relay_reads) -----------------------------------
+
+
+class DjangoSpy:
+    """Django's handling (without a thread context of its own), and the paths it was given."""
+
+    def __init__(self) -> None:
+        self.django = ASGIHandler()
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.paths.append(scope["path"])
+        await self.django.handle(scope, receive, send)
+
+
+def served(
+    app: Application, client: Client, path: str, *, gone: asyncio.Event | None = None
+) -> Answer:
+    """A GET of `client`'s browser through `app`; `gone`: set to hang up mid-answer."""
+    [answer] = served_together(app, client, [path], gone=gone)
+    return answer
+
+
+def served_together(
+    app: Application,
+    client: Client,
+    paths: list[str],
+    *,
+    gone: asyncio.Event | None = None,
+    begun: Callable[[int], None] = lambda index: None,
+    prepared: bool = True,
+) -> list[Answer]:
+    async def one(index: int, path: str) -> Answer:
+        messages: list[dict[str, Any]] = []
+        answered = gone or asyncio.Event()
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+            if message["type"] == "http.response.start":
+                begun(index)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered.set()
+            await asyncio.sleep(0)
+
+        scope = http_scope("GET", path, headers=[cookie_header(client)])
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        starts = [m for m in messages if m["type"] == "http.response.start"]
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+        headers = (
+            {n.decode().lower(): v.decode() for n, v in starts[0]["headers"]} if starts else {}
+        )
+        return Answer(starts[0]["status"] if starts else 0, headers, body)
+
+    async def all_of_them() -> list[Answer]:
+        if prepared:  # as at the server's start-up (launcher.serving.Application.prepare)
+            app.relay_reads.learn(await _django_headers(app))
+        return list(await asyncio.gather(*(one(i, path) for i, path in enumerate(paths))))
+
+    with transaction_kept():
+        return async_to_sync(all_of_them)()
+
+
+def test_a_plain_read_is_answered_below_django_and_a_refusal_by_the_view(
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    root = relayed()
+    spy = DjangoSpy()
+    app = Application(spy)  # type: ignore[arg-type]
+
+    read = served(app, client, study_path(root))
+    refused = served(app, client, study_path(root, OTHER_STUDY))
+
+    assert read.status == 200
+    # Django saw the refusal alone (besides, perhaps, learning its headers: /jwks.json).
+    assert [path for path in spy.paths if "/dicomweb/" in path] == [study_path(root, OTHER_STUDY)]
+    assert refused.status == 403
+    assert len(fake_kheops.dicomweb_requests) == 1
+    # The headers Django would have sent for safety, and the answer's own.
+    for name in ("content-security-policy", "x-content-type-options", "referrer-policy"):
+        assert name in read.headers, name
+    assert read.headers["x-content-type-options"] == "nosniff"
+    assert re.fullmatch(r"[0-9a-f]{32}", read.headers["x-request-id"])
+    assert read.headers["cache-control"].startswith("private")
+    assert "content-language" not in read.headers  # Django's pages' header, not a relayed answer
+
+
+def test_until_the_server_has_started_the_view_answers_the_reads(
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    root = relayed()
+    spy = DjangoSpy()
+    app = Application(spy)  # type: ignore[arg-type]
+
+    [answer] = served_together(app, client, [study_path(root)], prepared=False)
+
+    assert answer.status == 200
+    assert spy.paths == [study_path(root)]
+    assert answer.headers["content-language"] == "en"  # a header of Django's pages
+
+
+def test_reads_beyond_the_streams_per_process_wait_their_turn(
+    client: Client,
+    relayed: Callable[..., str],
+    fake_kheops: FakeKheops,
+    settings: Any,
+) -> None:
+    settings.DICOMWEB_RELAY_STREAMS_PER_PROCESS = 2
+    root = relayed()
+    asked = 0
+    most_at_once = 0
+    at_once = 0
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal asked, at_once, most_at_once
+        asked += 1
+        at_once += 1
+        most_at_once = max(most_at_once, at_once)
+        try:
+            await asyncio.sleep(0.01)
+        finally:
+            at_once -= 1
+        return httpx.Response(
+            200, headers={"Content-Type": "application/dicom+json"}, content=b"[]"
+        )
+
+    fake_kheops.dicomweb_answer = slow
+    app = Application(DjangoSpy())  # type: ignore[arg-type]
+
+    answers = served_together(app, client, [study_path(root)] * 7)
+
+    assert [answer.status for answer in answers] == [200] * 7
+    assert asked == 7
+    assert most_at_once == 2
+
+
+def test_a_browser_gone_mid_answer_below_django_closes_the_upstream_answer(
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    root = relayed()
+    stream = EndlessFrames()
+
+    async def endless(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"Content-Type": "application/octet-stream"}, stream=stream
+        )
+
+    fake_kheops.dicomweb_answer = endless
+    spy = DjangoSpy()
+    app = Application(spy)  # type: ignore[arg-type]
+    gone = asyncio.Event()
+
+    def hang_up_soon(index: int) -> None:
+        asyncio.get_running_loop().call_later(0.05, gone.set)
+
+    served_together(app, client, [study_path(root)], gone=gone, begun=hang_up_soon)
+
+    assert study_path(root) not in spy.paths  # answered below Django
+    assert stream.closed
+    assert 1 <= stream.sent < 10_000
 
 
 # --- Uploads through our server: as they arrive ------------------------------------------
