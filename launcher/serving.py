@@ -57,6 +57,7 @@ from launcher import blocking, documents, metrics, services
 from launcher.logfilters import REQUEST_ID, RedactSecretParameters, request_id_from
 from launcher.middleware import is_admin_only_host
 from launcher.relay_reads import RelayReads
+from launcher.warmup import WARMUP
 
 logger = logging.getLogger(__name__)
 
@@ -430,6 +431,7 @@ class Application:
             logger.exception("documents not prepared at start-up: Django answers them")
         if self.documents.headers is not None:
             self.relay_reads.learn(self.documents.headers)
+            WARMUP.enabled = True
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -447,6 +449,7 @@ class Application:
                 DRAIN.uninstall()
                 await self.housekeeping.stop()
                 await self.documents.stop()
+                await WARMUP.stop()
                 await services.close_kheops_client()
                 metrics.forget_this_process()
                 await send({"type": "lifespan.shutdown.complete"})
