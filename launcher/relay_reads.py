@@ -191,7 +191,7 @@ class RelayReads:
             kind = "timeout" if isinstance(exc, kheops.KheopsTimeout) else "unavailable"
             metrics.KHEOPS_ERRORS.labels("dicomweb", kind).inc()
             status, message = relay.unanswered(exc)
-            await _send_json(send, status, relay.refusal_body(message), self.security_headers)
+            await send_json(send, status, relay.refusal_body(message), self.security_headers)
             return
         answered = time.perf_counter()
         headers = list(self.security_headers or ())
@@ -242,15 +242,16 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-async def _send_json(
-    send: Send, status: int, body: bytes, security_headers: list[tuple[bytes, bytes]] | None
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
+    """A JSON answer that no cache may keep (a refusal, say), with `headers` besides."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                *(security_headers or ()),
+                *(headers or ()),
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"cache-control", b"no-store"),

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import random
 import re
@@ -53,10 +52,10 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 from django.utils import translation
 
-from launcher import blocking, documents, metrics, services
+from launcher import blocking, documents, metrics, relay, services
 from launcher.logfilters import REQUEST_ID, RedactSecretParameters, request_id_from
 from launcher.middleware import is_admin_only_host
-from launcher.relay_reads import RelayReads
+from launcher.relay_reads import RelayReads, send_json
 from launcher.warmup import WARMUP
 
 logger = logging.getLogger(__name__)
@@ -503,22 +502,9 @@ def _app_path(scope: Scope) -> str:
 
 
 async def _send_refusal(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": message, "advice": ""}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-                (b"x-content-type-options", b"nosniff"),
-                # The browser may still be sending: it stops, the connection is not reused.
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    # The browser may still be sending: it stops, the connection is not reused.
+    extra = [(b"x-content-type-options", b"nosniff"), (b"connection", b"close")]
+    await send_json(send, status, relay.refusal_body(message), extra)
 
 
 def _host_allowed(scope: Scope) -> bool:

@@ -6,8 +6,9 @@ URL must not be logged by an HTTP client (it quotes a launch code).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from django.core.signals import request_finished, request_started
@@ -52,3 +53,43 @@ def transaction_kept() -> Iterator[None]:
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
+
+
+async def answer_of(
+    app: Callable[..., Awaitable[None]],
+    scope: dict[str, Any],
+    *,
+    body: bytes = b"",
+    gone: asyncio.Event | None = None,
+    on_start: Callable[[], None] = lambda: None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request through an ASGI application, as a server hands it over: its status (0:
+    none sent), headers (lower-case names) and body. The browser goes away when `gone` is
+    set (by default, once the answer is complete)."""
+    messages: list[dict[str, Any]] = []
+    hung_up = gone or asyncio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.start":
+            on_start()
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            hung_up.set()
+        await asyncio.sleep(0)  # as a real connection lets others run
+
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    starts = [m for m in messages if m["type"] == "http.response.start"]
+    if not starts:
+        return 0, {}, b""
+    headers = {name.decode().lower(): value.decode() for name, value in starts[0]["headers"]}
+    content = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return starts[0]["status"], headers, content

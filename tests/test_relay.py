@@ -29,7 +29,7 @@ from launcher.admin import ProviderForm
 from launcher.documents import JWKS_PATH
 from launcher.models import GrantState, LaunchGrant, Provider, TokenDelivery
 from launcher.serving import Application, UploadAbandoned, UploadStream, _headers_django_sends
-from tests.asgi_calls import cookie_header, http_scope, transaction_kept
+from tests.asgi_calls import answer_of, cookie_header, http_scope, transaction_kept
 from tests.fakes import ROOT, STUDY_1, STUDY_2, FakeKheops, token_url_of
 
 OTHER_STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -130,30 +130,7 @@ def ask_server(
         # runs in the test's thread and transaction (as the fast path's does).
         app = Application(ASGIHandler().handle)  # type: ignore[arg-type]
         app.relay_reads.learn(await _django_headers(app))
-        answered = asyncio.Event()
-        messages: list[dict[str, Any]] = []
-        requested = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await answered.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                answered.set()
-
-        await asyncio.wait_for(app(scope, receive, send), 10)
-        [start] = [m for m in messages if m["type"] == "http.response.start"]
-        content = b"".join(
-            m.get("body", b"") for m in messages if m["type"] == "http.response.body"
-        )
-        answer_headers = {n.decode().lower(): v.decode() for n, v in start["headers"]}
-        return Answer(start["status"], answer_headers, content)
+        return Answer(*await answer_of(app, scope, body=body))
 
     with transaction_kept():
         return async_to_sync(call)()
@@ -721,19 +698,25 @@ class EndlessFrames(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         self.closed = True
 
+    @classmethod
+    def answering(cls, fake: FakeKheops) -> EndlessFrames:
+        """KHEOPS's answer to every DICOMweb request: one such stream."""
+        stream = cls()
+
+        async def endless(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(
+                200, headers={"Content-Type": "application/octet-stream"}, stream=stream
+            )
+
+        fake.dicomweb_answer = endless
+        return stream
+
 
 def test_a_browser_that_disconnects_mid_stream_closes_the_upstream_answer(
     client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
 ) -> None:
     root = relayed()
-    stream = EndlessFrames()
-
-    async def endless(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, headers={"Content-Type": "application/octet-stream"}, stream=stream
-        )
-
-    fake_kheops.dicomweb_answer = endless
+    stream = EndlessFrames.answering(fake_kheops)
 
     async def browser() -> int:
         gone = asyncio.Event()
@@ -886,34 +869,8 @@ def served_together(
     prepared: bool = True,
 ) -> list[Answer]:
     async def one(index: int, path: str) -> Answer:
-        messages: list[dict[str, Any]] = []
-        answered = gone or asyncio.Event()
-        requested = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await answered.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-            if message["type"] == "http.response.start":
-                begun(index)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                answered.set()
-            await asyncio.sleep(0)
-
         scope = http_scope("GET", path, headers=[cookie_header(client)])
-        await asyncio.wait_for(app(scope, receive, send), 10)
-        starts = [m for m in messages if m["type"] == "http.response.start"]
-        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-        headers = (
-            {n.decode().lower(): v.decode() for n, v in starts[0]["headers"]} if starts else {}
-        )
-        return Answer(starts[0]["status"] if starts else 0, headers, body)
+        return Answer(*await answer_of(app, scope, gone=gone, on_start=lambda: begun(index)))
 
     async def all_of_them() -> list[Answer]:
         if prepared:  # as at the server's start-up (launcher.serving.Application.prepare)
@@ -1001,14 +958,7 @@ def test_a_browser_gone_mid_answer_below_django_closes_the_upstream_answer(
     client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
 ) -> None:
     root = relayed()
-    stream = EndlessFrames()
-
-    async def endless(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, headers={"Content-Type": "application/octet-stream"}, stream=stream
-        )
-
-    fake_kheops.dicomweb_answer = endless
+    stream = EndlessFrames.answering(fake_kheops)
     spy = DjangoSpy()
     app = Application(spy)  # type: ignore[arg-type]
     gone = asyncio.Event()

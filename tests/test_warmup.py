@@ -24,7 +24,7 @@ from launcher import warmup
 from launcher.models import Provider, TokenDelivery
 from launcher.serving import Application
 from launcher.warmup import SERIES_METADATA, SERIES_SEARCH, STUDY_SEARCH, WARMUP
-from tests.asgi_calls import cookie_header, http_scope, transaction_kept
+from tests.asgi_calls import answer_of, cookie_header, http_scope, transaction_kept
 from tests.fakes import ROOT, STUDY_1, FakeKheops, token_url_of
 from tests.test_relay import ORIGIN, Answer, DjangoSpy, _django_headers, launch_id_of
 
@@ -92,34 +92,18 @@ class Viewer:
         WARMUP.enabled = True
 
     async def get(self, path: str, **headers: str) -> Answer:
-        messages: list[dict[str, Any]] = []
-        done = asyncio.Event()
-        asked = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal asked
-            if not asked:
-                asked = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await done.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                done.set()
-
         path, _, query = path.partition("?")
         sent = [
             (name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()
         ]
         scope = http_scope("GET", path, query=query, headers=[*sent, cookie_header(self.client)])
-        await asyncio.wait_for(self.app(scope, receive, send), 10)
-        [start] = [m for m in messages if m["type"] == "http.response.start"]
-        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-        return Answer(
-            start["status"], {n.decode().lower(): v.decode() for n, v in start["headers"]}, body
-        )
+        return Answer(*await answer_of(self.app, scope))
+
+    async def open(self) -> None:
+        """The viewer's page asks for its token; the warm-up it started has ended."""
+        await self.start()
+        await self.token()
+        await warmed_up()
 
     async def token(self) -> Answer:
         answer = await self.get(self.token_path)
@@ -160,9 +144,7 @@ def test_the_viewers_first_requests_are_answered_from_what_the_token_request_fet
     viewer = Viewer(client, launched(exchange=False))
 
     async def scenario() -> tuple[list[str], list[Answer]]:
-        await viewer.start()
-        await viewer.token()
-        await warmed_up()
+        await viewer.open()
         asked_ahead = kheops_paths(fake_kheops)
         study_search = viewer.relayed(STUDY_SEARCH.format(study=STUDY_1))
         answers = await asyncio.gather(  # OHIF asks for the study twice at once
@@ -206,9 +188,7 @@ def test_a_warm_answer_is_handed_out_for_a_moment_then_kheops_is_asked(
     series_search = viewer.relayed(SERIES_SEARCH.format(study=STUDY_1))
 
     async def scenario() -> tuple[Answer, Answer, Answer]:
-        await viewer.start()
-        await viewer.token()
-        await warmed_up()
+        await viewer.open()
         first, again = await viewer.get(series_search), await viewer.get(series_search)
         later = SimpleNamespace(monotonic=mock.Mock(return_value=time.monotonic() + 3))
         with mock.patch.object(warmup, "time", later):  # REPEAT_SECONDS (2) have passed
@@ -238,9 +218,7 @@ def test_a_request_that_is_not_plain_goes_to_kheops(
     request = SERIES_METADATA.format(study=STUDY_1, series=SERIES[0])
 
     async def scenario() -> Answer:
-        await viewer.start()
-        await viewer.token()
-        await warmed_up()
+        await viewer.open()
         return await viewer.get(viewer.relayed(request), **headers)
 
     answer = run(scenario)
@@ -261,9 +239,7 @@ def test_another_browser_gets_nothing_from_the_warm_up(
     stranger.app = viewer.app  # the same server process
 
     async def scenario() -> Answer:
-        await viewer.start()
-        await viewer.token()
-        await warmed_up()
+        await viewer.open()
         return await stranger.get(viewer.relayed(SERIES_SEARCH.format(study=STUDY_1)))
 
     answer = run(scenario)
@@ -283,9 +259,7 @@ def test_an_upload_forgets_what_was_fetched_ahead(
     viewer = Viewer(client, launched(exchange=False))
 
     async def scenario() -> Answer:
-        await viewer.start()
-        await viewer.token()
-        await warmed_up()
+        await viewer.open()
         WARMUP.forget(viewer.launch_id)  # what the relay's upload does (views.dicomweb_relay)
         return await viewer.get(viewer.relayed(SERIES_SEARCH.format(study=STUDY_1)))
 
@@ -311,9 +285,7 @@ def test_a_failed_warm_up_changes_nothing_for_the_viewer(
 
     async def scenario() -> Answer:
         nonlocal failing
-        await viewer.start()
-        await viewer.token()
-        await warmed_up()
+        await viewer.open()
         failing = False
         return await viewer.get(viewer.relayed(SERIES_SEARCH.format(study=STUDY_1)))
 
@@ -353,9 +325,7 @@ def test_answers_too_large_to_keep_are_not_kept(
     metadata = SERIES_METADATA.format(study=STUDY_1, series=SERIES[0])
 
     async def scenario() -> Answer:
-        await viewer.start()
-        await viewer.token()
-        await warmed_up()
+        await viewer.open()
         return await viewer.get(viewer.relayed(metadata))
 
     answer = run(scenario)
