@@ -485,9 +485,6 @@ DICOMWEB_RELAY_MAX_UPLOAD_BYTES = envint("DICOMWEB_RELAY_MAX_UPLOAD_BYTES", 512 
 # The relayed answers one server process streams at a time; further requests wait their turn
 # (launcher.relay_reads): the memory of a process stays bounded whatever the crowd of viewers.
 DICOMWEB_RELAY_STREAMS_PER_PROCESS = envint("DICOMWEB_RELAY_STREAMS_PER_PROCESS", 64)
-# Relay mode: ask KHEOPS for the study's first answers (searches, series metadata) as soon as
-# the viewer's token is ready, and answer the viewer from them (launcher.warmup).
-DICOMWEB_RELAY_WARMUP = envbool("DICOMWEB_RELAY_WARMUP", True)
 # After `rotate_signing_key`, the previous public key stays in our JWKS this long.
 SIGNING_KEY_GRACE_SECONDS = envint("SIGNING_KEY_GRACE_SECONDS", 3600)
 

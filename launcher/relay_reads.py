@@ -39,7 +39,6 @@ from django.http.cookie import parse_cookie
 from launcher import kheops, metrics, relay, sealing, services
 from launcher.headers import server_timing
 from launcher.models import GrantState
-from launcher.warmup import WARMUP, Answer
 
 logger = logging.getLogger(__name__)
 
@@ -112,33 +111,12 @@ class RelayReads:
             upstream_headers = relay.upstream_headers(headers, grant.access_token, upload=False)
         except relay.Refused:
             return False
-        assert browser_key is not None  # the grant was found by it
-        WARMUP.start(grant, browser_key)  # in this process too, if not yet (launcher.warmup)
-        waited = time.perf_counter()
-        kept = await WARMUP.answer(launch_id, browser_key, target, headers)
-        if kept is not None:
-            await self._send_kept(send, kept, started, time.perf_counter() - waited)
-            return True
         url = grant.dicomweb_endpoint.rstrip("/") + "/" + target.path
         if target.query:
             url += "?" + target.query
         async with self._turn():
             await self._stream(scope, receive, send, url, upstream_headers, started)
         return True
-
-    async def _send_kept(self, send: Send, kept: Answer, started: float, waited: float) -> None:
-        """An answer the warm-up fetched (launcher.warmup), from memory."""
-        headers = list(self.security_headers or ())
-        for name, value in kept.headers.items():
-            if name != "content-length":
-                headers.append((name.encode("latin-1"), value.encode("latin-1")))
-        headers.append((b"content-length", str(len(kept.body)).encode()))
-        # "warm": answered from what was fetched ahead (the bench counts them); its time is
-        # the wait for the answer still on its way.
-        timing = server_timing([("warm", waited)], time.perf_counter() - started)
-        headers.append((b"server-timing", timing.encode("latin-1")))
-        await send({"type": "http.response.start", "status": kept.status, "headers": headers})
-        await send({"type": "http.response.body", "body": kept.body})
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> Any:

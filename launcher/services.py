@@ -754,7 +754,7 @@ def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> Vie
     record.outcome = LaunchOutcome.PENDING
     row = LaunchGrant(
         launch_id=grant.launch_id,
-        browser_key_hash=key_hash(grant.browser_key),
+        browser_key_hash=_key_hash(grant.browser_key),
         state=GrantState.PENDING,
         sealed_code=sealing.seal(code, purpose=_CODE_PURPOSE),
         expires_at=datetime.fromtimestamp(grant.expires_at, tz=UTC),
@@ -767,7 +767,7 @@ def _claim(accepted: _Accepted, grant: ViewerGrant, record: LaunchRecord) -> Vie
         token_delivery=grant.token_delivery,
         return_uri=accepted.return_uri or "",
         album_id=grant.album_id,
-        launcher_key_hash=key_hash(grant.launcher_key),
+        launcher_key_hash=_key_hash(grant.launcher_key),
     )
     used = UsedCode(code_hash=_code_hash(code), used_at=now, launch_id=grant.launch_id)
     try:
@@ -794,7 +794,7 @@ def _launched_by(launch_id: str, launcher_key: str) -> ViewerGrant | None:
     row = LaunchGrant.objects.filter(launch_id=launch_id).first() if launch_id else None
     if row is None or not row.launcher_key_hash:
         return None
-    if not hmac.compare_digest(row.launcher_key_hash, key_hash(launcher_key)):
+    if not hmac.compare_digest(row.launcher_key_hash, _key_hash(launcher_key)):
         return None
     return _viewer_grant(row)
 
@@ -1186,8 +1186,7 @@ def _kheops_failure(exc: kheops.KheopsError, *, return_uri: str | None = None) -
 # --- The viewer grant ---------------------------------------------------------------
 
 
-def key_hash(browser_key: str) -> str:
-    """How a browser's key is stored and remembered: its SHA-256, never the key itself."""
+def _key_hash(browser_key: str) -> str:
     return hashlib.sha256(browser_key.encode()).hexdigest()
 
 
@@ -1195,7 +1194,7 @@ def _grant_row(launch_id: str, browser_key: str | None) -> LaunchGrant | None:
     if not browser_key:
         return None
     row = LaunchGrant.objects.filter(launch_id=launch_id).first()
-    if row is None or not hmac.compare_digest(row.browser_key_hash, key_hash(browser_key)):
+    if row is None or not hmac.compare_digest(row.browser_key_hash, _key_hash(browser_key)):
         return None
     return row
 
@@ -1300,7 +1299,7 @@ async def relay_grant(launch_id: str, browser_key: str | None) -> ViewerGrant | 
     """`grant_for`, from memory when this browser's grant was ready a moment ago."""
     if not browser_key:
         return None
-    key = (launch_id, key_hash(browser_key))
+    key = (launch_id, _key_hash(browser_key))
     kept = _ready_grants.get(key)
     if kept is not None and time.monotonic() - kept[0] < READY_GRANT_SECONDS:
         return kept[1]

@@ -56,7 +56,6 @@ from launcher import blocking, documents, metrics, relay, services
 from launcher.logfilters import REQUEST_ID, RedactSecretParameters, request_id_from
 from launcher.middleware import is_admin_only_host
 from launcher.relay_reads import RelayReads, send_json
-from launcher.warmup import WARMUP
 
 logger = logging.getLogger(__name__)
 
@@ -430,7 +429,6 @@ class Application:
             logger.exception("documents not prepared at start-up: Django answers them")
         if self.documents.headers is not None:
             self.relay_reads.learn(self.documents.headers)
-            WARMUP.enabled = True
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -448,7 +446,6 @@ class Application:
                 DRAIN.uninstall()
                 await self.housekeeping.stop()
                 await self.documents.stop()
-                await WARMUP.stop()
                 await services.close_kheops_client()
                 metrics.forget_this_process()
                 await send({"type": "lifespan.shutdown.complete"})

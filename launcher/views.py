@@ -45,7 +45,6 @@ from launcher.headers import no_referrer, server_timing
 from launcher.middleware import OHIF_CSP_DIRECTIVES
 from launcher.models import GrantState
 from launcher.serving import UploadAbandoned, UploadStream
-from launcher.warmup import WARMUP
 
 logger = logging.getLogger(__name__)
 
@@ -293,9 +292,6 @@ async def viewer_token(request: HttpRequest, launch_id: str) -> HttpResponse:
         }
         if not grant.relayed:  # relay mode: the token stays on the server
             answer["authorization"] = "Bearer " + grant.access_token
-        elif browser_key:
-            # The study's first answers asked of KHEOPS now, while OHIF boots.
-            WARMUP.start(grant, browser_key)
         response = JsonResponse(answer)
         # The launch's cookie lasted as long as the code; now the browser keeps it as long
         # as the token, so that a reload within the hour still finds the viewer.
@@ -332,8 +328,6 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
             request.META.get("QUERY_STRING", ""),
         )
         _check_upload(request, target)
-        if target.is_upload:
-            WARMUP.forget(launch_id)  # what it kept may no longer be what KHEOPS holds
         grant = await _relay_grant(request, launch_id, target)
         headers = relay.upstream_headers(
             request.headers, grant.access_token, upload=target.is_upload
