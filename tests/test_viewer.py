@@ -457,6 +457,11 @@ def test_the_token_answer_tells_the_banner_how_long_is_left(
     assert "window.kheopsLaunch" in banner
     assert "launch.ready.then(" in banner
     assert "access.expiresIn" in banner
+    # Nothing of ours is drawn before OHIF's first image (drawing ours while OHIF starts
+    # made V8 keep less of OHIF compiled for the next loads; README), or a few seconds.
+    assert 'addEventListener("CORNERSTONE_IMAGE_RENDERED", go, true)' in banner
+    assert "setTimeout(go, SHOWN_AT_THE_LATEST_MS)" in banner
+    assert banner.index("withOhif(function () {") < banner.index("identify(access")
 
 
 def test_a_session_keeps_several_launches_apart(
