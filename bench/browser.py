@@ -10,7 +10,9 @@ cornerstone's own `CORNERSTONE_IMAGE_RENDERED` event: no polling error.
 
 Baseline, measured in the same run, interleaved with ours: the same installed OHIF bundle
 from a plain static file server in this process (no Django), with the same launch data and
-launch.js (OHIF's configuration) and the token given directly (taken from one real launch
+launch.js (OHIF's configuration; less the launch data's `prefetch`, which only our launch
+adds: bare OHIF makes the study's first DICOMweb requests itself, when it gets to them)
+and the token given directly (taken from one real launch
 through our app: the static
 server answers the token URL with that launch's token, at once, with no KHEOPS behind it)
 and the same DICOMweb (the stand-in's relay to Orthanc), timed from navigation start to the
@@ -50,6 +52,10 @@ revalidated, fresh subresources come from the cache).
     bench/browser.py --pairs 5 --modes relay # fewer pairs, one mode: for development
     BENCH_BROWSER_PAIRS=5 make bench         # the same through bench/run.py
     BENCH_BROWSER_TRACE=1 bench/browser.py   # also leaves artifacts/bench/ diagnostics
+
+With BENCH_BROWSER_TRACE, besides a cold load's Chrome trace and transfers, every warm pair's
+waterfall (each side's Resource Timing entries, from the cache or not, and its first image)
+goes to artifacts/bench/warm-waterfalls-<mode>.json.
 """
 
 from __future__ import annotations
@@ -171,6 +177,27 @@ PROBE_STATE = """() => {
     redirectEnd: navigation.redirectEnd,
     responseEnd: navigation.responseEnd,
     domContentLoaded: navigation.domContentLoadedEventEnd,
+  };
+}"""
+# With TRACE: the load's waterfall from the page's own Resource Timing (every request, from
+# the cache or not, with its start and end in ms from the document's time origin), for the
+# warm loads, where there is no Chrome trace.
+WATERFALL = """() => {
+  const [navigation] = performance.getEntriesByType("navigation");
+  const entry = (e) => ({
+    name: e.name, initiator: e.initiatorType, start: e.startTime,
+    requestStart: e.requestStart, responseStart: e.responseStart, end: e.responseEnd,
+    transferSize: e.transferSize, decodedBodySize: e.decodedBodySize,
+    deliveryType: e.deliveryType === undefined ? null : e.deliveryType,
+  });
+  return {
+    url: location.href,
+    timeOrigin: performance.timeOrigin,
+    redirectEnd: navigation.redirectEnd,
+    navigation: { ...entry(navigation), domInteractive: navigation.domInteractive,
+      domContentLoaded: navigation.domContentLoadedEventEnd, load: navigation.loadEventEnd },
+    drawnAt: window.__benchFirstImage.drawnAt - performance.timeOrigin,
+    resources: performance.getEntriesByType("resource").map(entry),
   };
 }"""
 # The clinician's click, done in the page so that its timestamp is taken right before it.
@@ -616,7 +643,23 @@ def baseline_config(stack: BenchStack, study_uid: str) -> tuple[str, str, str]:
         raise RuntimeError("our viewer page has no launch data naming the token URL")
     if not token.json()["authorization"].startswith("Bearer "):
         raise RuntimeError("our token answer carries no token")
-    return launch_id, launch.group(0), token.text
+    return launch_id, without_prefetch(launch.group(0)), token.text
+
+
+def without_prefetch(tags: str) -> str:
+    """The launch data less what only our launch adds (`prefetch`: the study's first
+    DICOMweb requests, started by launch.js at once; bare OHIF makes them itself, when it
+    gets to them)."""
+    data = LAUNCH_DATA.search(tags)
+    if data is None:
+        raise RuntimeError("our viewer page has no launch data")
+    launch = json.loads(data.group(1))
+    launch.pop("prefetch", None)
+    # Escaped as Django's json_script escapes it (no "</script>" can end the block early).
+    text = json.dumps(launch, separators=(",", ":"))
+    for char, escaped in (("<", "\\u003C"), (">", "\\u003E"), ("&", "\\u0026")):
+        text = text.replace(char, escaped)
+    return tags[: data.start(1)] + text + tags[data.end(1) :]
 
 
 def warm_up_servers(stack: BenchStack) -> None:
@@ -675,7 +718,7 @@ def measure() -> list[_harness.Result]:
                 check_token_delivery(stack, study, mode)
                 print(f"browser: {mode}: {PAIRS} pairs cold, then warm", file=sys.stderr)
                 cold, wire, reload = measure_cold(playwright, stack, ours, baseline, mode=mode)
-                warm = measure_warm(playwright, ours, baseline)
+                warm = measure_warm(playwright, ours, baseline, mode=mode)
                 mode_results = [
                     *timing_results("cold", cold, server, mode=mode),
                     *timing_results("warm", warm, server, mode=mode),
@@ -767,8 +810,11 @@ def cold_load(
     return load
 
 
-def measure_warm(playwright: Playwright, ours: Ours, baseline: Baseline) -> Samples:
+def measure_warm(
+    playwright: Playwright, ours: Ours, baseline: Baseline, *, mode: str = ""
+) -> Samples:
     samples = Samples()
+    waterfalls: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-browser-profiles-") as profiles:
         with (
             _persistent_context(playwright, Path(profiles) / "ours") as ours_context,
@@ -788,6 +834,13 @@ def measure_warm(playwright: Playwright, ours: Ours, baseline: Baseline) -> Samp
                     continue
                 samples.ours.append(pair[ours])
                 samples.baseline.append(pair[baseline])
+                if TRACE:
+                    waterfalls.append({side.name: pages[side].evaluate(WATERFALL) for side in pair})
+    if TRACE:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"warm-waterfalls{'-' + mode if mode else ''}.json"
+        path.write_text(json.dumps(waterfalls, indent=1) + "\n", encoding="utf-8")
+        print(f"browser: warm waterfalls in {path}", file=sys.stderr)
     return samples
 
 

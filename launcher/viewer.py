@@ -119,7 +119,31 @@ def launch_data(grant: ViewerGrant) -> dict[str, Any]:
         "openedFrom": opened_from(grant),
         "brand": branding.header_brand(services.provider_of(grant)),
         "config": ohif_config(grant),
+        "prefetch": prefetch(grant),
         "text": VIEWER_TEXT,
+    }
+
+
+# What OHIF 3.13 asks for first when it opens a study (docs/ohif.md, "What the viewer asks
+# for first"): the study's QIDO (twice), its series list, then each series' metadata, with
+# exactly these query strings. launch.js starts them at once and answers OHIF's requests
+# for the same URLs from them.
+PREFETCH_STUDY_QUERY = (
+    "limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060%2C00080090%2C00100030"
+)
+PREFETCH_STUDY_QUERY_USES = 2
+PREFETCH_SERIES_QUERY = "includefield=00080021%2C00080031%2C0008103E%2C00200011"
+PREFETCH_MAX_SERIES = 8
+
+
+def prefetch(grant: ViewerGrant) -> dict[str, Any]:
+    return {
+        "studies": list(grant.study_uids),
+        "relayed": grant.relayed,
+        "studyQuery": PREFETCH_STUDY_QUERY,
+        "studyQueryUses": PREFETCH_STUDY_QUERY_USES,
+        "seriesQuery": PREFETCH_SERIES_QUERY,
+        "maxSeries": PREFETCH_MAX_SERIES,
     }
 
 

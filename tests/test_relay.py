@@ -244,6 +244,10 @@ def test_in_relay_mode_the_viewer_talks_to_us_alone_and_never_gets_the_token(
     relay_root = f"{ORIGIN}/launches/{launch_id}/dicomweb"
     assert source["configuration"]["qidoRoot"] == relay_root
     assert source["configuration"]["wadoRoot"] == relay_root
+    # launch.js starts the study's first requests at once, through the relay (the cookie).
+    prefetch = json.loads(data)["prefetch"]
+    assert prefetch["relayed"] is True
+    assert prefetch["studies"] == [STUDY_1]
 
 
 def test_in_direct_mode_the_relay_forwards_nothing(

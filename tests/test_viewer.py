@@ -124,6 +124,7 @@ def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(
         "openedFrom",
         "brand",
         "config",
+        "prefetch",
         "text",
     }
     # The token is never in the page: launch.js asks for it.
@@ -152,6 +153,38 @@ def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(
         "dicomwebproxy",
     ):
         assert unsafe not in json.dumps(data) and unsafe not in LAUNCH_JS
+
+
+def test_the_launch_data_names_the_studies_whose_first_requests_launch_js_starts(
+    client: Client, launched: Callable[..., str]
+) -> None:
+    location = launched(studies=(STUDY_1, STUDY_2))
+
+    prefetch = launch_data_of(client.get(location).content.decode())["prefetch"]
+
+    # The launch's studies, in its order; OHIF 3.13's own query strings (docs/ohif.md), which
+    # the browser tests check against the requests OHIF really makes.
+    assert prefetch == {
+        "studies": [STUDY_1, STUDY_2],
+        "relayed": False,
+        "studyQuery": "limit=101&offset=0&fuzzymatching=false"
+        "&includefield=00081030%2C00080060%2C00080090%2C00100030",
+        "studyQueryUses": 2,
+        "seriesQuery": "includefield=00080021%2C00080031%2C0008103E%2C00200011",
+        "maxSeries": 8,
+    }
+
+
+def test_launch_js_answers_only_what_it_prefetched_and_only_with_successes() -> None:
+    # The script's text; the browser tests check that OHIF's requests are answered from it.
+    assert "if (!response.ok) { return null; }" in LAUNCH_JS
+    assert "PREFETCH_TTL_MS = 60000" in LAUNCH_JS
+    # A GET with OHIF's Accept only; anything else, or no answer, goes to the network.
+    assert "accept !== DICOM_JSON" in LAUNCH_JS
+    assert "send.apply(request, args);" in LAUNCH_JS
+    # Direct mode: only once the token is there, with it; relay mode: the cookie alone.
+    assert "prefetchStudies(dicomwebRoot, launch.prefetch.studies, body.authorization)" in LAUNCH_JS
+    assert "prefetchStudies(dicomwebRoot, launch.prefetch.studies, null)" in LAUNCH_JS
 
 
 def test_launch_js_source_fetches_the_token_url_and_uses_ohifs_auth_service() -> None:
@@ -424,6 +457,11 @@ def test_the_token_answer_tells_the_banner_how_long_is_left(
     assert "window.kheopsLaunch" in banner
     assert "launch.ready.then(" in banner
     assert "access.expiresIn" in banner
+    # Nothing of ours is drawn before OHIF's first image (drawing ours while OHIF starts
+    # made V8 keep less of OHIF compiled for the next loads; README), or a few seconds.
+    assert 'addEventListener("CORNERSTONE_IMAGE_RENDERED", go, true)' in banner
+    assert "setTimeout(go, SHOWN_AT_THE_LATEST_MS)" in banner
+    assert banner.index("withOhif(function () {") < banner.index("identify(access")
 
 
 def test_a_session_keeps_several_launches_apart(

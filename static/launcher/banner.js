@@ -10,9 +10,30 @@
   if (!launch || !launch.ready) { return; }
   var text = launch.text;
   launch.ready.then(function (access) {
-    identify(access, launch.openedFrom || {});
-    if (typeof access.expiresIn === "number") { show(access.expiresIn, performance.now()); }
+    var startedAt = performance.now();
+    withOhif(function () {
+      identify(access, launch.openedFrom || {});
+      if (typeof access.expiresIn === "number") { show(access.expiresIn, startedAt); }
+    });
   }, function () {});
+
+  // The page shows nothing of ours before OHIF has drawn its first image (or, should it
+  // draw none, for a few seconds): drawing ours while OHIF starts changes how Chromium
+  // interleaves the start of OHIF, and with it how much of the code of OHIF V8 keeps
+  // compiled for the next loads (README, section on the click to the first image).
+  var SHOWN_AT_THE_LATEST_MS = 5000;
+  function withOhif(run) {
+    var done = false;
+    var timer = setTimeout(go, SHOWN_AT_THE_LATEST_MS);
+    document.addEventListener("CORNERSTONE_IMAGE_RENDERED", go, true);
+    function go() {
+      if (done) { return; }
+      done = true;
+      clearTimeout(timer);
+      document.removeEventListener("CORNERSTONE_IMAGE_RENDERED", go, true);
+      run();
+    }
+  }
 
   // A launch link is a GET that anyone can send: a clinician opening a link crafted by
   // someone else sees, and saves measurements into, that person's study. This line says

@@ -124,7 +124,128 @@
     };
   }
 
+  // The study is known at launch: the first DICOMweb requests OHIF makes for it (the
+  // QIDO of the study, its series list, the metadata of each series) are started here,
+  // while OHIF still loads, and OHIF's own requests for exactly those URLs are answered
+  // from them (docs/ohif.md, section on what the viewer asks for first). Only successful
+  // answers are kept; any other request, or one made after an answer was used up or went
+  // stale, goes to the network as before.
+  var PREFETCH_TTL_MS = 60000;
+  var DICOM_JSON = "application/dicom+json";
+  var CONTENT_TYPE = "content-type";
+  var prefetched = {};
+
+  function remember(url, uses, headers) {
+    var entry = { uses: uses, until: Date.now() + PREFETCH_TTL_MS };
+    entry.answer = fetch(url, { credentials: "same-origin", headers: headers })
+      .then(function (response) {
+        if (!response.ok) { return null; }
+        return response.text().then(function (text) {
+          return { status: response.status, url: response.url, text: text,
+            contentType: response.headers.get(CONTENT_TYPE) || DICOM_JSON };
+        });
+      })
+      .catch(function () { return null; });
+    prefetched[url] = entry;
+    return entry.answer;
+  }
+
+  function prefetchStudies(root, studyUids, authorization) {
+    var headers = { Accept: DICOM_JSON };
+    if (authorization) { headers.Authorization = authorization; }
+    studyUids.forEach(function (uid) {
+      var study = root + "/studies/" + uid;
+      remember(root + "/studies?" + launch.prefetch.studyQuery + "&StudyInstanceUID=" + uid,
+        launch.prefetch.studyQueryUses, headers);
+      remember(study + "/series?" + launch.prefetch.seriesQuery, 1, headers).then(function (answer) {
+        var series = [];
+        try { series = answer ? JSON.parse(answer.text) : []; } catch { series = []; }
+        series.slice(0, launch.prefetch.maxSeries).forEach(function (item) {
+          var uid = item["0020000E"] && item["0020000E"].Value && item["0020000E"].Value[0];
+          if (typeof uid === "string" && /^[0-9.]+$/.test(uid)) {
+            remember(study + "/series/" + uid + "/metadata", 1, headers);
+          }
+        });
+      });
+    });
+  }
+
+  function take(url, accept) {
+    var entry = prefetched[url];
+    if (!entry || accept !== DICOM_JSON) { return null; }
+    entry.uses -= 1;
+    if (entry.uses <= 0) { delete prefetched[url]; }
+    return Date.now() < entry.until ? entry.answer : null;
+  }
+
+  // OHIF's DICOMweb client (dicomweb-client) uses XMLHttpRequest: a GET for a prefetched URL
+  // waits for that answer instead of the network, and gets it as an XMLHttpRequest would.
+  function answerFromPrefetch() {
+    var proto = XMLHttpRequest.prototype;
+    var open = proto.open, setRequestHeader = proto.setRequestHeader, send = proto.send;
+    proto.open = function (method, url) {
+      this.kheopsOhifUrl = String(method).toUpperCase() === "GET"
+        ? new URL(url, location.href).href : null;
+      this.kheopsOhifAccept = null;
+      return open.apply(this, arguments);
+    };
+    proto.setRequestHeader = function (name, value) {
+      if (String(name).toLowerCase() === "accept") { this.kheopsOhifAccept = value; }
+      return setRequestHeader.apply(this, arguments);
+    };
+    proto.send = function () {
+      var request = this, args = arguments;
+      var answer = request.kheopsOhifUrl && take(request.kheopsOhifUrl, request.kheopsOhifAccept);
+      if (!answer) { return send.apply(request, args); }
+      answer.then(function (got) {
+        try {
+          if (got) { deliver(request, got); return; }
+        } catch {
+          // an answer OHIF could not have read: let it ask the server itself
+        }
+        send.apply(request, args);
+      });
+    };
+  }
+
+  function deliver(request, got) {
+    var type = request.responseType;
+    var body = got.text;
+    if (type === "json") {
+      body = JSON.parse(got.text);
+    } else if (type === "arraybuffer") {
+      body = new TextEncoder().encode(got.text).buffer;
+    }
+    var own = function (name, value) {
+      Object.defineProperty(request, name, { configurable: true, value: value });
+    };
+    own("readyState", 4);
+    own("status", got.status);
+    own("statusText", "OK");
+    own("responseURL", got.url);
+    own("response", body);
+    if (type === "" || type === "text") { own("responseText", got.text); }
+    own("getResponseHeader", function (name) {
+      return String(name).toLowerCase() === CONTENT_TYPE ? got.contentType : null;
+    });
+    own("getAllResponseHeaders", function () { return CONTENT_TYPE + ": " + got.contentType + "\r\n"; });
+    ["readystatechange", "load", "loadend"].forEach(function (type) {
+      request.dispatchEvent(type === "readystatechange" ? new Event(type) : new ProgressEvent(type));
+    });
+  }
+
   var config = launch.config;
+  var dicomwebRoot = config.dataSources[0].configuration.wadoRoot;
+  if (launch.prefetch) {
+    answerFromPrefetch();
+    if (launch.prefetch.relayed) {
+      prefetchStudies(dicomwebRoot, launch.prefetch.studies, null);
+    } else {
+      token.then(function (body) {
+        if (body.authorization) { prefetchStudies(dicomwebRoot, launch.prefetch.studies, body.authorization); }
+      }, function () {});
+    }
+  }
   // OHIF 3.13 takes DICOMweb headers from its user-authentication service only; an
   // extension's preRegistration runs after services exist and before any data source,
   // and OHIF awaits it.

@@ -90,6 +90,59 @@ def test_open_in_ohif_from_the_album_draws_the_study_with_the_token_kept_out_of_
         assert [ref for ref in referers if code in ref or token in ref] == []
 
 
+SERIES_QIDO = re.compile(r"/studies/[0-9.]+/series\?includefield=")
+SERIES_METADATA = re.compile(r"/studies/[0-9.]+/series/[0-9.]+/metadata$")
+STUDY_QIDO = re.compile(r"/studies\?limit=101&.*&StudyInstanceUID=[0-9.]+$")
+# A request of OHIF's own, made in the page as its DICOMweb client makes them.
+XHR_GET_JSON = """(url) => new Promise((resolve) => {
+  const request = new XMLHttpRequest();
+  request.open("GET", url, true);
+  request.responseType = "json";
+  request.setRequestHeader("Accept", "application/dicom+json");
+  const auth = window.kheopsOhifTestAuthorization;
+  if (auth) { request.setRequestHeader("Authorization", auth); }
+  request.onreadystatechange = () => {
+    if (request.readyState === 4) { resolve([request.status, Array.isArray(request.response)]); }
+  };
+  request.send();
+})"""
+
+
+def assert_first_requests_prefetched(requests_made: list[Request]) -> list[str]:
+    """The study's QIDO, series list and series metadata were each fetched once, by our
+    launch.js (`fetch`), and never by OHIF's own XMLHttpRequests (answered from them)."""
+    urls = []
+    for pattern in (STUDY_QIDO, SERIES_QIDO, SERIES_METADATA):
+        matching = [r for r in requests_made if pattern.search(r.url) and r.method == "GET"]
+        assert [r.resource_type for r in matching] == ["fetch"], [
+            (r.resource_type, r.url) for r in matching
+        ]
+        urls.append(matching[0].url)
+    return urls
+
+
+def test_the_studys_first_dicomweb_requests_start_with_the_page_and_answer_ohifs_own(
+    journey: Journey,
+) -> None:
+    with journey.step("open the CT study from the album page; the image is drawn"):
+        journey.open_from_album(CT_STUDY)
+        journey.wait_for_image()
+    with journey.step("OHIF's first requests were answered from what launch.js fetched"):
+        _, series_qido, metadata = assert_first_requests_prefetched(journey.dicomweb_requests())
+        # The frames are OHIF's own (its image loader), with the token as always.
+        assert any(FRAMES.search(r.url) for r in journey.dicomweb_requests())
+        assert authorization_of(journey.dicomweb_requests()) == {f"Bearer {journey.token()}"}
+    with journey.step("an answer serves as many requests as OHIF makes at start, then none"):
+        journey.page.evaluate(
+            "(auth) => { window.kheopsOhifTestAuthorization = auth; }", f"Bearer {journey.token()}"
+        )
+        for url in (series_qido, metadata):
+            # Asked again, it goes to the network (the browser reports the request).
+            with journey.page.expect_request(url) as asked:
+                assert journey.page.evaluate(XHR_GET_JSON, url) == [200, True]
+            assert asked.value.resource_type == "xhr"
+
+
 def test_the_viewer_survives_a_reload_refuses_other_browsers_and_ignores_a_token_parameter(
     journey: Journey,
 ) -> None:
