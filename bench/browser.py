@@ -39,8 +39,9 @@ adds the token on the server: same origin, no preflight, one more hop for every 
 Where the time goes, per load of ours: the click → our launch URL (KHEOPS's form POST and its
 meta-refresh page), our launch endpoint as the browser saw it (to the redirect), and the
 viewer page → first image (which the baseline's whole load compares with); and whether the
-viewer's token was ready before OHIF's first DICOMweb request (if it was, the exchange is
-not on the critical path).
+viewer's token was ready before the page's first DICOMweb request (launch.js's prefetch of
+the study's first answers: in direct mode it waits for the token; in relay mode it goes out
+with the page, and the relay waits for the exchange).
 
 Bytes on the wire: Chromium's `encodedDataLength` (headers + body as received) of every
 request of each cold load after the click, split by origin (our app; DICOMweb; the
@@ -506,8 +507,8 @@ class Load:
     before_viewer_ms: float  # ours: click → start of the navigation to our launch URL
     launch_ms: float  # ours: our launch endpoint (claim the code → 302)
     viewer_ms: float  # the viewer page itself: its request → first image
-    # The viewer's token answer, and OHIF's first DICOMweb request (ms from the viewer
-    # document's time origin): the slack between them is how early the token was ready.
+    # The viewer's token answer, and the page's first DICOMweb request (launch.js's prefetch;
+    # ms from the viewer document's time origin): the slack is how early the token was ready.
     token_ready_ms: float | None = None
     first_dicomweb_ms: float | None = None
     server_timing: dict[str, float] = field(default_factory=dict)  # our launch's Server-Timing
@@ -904,8 +905,8 @@ class PairRatios:
 
 
 def token_slack(loads: list[Load]) -> list[float]:
-    """Per load, ms from the token's answer to OHIF's first DICOMweb request: positive, the
-    token was ready before OHIF needed it (the exchange was off the critical path)."""
+    """Per load, ms from the token's answer to the page's first DICOMweb request: positive,
+    the token was ready first."""
     return [
         load.first_dicomweb_ms - load.token_ready_ms
         for load in loads
@@ -981,11 +982,12 @@ def timing_results(
         ),
         Result(
             BENCHMARK,
-            f"{name}: ours, token ready → OHIF's first DICOMweb request",
+            f"{name}: ours, token ready → the page's first DICOMweb request",
             "ms",
             slack or [0.0],
-            f"ready first in {sum(s > 0 for s in slack)} of {len(slack)} loads "
-            "(positive: the exchange was not what OHIF waited for)",
+            f"ready first in {sum(s > 0 for s in slack)} of {len(slack)} loads (the first "
+            "request is launch.js's prefetch: direct mode waits for the token, relay mode "
+            "does not, and the relay waits for the exchange)",
         ),
     ]
 
