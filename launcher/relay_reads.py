@@ -166,8 +166,7 @@ class RelayReads:
                 services.kheops_client(), scope["method"], url, headers=upstream_headers
             )
         except kheops.KheopsUnavailable as exc:
-            kind = "timeout" if isinstance(exc, kheops.KheopsTimeout) else "unavailable"
-            metrics.KHEOPS_ERRORS.labels("dicomweb", kind).inc()
+            metrics.KHEOPS_ERRORS.labels("dicomweb", metrics.kheops_error_kind(exc)).inc()
             status, message = relay.unanswered(exc)
             await send_json(send, status, relay.refusal_body(message), self.security_headers)
             return

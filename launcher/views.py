@@ -354,10 +354,9 @@ async def dicomweb_relay(request: HttpRequest, launch_id: str, resource: str) ->
         )
     except (UploadAbandoned, kheops.KheopsUnavailable) as exc:
         status, message = _unanswered(exc)
-        if isinstance(exc, kheops.KheopsTimeout):
-            metrics.KHEOPS_ERRORS.labels("dicomweb", "timeout").inc()
-        elif isinstance(exc, kheops.KheopsUnavailable):
-            metrics.KHEOPS_ERRORS.labels("dicomweb", "unavailable").inc()
+        kind = metrics.kheops_error_kind(exc)
+        if kind != "other":  # KHEOPS's failure, not the browser's
+            metrics.KHEOPS_ERRORS.labels("dicomweb", kind).inc()
         if target.is_upload:
             await _record_write(launch_id, target, None, None, note=message)
         return _relay_refusal(status, message)

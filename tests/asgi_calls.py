@@ -62,10 +62,12 @@ async def answer_of(
     body: bytes = b"",
     gone: asyncio.Event | None = None,
     on_start: Callable[[], None] = lambda: None,
+    on_body: Callable[[], None] = lambda: None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One request through an ASGI application, as a server hands it over: its status (0:
     none sent), headers (lower-case names) and body. The browser goes away when `gone` is
-    set (by default, once the answer is complete)."""
+    set (by default, once the answer is complete); `on_start` and `on_body` hear of the
+    answer's start and of each piece of its body."""
     messages: list[dict[str, Any]] = []
     hung_up = gone or asyncio.Event()
     requested = False
@@ -82,6 +84,8 @@ async def answer_of(
         messages.append(message)
         if message["type"] == "http.response.start":
             on_start()
+        if message["type"] == "http.response.body" and message.get("body"):
+            on_body()
         if message["type"] == "http.response.body" and not message.get("more_body"):
             hung_up.set()
         await asyncio.sleep(0)  # as a real connection lets others run

@@ -21,7 +21,7 @@ from django.test import Client
 from launcher import stow
 from launcher.models import LaunchRecord, LaunchWrite
 from tests import test_relay
-from tests.asgi_calls import cookie_header, http_scope, transaction_kept
+from tests.asgi_calls import answer_of, cookie_header, http_scope, transaction_kept
 from tests.fakes import ROOT, STUDY_1, FakeKheops
 from tests.test_relay import ORIGIN, ask, stow_body
 
@@ -241,20 +241,6 @@ def test_a_browser_that_goes_away_mid_answer_still_leaves_a_record(
 
     async def browser() -> None:
         gone = asyncio.Event()
-        sent_body = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body" and message.get("body"):
-                gone.set()  # the browser closes the connection after the first piece
-
         scope = http_scope(
             "POST",
             f"{root}/studies",
@@ -265,7 +251,8 @@ def test_a_browser_that_goes_away_mid_answer_still_leaves_a_record(
                 (b"content-length", str(len(body)).encode()),
             ],
         )
-        await asyncio.wait_for(ASGIHandler().handle(scope, receive, send), 10)
+        # The browser closes the connection after the first piece of the answer.
+        await answer_of(ASGIHandler().handle, scope, body=body, gone=gone, on_body=gone.set)
 
     with transaction_kept():
         async_to_sync(browser)()
