@@ -126,7 +126,7 @@ def launch_data(grant: ViewerGrant) -> dict[str, Any]:
 
 # What OHIF 3.13 asks for first when it opens a study (docs/ohif.md, "What the viewer asks
 # for first"): the study's QIDO (twice), its series list, then each series' metadata, with
-# exactly these query strings. launch.js starts them at once and answers OHIF's requests
+# exactly these query strings, then the first image's frame. launch.js starts them at once and answers OHIF's requests
 # for the same URLs from them.
 PREFETCH_STUDY_QUERY = (
     "limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060%2C00080090%2C00100030"
@@ -134,6 +134,10 @@ PREFETCH_STUDY_QUERY = (
 PREFETCH_STUDY_QUERY_USES = 2
 PREFETCH_SERIES_QUERY = "includefield=00080021%2C00080031%2C0008103E%2C00200011"
 PREFETCH_MAX_SERIES = 8
+# A study of one series: the first image's frame too, asked for as OHIF 3.13 asks for it
+# (its Accept, exactly: quoted, as `omitQuotationForMultipartRequest` is false); which image
+# comes first is launch.js's `firstInstance`.
+PREFETCH_FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
 
 
 def prefetch(grant: ViewerGrant) -> dict[str, Any]:
@@ -144,6 +148,7 @@ def prefetch(grant: ViewerGrant) -> dict[str, Any]:
         "studyQueryUses": PREFETCH_STUDY_QUERY_USES,
         "seriesQuery": PREFETCH_SERIES_QUERY,
         "maxSeries": PREFETCH_MAX_SERIES,
+        "frameAccept": PREFETCH_FRAME_ACCEPT,
     }
 
 

@@ -172,6 +172,7 @@ def test_the_launch_data_names_the_studies_whose_first_requests_launch_js_starts
         "studyQueryUses": 2,
         "seriesQuery": "includefield=00080021%2C00080031%2C0008103E%2C00200011",
         "maxSeries": 8,
+        "frameAccept": 'multipart/related; type="application/octet-stream"; transfer-syntax="*"',
     }
 
 
@@ -180,7 +181,7 @@ def test_launch_js_answers_only_what_it_prefetched_and_only_with_successes() -> 
     assert "if (!response.ok) { return null; }" in LAUNCH_JS
     assert "PREFETCH_TTL_MS = 60000" in LAUNCH_JS
     # A GET with OHIF's Accept only; anything else, or no answer, goes to the network.
-    assert "accept !== DICOM_JSON" in LAUNCH_JS
+    assert "accept !== entry.accept" in LAUNCH_JS
     assert "send.apply(request, args);" in LAUNCH_JS
     # Direct mode: only once the token is there, with it; relay mode: the cookie alone.
     assert "prefetchStudies(dicomwebRoot, launch.prefetch.studies, body.authorization)" in LAUNCH_JS

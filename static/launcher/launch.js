@@ -30,6 +30,7 @@
     returnUri: launch.returnUri,
     openedFrom: launch.openedFrom,
     text: text,
+    answeredFromPrefetch: [],
     ready: token.then(function (body) {
       return { expiresIn: body.expiresIn, userName: body.userName, userEmail: body.userEmail };
     })
@@ -125,7 +126,8 @@
   }
 
   // The study is known at launch: the first DICOMweb requests OHIF makes for it (the
-  // QIDO of the study, its series list, the metadata of each series) are started here,
+  // QIDO of the study, its series list, the metadata of each series, and for a study of
+  // one series the frame of the image it draws first) are started here,
   // while OHIF still loads, and OHIF's own requests for exactly those URLs are answered
   // from them (docs/ohif.md, section on what the viewer asks for first). Only successful
   // answers are kept; any other request, or one made after an answer was used up or went
@@ -135,14 +137,14 @@
   var CONTENT_TYPE = "content-type";
   var prefetched = {};
 
-  function remember(url, uses, headers) {
-    var entry = { uses: uses, until: Date.now() + PREFETCH_TTL_MS };
+  function remember(url, uses, headers, binary) {
+    var entry = { uses: uses, until: Date.now() + PREFETCH_TTL_MS, accept: headers.Accept };
     entry.answer = fetch(url, { credentials: "same-origin", headers: headers })
       .then(function (response) {
         if (!response.ok) { return null; }
-        return response.text().then(function (text) {
-          return { status: response.status, url: response.url, text: text,
-            contentType: response.headers.get(CONTENT_TYPE) || DICOM_JSON };
+        return (binary ? response.arrayBuffer() : response.text()).then(function (body) {
+          return { status: response.status, url: response.url, text: binary ? null : body,
+            body: body, contentType: response.headers.get(CONTENT_TYPE) || DICOM_JSON };
         });
       })
       .catch(function () { return null; });
@@ -161,22 +163,90 @@
         var series = [];
         try { series = answer ? JSON.parse(answer.text) : []; } catch { series = []; }
         series.slice(0, launch.prefetch.maxSeries).forEach(function (item) {
-          var uid = item["0020000E"] && item["0020000E"].Value && item["0020000E"].Value[0];
-          if (typeof uid === "string" && /^[0-9.]+$/.test(uid)) {
-            remember(study + "/series/" + uid + "/metadata", 1, headers);
-          }
+          var uid = first(item, "0020000E");
+          if (!isUid(uid)) { return; }
+          var seriesUrl = study + "/series/" + uid;
+          remember(seriesUrl + "/metadata", 1, headers).then(function (metadata) {
+            // One study of one series: the series OHIF shows is known, and its first image.
+            if (!metadata || studyUids.length !== 1 || series.length !== 1) { return; }
+            var instance = null;
+            try { instance = firstInstance(JSON.parse(metadata.text)); } catch { instance = null; }
+            if (instance) {
+              var frameHeaders = { Accept: launch.prefetch.frameAccept };
+              if (authorization) { frameHeaders.Authorization = authorization; }
+              remember(seriesUrl + "/instances/" + instance + "/frames/1", 1, frameHeaders, true);
+            }
+          });
         });
       });
     });
   }
 
+  function first(item, tag) {
+    return item && item[tag] && item[tag].Value ? item[tag].Value[0] : undefined;
+  }
+
+  function isUid(value) { return typeof value === "string" && /^[0-9.]+$/.test(value); }
+
+  function numbers(item, tag, count) {
+    var list = item && item[tag] && item[tag].Value;
+    if (!Array.isArray(list) || list.length !== count) { return null; }
+    list = list.map(Number);
+    return list.every(isFinite) ? list : null;
+  }
+
+  // The SOP Instance UID of the image OHIF 3.13 draws first in a series' stack: its images
+  // ordered by InstanceNumber (then SOP Instance UID); when the series can be rebuilt in 3D,
+  // by position along the scan axis instead, farthest first (docs/ohif.md). Which of the two
+  // applies is OHIF's own judgement: only when both give the same first image is it known.
+  // Single-frame images only. null: not known.
+  function firstInstance(instances) {
+    if (!Array.isArray(instances) || instances.length === 0) { return null; }
+    var images = instances.map(function (item) {
+      return {
+        uid: first(item, "00080018"),
+        number: parseInt(first(item, "00200013"), 10) || 0,
+        frames: parseInt(first(item, "00280008"), 10) || 1,
+        position: numbers(item, "00200032", 3),
+        orientation: numbers(item, "00200037", 6)
+      };
+    });
+    if (images.some(function (image) { return !isUid(image.uid) || image.frames !== 1; })) {
+      return null;
+    }
+    images.sort(function (a, b) {
+      return a.number - b.number || (a.uid < b.uid ? -1 : a.uid > b.uid ? 1 : 0);
+    });
+    if (images.length > 1 && images[0].number === images[1].number) { return null; }
+    var reference = images[0];
+    var byPosition = reference;
+    var o = reference.orientation, p = reference.position;
+    var positioned = p && o && images.every(function (image) {
+      return image.position && image.orientation &&
+        image.orientation.every(function (v, i) { return Math.abs(v - o[i]) < 1e-3; });
+    });
+    if (positioned) {
+      var normal = [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]];
+      var farthest = 0;
+      images.forEach(function (image) {
+        var d = normal[0] * (image.position[0] - p[0]) + normal[1] * (image.position[1] - p[1]) +
+          normal[2] * (image.position[2] - p[2]);
+        if (d > farthest) { farthest = d; byPosition = image; }
+      });
+    }
+    return byPosition === reference ? reference.uid : null;
+  }
+
   function take(url, accept) {
     var entry = prefetched[url];
-    if (!entry || accept !== DICOM_JSON) { return null; }
+    if (!entry || accept !== entry.accept) { return null; }
     entry.uses -= 1;
     if (entry.uses <= 0) { delete prefetched[url]; }
     return Date.now() < entry.until ? entry.answer : null;
   }
+
+  // Which requests of OHIF's were answered so (the browser tests read it).
+  function answered(url) { window.kheopsLaunch.answeredFromPrefetch.push(url); }
 
   // OHIF's DICOMweb client (dicomweb-client) uses XMLHttpRequest: a GET for a prefetched URL
   // waits for that answer instead of the network, and gets it as an XMLHttpRequest would.
@@ -199,7 +269,7 @@
       if (!answer) { return send.apply(request, args); }
       answer.then(function (got) {
         try {
-          if (got) { deliver(request, got); return; }
+          if (got) { deliver(request, got); answered(request.kheopsOhifUrl); return; }
         } catch {
           // an answer OHIF could not have read: let it ask the server itself
         }
@@ -211,7 +281,10 @@
   function deliver(request, got) {
     var type = request.responseType;
     var body = got.text;
-    if (type === "json") {
+    if (got.text === null) {  // a frame: bytes
+      if (type !== "arraybuffer") { throw new TypeError("a binary answer"); }
+      body = got.body;
+    } else if (type === "json") {
       body = JSON.parse(got.text);
     } else if (type === "arraybuffer") {
       body = new TextEncoder().encode(got.text).buffer;
@@ -234,10 +307,32 @@
     });
   }
 
+  // OHIF's image loader fetches frames with `fetch`: a GET for a prefetched frame (same URL,
+  // same Accept) gets that answer as a Response; anything else goes to the network.
+  function answerFetchFromPrefetch() {
+    var networkFetch = window.fetch;
+    window.fetch = function (input, init) {
+      var args = arguments;
+      var method = (init && init.method) || "GET";
+      var answer = null;
+      if (typeof input === "string" && String(method).toUpperCase() === "GET") {
+        answer = take(new URL(input, location.href).href, new Headers(init && init.headers).get("accept"));
+      }
+      if (!answer) { return networkFetch.apply(this, args); }
+      var self = this;
+      return answer.then(function (got) {
+        if (!got) { return networkFetch.apply(self, args); }
+        answered(new URL(input, location.href).href);
+        return new Response(got.body, { status: got.status, headers: { "Content-Type": got.contentType } });
+      });
+    };
+  }
+
   var config = launch.config;
   var dicomwebRoot = config.dataSources[0].configuration.wadoRoot;
   if (launch.prefetch) {
     answerFromPrefetch();
+    answerFetchFromPrefetch();
     if (launch.prefetch.relayed) {
       prefetchStudies(dicomwebRoot, launch.prefetch.studies, null);
     } else {

@@ -121,6 +121,17 @@ def assert_first_requests_prefetched(requests_made: list[Request]) -> list[str]:
     return urls
 
 
+def assert_first_frame_prefetched(journey: Journey, requests_made: list[Request]) -> str:
+    """A study of one series: the frame OHIF draws first was fetched once, by launch.js, and
+    OHIF's image loader got it from there (launch.js lists what it answered so)."""
+    answered = journey.page.evaluate("() => window.kheopsLaunch.answeredFromPrefetch")
+    frames = [url for url in answered if FRAMES.search(url)]
+    assert len(frames) == 1, answered
+    fetched = [r for r in requests_made if r.url == frames[0] and r.method == "GET"]
+    assert [r.resource_type for r in fetched] == ["fetch"], [r.url for r in requests_made]
+    return frames[0]
+
+
 def test_the_studys_first_dicomweb_requests_start_with_the_page_and_answer_ohifs_own(
     journey: Journey,
 ) -> None:
@@ -129,8 +140,8 @@ def test_the_studys_first_dicomweb_requests_start_with_the_page_and_answer_ohifs
         journey.wait_for_image()
     with journey.step("OHIF's first requests were answered from what launch.js fetched"):
         _, series_qido, metadata = assert_first_requests_prefetched(journey.dicomweb_requests())
-        # The frames are OHIF's own (its image loader), with the token as always.
-        assert any(FRAMES.search(r.url) for r in journey.dicomweb_requests())
+        # One series: its first image's frame too, with the token as always.
+        assert_first_frame_prefetched(journey, journey.dicomweb_requests())
         assert authorization_of(journey.dicomweb_requests()) == {f"Bearer {journey.token()}"}
     with journey.step("an answer serves as many requests as OHIF makes at start, then none"):
         journey.page.evaluate(
@@ -225,6 +236,8 @@ def test_jpeg_and_jpeg_2000_frames_decode_under_the_production_csp(journey: Jour
         assert "script-src 'self' 'unsafe-eval'" in policy
         journey.wait_for_image()
         first = journey.viewport_fingerprint()
+    with journey.step("one series of two images: the first one OHIF draws came from launch.js"):
+        assert_first_frame_prefetched(journey, journey.dicomweb_requests())
     with journey.step("scroll to the second instance, which is drawn too"):
         journey.scroll_viewport()
         journey.page.locator('[data-cy="viewport-overlay-bottom-right"]').get_by_text(
