@@ -22,14 +22,25 @@ import functools
 import ipaddress
 import json
 import re
+import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 
+import aiohttp
+import certifi
 import httpx
+import yarl
 from django.views.decorators.debug import sensitive_variables
 
 from launcher import metrics
@@ -41,6 +52,8 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Errors raised while sending, before any answer: a kept-alive connection the server closed
 # just as we sent on it (about 1 request in 400 under a burst, measured by the load test).
 _DROPPED_BEFORE_ANSWERING = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# The same, as aiohttp says it (a failure to connect is neither: ClientConnectorError).
+_DROPPED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 # What an Authorization: Bearer header can carry (RFC 6750 §2.1, b64token); a KHEOPS token
 # (a JWT) is one. Anything else would break every call that sends it (userinfo, the viewer's
@@ -120,6 +133,10 @@ class Client:
     - nothing goes over plain http to a host other than this machine (`is_confidential`),
       unless `allow_plain_http`.
 
+    Its DICOMweb calls (the relay's byte pump: `open_dicomweb`, `raw_body`) go through an
+    aiohttp session of their own, made on first use, under the same rules; the others
+    (discovery, token, userinfo) through httpx.
+
     One per event loop: its connections belong to the loop that opened them.
     """
 
@@ -151,6 +168,27 @@ class Client:
             transport=transport,
         )
         self._turns: dict[str, asyncio.Semaphore] = {}
+        self._dicomweb: aiohttp.ClientSession | None = None
+
+    def dicomweb(self) -> aiohttp.ClientSession:
+        """The session of the DICOMweb calls (made on the running loop, on first use)."""
+        if self._dicomweb is None:
+            self._dicomweb = aiohttp.ClientSession(
+                connector=dicomweb_connector(self),
+                # No cookie is kept, the environment's proxy and .netrc settings are ignored.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                headers={"User-Agent": USER_AGENT},
+                # Content-Type is KHEOPS's business: none is made up for an upload.
+                skip_auto_headers=("Content-Type",),
+                # The bytes are passed on as KHEOPS sent them, still compressed.
+                auto_decompress=False,
+                # No bound on a whole answer (a series streams for as long as it takes).
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.timeout, sock_read=RELAY_READ_SECONDS
+                ),
+            )
+        return self._dicomweb
 
     def turn(self, url: str) -> asyncio.Semaphore:
         """The semaphore that bounds the calls in flight to `url`'s server."""
@@ -162,6 +200,27 @@ class Client:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self._dicomweb is not None:
+            await self._dicomweb.close()
+
+
+def dicomweb_connector(client: Client) -> aiohttp.BaseConnector:
+    """The connections of `client`'s DICOMweb session: kept alive for reuse, verified as
+    httpx verifies (certifi's CA bundle, the host name checked). The tests replace it with
+    a connector to their fake KHEOPS (tests/fakes.py)."""
+    return aiohttp.TCPConnector(
+        # No bound of its own, as with httpx: the relay's streams are bounded per process
+        # (launcher.relay_reads), and a connection is kept for reuse 30 s after its answer.
+        limit=0,
+        limit_per_host=0,
+        keepalive_timeout=30,
+        ssl=_verifying_context(),
+    )
+
+
+@functools.cache
+def _verifying_context() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _counted(call: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
@@ -452,6 +511,41 @@ RELAY_KEPT_CONNECTIONS = 128
 RELAY_READ_SECONDS = 60.0
 
 
+class Upstream:
+    """KHEOPS's answer to a DICOMweb request, its body still unread (`raw_body` reads it)."""
+
+    __slots__ = ("headers", "host", "response", "status_code")
+
+    def __init__(self, response: aiohttp.ClientResponse, host: str) -> None:
+        self.response = response
+        self.host = host
+        self.status_code = response.status
+        self.headers = JoinedHeaders(response.headers)
+
+
+class JoinedHeaders(Mapping[str, str]):
+    """An answer's headers by name, in any case; a repeated header's values joined with
+    ", " (as httpx and Django do), in the order they came."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers: Any = headers  # aiohttp's CIMultiDictProxy
+
+    def __getitem__(self, name: str) -> str:
+        values = self._headers.getall(name)
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._headers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name.lower() for name in self._headers))
+
+    def __len__(self) -> int:
+        return len(set(name.lower() for name in self._headers))
+
+
 @sensitive_variables()
 async def open_dicomweb(
     client: Client,
@@ -460,48 +554,56 @@ async def open_dicomweb(
     *,
     headers: Mapping[str, str],
     content: AsyncIterable[bytes] | None = None,
-) -> httpx.Response:
+) -> Upstream:
     """Send one DICOMweb request; its answer comes back with the body still unread.
 
     The caller streams it (`raw_body`, which closes it). Not bounded by `turn`: a viewer's
     many image requests must not hold up launches. A GET or HEAD dropped on a kept-alive
-    connection before any answer is sent once more; an upload is not (its body is gone).
+    connection before any answer is sent once more (aiohttp does it, for idempotent methods
+    only); an upload is not (its body is gone).
     """
     host = urlsplit(url).netloc
-    timeout = httpx.Timeout(
-        client.timeout, read=RELAY_READ_SECONDS, write=RELAY_READ_SECONDS, pool=client.timeout
-    )
-    attempts = 1 if content is not None else 2
-    for attempt in range(1, attempts + 1):
-        request = client.http.build_request(
-            method, url, headers=headers, content=content, timeout=timeout
-        )
-        try:
-            return await client.http.send(request, stream=True)
-        except _DROPPED_BEFORE_ANSWERING as exc:
-            if attempt == attempts:
-                raise KheopsUnavailable(f"{host} broke off: {type(exc).__name__}") from None
-        except httpx.TimeoutException:
-            raise KheopsTimeout(f"{host} did not answer in time") from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-async def raw_body(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The answer's bytes as KHEOPS sent them (still compressed, multipart boundaries and
-    all), chunk by chunk; the answer is closed at the end, on error, and when the consumer
-    stops early (the browser went away)."""
     try:
-        async for chunk in response.aiter_raw():
+        response = await client.dicomweb().request(
+            method,
+            # As written: our checked path and the browser's checked query, not re-encoded.
+            yarl.URL(url, encoded=True),
+            headers=headers,
+            data=content,
+            allow_redirects=False,
+        )
+    except TimeoutError:  # aiohttp's ConnectionTimeoutError and ServerTimeoutError too
+        raise KheopsTimeout(f"{host} did not answer in time") from None
+    except aiohttp.ClientConnectorError as exc:  # before _DROPPED: one of its kinds
+        raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
+    except _DROPPED as exc:
+        raise KheopsUnavailable(f"{host} broke off: {type(exc).__name__}") from None
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
+    return Upstream(response, host)
+
+
+async def raw_body(upstream: Upstream) -> AsyncIterator[bytes]:
+    """The answer's bytes as KHEOPS sent them (still compressed, multipart boundaries and
+    all), each piece as soon as it arrives; the answer is released at the end (its
+    connection kept for reuse), closed on error and when the consumer stops early (the
+    browser went away)."""
+    response = upstream.response
+    ended = False
+    try:
+        async for chunk in response.content.iter_any():
             yield chunk
-    except httpx.HTTPError as exc:
+        ended = True
+    except (aiohttp.ClientError, TimeoutError) as exc:
         # The answer had begun: the browser sees a cut-off body, never a made-up end.
         raise KheopsUnavailable(
-            f"{response.url.netloc.decode()} broke off mid-answer: {type(exc).__name__}"
+            f"{upstream.host} broke off mid-answer: {type(exc).__name__}"
         ) from None
     finally:
-        await response.aclose()
+        if ended:
+            response.release()
+        else:
+            response.close()
 
 
 @sensitive_variables()
