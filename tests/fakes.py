@@ -274,6 +274,8 @@ class DicomwebOverHttp:
                 for name, value in asked.raw_headers
             ],
             stream=_Body(asked),
+            # Which connection it came on (our client keeps them for reuse).
+            extensions={"connection": id(asked.protocol)},
         )
         try:
             await request.aread()
