@@ -163,6 +163,8 @@ class Client:
             ),
             follow_redirects=False,
             trust_env=False,
+            # What httpx verifies with anyway (certifi's bundle), loaded once per process.
+            verify=_verifying_context(),
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             headers={"User-Agent": USER_AGENT},
             transport=transport,
@@ -220,6 +222,8 @@ def dicomweb_connector(client: Client) -> aiohttp.BaseConnector:
 
 @functools.cache
 def _verifying_context() -> ssl.SSLContext:
+    """certifi's CA bundle, the host name checked: httpx's default when the environment is
+    ignored. One per process (loading the bundle is most of a client's making)."""
     return ssl.create_default_context(cafile=certifi.where())
 
 
