@@ -567,24 +567,42 @@ async def open_dicomweb(
     only); an upload is not (its body is gone).
     """
     host = urlsplit(url).netloc
+    failed: list[Exception] = []
     try:
         response = await client.dicomweb().request(
             method,
             # As written: our checked path and the browser's checked query, not re-encoded.
             yarl.URL(url, encoded=True),
             headers=headers,
-            data=content,
+            data=None if content is None else _noting_failure(content, failed),
             allow_redirects=False,
         )
-    except TimeoutError:  # aiohttp's ConnectionTimeoutError and ServerTimeoutError too
-        raise KheopsTimeout(f"{host} did not answer in time") from None
-    except aiohttp.ClientConnectorError as exc:  # before _DROPPED: one of its kinds
-        raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
-    except _DROPPED as exc:
-        raise KheopsUnavailable(f"{host} broke off: {type(exc).__name__}") from None
-    except (aiohttp.ClientError, ValueError) as exc:
-        raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        if failed:
+            # The upload's own source failed (the browser broke it off): that is what
+            # happened, not a failure of KHEOPS (aiohttp reports it as one of its own).
+            raise failed[0] from None
+        raise _dicomweb_failure(exc, host) from None
     return Upstream(response, host)
+
+
+def _dicomweb_failure(exc: Exception, host: str) -> KheopsUnavailable:
+    if isinstance(exc, TimeoutError):  # aiohttp's ConnectionTimeoutError, ServerTimeoutError
+        return KheopsTimeout(f"{host} did not answer in time")
+    if isinstance(exc, _DROPPED) and not isinstance(exc, aiohttp.ClientConnectorError):
+        return KheopsUnavailable(f"{host} broke off: {type(exc).__name__}")
+    return KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}")
+
+
+async def _noting_failure(
+    content: AsyncIterable[bytes], failed: list[Exception]
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in content:
+            yield chunk
+    except Exception as exc:
+        failed.append(exc)
+        raise
 
 
 async def raw_body(upstream: Upstream) -> AsyncIterator[bytes]:

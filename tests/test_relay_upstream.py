@@ -305,3 +305,32 @@ def test_kheops_is_verified_as_httpx_verifies_it() -> None:
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert context.cert_store_stats() == httpx_context.cert_store_stats()
     assert context.cert_store_stats()["x509_ca"] > 0
+
+
+class BrokenOff(Exception):
+    pass
+
+
+def test_an_upload_its_browser_broke_off_says_so_not_that_kheops_failed(
+    kheops_http: respx.MockRouter,
+) -> None:
+    url = f"https://kheops.test/api/studies/{STUDY}"
+    kheops_http.post(url).mock(return_value=httpx.Response(200, json={}))
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        raise BrokenOff
+
+    async def call() -> BaseException | None:
+        client = kheops.Client(timeout=2)
+        try:
+            await kheops.open_dicomweb(
+                client, "POST", url, headers={"content-length": "2000"}, content=body()
+            )
+        except Exception as exc:
+            return exc
+        finally:
+            await client.aclose()
+        return None
+
+    assert isinstance(in_a_new_loop(call), BrokenOff)
