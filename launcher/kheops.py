@@ -18,6 +18,7 @@ very server that is waiting for its answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import json
@@ -567,21 +568,24 @@ async def open_dicomweb(
     only); an upload is not (its body is gone).
     """
     host = urlsplit(url).netloc
-    failed: list[Exception] = []
+    # As written: our checked path and the browser's checked query, not re-encoded.
+    target = yarl.URL(url, encoded=True)
+    upload = None if content is None else _Upload(content)
     try:
-        response = await client.dicomweb().request(
-            method,
-            # As written: our checked path and the browser's checked query, not re-encoded.
-            yarl.URL(url, encoded=True),
-            headers=headers,
-            data=None if content is None else _noting_failure(content, failed),
-            allow_redirects=False,
-        )
+        if upload is None:
+            response = await client.dicomweb().request(
+                method, target, headers=headers, allow_redirects=False
+            )
+        else:
+            async with upload.paced():
+                response = await client.dicomweb().request(
+                    method, target, headers=headers, data=upload.pieces(), allow_redirects=False
+                )
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        if failed:
+        if upload is not None and upload.failed:
             # The upload's own source failed (the browser broke it off): that is what
             # happened, not a failure of KHEOPS (aiohttp reports it as one of its own).
-            raise failed[0] from None
+            raise upload.failed[0] from None
         raise _dicomweb_failure(exc, host) from None
     return Upstream(response, host)
 
@@ -594,15 +598,40 @@ def _dicomweb_failure(exc: Exception, host: str) -> KheopsUnavailable:
     return KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}")
 
 
-async def _noting_failure(
-    content: AsyncIterable[bytes], failed: list[Exception]
-) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in content:
-            yield chunk
-    except Exception as exc:
-        failed.append(exc)
-        raise
+class _Upload:
+    """An upload's body as aiohttp sends it: each piece must be written (taken by the
+    connection) within RELAY_READ_SECONDS, as httpx bounded each write; the wait for the
+    browser's next piece is not bounded here. A failure of the source itself (the browser
+    broke the upload off) is noted: aiohttp reports it as one of its own."""
+
+    def __init__(self, content: AsyncIterable[bytes]) -> None:
+        self.content = content
+        self.failed: list[Exception] = []
+        self._deadline: asyncio.Timeout | None = None
+
+    @contextlib.asynccontextmanager
+    async def paced(self) -> AsyncIterator[None]:
+        async with asyncio.timeout(None) as deadline:
+            self._deadline = deadline
+            try:
+                yield
+            finally:
+                self._deadline = None  # the answer came: its reads have their own bound
+
+    def _bound(self, seconds: float | None) -> None:
+        if self._deadline is not None:
+            when = None if seconds is None else asyncio.get_running_loop().time() + seconds
+            self._deadline.reschedule(when)
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.content:
+                self._bound(RELAY_READ_SECONDS)
+                yield chunk  # back here once it is written
+                self._bound(None)
+        except Exception as exc:
+            self.failed.append(exc)
+            raise
 
 
 async def raw_body(upstream: Upstream) -> AsyncIterator[bytes]:

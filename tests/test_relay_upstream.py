@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 import pytest
 import respx
@@ -334,3 +335,68 @@ def test_an_upload_its_browser_broke_off_says_so_not_that_kheops_failed(
         return None
 
     assert isinstance(in_a_new_loop(call), BrokenOff)
+
+
+def test_an_upload_kheops_stops_taking_times_out_but_a_slow_browser_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kheops, "RELAY_READ_SECONDS", 0.3)
+    address = "\0kheops-ohif-tests-silent-" + str(id(monkeypatch))
+
+    async def takes_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the headers, then not one byte of the body
+        await asyncio.sleep(30)
+
+    async def answers_when_all_came(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        headers = await reader.readuntil(b"\r\n\r\n")
+        length = int(headers.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+
+    def uploading(piece: int, pieces: int, pause: float) -> Callable[[], Awaitable[Any]]:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(pieces):
+                await asyncio.sleep(pause)  # the browser's pace
+                yield b"x" * piece
+
+        async def call() -> Any:
+            client = kheops.Client(timeout=2)
+            try:
+                upstream = await kheops.open_dicomweb(
+                    client,
+                    "POST",
+                    f"https://kheops.test/api/studies/{STUDY}",
+                    headers={"content-length": str(piece * pieces)},
+                    content=body(),
+                )
+                return upstream.status_code, await read_all(upstream)
+            except kheops.KheopsError as exc:
+                return exc
+            finally:
+                await client.aclose()
+
+        return call
+
+    def against(handler: Any, call: Callable[[], Awaitable[Any]]) -> Any:
+        async def run() -> Any:
+            server = await asyncio.start_unix_server(handler, path=address)
+            try:
+                return await asyncio.wait_for(call(), 20)
+            finally:
+                server.close()
+
+        return in_a_new_loop(run)
+
+    monkeypatch.setattr(
+        kheops, "dicomweb_connector", lambda client: aiohttp.UnixConnector(path=address)
+    )
+
+    stalled = against(takes_nothing, uploading(1024 * 1024, 64, 0))
+    slow_browser = against(answers_when_all_came, uploading(1000, 3, 0.5))
+
+    assert isinstance(stalled, kheops.KheopsTimeout)
+    assert str(stalled) == "kheops.test did not answer in time"
+    assert slow_browser == (200, b"{}")
