@@ -135,8 +135,11 @@ class Client:
       unless `allow_plain_http`.
 
     Its DICOMweb calls (the relay's byte pump: `open_dicomweb`, `raw_body`) go through an
-    aiohttp session of their own, made on first use, under the same rules; the others
-    (discovery, token, userinfo) through httpx.
+    aiohttp session of their own (its C parser costs a fraction of httpx's CPU per byte),
+    made on first use, under the same rules but two: `timeout` bounds only connecting
+    (an answer streams for as long as it takes, RELAY_READ_SECONDS between its pieces),
+    and `max_in_flight` does not apply. The others (discovery, token, userinfo) go through
+    httpx.
 
     One per event loop: its connections belong to the loop that opened them.
     """
@@ -157,9 +160,7 @@ class Client:
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
                 max_connections=None,
-                # The relay's streams too: a viewer loading a series keeps several busy,
-                # and a connection closed after each image would be opened again at once.
-                max_keepalive_connections=max_in_flight + RELAY_KEPT_CONNECTIONS,
+                max_keepalive_connections=max_in_flight,
                 keepalive_expiry=30,
             ),
             follow_redirects=False,
@@ -212,8 +213,10 @@ def dicomweb_connector(client: Client) -> aiohttp.BaseConnector:
     httpx verifies (certifi's CA bundle, the host name checked). The tests replace it with
     a connector to their fake KHEOPS (tests/fakes.py)."""
     return aiohttp.TCPConnector(
-        # No bound of its own, as with httpx: the relay's streams are bounded per process
-        # (launcher.relay_reads), and a connection is kept for reuse 30 s after its answer.
+        # No bound of its own, as with httpx. Each connection is kept for reuse 30 s after
+        # its answer, however many: a viewer loading a series keeps several busy, and one
+        # closed after each image would be opened again at once (with 50 viewers loading at
+        # once, bench/relay.py, fewer kept meant a new connection for most images).
         limit=0,
         limit_per_host=0,
         keepalive_timeout=30,
@@ -506,10 +509,6 @@ async def _read_limited(response: httpx.Response) -> bytes:
 
 
 # --- The DICOMweb relay (launcher.relay): one request, its answer streamed -----------------
-
-# Idle connections kept for the relay (besides `max_in_flight`): measured with 50 viewers
-# loading at once (bench/relay.py), fewer meant a new connection for most images.
-RELAY_KEPT_CONNECTIONS = 128
 
 # A relayed answer may take this long to begin, and each of its reads (or each write of an
 # upload) this long again: a large study's rendering or a slow client, not a stuck server.

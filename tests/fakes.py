@@ -320,7 +320,7 @@ class _Loop:
     address: str
     clients: list[kheops.Client] = field(default_factory=list)
     cut_off: list[tuple[socket.socket, httpx.Response]] = field(default_factory=list)
-    lifetime: Any = None
+    lifetime: Any = None  # kept here: a loop holds its asynchronous generators weakly
 
 
 async def _first_step(lifetime: AsyncIterator[None]) -> None:
