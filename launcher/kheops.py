@@ -18,18 +18,30 @@ very server that is waiting for its answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import json
 import re
+import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 
+import aiohttp
+import certifi
 import httpx
+import yarl
 from django.views.decorators.debug import sensitive_variables
 
 from launcher import metrics
@@ -41,6 +53,8 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Errors raised while sending, before any answer: a kept-alive connection the server closed
 # just as we sent on it (about 1 request in 400 under a burst, measured by the load test).
 _DROPPED_BEFORE_ANSWERING = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# The same, as aiohttp says it (a failure to connect is neither: ClientConnectorError).
+_DROPPED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 # What an Authorization: Bearer header can carry (RFC 6750 §2.1, b64token); a KHEOPS token
 # (a JWT) is one. Anything else would break every call that sends it (userinfo, the viewer's
@@ -120,6 +134,13 @@ class Client:
     - nothing goes over plain http to a host other than this machine (`is_confidential`),
       unless `allow_plain_http`.
 
+    Its DICOMweb calls (the relay's byte pump: `open_dicomweb`, `raw_body`) go through an
+    aiohttp session of their own (its C parser costs a fraction of httpx's CPU per byte),
+    made on first use, under the same rules but two: `timeout` bounds only connecting
+    (an answer streams for as long as it takes, RELAY_READ_SECONDS between its pieces),
+    and `max_in_flight` does not apply. The others (discovery, token, userinfo) go through
+    httpx.
+
     One per event loop: its connections belong to the loop that opened them.
     """
 
@@ -139,18 +160,39 @@ class Client:
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
                 max_connections=None,
-                # The relay's streams too: a viewer loading a series keeps several busy,
-                # and a connection closed after each image would be opened again at once.
-                max_keepalive_connections=max_in_flight + RELAY_KEPT_CONNECTIONS,
+                max_keepalive_connections=max_in_flight,
                 keepalive_expiry=30,
             ),
             follow_redirects=False,
             trust_env=False,
+            # What httpx verifies with anyway (certifi's bundle), loaded once per process.
+            verify=_verifying_context(),
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             headers={"User-Agent": USER_AGENT},
             transport=transport,
         )
         self._turns: dict[str, asyncio.Semaphore] = {}
+        self._dicomweb: aiohttp.ClientSession | None = None
+
+    def dicomweb(self) -> aiohttp.ClientSession:
+        """The session of the DICOMweb calls (made on the running loop, on first use)."""
+        if self._dicomweb is None:
+            self._dicomweb = aiohttp.ClientSession(
+                connector=dicomweb_connector(self),
+                # No cookie is kept, the environment's proxy and .netrc settings are ignored.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                headers={"User-Agent": USER_AGENT},
+                # Content-Type is KHEOPS's business: none is made up for an upload.
+                skip_auto_headers=("Content-Type",),
+                # The bytes are passed on as KHEOPS sent them, still compressed.
+                auto_decompress=False,
+                # No bound on a whole answer (a series streams for as long as it takes).
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.timeout, sock_read=RELAY_READ_SECONDS
+                ),
+            )
+        return self._dicomweb
 
     def turn(self, url: str) -> asyncio.Semaphore:
         """The semaphore that bounds the calls in flight to `url`'s server."""
@@ -162,6 +204,31 @@ class Client:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self._dicomweb is not None:
+            await self._dicomweb.close()
+
+
+def dicomweb_connector(client: Client) -> aiohttp.BaseConnector:
+    """The connections of `client`'s DICOMweb session: kept alive for reuse, verified as
+    httpx verifies (certifi's CA bundle, the host name checked). The tests replace it with
+    a connector to their fake KHEOPS (tests/fakes.py)."""
+    return aiohttp.TCPConnector(
+        # No bound of its own, as with httpx. Each connection is kept for reuse 30 s after
+        # its answer, however many: a viewer loading a series keeps several busy, and one
+        # closed after each image would be opened again at once (with 50 viewers loading at
+        # once, bench/relay.py, fewer kept meant a new connection for most images).
+        limit=0,
+        limit_per_host=0,
+        keepalive_timeout=30,
+        ssl=_verifying_context(),
+    )
+
+
+@functools.cache
+def _verifying_context() -> ssl.SSLContext:
+    """certifi's CA bundle, the host name checked: httpx's default when the environment is
+    ignored. One per process (loading the bundle is most of a client's making)."""
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _counted(call: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
@@ -443,13 +510,44 @@ async def _read_limited(response: httpx.Response) -> bytes:
 
 # --- The DICOMweb relay (launcher.relay): one request, its answer streamed -----------------
 
-# Idle connections kept for the relay (besides `max_in_flight`): measured with 50 viewers
-# loading at once (bench/relay.py), fewer meant a new connection for most images.
-RELAY_KEPT_CONNECTIONS = 128
-
 # A relayed answer may take this long to begin, and each of its reads (or each write of an
 # upload) this long again: a large study's rendering or a slow client, not a stuck server.
 RELAY_READ_SECONDS = 60.0
+
+
+class Upstream:
+    """KHEOPS's answer to a DICOMweb request, its body still unread (`raw_body` reads it)."""
+
+    __slots__ = ("headers", "host", "response", "status_code")
+
+    def __init__(self, response: aiohttp.ClientResponse, host: str) -> None:
+        self.response = response
+        self.host = host
+        self.status_code = response.status
+        self.headers = JoinedHeaders(response.headers)
+
+
+class JoinedHeaders(Mapping[str, str]):
+    """An answer's headers by name, in any case; a repeated header's values joined with
+    ", " (as httpx and Django do), in the order they came."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers: Any = headers  # aiohttp's CIMultiDictProxy
+
+    def __getitem__(self, name: str) -> str:
+        values = self._headers.getall(name)
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._headers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name.lower() for name in self._headers))
+
+    def __len__(self) -> int:
+        return len(set(name.lower() for name in self._headers))
 
 
 @sensitive_variables()
@@ -460,48 +558,102 @@ async def open_dicomweb(
     *,
     headers: Mapping[str, str],
     content: AsyncIterable[bytes] | None = None,
-) -> httpx.Response:
+) -> Upstream:
     """Send one DICOMweb request; its answer comes back with the body still unread.
 
     The caller streams it (`raw_body`, which closes it). Not bounded by `turn`: a viewer's
     many image requests must not hold up launches. A GET or HEAD dropped on a kept-alive
-    connection before any answer is sent once more; an upload is not (its body is gone).
+    connection before any answer is sent once more (aiohttp does it, for idempotent methods
+    only); an upload is not (its body is gone).
     """
     host = urlsplit(url).netloc
-    timeout = httpx.Timeout(
-        client.timeout, read=RELAY_READ_SECONDS, write=RELAY_READ_SECONDS, pool=client.timeout
-    )
-    attempts = 1 if content is not None else 2
-    for attempt in range(1, attempts + 1):
-        request = client.http.build_request(
-            method, url, headers=headers, content=content, timeout=timeout
-        )
-        try:
-            return await client.http.send(request, stream=True)
-        except _DROPPED_BEFORE_ANSWERING as exc:
-            if attempt == attempts:
-                raise KheopsUnavailable(f"{host} broke off: {type(exc).__name__}") from None
-        except httpx.TimeoutException:
-            raise KheopsTimeout(f"{host} did not answer in time") from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}") from None
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-async def raw_body(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The answer's bytes as KHEOPS sent them (still compressed, multipart boundaries and
-    all), chunk by chunk; the answer is closed at the end, on error, and when the consumer
-    stops early (the browser went away)."""
+    # As written: our checked path and the browser's checked query, not re-encoded.
+    target = yarl.URL(url, encoded=True)
+    upload = None if content is None else _Upload(content)
     try:
-        async for chunk in response.aiter_raw():
+        if upload is None:
+            response = await client.dicomweb().request(
+                method, target, headers=headers, allow_redirects=False
+            )
+        else:
+            async with upload.paced():
+                response = await client.dicomweb().request(
+                    method, target, headers=headers, data=upload.pieces(), allow_redirects=False
+                )
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        if upload is not None and upload.failed:
+            # The upload's own source failed (the browser broke it off): that is what
+            # happened, not a failure of KHEOPS (aiohttp reports it as one of its own).
+            raise upload.failed[0] from None
+        raise _dicomweb_failure(exc, host) from None
+    return Upstream(response, host)
+
+
+def _dicomweb_failure(exc: Exception, host: str) -> KheopsUnavailable:
+    if isinstance(exc, TimeoutError):  # aiohttp's ConnectionTimeoutError, ServerTimeoutError
+        return KheopsTimeout(f"{host} did not answer in time")
+    if isinstance(exc, _DROPPED) and not isinstance(exc, aiohttp.ClientConnectorError):
+        return KheopsUnavailable(f"{host} broke off: {type(exc).__name__}")
+    return KheopsUnavailable(f"{host} unreachable: {type(exc).__name__}")
+
+
+class _Upload:
+    """An upload's body as aiohttp sends it: each piece must be written (taken by the
+    connection) within RELAY_READ_SECONDS, as httpx bounded each write; the wait for the
+    browser's next piece is not bounded here. A failure of the source itself (the browser
+    broke the upload off) is noted: aiohttp reports it as one of its own."""
+
+    def __init__(self, content: AsyncIterable[bytes]) -> None:
+        self.content = content
+        self.failed: list[Exception] = []
+        self._deadline: asyncio.Timeout | None = None
+
+    @contextlib.asynccontextmanager
+    async def paced(self) -> AsyncIterator[None]:
+        async with asyncio.timeout(None) as deadline:
+            self._deadline = deadline
+            try:
+                yield
+            finally:
+                self._deadline = None  # the answer came: its reads have their own bound
+
+    def _bound(self, seconds: float | None) -> None:
+        if self._deadline is not None:
+            when = None if seconds is None else asyncio.get_running_loop().time() + seconds
+            self._deadline.reschedule(when)
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.content:
+                self._bound(RELAY_READ_SECONDS)
+                yield chunk  # back here once it is written
+                self._bound(None)
+        except Exception as exc:
+            self.failed.append(exc)
+            raise
+
+
+async def raw_body(upstream: Upstream) -> AsyncIterator[bytes]:
+    """The answer's bytes as KHEOPS sent them (still compressed, multipart boundaries and
+    all), each piece as soon as it arrives; the answer is released at the end (its
+    connection kept for reuse), closed on error and when the consumer stops early (the
+    browser went away)."""
+    response = upstream.response
+    ended = False
+    try:
+        async for chunk in response.content.iter_any():
             yield chunk
-    except httpx.HTTPError as exc:
+        ended = True
+    except (aiohttp.ClientError, TimeoutError) as exc:
         # The answer had begun: the browser sees a cut-off body, never a made-up end.
         raise KheopsUnavailable(
-            f"{response.url.netloc.decode()} broke off mid-answer: {type(exc).__name__}"
+            f"{upstream.host} broke off mid-answer: {type(exc).__name__}"
         ) from None
     finally:
-        await response.aclose()
+        if ended:
+            response.release()
+        else:
+            response.close()
 
 
 @sensitive_variables()

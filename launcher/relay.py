@@ -132,8 +132,11 @@ def owns(target: Target, study_uids: Iterable[str]) -> bool:
     return all(uid in own for uid in target.study_uids)
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _has_control_characters(text: str) -> bool:
-    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
+    return _CONTROL_CHARACTER.search(text) is not None
 
 
 def same_origin(headers: Mapping[str, str], our_origin: str) -> bool:

@@ -471,10 +471,23 @@ def kheops_client() -> kheops.Client:
         settings.ALLOW_INSECURE_HTTP_KHEOPS,
     )
     if client is None or (client.timeout, client.max_in_flight, client.allow_plain_http) != wanted:
+        if client is not None:  # the settings changed: its connections are closed
+            _closing.add(task := loop.create_task(client.aclose()))
+            task.add_done_callback(_closing.discard)
         client = _clients[loop] = kheops.Client(
             timeout=wanted[0], max_in_flight=wanted[1], allow_plain_http=wanted[2]
         )
     return client
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def forget_ended_loops_clients() -> None:
+    """Forget the clients of event loops that have ended (closed with them, or never
+    used: in the tests, each call runs a loop of its own)."""
+    for loop in [loop for loop in _clients if loop.is_closed()]:
+        del _clients[loop]
 
 
 async def close_kheops_client() -> None:

@@ -14,9 +14,9 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test import Client
 
-from launcher import keys, services
+from launcher import keys, kheops, services
 from launcher.models import KheopsServer, Provider
-from tests.fakes import ROOT, FakeKheops, token_url_of
+from tests.fakes import ROOT, DicomwebOverHttp, FakeKheops, token_url_of
 from tests.stack import Stack, start_stack
 
 # The tests' own Redis database (the machine's Redis; each test keys under a prefix of its own).
@@ -107,10 +107,15 @@ def rsps() -> Iterator[responses.RequestsMock]:
 
 
 @pytest.fixture
-def kheops_http() -> Iterator[respx.MockRouter]:
-    # Our KHEOPS client (httpx): any request to a URL not routed here fails.
+def kheops_http(monkeypatch: pytest.MonkeyPatch) -> Iterator[respx.MockRouter]:
+    # Our KHEOPS client: any request to a URL not routed here fails, whether it went
+    # through httpx (respx) or, for DICOMweb, over HTTP to tests.fakes.DicomwebOverHttp.
     with respx.mock(assert_all_called=False) as router:
+        dicomweb = DicomwebOverHttp(router)
+        monkeypatch.setattr(kheops, "dicomweb_connector", dicomweb.connector)
         yield router
+    services.forget_ended_loops_clients()
+    assert not dicomweb.failures, dicomweb.failures
 
 
 @pytest.fixture

@@ -1,23 +1,36 @@
-"""The KHEOPS side faked at the HTTP boundary with `respx` (our KHEOPS client is httpx).
+"""The KHEOPS side faked at the HTTP boundary with `respx`.
 
-`FakeKheops` behaves like a KHEOPS server's discovery, token and userinfo endpoints and
-checks our token requests the way KHEOPS does, using the JWKS our app publishes.
+Our KHEOPS client speaks httpx for discovery, token and userinfo (respx answers in its
+place) and aiohttp for DICOMweb (launcher.kheops.open_dicomweb): those requests go over
+real HTTP to `DicomwebOverHttp`, a server in the test's own event loop, which hands each
+one to the same respx router as an `httpx.Request` and streams its `httpx.Response` back.
+Every route, knob and record (`router.calls`) then serves both kinds alike.
+
+`FakeKheops` behaves like a KHEOPS server's discovery, token, userinfo and DICOMweb
+endpoints and checks our token requests the way KHEOPS does, using the JWKS our app
+publishes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import secrets
+import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import aiohttp
 import httpx
 import jwt
 import respx
+from aiohttp import web
 from asgiref.sync import sync_to_async
 
-from launcher import keys
+from launcher import keys, kheops
 from launcher.models import Provider
 
 ROOT = "https://kheops.test"
@@ -178,6 +191,164 @@ class FakeKheops:
     @property
     def issued_tokens(self) -> list[str]:
         return [s for s in self.secrets_seen if s.startswith("eyJtoken.")]
+
+
+class DicomwebOverHttp:
+    """The far end of our DICOMweb client's connections in the tests: a server listening on
+    a Unix socket of its own in each event loop our client is used in, which answers each
+    request with the respx `router` (`connector` replaces kheops.dicomweb_connector).
+
+    What our code sent arrives as an `httpx.Request`: the method, the https URL it asked
+    for, the headers as they came over the wire, the body (read whole before the router
+    sees it, as respx does). The `httpx.Response` goes back as it comes: the status, the
+    headers, the body piece by piece. An exception raised for a request (a route's side
+    effect, such as `httpx.ConnectError`) drops the connection without an answer; one that
+    is not an `httpx.TransportError` (a request nobody mocked, a failed assertion) is kept
+    in `failures`, and fails the test.
+
+    When our side hangs up mid-answer, the answer's stream is closed (`aclose`), as httpx
+    closed it before; when the loop merely ends, it is not. Our side may hang up as the
+    loop ends (a generator finalized then): the answers cut off by the loop's end are
+    settled last, with the loop's asynchronous generators, each closed if our side hung
+    up. Then our clients of that loop are closed, and the server with them.
+    """
+
+    # How long an answer cut off by the loop's end waits for our side's hang-up.
+    HANG_UP_SECONDS = 1.0
+
+    def __init__(self, router: respx.MockRouter) -> None:
+        self.router = router
+        self.failures: list[BaseException] = []
+        self._loops: dict[asyncio.AbstractEventLoop, _Loop] = {}
+
+    def connector(self, client: kheops.Client) -> aiohttp.BaseConnector:
+        loop = asyncio.get_running_loop()
+        if loop not in self._loops:
+            self._loops[loop] = self._listen(loop)
+        self._loops[loop].clients.append(client)
+        return aiohttp.UnixConnector(path=self._loops[loop].address)
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> _Loop:
+        address = f"\0kheops-ohif-tests-{secrets.token_hex(8)}"  # abstract: no file
+        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listening.bind(address)
+        listening.listen(64)  # connections wait here until the server below starts
+        listening.setblocking(False)
+        state = _Loop(address)
+        state.lifetime = self._lifetime(loop, state, listening)
+        # Started on the loop (an asynchronous generator: closed last when the loop ends).
+        loop.create_task(_first_step(state.lifetime))
+        return state
+
+    async def _lifetime(
+        self, loop: asyncio.AbstractEventLoop, state: _Loop, listening: socket.socket
+    ) -> AsyncIterator[None]:
+        server = web.Server(self._answer, handler_cancellation=True)
+        serving = await loop.create_unix_server(server, sock=listening)
+        try:
+            yield
+        finally:
+            for _ in range(int(self.HANG_UP_SECONDS / 0.01)):
+                if not state.cut_off:
+                    break
+                for cut in list(state.cut_off):
+                    if _peer_closed(cut[0]):
+                        state.cut_off.remove(cut)
+                        cut[0].close()
+                        await cut[1].aclose()
+                await asyncio.sleep(0.01)
+            for peer, _ in state.cut_off:
+                peer.close()
+            for client in state.clients:
+                await client.aclose()
+            serving.close()
+            await server.shutdown(0.1)
+            self._loops.pop(loop, None)
+
+    async def _answer(self, asked: web.BaseRequest) -> web.StreamResponse:
+        request = httpx.Request(
+            asked.method,
+            f"https://{asked.host}{asked.raw_path}",
+            headers=[
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in asked.raw_headers
+            ],
+            stream=_Body(asked),
+            # Which connection it came on (our client keeps them for reuse).
+            extensions={"connection": id(asked.protocol)},
+        )
+        try:
+            await request.aread()
+            response = await self.router.async_handler(request)
+        except httpx.TransportError:
+            return _drop(asked)
+        except Exception as exc:
+            self.failures.append(exc)
+            return _drop(asked)
+        answer = web.StreamResponse(status=response.status_code)
+        for name, value in response.headers.multi_items():
+            answer.headers.add(name, value)
+        transport = asked.transport
+        assert transport is not None
+        # The connection's own socket, to see our side hang up after aiohttp let go of it.
+        peer = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        try:
+            await answer.prepare(asked)
+            # The stream itself: its bytes as they were given (respx read the fixed ones).
+            async for chunk in response.stream:  # type: ignore[union-attr]
+                await answer.write(chunk)
+            await answer.write_eof()
+        except ConnectionError:  # our side hung up (aiohttp's ClientConnectionResetError)
+            await response.aclose()
+            raise
+        except asyncio.CancelledError:
+            if _peer_closed(peer):
+                await response.aclose()
+            else:  # our side hung up, or the loop ends: settled at the loop's end
+                self._loops[asyncio.get_running_loop()].cut_off.append((peer, response))
+                peer = None
+            raise
+        finally:
+            if peer is not None:
+                peer.close()
+        await response.aclose()
+        return answer
+
+
+@dataclass
+class _Loop:
+    address: str
+    clients: list[kheops.Client] = field(default_factory=list)
+    cut_off: list[tuple[socket.socket, httpx.Response]] = field(default_factory=list)
+    lifetime: Any = None  # kept here: a loop holds its asynchronous generators weakly
+
+
+async def _first_step(lifetime: AsyncIterator[None]) -> None:
+    await anext(lifetime)
+
+
+def _drop(asked: web.BaseRequest) -> web.StreamResponse:
+    assert asked.transport is not None
+    asked.transport.abort()
+    raise ConnectionResetError("dropped without an answer")
+
+
+def _peer_closed(peer: socket.socket) -> bool:
+    try:
+        return peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, asked: web.BaseRequest) -> None:
+        self.asked = asked
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.asked.content.iter_any():
+            yield chunk
 
 
 def _json_response(status: int, body: Any) -> httpx.Response:

@@ -24,7 +24,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.test import AsyncClient, AsyncRequestFactory, Client
 from django.utils import timezone
 
-from launcher import services, views
+from launcher import relay, services, views
 from launcher.admin import ProviderForm
 from launcher.documents import JWKS_PATH
 from launcher.models import GrantState, LaunchGrant, Provider, TokenDelivery
@@ -534,6 +534,28 @@ def test_encoded_slashes_dots_and_line_breaks_are_refused(
 
     assert response.status_code == 400, response.text
     assert fake_kheops.dicomweb_requests == []
+
+
+@pytest.mark.parametrize("char", ["\x00", "\t", "\n", "\x1f", "\x7f"])
+def test_a_control_character_anywhere_is_refused_before_anything_is_sent(char: str) -> None:
+    # As a server that lets them through would hand them over: in the raw path, the query,
+    # or a header that would go up to KHEOPS.
+    resource = f"studies/{STUDY_1}/series"
+    with pytest.raises(relay.Refused, match="control characters"):
+        relay.check("GET", f"/launches/x/dicomweb/{resource}{char}", resource, "")
+    with pytest.raises(relay.Refused, match="control characters"):
+        relay.check("GET", f"/launches/x/dicomweb/{resource}", resource, f"limit=1{char}")
+    with pytest.raises(relay.Refused, match="accept header"):
+        relay.upstream_headers({"accept": f"application/json{char}"}, "token", upload=False)
+
+
+def test_printable_characters_beyond_ascii_are_not_control_characters() -> None:
+    resource = f"studies/{STUDY_1}/series"
+    target = relay.check("GET", f"/launches/x/dicomweb/{resource}", resource, "q=\x80\xe9~ ")
+    headers = relay.upstream_headers({"accept": "text/plain; q=0.5 \xe9"}, "t", upload=False)
+
+    assert target.query == "q=\x80\xe9~ "
+    assert headers["accept"] == "text/plain; q=0.5 \xe9"
 
 
 # --- Uploads (STOW-RS) ------------------------------------------------------------------------
