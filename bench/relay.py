@@ -65,7 +65,8 @@ if "--quick" in sys.argv:
 BENCHMARK = "relay"
 # For development: only these parts (comma-separated: first,series,overhead,crowd).
 ONLY = set(filter(None, os.environ.get("BENCH_RELAY_ONLY", "").split(",")))
-BROWSER_PAIRS = 2 if QUICK else 15  # cold loads vary by ±10 %: fewer pairs cannot tell 1.05 from 1.00
+# Cold loads vary by ±10 % here: fewer pairs cannot tell 1.05 from 1.00.
+BROWSER_PAIRS = 2 if QUICK else 15
 SERIES_PAIRS = 2 if QUICK else 9
 OVERHEAD_REQUESTS = 100 if QUICK else 400
 VIEWERS = 10 if QUICK else 50

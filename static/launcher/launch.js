@@ -282,7 +282,7 @@
     var type = request.responseType;
     var body = got.text;
     if (got.text === null) {  // a frame: bytes
-      if (type !== "arraybuffer") { throw new TypeError("a binary answer"); }
+      if (type !== "arraybuffer") { throw new TypeError("binary"); }
       body = got.body;
     } else if (type === "json") {
       body = JSON.parse(got.text);
@@ -323,7 +323,9 @@
       return answer.then(function (got) {
         if (!got) { return networkFetch.apply(self, args); }
         answered(new URL(input, location.href).href);
-        return new Response(got.body, { status: got.status, headers: { "Content-Type": got.contentType } });
+        var headers = {};
+        headers[CONTENT_TYPE] = got.contentType;
+        return new Response(got.body, { status: got.status, headers: headers });
       });
     };
   }
