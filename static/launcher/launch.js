@@ -127,8 +127,9 @@
 
   // The study is known at launch: the first DICOMweb requests OHIF makes for it (the
   // QIDO of the study, its series list, the metadata of each series, and for a study of
-  // one series the frame of the image it draws first) are started here,
-  // while OHIF still loads, and OHIF's own requests for exactly those URLs are answered
+  // one series the frame of the image it draws first) are started once OHIF's bundle has
+  // run (DOMContentLoaded; started at once, the work they set off, here and on the server,
+  // competed with the bundle's own run: README, issue 20), before OHIF gets to them, and OHIF's own requests for exactly those URLs are answered
   // from them (docs/ohif.md, section on what the viewer asks for first). Only successful
   // answers are kept; any other request, or one made after an answer was used up or went
   // stale, goes to the network as before.
@@ -335,13 +336,15 @@
   if (launch.prefetch) {
     answerFromPrefetch();
     answerFetchFromPrefetch();
-    if (launch.prefetch.relayed) {
-      prefetchStudies(dicomwebRoot, launch.prefetch.studies, null);
-    } else {
-      token.then(function (body) {
-        if (body.authorization) { prefetchStudies(dicomwebRoot, launch.prefetch.studies, body.authorization); }
-      }, function () {});
-    }
+    document.addEventListener("DOMContentLoaded", function () {
+      if (launch.prefetch.relayed) {
+        prefetchStudies(dicomwebRoot, launch.prefetch.studies, null);
+      } else {
+        token.then(function (body) {
+          if (body.authorization) { prefetchStudies(dicomwebRoot, launch.prefetch.studies, body.authorization); }
+        }, function () {});
+      }
+    }, { once: true });
   }
   // OHIF 3.13 takes DICOMweb headers from its user-authentication service only; an
   // extension's preRegistration runs after services exist and before any data source,
