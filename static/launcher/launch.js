@@ -129,7 +129,8 @@
   // QIDO of the study, its series list, the metadata of each series, and for a study of
   // one series the frame of the image it draws first) are started once OHIF's bundle has
   // run (DOMContentLoaded; started at once, the work they set off, here and on the server,
-  // competed with the bundle's own run: README, issue 20), before OHIF gets to them, and OHIF's own requests for exactly those URLs are answered
+  // competed with the bundle's own run: README, issue 20), before OHIF gets to them, and
+  // OHIF's own requests for exactly those URLs are answered
   // from them (docs/ohif.md, section on what the viewer asks for first). Only successful
   // answers are kept; any other request, or one made after an answer was used up or went
   // stale, goes to the network as before.
