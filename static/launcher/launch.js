@@ -252,10 +252,25 @@
 
   // OHIF's DICOMweb client (dicomweb-client) uses XMLHttpRequest: a GET for a prefetched URL
   // waits for that answer instead of the network, and gets it as an XMLHttpRequest would.
+  // Aborted (or opened again) while it waits, it gets nothing more, as a request in flight.
+  var XHR_STATE = ["readyState", "status", "statusText", "responseURL", "response", "responseText",
+    "getResponseHeader", "getAllResponseHeaders"];
+
+  function own(request, name, value) {
+    Object.defineProperty(request, name, { configurable: true, value: value });
+  }
+
+  function forget(request) {  // the request's own state again (what `deliver` set goes)
+    request.kheopsOhifWaiting = null;
+    XHR_STATE.forEach(function (name) { delete request[name]; });
+  }
+
   function answerFromPrefetch() {
     var proto = XMLHttpRequest.prototype;
     var open = proto.open, setRequestHeader = proto.setRequestHeader, send = proto.send;
+    var abort = proto.abort;
     proto.open = function (method, url) {
+      forget(this);
       this.kheopsOhifUrl = String(method).toUpperCase() === "GET"
         ? new URL(url, location.href).href : null;
       this.kheopsOhifAccept = null;
@@ -269,7 +284,10 @@
       var request = this, args = arguments;
       var answer = request.kheopsOhifUrl && take(request.kheopsOhifUrl, request.kheopsOhifAccept);
       if (!answer) { return send.apply(request, args); }
+      var waiting = request.kheopsOhifWaiting = {};
       answer.then(function (got) {
+        if (request.kheopsOhifWaiting !== waiting) { return; }  // aborted, or opened again
+        request.kheopsOhifWaiting = null;
         try {
           if (got) { deliver(request, got); answered(request.kheopsOhifUrl); return; }
         } catch {
@@ -277,6 +295,17 @@
         }
         send.apply(request, args);
       });
+    };
+    proto.abort = function () {
+      if (!this.kheopsOhifWaiting) { return abort.apply(this, arguments); }
+      // As the browser aborts a request in flight: done (status 0), its events, then unsent.
+      forget(this);
+      own(this, "readyState", 4);
+      own(this, "status", 0);
+      this.dispatchEvent(new Event("readystatechange"));
+      this.dispatchEvent(new ProgressEvent("abort"));
+      this.dispatchEvent(new ProgressEvent("loadend"));
+      own(this, "readyState", 0);
     };
   }
 
@@ -291,43 +320,51 @@
     } else if (type === "arraybuffer") {
       body = new TextEncoder().encode(got.text).buffer;
     }
-    var own = function (name, value) {
-      Object.defineProperty(request, name, { configurable: true, value: value });
-    };
-    own("readyState", 4);
-    own("status", got.status);
-    own("statusText", "OK");
-    own("responseURL", got.url);
-    own("response", body);
-    if (type === "" || type === "text") { own("responseText", got.text); }
-    own("getResponseHeader", function (name) {
+    own(request, "readyState", 4);
+    own(request, "status", got.status);
+    own(request, "statusText", "OK");
+    own(request, "responseURL", got.url);
+    own(request, "response", body);
+    if (type === "" || type === "text") { own(request, "responseText", got.text); }
+    own(request, "getResponseHeader", function (name) {
       return String(name).toLowerCase() === CONTENT_TYPE ? got.contentType : null;
     });
-    own("getAllResponseHeaders", function () { return CONTENT_TYPE + ": " + got.contentType + "\r\n"; });
+    own(request, "getAllResponseHeaders", function () {
+      return CONTENT_TYPE + ": " + got.contentType + "\r\n";
+    });
     ["readystatechange", "load", "loadend"].forEach(function (type) {
       request.dispatchEvent(type === "readystatechange" ? new Event(type) : new ProgressEvent(type));
     });
   }
 
   // OHIF's image loader fetches frames with `fetch`: a GET for a prefetched frame (same URL,
-  // same Accept) gets that answer as a Response; anything else goes to the network.
+  // same Accept) gets that answer as a Response; anything else goes to the network. Its
+  // signal is heeded as the network's fetch heeds it (its abort rejects the promise).
   function answerFetchFromPrefetch() {
     var networkFetch = window.fetch;
     window.fetch = function (input, init) {
       var args = arguments;
       var method = (init && init.method) || "GET";
+      var signal = init && init.signal;
       var answer = null;
-      if (typeof input === "string" && String(method).toUpperCase() === "GET") {
+      if (typeof input === "string" && String(method).toUpperCase() === "GET" &&
+          !(signal && signal.aborted)) {
         answer = take(new URL(input, location.href).href, new Headers(init && init.headers).get("accept"));
       }
       if (!answer) { return networkFetch.apply(this, args); }
       var self = this;
-      return answer.then(function (got) {
-        if (!got) { return networkFetch.apply(self, args); }
-        answered(new URL(input, location.href).href);
-        var headers = {};
-        headers[CONTENT_TYPE] = got.contentType;
-        return new Response(got.body, { status: got.status, headers: headers });
+      return new Promise(function (resolve, reject) {
+        function aborted() { reject(signal.reason); }
+        if (signal) { signal.addEventListener("abort", aborted, { once: true }); }
+        answer.then(function (got) {
+          if (signal) { signal.removeEventListener("abort", aborted); }
+          if (signal && signal.aborted) { return; }
+          if (!got) { resolve(networkFetch.apply(self, args)); return; }
+          answered(new URL(input, location.href).href);
+          var headers = {};
+          headers[CONTENT_TYPE] = got.contentType;
+          resolve(new Response(got.body, { status: got.status, headers: headers }));
+        });
       });
     };
   }
