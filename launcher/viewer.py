@@ -125,8 +125,9 @@ def launch_data(grant: ViewerGrant) -> dict[str, Any]:
 
 
 # What OHIF 3.13 asks for first when it opens a study (docs/ohif.md, "What the viewer asks
-# for first"): the study's QIDO (twice), its series list, then each series' metadata, with
-# exactly these query strings, then the first image's frame. launch.js starts them at once and answers OHIF's requests
+# for first"): the study's QIDO (twice), its series list, the patient's studies (the study
+# query by Patient ID), then each series' metadata, with exactly these query strings, then
+# the first image's frame. launch.js starts them at once and answers OHIF's requests
 # for the same URLs from them.
 PREFETCH_STUDY_QUERY = (
     "limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060%2C00080090%2C00100030"
@@ -149,6 +150,9 @@ def prefetch(grant: ViewerGrant) -> dict[str, Any]:
         "seriesQuery": PREFETCH_SERIES_QUERY,
         "maxSeries": PREFETCH_MAX_SERIES,
         "frameAccept": PREFETCH_FRAME_ACCEPT,
+        # The patient's studies, by Patient ID (OHIF's study panel): direct mode only. The
+        # relay answers for the launch's own studies alone and refuses that query (403).
+        "patientStudies": not grant.relayed,
     }
 
 

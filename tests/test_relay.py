@@ -248,6 +248,8 @@ def test_in_relay_mode_the_viewer_talks_to_us_alone_and_never_gets_the_token(
     prefetch = json.loads(data)["prefetch"]
     assert prefetch["relayed"] is True
     assert prefetch["studies"] == [STUDY_1]
+    # Not the patient's studies: the relay refuses a query by Patient ID.
+    assert prefetch["patientStudies"] is False
 
 
 def test_in_direct_mode_the_relay_forwards_nothing(

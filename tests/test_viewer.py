@@ -173,6 +173,7 @@ def test_the_launch_data_names_the_studies_whose_first_requests_launch_js_starts
         "seriesQuery": "includefield=00080021%2C00080031%2C0008103E%2C00200011",
         "maxSeries": 8,
         "frameAccept": 'multipart/related; type="application/octet-stream"; transfer-syntax="*"',
+        "patientStudies": True,
     }
 
 

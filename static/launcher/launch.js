@@ -157,10 +157,22 @@
   function prefetchStudies(root, studyUids, authorization) {
     var headers = { Accept: DICOM_JSON };
     if (authorization) { headers.Authorization = authorization; }
+    var patients = {};
     studyUids.forEach(function (uid) {
       var study = root + "/studies/" + uid;
       remember(root + "/studies?" + launch.prefetch.studyQuery + "&StudyInstanceUID=" + uid,
-        launch.prefetch.studyQueryUses, headers);
+        launch.prefetch.studyQueryUses, headers).then(function (answer) {
+        // The patient's studies (OHIF's study panel asks for them before the series'
+        // metadata), when the Patient ID reads the same in a URL however it is encoded.
+        if (!launch.prefetch.patientStudies) { return; }
+        var found = [];
+        try { found = answer ? JSON.parse(answer.text) : []; } catch { found = []; }
+        var patient = Array.isArray(found) && found.length === 1 ? first(found[0], "00100020") : null;
+        if (typeof patient !== "string" || !/^[A-Za-z0-9._~-]{1,64}$/.test(patient) ||
+            patients[patient]) { return; }
+        patients[patient] = true;
+        remember(root + "/studies?00100020=" + patient + "&" + launch.prefetch.studyQuery, 1, headers);
+      });
       remember(study + "/series?" + launch.prefetch.seriesQuery, 1, headers).then(function (answer) {
         var series = [];
         try { series = answer ? JSON.parse(answer.text) : []; } catch { series = []; }

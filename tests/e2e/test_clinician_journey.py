@@ -93,6 +93,7 @@ def test_open_in_ohif_from_the_album_draws_the_study_with_the_token_kept_out_of_
 SERIES_QIDO = re.compile(r"/studies/[0-9.]+/series\?includefield=")
 SERIES_METADATA = re.compile(r"/studies/[0-9.]+/series/[0-9.]+/metadata$")
 STUDY_QIDO = re.compile(r"/studies\?limit=101&.*&StudyInstanceUID=[0-9.]+$")
+PATIENT_QIDO = re.compile(r"/studies\?00100020=[^&]+&limit=101&")
 # A request of OHIF's own, made in the page as its DICOMweb client makes them.
 XHR_GET_JSON = """(url) => new Promise((resolve) => {
   const request = new XMLHttpRequest();
@@ -108,11 +109,19 @@ XHR_GET_JSON = """(url) => new Promise((resolve) => {
 })"""
 
 
-def assert_first_requests_prefetched(requests_made: list[Request]) -> list[str]:
-    """The study's QIDO, series list and series metadata were each fetched once, by our
-    launch.js (`fetch`), and never by OHIF's own XMLHttpRequests (answered from them)."""
+def assert_first_requests_prefetched(
+    requests_made: list[Request], *, patient_studies: bool = True
+) -> list[str]:
+    """The study's QIDO, series list and series metadata, and the patient's studies, were
+    each fetched once, by our launch.js (`fetch`), and never by OHIF's own XMLHttpRequests
+    (answered from them). Relay mode (`patient_studies` False): the patient's studies are
+    not prefetched (the relay refuses that query): OHIF's own request alone asks for them."""
     urls = []
-    for pattern in (STUDY_QIDO, SERIES_QIDO, SERIES_METADATA):
+    for pattern in (STUDY_QIDO, SERIES_QIDO, SERIES_METADATA, PATIENT_QIDO):
+        if pattern is PATIENT_QIDO and not patient_studies:
+            matching = [r for r in requests_made if pattern.search(r.url)]
+            assert [r.resource_type for r in matching] == ["xhr"], [r.url for r in matching]
+            continue
         matching = [r for r in requests_made if pattern.search(r.url) and r.method == "GET"]
         assert [r.resource_type for r in matching] == ["fetch"], [
             (r.resource_type, r.url) for r in matching
@@ -139,7 +148,11 @@ def test_the_studys_first_dicomweb_requests_start_with_the_page_and_answer_ohifs
         journey.open_from_album(CT_STUDY)
         journey.wait_for_image()
     with journey.step("OHIF's first requests were answered from what launch.js fetched"):
-        _, series_qido, metadata = assert_first_requests_prefetched(journey.dicomweb_requests())
+        _, series_qido, metadata, patient = assert_first_requests_prefetched(
+            journey.dicomweb_requests()
+        )
+        # OHIF did ask for the patient's studies (its study panel), and got launch.js's.
+        assert patient in journey.page.evaluate("() => window.kheopsLaunch.answeredFromPrefetch")
         # One series: its first image's frame too, with the token as always.
         assert_first_frame_prefetched(journey, journey.dicomweb_requests())
         assert authorization_of(journey.dicomweb_requests()) == {f"Bearer {journey.token()}"}
