@@ -1001,6 +1001,142 @@ def test_a_browser_gone_mid_answer_below_django_closes_the_upstream_answer(
     assert 1 <= stream.sent < 10_000
 
 
+def relay_metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(f"kheops_ohif_{name}", labels) or 0.0
+
+
+def messages_below_django(
+    app: Application, client: Client, path: str, *, cancel_after: float | None = None
+) -> tuple[list[dict[str, Any]], BaseException | None]:
+    """Every message `app` sends for a GET of `client`'s browser (which stays until the
+    answer ends), and what the request ended with; `cancel_after`: the server cancels it
+    then (a stop, say), the browser still there."""
+    messages: list[dict[str, Any]] = []
+
+    async def request() -> BaseException | None:
+        app.relay_reads.learn(await _django_headers(app))
+        requested = False
+        done = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+            await asyncio.sleep(0)
+
+        scope = http_scope("GET", path, headers=[cookie_header(client)])
+        serving = asyncio.ensure_future(app(scope, receive, send))
+        if cancel_after is not None:
+            await asyncio.sleep(cancel_after)
+            serving.cancel()
+        try:
+            await asyncio.wait_for(serving, 10)
+        except BaseException as exc:  # what it ended with is the result
+            return exc
+        finally:
+            done.set()
+        return None
+
+    with transaction_kept():
+        ended = async_to_sync(request)()
+    return messages, ended
+
+
+def bodies(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m["type"] == "http.response.body"]
+
+
+class BreaksOff(httpx.AsyncByteStream):
+    """A KHEOPS answer that stops short: two pieces, then its connection is dropped."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"a" * 1000
+        await asyncio.sleep(0.05)
+        yield b"b" * 1000
+        await asyncio.sleep(0.05)
+        raise ConnectionResetError("KHEOPS fell over")
+
+
+def test_below_django_a_whole_answer_ends_and_is_counted(
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    root = relayed()
+    content = bytes(range(256)) * 1000
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "application/dicom"}, content=content)
+
+    fake_kheops.dicomweb_answer = answer
+    in_flight = relay_metric("relay_streams_in_flight")
+    down = relay_metric("relay_bytes_total", direction="down")
+
+    messages, ended = messages_below_django(Application(DjangoSpy()), client, study_path(root))  # type: ignore[arg-type]
+
+    assert ended is None
+    assert messages[0]["type"] == "http.response.start" and messages[0]["status"] == 200
+    assert b"".join(m["body"] for m in bodies(messages)) == content
+    # Ended once, by the last message, and nothing after it.
+    assert [m.get("more_body", False) for m in bodies(messages)][-1] is False
+    assert all(m.get("more_body") for m in bodies(messages)[:-1])
+    assert relay_metric("relay_bytes_total", direction="down") - down == len(content)
+    assert relay_metric("relay_streams_in_flight") == in_flight
+
+
+def test_below_django_a_kheops_break_mid_answer_cuts_the_answer_off(
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    root = relayed()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "text/plain"}, stream=BreaksOff())
+
+    fake_kheops.dicomweb_answer = answer
+    in_flight = relay_metric("relay_streams_in_flight")
+    down = relay_metric("relay_bytes_total", direction="down")
+    errors = relay_metric("kheops_errors_total", call="dicomweb", kind="unavailable")
+
+    messages, ended = messages_below_django(Application(DjangoSpy()), client, study_path(root))  # type: ignore[arg-type]
+
+    assert ended is None  # the server then closes the connection: the browser sees it cut
+    assert messages[0]["status"] == 200
+    passed_on = b"".join(m["body"] for m in bodies(messages))
+    assert passed_on.startswith(b"a")
+    # Never a made-up end: every piece said more was coming.
+    assert all(m["more_body"] for m in bodies(messages))
+    assert relay_metric("kheops_errors_total", call="dicomweb", kind="unavailable") == errors + 1
+    assert relay_metric("relay_bytes_total", direction="down") - down == len(passed_on)
+    assert relay_metric("relay_streams_in_flight") == in_flight
+
+
+def test_below_django_a_read_the_server_cancels_stays_cancelled(
+    client: Client, relayed: Callable[..., str], fake_kheops: FakeKheops
+) -> None:
+    # Only the browser going away ends a relayed read quietly: a cancellation of the
+    # server's (stopping, say) goes on, and KHEOPS's answer is closed all the same.
+    root = relayed()
+    stream = EndlessFrames.answering(fake_kheops)
+
+    messages, ended = messages_below_django(
+        Application(DjangoSpy()),  # type: ignore[arg-type]
+        client,
+        study_path(root),
+        cancel_after=0.3,
+    )
+
+    assert isinstance(ended, asyncio.CancelledError)
+    assert messages and messages[0]["status"] == 200
+    assert stream.closed
+    assert all(m["more_body"] for m in bodies(messages))
+
+
 # --- Uploads through our server: as they arrive ------------------------------------------
 
 
