@@ -96,9 +96,13 @@ DEPLOY_DEBIAN_PACKAGES := podman runc netavark aardvark-dns iptables catatonit p
 
 # Benchmarks (bench/*.py): a markdown table on stdout, JSON in git-ignored bench/results.json.
 # Each builds a throwaway database (temporary SQLite, or beside DATABASE_URL's). Orthanc and
-# Chromium too: the same Debian packages as the tests.
+# Chromium too: the same Debian packages as the tests; and nginx, the relay bench's reference
+# (a reverse proxy in C relaying the same loads; run from the bench's own configuration).
 bench: deps-dev system-deps-test prepare
+	@scripts/ensure-debian-packages.sh $(BENCH_DEBIAN_PACKAGES)
 	$(PY) bench/run.py
+
+BENCH_DEBIAN_PACKAGES := nginx-light
 
 # Load test (bench/loadtest.py): bursts of 1 to 500 simultaneous launches, and a slow KHEOPS,
 # against our production server and the WSGI baseline on PostgreSQL

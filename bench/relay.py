@@ -16,6 +16,9 @@ Measured, relay and direct alternating, each pair back to back:
 - **whole series loaded**: a viewer's fetch of the whole series as OHIF does it over HTTP/1.1
   (httpx, 6 connections as Chromium per host): the series' metadata, then every slice's frame
   (WADO-RS frames, multipart); from the first request to the last byte of the last frame.
+  With nginx installed (`make bench` installs it), two more sides in each round as a
+  reference: the same loads relayed by nginx, a reverse proxy in C with no code of ours,
+  adding the token (NginxRelay): what the extra hop costs any relay on this machine.
 - **relay overhead per request, our processing only**: the relay's Server-Timing `app` (from
   the view's start to the response handed to the server, less the wait for KHEOPS's
   answer's headers), over sequential QIDO-RS requests; and the same requests' latency, relay
@@ -31,13 +34,18 @@ Measured, relay and direct alternating, each pair back to back:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -57,6 +65,7 @@ from browser import (
 from playwright.sync_api import Browser, sync_playwright
 
 from devstack import LoopbackSession, app_env, manage_app
+from devstack.processes import free_port
 
 QUICK = "--quick" in sys.argv or os.environ.get("BENCH_RELAY_QUICK", "") not in ("", "0")
 if "--quick" in sys.argv:
@@ -67,7 +76,7 @@ BENCHMARK = "relay"
 ONLY = set(filter(None, os.environ.get("BENCH_RELAY_ONLY", "").split(",")))
 # Cold loads vary by ±10 % here: fewer pairs cannot tell 1.05 from 1.00.
 BROWSER_PAIRS = 2 if QUICK else 15
-SERIES_PAIRS = 2 if QUICK else 9
+SERIES_PAIRS = 2 if QUICK else 15
 OVERHEAD_REQUESTS = 100 if QUICK else 400
 VIEWERS = 10 if QUICK else 50
 FRAMES_PER_VIEWER = 20
@@ -257,29 +266,140 @@ def cpu_seconds(pid: int) -> float:
     return total + sum(cpu_seconds(int(child)) for child in children)
 
 
-def cpu_of(stack: BenchStack) -> dict[str, float]:
-    """CPU seconds so far of our app (its workers), the stand-in and Orthanc."""
+def cpu_of(stack: BenchStack, nginx: NginxRelay | None = None) -> dict[str, float]:
+    """CPU seconds so far of our app (its workers), the stand-in and Orthanc (and nginx)."""
     assert stack.kheops.server is not None and stack.orthanc.pid is not None
-    return {
+    spent = {
         "ours": sum(cpu_seconds(pid) for pid in stack.worker_pids()),
         "kheops": cpu_seconds(stack.kheops.server.process.pid),
         "orthanc": cpu_seconds(stack.orthanc.pid),
     }
+    if nginx is not None:
+        spent["nginx"] = cpu_seconds(nginx.process.pid)
+    return spent
+
+
+class NginxRelay:
+    """A reference for the relay: nginx (a reverse proxy written in C, no code of ours)
+    relaying the stand-in's DICOMweb with the token added, as our relay does, over the same
+    loopback. Two ways: `buffered` (nginx's default: it reads KHEOPS's answer ahead into its
+    buffers while it writes to the client; nothing to disk here) and `streamed`
+    (`proxy_buffering off`: each piece passed on as it comes, as our relay does), each
+    reading up to 64 KiB at a time (`proxy_buffer_size`, and `buffered` eight such buffers;
+    the defaults, 4 KiB, would make nginx pay for many small reads).
+
+    Its configuration holds the direct viewer's token (the stand-in's, for this run): in a
+    directory of this process's own, readable by it alone, removed on leaving."""
+
+    WAYS = ("buffered", "streamed")
+
+    def __init__(self, stack: BenchStack, direct: Viewer) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="kheops-ohif-bench-nginx-"))
+        upstream = urlsplit(stack.dicomweb_url)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.upstream_path = upstream.path
+        locations = "".join(
+            f"""
+    location /{way}/ {{
+      proxy_pass http://kheops/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host "{upstream.netloc}";
+      proxy_set_header Cookie "";
+      proxy_set_header Authorization "{direct.headers["Authorization"]}";
+      proxy_buffering {"on" if way == "buffered" else "off"};
+      proxy_buffer_size 64k;
+      proxy_buffers 8 64k;
+      proxy_max_temp_file_size 0;
+    }}"""
+            for way in self.WAYS
+        )
+        config = self.workdir / "nginx.conf"
+        with open(os.open(config, os.O_WRONLY | os.O_CREAT, 0o600), "w") as file:
+            file.write(f"""worker_processes 2;
+pid {self.workdir}/nginx.pid;
+error_log {self.workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {self.workdir}/body;
+  proxy_temp_path {self.workdir}/proxy;
+  fastcgi_temp_path {self.workdir}/fastcgi;
+  uwsgi_temp_path {self.workdir}/uwsgi;
+  scgi_temp_path {self.workdir}/scgi;
+  upstream kheops {{ server {upstream.hostname}:{upstream.port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{self.port};{locations}
+  }}
+}}
+""")
+        self.process = subprocess.Popen(
+            ["nginx", "-p", str(self.workdir), "-c", str(config), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL,
+        )
+
+    def viewer(self, way: str) -> Viewer:
+        return Viewer(f"{self.url}/{way}{self.upstream_path}", {})
+
+    def wait_until_listening(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("nginx stopped (its message is above)")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(self.url, timeout=1)
+                return
+            time.sleep(0.1)
+        raise RuntimeError("nginx did not answer within 10 s")
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def nginx_relay(stack: BenchStack, direct: Viewer) -> Iterator[NginxRelay | None]:
+    """The reference relay, or None (said on stderr) when nginx is not installed."""
+    if shutil.which("nginx") is None:
+        print(
+            "relay: nginx is not installed: no reference relay (make bench installs it)",
+            file=sys.stderr,
+        )
+        yield None
+        return
+    nginx = NginxRelay(stack, direct)
+    try:
+        nginx.wait_until_listening()
+        yield nginx
+    finally:
+        nginx.close()
 
 
 def measure_whole_series(
-    stack: BenchStack, viewers: dict[str, Viewer], series: _synthetic_ct.SyntheticSeries
+    stack: BenchStack,
+    viewers: dict[str, Viewer],
+    series: _synthetic_ct.SyntheticSeries,
+    nginx: NginxRelay | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
-    """Each mode's times, and the CPU seconds each process spent per load, by mode."""
+    """Each mode's times, and the CPU seconds each process spent per load, by mode; with
+    `nginx`, its two ways of relaying as two more sides of each round."""
+    if nginx is not None:
+        viewers = {**viewers, **{f"nginx {way}": nginx.viewer(way) for way in nginx.WAYS}}
     samples: dict[str, list[float]] = {name: [] for name in viewers}
     cpu: dict[str, dict[str, float]] = {name: {} for name in viewers}
     names = list(viewers)
-    asyncio.run(whole_series(viewers[names[0]], series))  # untimed: caches warm on both sides
+    for name in names:  # untimed: caches warm, connections open, on every side
+        asyncio.run(whole_series(viewers[name], series))
     for pair in range(SERIES_PAIRS):
         for name in names if pair % 2 == 0 else reversed(names):
-            before = cpu_of(stack)
+            before = cpu_of(stack, nginx)
             samples[name].append(asyncio.run(whole_series(viewers[name], series)))
-            for process, seconds in cpu_of(stack).items():
+            for process, seconds in cpu_of(stack, nginx).items():
                 spent = (seconds - before[process]) / SERIES_PAIRS
                 cpu[name][process] = cpu[name].get(process, 0.0) + spent
     return samples, cpu
@@ -461,7 +581,8 @@ def measure() -> list[_harness.Result]:
             say("first images", started)
         viewers = {mode.name: open_viewer(stack, mode, series.study_uid) for mode in modes}
         if wanted("series"):
-            results += series_results(*measure_whole_series(stack, viewers, series))
+            with nginx_relay(stack, viewers["direct"]) as nginx:
+                results += series_results(*measure_whole_series(stack, viewers, series, nginx))
             say("whole series", started)
         if wanted("overhead"):
             results += overhead_results(*measure_overhead(viewers, series))
@@ -492,7 +613,7 @@ def first_image_results(first: dict[str, list[float]], setup: str) -> list[_harn
 def series_results(
     whole: dict[str, list[float]], cpu: dict[str, dict[str, float]]
 ) -> list[_harness.Result]:
-    return [
+    results = [
         *(
             Result(
                 BENCHMARK,
@@ -501,7 +622,7 @@ def series_results(
                 whole[name],
                 f"metadata + 300 frames, 6 connections; {cpu_note(cpu[name])}",
             )
-            for name in ("relay", "direct")
+            for name in whole
         ),
         Result(
             BENCHMARK,
@@ -512,6 +633,18 @@ def series_results(
             target=SERIES_TARGET,
         ),
     ]
+    for name in whole:
+        if name.startswith("nginx"):
+            results.append(
+                Result(
+                    BENCHMARK,
+                    f"whole series loaded, {name}/direct per pair",
+                    "x",
+                    ratios(whole[name], whole["direct"]),
+                    "reference: the same loads relayed by nginx (C) with the token added",
+                )
+            )
+    return results
 
 
 def overhead_results(app: list[float], differences: list[float]) -> list[_harness.Result]:
