@@ -185,5 +185,11 @@ def index_html(grant: ViewerGrant) -> str | None:
         json_script(launch_data(grant), LAUNCH_DATA_ID)
         + f'<script src="{static("launcher/launch.js")}"></script>'
     )
+    if not grant.relayed:
+        # Direct mode: the connection to KHEOPS (DNS, TCP, TLS) is opened while OHIF's
+        # bundle loads, not by the first DICOMweb request. `crossorigin`: those requests
+        # carry no cookies (CORS, anonymous), and the browser keeps such connections apart.
+        origin = escape(services.origin_of(grant.dicomweb_endpoint))
+        launch = f'<link rel="preconnect" href="{origin}" crossorigin>' + launch
     html = template.replace(_LANG_SLOT, f'<html lang="{escape(get_language())}"', 1)
     return html.replace(_LAUNCH_SLOT, launch, 1)

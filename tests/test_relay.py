@@ -235,6 +235,8 @@ def test_in_relay_mode_the_viewer_talks_to_us_alone_and_never_gets_the_token(
     csp = page["Content-Security-Policy"]
     assert re.search(r"connect-src 'self'(;|$)", csp), csp
     assert ROOT not in csp
+    # Nothing to open in advance: the viewer talks to us alone.
+    assert 'rel="preconnect"' not in page.content.decode()
     [data] = re.findall(
         r'<script id="kheops-ohif-launch" type="application/json">(.*?)</script>',
         page.content.decode(),

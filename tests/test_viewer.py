@@ -108,6 +108,18 @@ def test_the_viewer_page_allows_exactly_the_dicomweb_origin(
     assert directives["frame-ancestors"] == ["'none'"]
 
 
+def test_in_direct_mode_the_page_opens_its_connection_to_kheops_while_ohif_loads(
+    client: Client, launched: Callable[..., str]
+) -> None:
+    page = client.get(launched()).content.decode()
+
+    # Before OHIF's scripts, anonymous as OHIF's DICOMweb requests are; the origin alone.
+    link = f'<link rel="preconnect" href="{ROOT}" crossorigin>'
+    assert page.count(link) == 1
+    assert page.index(link) < page.index("<script")
+    assert page.count('rel="preconnect"') == 1
+
+
 def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(
     client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
 ) -> None:
