@@ -40,7 +40,6 @@ import re
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -64,8 +63,7 @@ from browser import (
 )
 from playwright.sync_api import Browser, sync_playwright
 
-from devstack import LoopbackSession, app_env, manage_app
-from devstack.processes import free_port
+from devstack import LoopbackSession, ServerProcess, app_env, free_port, manage_app
 
 QUICK = "--quick" in sys.argv or os.environ.get("BENCH_RELAY_QUICK", "") not in ("", "0")
 if "--quick" in sys.argv:
@@ -275,7 +273,7 @@ def cpu_of(stack: BenchStack, nginx: NginxRelay | None = None) -> dict[str, floa
         "orthanc": cpu_seconds(stack.orthanc.pid),
     }
     if nginx is not None:
-        spent["nginx"] = cpu_seconds(nginx.process.pid)
+        spent["nginx"] = cpu_seconds(nginx.server.process.pid)
     return spent
 
 
@@ -319,7 +317,7 @@ class NginxRelay:
         with open(os.open(config, os.O_WRONLY | os.O_CREAT, 0o600), "w") as file:
             file.write(f"""worker_processes 2;
 pid {self.workdir}/nginx.pid;
-error_log {self.workdir}/error.log warn;
+error_log stderr warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
@@ -330,35 +328,24 @@ http {{
   scgi_temp_path {self.workdir}/scgi;
   upstream kheops {{ server {upstream.hostname}:{upstream.port}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{self.port};{locations}
+    listen 127.0.0.1:{self.port};
+    location = /healthz {{ return 204; }}{locations}
   }}
 }}
 """)
-        self.process = subprocess.Popen(
+        self.server = ServerProcess.start(
+            "nginx",
             ["nginx", "-p", str(self.workdir), "-c", str(config), "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL,
+            url=self.url,
+            env=os.environ,
+            log=self.workdir / "nginx.log",
         )
 
     def viewer(self, way: str) -> Viewer:
         return Viewer(f"{self.url}/{way}{self.upstream_path}", {})
 
-    def wait_until_listening(self) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("nginx stopped (its message is above)")
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(self.url, timeout=1)
-                return
-            time.sleep(0.1)
-        raise RuntimeError("nginx did not answer within 10 s")
-
     def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        self.server.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -374,7 +361,7 @@ def nginx_relay(stack: BenchStack, direct: Viewer) -> Iterator[NginxRelay | None
         return
     nginx = NginxRelay(stack, direct)
     try:
-        nginx.wait_until_listening()
+        nginx.server.wait_until_up("/healthz", workers=2)
         yield nginx
     finally:
         nginx.close()
