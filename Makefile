@@ -73,8 +73,9 @@ system-deps:
 system-deps-test:
 	@scripts/ensure-debian-packages.sh $(TEST_DEBIAN_PACKAGES)
 
-# Orthanc backs the KHEOPS stand-in's DICOMweb; Chromium runs the browser tests (tests/e2e).
-TEST_DEBIAN_PACKAGES := orthanc orthanc-dicomweb chromium
+# Orthanc backs the KHEOPS stand-in's DICOMweb; Chromium runs the browser tests (tests/e2e);
+# nginx runs the deployment's configuration in front of our app (the relay offload's tests).
+TEST_DEBIAN_PACKAGES := orthanc orthanc-dicomweb chromium nginx-light
 
 prepare: deps system-deps var/secret_key
 	$(PY) manage.py compilemessages --ignore .venv --ignore node_modules --ignore var --verbosity 0
@@ -96,13 +97,10 @@ DEPLOY_DEBIAN_PACKAGES := podman runc netavark aardvark-dns iptables catatonit p
 
 # Benchmarks (bench/*.py): a markdown table on stdout, JSON in git-ignored bench/results.json.
 # Each builds a throwaway database (temporary SQLite, or beside DATABASE_URL's). Orthanc and
-# Chromium too: the same Debian packages as the tests; and nginx, the relay bench's reference
-# (a reverse proxy in C relaying the same loads; run from the bench's own configuration).
+# Chromium and nginx too: the same Debian packages as the tests (nginx: the deployment's in
+# front of our app, and the relay bench's reference, a reverse proxy in C relaying the same loads).
 bench: deps-dev system-deps-test prepare
-	@scripts/ensure-debian-packages.sh $(BENCH_DEBIAN_PACKAGES)
 	$(PY) bench/run.py
-
-BENCH_DEBIAN_PACKAGES := nginx-light
 
 # Load test (bench/loadtest.py): bursts of 1 to 500 simultaneous launches, and a slow KHEOPS,
 # against our production server and the WSGI baseline on PostgreSQL

@@ -174,6 +174,7 @@ def _start_app(
     *,
     workers: int,
     previous: tuple[PreviousRelease, Path] | None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[ServerProcess, dict[str, str]]:
     """Our app (or a previous release of it) migrated, trusting the stand-in, started; and
     its environment (for manage.py commands against it)."""
@@ -187,6 +188,7 @@ def _start_app(
         SECRET_KEY=secrets.token_urlsafe(50),
         OHIF_ROOT=str(OHIF_ROOT),
         LOG_LEVEL="WARNING",
+        **(extra_env or {}),
     )
     manage_app("migrate", "--noinput", "--verbosity", "0", env=env, code=code)
     trust_stand_in(stand_in.root_url, "KHEOPS stand-in (bench)", env=env, code=code)
@@ -224,9 +226,11 @@ class BenchStack:
         kheops_threads: int = 8,
         name: str = "bench",
         previous: tuple[PreviousRelease, Path] | None = None,
+        app_extra_env: dict[str, str] | None = None,
     ) -> BenchStack:
-        """Start everything (see the module docstring); `workers` are our app's. With
-        `previous` (a release and its checked-out code), that release is our app instead."""
+        """Start everything (see the module docstring); `workers` are our app's, `app_extra_env`
+        adds to its environment. With `previous` (a release and its checked-out code), that
+        release is our app instead."""
         workdir = Path(tempfile.mkdtemp(prefix=f"kheops-ohif-{name}-"))
         cleanup: list[Callable[[], None]] = [lambda: shutil.rmtree(workdir, ignore_errors=True)]
         try:
@@ -242,7 +246,14 @@ class BenchStack:
             cleanup.append(kheops.stop)
             database = ThrowawayDatabase.create(workdir, name)
             cleanup.append(database.drop)
-            app, env = _start_app(workdir, database, kheops, workers=workers, previous=previous)
+            app, env = _start_app(
+                workdir,
+                database,
+                kheops,
+                workers=workers,
+                previous=previous,
+                extra_env=app_extra_env,
+            )
             cleanup.append(app.stop)
             kheops.wait_until_up()
             # readyz, not healthz: it also says the OHIF bundle is installed (not in a

@@ -64,6 +64,7 @@ from browser import (
 from playwright.sync_api import Browser, sync_playwright
 
 from devstack import LoopbackSession, ServerProcess, app_env, free_port, manage_app
+from devstack.nginx import NginxFront, nginx_installed
 
 QUICK = "--quick" in sys.argv or os.environ.get("BENCH_RELAY_QUICK", "") not in ("", "0")
 if "--quick" in sys.argv:
@@ -264,16 +265,16 @@ def cpu_seconds(pid: int) -> float:
     return total + sum(cpu_seconds(int(child)) for child in children)
 
 
-def cpu_of(stack: BenchStack, nginx: NginxRelay | None = None) -> dict[str, float]:
-    """CPU seconds so far of our app (its workers), the stand-in and Orthanc (and nginx)."""
+def cpu_of(stack: BenchStack, nginxes: dict[str, ServerProcess]) -> dict[str, float]:
+    """CPU seconds so far of our app (its workers), the stand-in and Orthanc, and `nginxes`."""
     assert stack.kheops.server is not None and stack.orthanc.pid is not None
     spent = {
         "ours": sum(cpu_seconds(pid) for pid in stack.worker_pids()),
         "kheops": cpu_seconds(stack.kheops.server.process.pid),
         "orthanc": cpu_seconds(stack.orthanc.pid),
     }
-    if nginx is not None:
-        spent["nginx"] = cpu_seconds(nginx.server.process.pid)
+    for name, server in nginxes.items():
+        spent[name] = cpu_seconds(server.process.pid)
     return spent
 
 
@@ -372,11 +373,16 @@ def measure_whole_series(
     viewers: dict[str, Viewer],
     series: _synthetic_ct.SyntheticSeries,
     nginx: NginxRelay | None = None,
+    front: NginxFront | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
     """Each mode's times, and the CPU seconds each process spent per load, by mode; with
     `nginx`, its two ways of relaying as two more sides of each round."""
+    nginxes = {}
     if nginx is not None:
         viewers = {**viewers, **{f"nginx {way}": nginx.viewer(way) for way in nginx.WAYS}}
+        nginxes["nginx (reference)"] = nginx.server
+    if front is not None:
+        nginxes["nginx (deployment)"] = front.server
     samples: dict[str, list[float]] = {name: [] for name in viewers}
     cpu: dict[str, dict[str, float]] = {name: {} for name in viewers}
     names = list(viewers)
@@ -384,9 +390,9 @@ def measure_whole_series(
         asyncio.run(whole_series(viewers[name], series))
     for pair in range(SERIES_PAIRS):
         for name in names if pair % 2 == 0 else reversed(names):
-            before = cpu_of(stack, nginx)
+            before = cpu_of(stack, nginxes)
             samples[name].append(asyncio.run(whole_series(viewers[name], series)))
-            for process, seconds in cpu_of(stack, nginx).items():
+            for process, seconds in cpu_of(stack, nginxes).items():
                 spent = (seconds - before[process]) / SERIES_PAIRS
                 cpu[name][process] = cpu[name].get(process, 0.0) + spent
     return samples, cpu
@@ -394,6 +400,30 @@ def measure_whole_series(
 
 def cpu_note(cpu: dict[str, float]) -> str:
     return "CPU s per load: " + ", ".join(f"{name} {s:.2f}" for name, s in cpu.items())
+
+
+OFFLOADED = "relay, nginx offload"
+
+
+@contextlib.contextmanager
+def deployment_nginx(stack: BenchStack, offload_key: str) -> Iterator[NginxFront | None]:
+    """The deployment's nginx (deploy/nginx, devstack.nginx) in front of our app, carrying
+    the relayed reads the app hands over (the relay offload); None without nginx."""
+    if not nginx_installed():
+        print("relay: nginx is not installed: no offload (make bench installs it)", file=sys.stderr)
+        yield None
+        return
+    front = NginxFront.start(
+        stack.app_url,
+        offload_kheops=[stack.kheops_url],
+        offload_key=offload_key,
+        workers=len(stack.worker_pids()),
+    )
+    try:
+        front.wait_until_up()
+        yield front
+    finally:
+        front.stop()
 
 
 # --- relay overhead -------------------------------------------------------------------------------
@@ -520,7 +550,7 @@ def measure_crowds(
     stack: BenchStack, viewers: dict[str, Viewer], series: _synthetic_ct.SyntheticSeries
 ) -> dict[str, Crowd]:
     results = {}
-    for name in ("relay", "direct"):
+    for name in [name for name in viewers if not name.startswith("nginx")]:
         with RssSampler(stack.worker_pids()) as rss:
             results[name] = asyncio.run(crowd(viewers[name], series, VIEWERS))
         results[name].peak_rss_mb = dict(rss.peak)
@@ -552,7 +582,15 @@ def measure() -> list[_harness.Result]:
     series = _synthetic_ct.ensure()
     say("synthetic CT ready", started)
     results: list[_harness.Result] = []
-    with BenchStack.start(name=BENCHMARK, kheops_threads=32) as stack:
+    offload_key = secrets.token_urlsafe(32)
+    with (
+        BenchStack.start(
+            name=BENCHMARK,
+            kheops_threads=32,
+            app_extra_env={"DICOMWEB_RELAY_OFFLOAD_KEY": offload_key},
+        ) as stack,
+        deployment_nginx(stack, offload_key) as front,
+    ):
         _synthetic_ct.load_into_orthanc(stack.orthanc.url, series)
         share_in_album(stack, series)
         modes = [Mode("relay", add_relay_provider(stack)), Mode("direct", stack.client_id)]
@@ -567,9 +605,16 @@ def measure() -> list[_harness.Result]:
             )
             say("first images", started)
         viewers = {mode.name: open_viewer(stack, mode, series.study_uid) for mode in modes}
+        if front is not None:
+            # The same launch's relay, through the deployment's nginx: it carries the reads.
+            viewers[OFFLOADED] = Viewer(
+                viewers["relay"].root.replace(stack.app_url, front.url), viewers["relay"].headers
+            )
         if wanted("series"):
             with nginx_relay(stack, viewers["direct"]) as nginx:
-                results += series_results(*measure_whole_series(stack, viewers, series, nginx))
+                results += series_results(
+                    *measure_whole_series(stack, viewers, series, nginx, front)
+                )
             say("whole series", started)
         if wanted("overhead"):
             results += overhead_results(*measure_overhead(viewers, series))
@@ -620,6 +665,17 @@ def series_results(
             target=SERIES_TARGET,
         ),
     ]
+    if OFFLOADED in whole:
+        results.append(
+            Result(
+                BENCHMARK,
+                f"whole series loaded, {OFFLOADED}/direct per pair",
+                "x",
+                ratios(whole[OFFLOADED], whole["direct"]),
+                "the deployment's nginx in front: it carries the reads our app hands over",
+                target=SERIES_TARGET,
+            )
+        )
     for name in whole:
         if name.startswith("nginx"):
             results.append(
@@ -655,8 +711,7 @@ def overhead_results(app: list[float], differences: list[float]) -> list[_harnes
 
 
 def crowd_results(crowds: dict[str, Crowd]) -> list[_harness.Result]:
-    relay_rss = list(crowds["relay"].peak_rss_mb.values())
-    return [
+    results = [
         *(
             Result(
                 BENCHMARK,
@@ -666,7 +721,7 @@ def crowd_results(crowds: dict[str, Crowd]) -> list[_harness.Result]:
                 f"of {crowds[name].requests} requests in flight together",
                 target=0.0,
             )
-            for name in ("relay", "direct")
+            for name in crowds
         ),
         *(
             Result(
@@ -676,19 +731,24 @@ def crowd_results(crowds: dict[str, Crowd]) -> list[_harness.Result]:
                 [crowds[name].throughput_mb_s],
                 f"{crowds[name].bytes / MB:.0f} MB in {crowds[name].seconds:.1f} s",
             )
-            for name in ("relay", "direct")
-        ),
-        Result(
-            BENCHMARK,
-            f"{VIEWERS} viewers at once, relay: peak RSS per worker",
-            "MB",
-            [max(relay_rss)],
-            "the largest of our workers' peaks (each: "
-            + ", ".join(f"{mb:.0f}" for mb in relay_rss)
-            + " MB), sampled every 100 ms",
-            target=RSS_TARGET_MB,
+            for name in crowds
         ),
     ]
+    for name in [name for name in crowds if name != "direct"]:
+        rss = list(crowds[name].peak_rss_mb.values())
+        results.append(
+            Result(
+                BENCHMARK,
+                f"{VIEWERS} viewers at once, {name}: peak RSS per worker",
+                "MB",
+                [max(rss)],
+                "the largest of our workers' peaks (each: "
+                + ", ".join(f"{mb:.0f}" for mb in rss)
+                + " MB), sampled every 100 ms",
+                target=RSS_TARGET_MB,
+            )
+        )
+    return results
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ PY
   init-secrets)
     dir="${1:?init-secrets DIR}"
     mkdir -p "$dir"
-    for name in secret_key sealing_key metrics_token db_password; do
+    for name in secret_key sealing_key metrics_token db_password relay_offload_key; do
       [ -s "$dir/$name" ] && continue
       python -c 'import secrets; print(secrets.token_urlsafe(50))' >"$dir/.$name.new"
       # The database password is read by the database's container too (another user).

@@ -485,6 +485,11 @@ DICOMWEB_RELAY_MAX_UPLOAD_BYTES = envint("DICOMWEB_RELAY_MAX_UPLOAD_BYTES", 512 
 # The relayed answers one server process streams at a time; further requests wait their turn
 # (launcher.relay_reads): the memory of a process stays bounded whatever the crowd of viewers.
 DICOMWEB_RELAY_STREAMS_PER_PROCESS = envint("DICOMWEB_RELAY_STREAMS_PER_PROCESS", 64)
+# Behind the nginx of deploy/nginx with its relay offload on: the key nginx sends with every
+# request (X-Relay-Offload-Key), which tells this server that nginx carries a relayed read to
+# KHEOPS itself when asked (launcher.relay_reads: X-Accel-Redirect). Empty: never asked, this
+# server carries every relayed read. At least 32 characters (launcher.E017).
+DICOMWEB_RELAY_OFFLOAD_KEY = envsecret("DICOMWEB_RELAY_OFFLOAD_KEY")
 # After `rotate_signing_key`, the previous public key stays in our JWKS this long.
 SIGNING_KEY_GRACE_SECONDS = envint("SIGNING_KEY_GRACE_SECONDS", 3600)
 

@@ -236,6 +236,27 @@ def check_metrics_token(app_configs: Sequence[AppConfig] | None, **kwargs: Any) 
     ]
 
 
+# The key nginx proves itself with before this server hands it a KHEOPS token to carry a read.
+MINIMUM_RELAY_OFFLOAD_KEY_LENGTH = 32
+
+
+@register(Tags.security)
+def check_relay_offload_key(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
+    key = settings.DICOMWEB_RELAY_OFFLOAD_KEY
+    if not key or len(key) >= MINIMUM_RELAY_OFFLOAD_KEY_LENGTH:
+        return []
+    return [
+        Error(
+            f"DICOMWEB_RELAY_OFFLOAD_KEY is shorter than {MINIMUM_RELAY_OFFLOAD_KEY_LENGTH} "
+            "characters.",
+            hint="Whoever sends it may ask this server for KHEOPS tokens (it tells the server "
+            "that nginx carries relayed reads). Use the one deploy/nginx is given; generate "
+            "one: python -c 'import secrets; print(secrets.token_urlsafe(32))'.",
+            id="launcher.E017",
+        )
+    ]
+
+
 @register(Tags.security)
 def check_oidc(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
     """Admin sign-in through OpenID Connect (launcher.oidc): what would only fail at sign-in."""

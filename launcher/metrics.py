@@ -88,6 +88,12 @@ RELAY_BYTES = Counter(
     ["direction"],
 )
 
+RELAY_OFFLOADED = Counter(
+    f"{PREFIX}_relay_offloaded",
+    "Relayed reads handed to nginx to carry (its relay offload): their bytes are nginx's to "
+    "count, not in relay_bytes.",
+)
+
 
 def kheops_error_kind(exc: Exception) -> str:
     """The label of a launcher.kheops error (its class name, without the prefix)."""

@@ -21,17 +21,28 @@ paths say the same things, and the view stays the whole relay for any other ASGI
 At most `STREAMS_PER_PROCESS` answers stream through a process at a time; the requests
 beyond wait for their turn on the event loop (holding no thread, no KHEOPS connection and
 no buffers), so that a crowd of viewers costs a bounded amount of memory per process.
+
+Behind the nginx of deploy/nginx with its relay offload on, a plainly fine read is not
+carried here at all: nginx proves itself with every request (X-Relay-Offload-Key, the key
+this server is given as DICOMWEB_RELAY_OFFLOAD_KEY) and names the KHEOPS origins it can
+reach (X-Relay-Offload-Origins). For a grant on one of those, the answer is an empty one
+telling nginx where to ask (X-Accel-Redirect, an internal location of its own for that
+origin) and with what: the token, this answer's security headers and Server-Timing, each in
+an X-Relay-* header that nginx takes and never passes on (docs/relay-offload.md). The checks
+above stay here; only the carrying of the bytes moves to nginx, which does it in C.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http.cookie import parse_cookie
@@ -63,6 +74,28 @@ SECURITY_HEADERS = frozenset(
         b"x-frame-options",
     }
 )
+
+
+# nginx's internal location for the KHEOPS origin it names n-th: /_kheops_relay/<n>/.
+OFFLOAD_LOCATION = "/_kheops_relay/"
+# The DICOMweb root's path that may go into X-Accel-Redirect as it is (no escaping needed).
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._~/-]*\Z")
+
+
+def offload_location(headers: dict[str, str], dicomweb_endpoint: str) -> str | None:
+    """Where nginx asks KHEOPS for this read (its path, without the resource), or None when
+    this server carries it: nginx did not prove itself, or cannot reach that KHEOPS."""
+    key = settings.DICOMWEB_RELAY_OFFLOAD_KEY
+    given = headers.get("x-relay-offload-key")
+    if not key or given is None or not hmac.compare_digest(given.encode(), key.encode()):
+        return None
+    endpoint = urlsplit(dicomweb_endpoint)
+    origin = f"{endpoint.scheme}://{endpoint.netloc}".lower()
+    origins = headers.get("x-relay-offload-origins", "").lower().split()
+    path = endpoint.path.rstrip("/")
+    if origin not in origins or not _PLAIN_PATH.match(path):
+        return None
+    return f"{OFFLOAD_LOCATION}{origins.index(origin)}{path}"
 
 
 class RelayReads:
@@ -111,12 +144,35 @@ class RelayReads:
             upstream_headers = relay.upstream_headers(headers, grant.access_token, upload=False)
         except relay.Refused:
             return False
-        url = grant.dicomweb_endpoint.rstrip("/") + "/" + target.path
-        if target.query:
-            url += "?" + target.query
+        query = "?" + target.query if target.query else ""
+        offload = offload_location(headers, grant.dicomweb_endpoint)
+        if offload is not None:
+            await self._hand_to_nginx(
+                send, f"{offload}/{target.path}{query}", upstream_headers, started
+            )
+            return True
+        url = grant.dicomweb_endpoint.rstrip("/") + "/" + target.path + query
         async with self._turn():
             await self._stream(scope, receive, send, url, upstream_headers, started)
         return True
+
+    async def _hand_to_nginx(
+        self, send: Send, location: str, upstream_headers: dict[str, str], started: float
+    ) -> None:
+        """nginx carries the read (deploy/nginx): where, and the headers only it reads."""
+        metrics.RELAY_OFFLOADED.inc()
+        headers = [
+            (b"x-accel-redirect", location.encode("latin-1")),
+            (b"x-relay-authorization", upstream_headers["authorization"].encode("latin-1")),
+        ]
+        for name, value in self.security_headers or ():
+            headers.append((b"x-relay-" + name, value))
+        timing = server_timing([], time.perf_counter() - started)
+        # Nothing else: nginx puts some headers of a hand-over (Cache-Control, Set-Cookie…)
+        # on the answer it carries.
+        headers += [(b"x-relay-server-timing", timing.encode("latin-1")), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> Any:

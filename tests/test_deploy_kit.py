@@ -9,7 +9,10 @@ kubernetes-validate, which bundles the schemas of each Kubernetes version.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -144,7 +147,7 @@ def test_the_migration_job_and_the_servers_read_the_same_settings_and_secrets(
 # --- the compose stack and nginx ------------------------------------------------------------------
 
 COMPOSE = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
-NGINX_TEMPLATE = (REPO / "deploy" / "nginx" / "nginx.conf.template").read_text()
+NGINX = REPO / "deploy" / "nginx"
 
 
 def test_compose_runs_two_alike_replicas_behind_nginx_and_a_one_shot_migration() -> None:
@@ -167,30 +170,54 @@ def test_compose_runs_two_alike_replicas_behind_nginx_and_a_one_shot_migration()
     assert [name for name, service in services.items() if "ports" in service] == ["nginx"]
 
 
-def rendered_nginx_conf(base_path: str) -> str:
-    """The template as deploy/nginx/entrypoint.sh fills it (envsubst of these names only)."""
-    values = {
-        "PUBLIC_ORIGIN": "https://viewer.example.org",
-        "BASE_PATH": base_path,
-        "PASS_ROOT": "/" if base_path else "",
-        "PASS_LAUNCHES": "/launches/" if base_path else "",
-        "UPSTREAM_SERVERS": "    server app-1:8000;\n    server app-2:8000;\n",
-        "TLS_CERT": "/etc/nginx/tls/tls.crt",
-        "TLS_KEY": "/etc/nginx/tls/tls.key",
+def render_nginx(out: Path, base_path: str = "", **env: str) -> subprocess.CompletedProcess:
+    """deploy/nginx/render.sh, as nginx's entrypoint runs it, into `out`."""
+    return subprocess.run(
+        ["sh", str(NGINX / "render.sh"), str(out)],
+        env={
+            "PATH": os.environ["PATH"],
+            "PUBLIC_BASE_URL": f"https://viewer.example.org{base_path}",
+            "UPSTREAMS": "app-1:8000 app-2:8000",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def rendered_nginx_conf(base_path: str, tmp_path: Path) -> str:
+    """The main file and the HTTPS server's, as nginx's entrypoint makes them."""
+    out = tmp_path / f"nginx{base_path.replace('/', '-')}"
+    rendered = render_nginx(out, base_path)
+    assert rendered.returncode == 0, rendered.stderr
+    return (out / "nginx.conf").read_text() + (out / "kheops-ohif-server.conf").read_text()
+
+
+def test_each_nginx_template_names_only_what_render_sh_fills_in() -> None:
+    script = (NGINX / "render.sh").read_text()
+    calls = {
+        template: names
+        for names, template in re.findall(
+            r"envsubst '([^']*)' \\\n\s*<\"\$templates/([^\"]+)\"", script
+        )
     }
-    return re.sub(r"\$\{([A-Z_]+)\}", lambda m: values[m.group(1)], NGINX_TEMPLATE)
 
-
-def test_the_nginx_template_names_only_what_its_entrypoint_fills_in() -> None:
-    entrypoint = (REPO / "deploy" / "nginx" / "entrypoint.sh").read_text()
-    [names] = re.findall(r"envsubst '([^']*)'", entrypoint)
-
-    assert set(re.findall(r"\$\{[A-Z_]+\}", NGINX_TEMPLATE)) == set(names.split())
+    assert set(calls) == {
+        "nginx.conf.template",
+        "server.conf.template",
+        "relay-location.conf.template",
+    }
+    for template, names in calls.items():
+        text = (NGINX / template).read_text()
+        assert set(re.findall(r"\$\{[A-Z_]+\}", text)) == set(names.split()), template
 
 
 @pytest.mark.parametrize("base_path", ["", "/ohif"])
-def test_nginx_passes_the_forwarded_headers_and_its_request_id(base_path: str) -> None:
-    conf = rendered_nginx_conf(base_path)
+def test_nginx_passes_the_forwarded_headers_and_its_request_id(
+    base_path: str, tmp_path: Path
+) -> None:
+    conf = rendered_nginx_conf(base_path, tmp_path)
 
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
     assert "proxy_set_header X-Forwarded-Proto $scheme;" in conf
@@ -210,11 +237,104 @@ def test_nginx_passes_the_forwarded_headers_and_its_request_id(base_path: str) -
     assert "proxy_buffering off;" in launches and "proxy_request_buffering off;" in launches
 
 
-def test_with_a_sub_path_nginx_strips_the_prefix_without_it_passes_the_uri_as_is() -> None:
-    assert "location /ohif/ {\n            proxy_pass http://kheops_ohif/;" in rendered_nginx_conf(
-        "/ohif"
+def test_with_a_sub_path_nginx_strips_the_prefix_without_it_passes_the_uri_as_is(
+    tmp_path: Path,
+) -> None:
+    assert "location /ohif/ {\n    proxy_pass http://kheops_ohif/;" in rendered_nginx_conf(
+        "/ohif", tmp_path
     )
-    assert "location / {\n            proxy_pass http://kheops_ohif;" in rendered_nginx_conf("")
+    assert "location / {\n    proxy_pass http://kheops_ohif;" in rendered_nginx_conf("", tmp_path)
+
+
+def test_the_relay_offload_is_off_unless_nginx_is_given_kheops_origins(tmp_path: Path) -> None:
+    rendered = render_nginx(tmp_path, RELAY_OFFLOAD_KEY="k" * 40)
+    server = (tmp_path / "kheops-ohif-server.conf").read_text()
+
+    assert rendered.returncode == 0, rendered.stderr
+    # Empty values: nginx sends neither header, whatever the browser sent under those names.
+    assert 'proxy_set_header X-Relay-Offload-Key "";' in server
+    assert 'proxy_set_header X-Relay-Offload-Origins "";' in server
+    assert "location /_kheops_relay/" not in (tmp_path / "kheops-relay-locations.conf").read_text()
+
+
+def test_nginx_gets_an_internal_location_per_kheops_origin_it_can_reach(tmp_path: Path) -> None:
+    key = "k" * 40
+    (tmp_path / "key").write_text(key + "\n")
+    rendered = render_nginx(
+        tmp_path / "out",
+        RELAY_OFFLOAD_KHEOPS="https://KHEOPS.example.invalid http://127.0.0.1:8042/ https://[::1]",
+        RELAY_OFFLOAD_KEY_FILE=str(tmp_path / "key"),
+    )
+    out = tmp_path / "out"
+
+    # An IPv6 literal is not an origin this script takes.
+    assert rendered.returncode == 1 and "not an origin" in rendered.stderr
+    # .invalid never resolves: left to the app, and said.
+    rendered = render_nginx(
+        out,
+        RELAY_OFFLOAD_KHEOPS="https://KHEOPS.example.invalid http://127.0.0.1:8042/",
+        RELAY_OFFLOAD_KEY_FILE=str(tmp_path / "key"),
+    )
+    server = (out / "kheops-ohif-server.conf").read_text()
+    locations = (out / "kheops-relay-locations.conf").read_text()
+    upstreams = (out / "kheops-relay-http.conf").read_text()
+    assert rendered.returncode == 0, rendered.stderr
+    assert "kheops.example.invalid does not resolve" in rendered.stderr
+    assert f'proxy_set_header X-Relay-Offload-Key "{key}";' in server
+    assert 'proxy_set_header X-Relay-Offload-Origins "http://127.0.0.1:8042";' in server
+    assert "location /_kheops_relay/0/ {\n    proxy_pass http://kheops_relay_0/;" in locations
+    assert 'proxy_set_header Host "127.0.0.1:8042";' in locations
+    assert "location /_kheops_relay/1/" not in locations
+    assert "upstream kheops_relay_0 {\n    server 127.0.0.1:8042;" in upstreams
+    # The files that hold the key: this user's alone.
+    assert stat.S_IMODE((out / "kheops-ohif-server.conf").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("key", ["", "short", "k" * 31, "k" * 40 + '"; evil'], ids=repr)
+def test_nginx_refuses_an_offload_key_that_is_missing_short_or_not_plain(
+    tmp_path: Path, key: str
+) -> None:
+    rendered = render_nginx(
+        tmp_path, RELAY_OFFLOAD_KHEOPS="http://127.0.0.1:8042", RELAY_OFFLOAD_KEY=key
+    )
+
+    assert rendered.returncode == 1
+    assert "RELAY_OFFLOAD_KEY" in rendered.stderr
+
+
+def test_the_rendered_production_configuration_is_valid_nginx(tmp_path: Path) -> None:
+    """`nginx -t` on what the image's entrypoint makes (offload on), with only the paths that
+    would touch this machine (pid, cache, TLS files) moved into the test's directory."""
+    nginx = shutil.which("nginx")
+    assert nginx, "nginx is missing: `make test` installs Debian's nginx-light"
+    out = tmp_path / "conf"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=viewer.example.org", "-keyout", str(tmp_path / "tls.key"),
+         "-out", str(tmp_path / "tls.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    rendered = render_nginx(
+        out,
+        UPSTREAMS="127.0.0.1:8000 127.0.0.1:8001",
+        TLS_CERT=str(tmp_path / "tls.crt"),
+        TLS_KEY=str(tmp_path / "tls.key"),
+        RELAY_OFFLOAD_KHEOPS="https://127.0.0.1:8443 http://127.0.0.1:8042",
+        RELAY_OFFLOAD_KEY="k" * 40,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    main = (out / "nginx.conf").read_text()
+    main = main.replace("pid /run/nginx.pid;", f"pid {tmp_path}/nginx.pid;")
+    main = main.replace("/var/cache/nginx/kheops-ohif", f"{tmp_path}/cache")
+    (out / "nginx.conf").write_text(main)
+
+    checked = subprocess.run(
+        [nginx, "-t", "-q", "-p", str(tmp_path), "-c", str(out / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
 
 
 # --- the image ------------------------------------------------------------------------------------
@@ -249,7 +369,7 @@ def test_the_image_entrypoint_serves_as_the_readme_says() -> None:
 
 
 def test_the_image_entrypoint_is_valid_posix_shell() -> None:
-    for script in (ENTRYPOINT, REPO / "deploy" / "nginx" / "entrypoint.sh"):
+    for script in (ENTRYPOINT, NGINX / "entrypoint.sh", NGINX / "render.sh"):
         result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
 
@@ -278,7 +398,13 @@ def test_init_secrets_makes_each_missing_secret_once(tmp_path: Path) -> None:
     )
 
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
-    assert set(made) == {"secret_key", "sealing_key", "metrics_token", "db_password"}
+    assert set(made) == {
+        "secret_key",
+        "sealing_key",
+        "metrics_token",
+        "db_password",
+        "relay_offload_key",
+    }
     assert made["secret_key"] == "kept\n"
     assert all(len(value.strip()) >= 50 for name, value in made.items() if name != "secret_key")
     assert {path.name: path.read_text() for path in secrets.iterdir()} == made

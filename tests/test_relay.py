@@ -1274,3 +1274,49 @@ def test_a_relayed_grant_whose_token_cannot_be_opened_says_to_tell_the_administr
     assert answer.status == 500
     assert answer.json()["advice"].startswith("Tell this viewer's administrator")
     assert fake_kheops.dicomweb_requests == []  # nothing was sent to KHEOPS
+
+
+# --- The hand-over to nginx (its relay offload; through nginx: tests/integration) -------------
+
+OFFLOAD_KEY = "o" * 40
+
+
+@pytest.mark.parametrize(
+    ("headers", "endpoint", "location"),
+    [
+        ({"x-relay-offload-key": OFFLOAD_KEY, "x-relay-offload-origins": "https://a.org https://kheops.org"},
+         "https://kheops.org/api", "/_kheops_relay/1/api"),
+        # Origins compare as browsers do: the scheme and host in any case.
+        ({"x-relay-offload-key": OFFLOAD_KEY, "x-relay-offload-origins": "HTTPS://KHEOPS.org"},
+         "https://kheops.ORG/api/", "/_kheops_relay/0/api"),
+        ({"x-relay-offload-key": OFFLOAD_KEY, "x-relay-offload-origins": "https://kheops.org:8443"},
+         "https://kheops.org/api", None),
+        ({"x-relay-offload-key": OFFLOAD_KEY + "x", "x-relay-offload-origins": "https://kheops.org"},
+         "https://kheops.org/api", None),
+        ({"x-relay-offload-origins": "https://kheops.org"}, "https://kheops.org/api", None),
+        # A DICOMweb root whose path would need escaping in X-Accel-Redirect: the app carries it.
+        ({"x-relay-offload-key": OFFLOAD_KEY, "x-relay-offload-origins": "https://kheops.org"},
+         "https://kheops.org/a%20b", None),
+    ],
+)  # fmt: skip
+def test_a_read_is_handed_to_nginx_only_with_its_key_and_for_an_origin_it_reaches(
+    settings: Any, headers: dict[str, str], endpoint: str, location: str | None
+) -> None:
+    from launcher.relay_reads import offload_location
+
+    settings.DICOMWEB_RELAY_OFFLOAD_KEY = OFFLOAD_KEY
+    assert offload_location(headers, endpoint) == location
+    settings.DICOMWEB_RELAY_OFFLOAD_KEY = ""
+    assert offload_location(headers, endpoint) is None  # no key of ours: never
+
+
+def test_a_short_offload_key_is_refused_by_the_system_checks(settings: Any) -> None:
+    from launcher.checks import check_relay_offload_key
+
+    settings.DICOMWEB_RELAY_OFFLOAD_KEY = "abc123xyz"
+    [error] = check_relay_offload_key(None)
+
+    assert error.id == "launcher.E017"
+    assert "abc123xyz" not in error.msg + error.hint
+    settings.DICOMWEB_RELAY_OFFLOAD_KEY = OFFLOAD_KEY
+    assert check_relay_offload_key(None) == []

@@ -146,6 +146,7 @@ class Stack:
     workdir: Path
     port: int = field(default_factory=free_port)
     up: bool = False
+    relay_offload_kheops: str = ""
 
     @property
     def public_url(self) -> str:
@@ -170,6 +171,7 @@ class Stack:
             "TOKEN_RATE_LIMIT": "off",
             # The stand-in answers on the network's gateway, over plain http (a test lab).
             "ALLOW_INSECURE_HTTP_KHEOPS": "true",
+            "RELAY_OFFLOAD_KHEOPS": self.relay_offload_kheops,
         }
 
     def compose(self, *args: str, check: bool = True) -> str:
@@ -205,6 +207,18 @@ class Stack:
             time.sleep(1)
         run("podman", "cp", f"{self.container('nginx')}:/var/lib/nginx-tls/self-signed.crt",
             str(self.cert))  # fmt: skip
+        self.wait_for_nginx()
+
+    def offload_relay_to_nginx(self, kheops_url: str) -> None:
+        """nginx made again with its relay offload on for `kheops_url` (known only once the
+        stack's network is up: the stand-in answers on its gateway)."""
+        self.relay_offload_kheops = kheops_url
+        self.compose("up", "-d", "--no-deps", "--force-recreate", "nginx")
+        self.wait_for_nginx()
+        if f"the relay offload carries reads from: {kheops_url}" not in self.logs("nginx"):
+            raise Failed(f"nginx did not take up the offload:\n{self.logs('nginx')[-1500:]}")
+
+    def wait_for_nginx(self) -> None:
         with self.client() as http:
             for _ in range(60):
                 with contextlib.suppress(httpx.HTTPError):
@@ -479,6 +493,54 @@ def viewer_in_its_browser(stack: Stack, clinician: Clinician, client_id: str) ->
     asyncio.run(browse())
 
 
+def relayed_read_carried_by_nginx(stack: Stack, clinician: Clinician, client_id: str) -> None:
+    """Relay mode, nginx's offload on: a DICOMweb read through our relay is carried by nginx
+    (the app hands it over: its Server-Timing names no KHEOPS round trip of its own, and
+    nginx's access log names both the replica and KHEOPS), and nothing the browser gets
+    says how (no X-Relay-*, no X-Accel-*)."""
+    studies = clinician.studies()
+    token = clinician.user_token("bob")
+    stack.manage("shell", "-c", RELAY_FOR_ALL_PROVIDERS.format(mode="relay"))
+    time.sleep(1.1)  # a code of its own (see viewer_in_its_browser)
+
+    async def browse() -> httpx.Response:
+        async with httpx.AsyncClient(verify=str(stack.cert), trust_env=False, timeout=60) as http:
+            report = await http.post(
+                f"{clinician.kheops_url}/api/report",
+                data={"access_token": token, "client_id": client_id, "studyUID": studies[2:3],
+                      "return_uri": f"{clinician.kheops_url}/albums/x"},
+            )  # fmt: skip
+            viewer = await http.get(meta_refresh_url(report), follow_redirects=True)
+            if viewer.status_code != 200:
+                raise Failed(f"relay-mode viewer page {viewer.status_code}")
+            launch_id = launch_id_of(str(viewer.url))
+            return await http.get(
+                f"{stack.public_url}/launches/{launch_id}/dicomweb/studies/{studies[2]}/series",
+                headers={"Accept": "application/dicom+json"},
+            )
+
+    try:
+        answer = asyncio.run(browse())
+    finally:
+        stack.manage("shell", "-c", RELAY_FOR_ALL_PROVIDERS.format(mode=""))
+    if answer.status_code != 200 or not answer.json():
+        raise Failed(f"relayed read through nginx: {answer.status_code} {answer.text[:200]}")
+    timing = answer.headers.get("server-timing", "")
+    if not timing.startswith("app;dur=") or "kheops" in timing:
+        raise Failed(f"the app carried the read itself (Server-Timing: {timing})")
+    if any(name.startswith(("x-relay", "x-accel")) for name in answer.headers):
+        raise Failed(f"hand-over headers reached the browser: {list(answer.headers)}")
+    upstream = stack.upstreams().get(answer.headers["x-request-id"], "")
+    if upstream.count(":") < 3 or clinician.kheops_url.split("//")[1] not in upstream:
+        raise Failed(f"nginx's access log does not show the hand-over: {upstream!r}")
+    print(f"   relayed read carried by nginx: upstreams {upstream}", flush=True)
+
+
+RELAY_FOR_ALL_PROVIDERS = (
+    "from launcher.models import Provider; Provider.objects.update(token_delivery='{mode}')"
+)
+
+
 def reload_on_the_other_replica(stack: Stack, clinician: Clinician, client_id: str) -> None:
     studies = clinician.studies()
     token = clinician.user_token("bob")
@@ -632,6 +694,9 @@ def main() -> int:
                 one_launch_end_to_end(stack, clinician, client_id)
                 viewer_in_its_browser(stack, clinician, client_id)
             if not base_path:
+                with timed(f"{label}: nginx's relay offload on, a relayed read carried by it"):
+                    stack.offload_relay_to_nginx(kheops_url)
+                    relayed_read_carried_by_nginx(stack, clinician, client_id)
                 with timed(f"{label}: reload the viewer on the other replica"):
                     reload_on_the_other_replica(stack, clinician, client_id)
                 with timed(f"{label}: burst of {BURST} launches, one replica stopped"):

@@ -4,14 +4,19 @@ and the KHEOPS token never reaches the browser."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
+from django.conf import settings as django_settings
 from django.utils import timezone
 from playwright.sync_api import Error, Response
 
+from devstack.nginx import NginxFront
 from launcher import services
 from launcher.models import LaunchGrant, LaunchWrite, Provider, TokenDelivery
 from tests.e2e.journey import Journey
@@ -166,3 +171,107 @@ def test_in_relay_mode_a_grant_that_ends_while_the_viewer_is_open_shows_the_expi
         assert banner.get_by_role("link", name="Open again from KHEOPS").is_visible()
         journey.screenshot("relay-expired")
     assert journey.dicomweb_requests() == []
+
+
+# --- Behind the deployment's nginx, which carries the relayed reads ---------------------------
+
+BEHIND_NGINX = "Viewer behind nginx"
+_registered: dict[str, str] = {}
+
+
+@pytest.fixture
+def behind_nginx(live_stack: Stack, relay_mode: None, settings: Any) -> Iterator[NginxFront]:
+    """The deployment's nginx (deploy/nginx's files) in front of our app, its relay offload on
+    for the stand-in; the app's public URL nginx's, and our provider registered in the demo
+    album at nginx's address too (another button: "Open in Viewer behind nginx")."""
+    key = secrets.token_urlsafe(32)
+    front = NginxFront.start(
+        live_stack.viewer.url, offload_kheops=[live_stack.kheops.root_url], offload_key=key
+    )
+    try:
+        front.wait_until_up()
+        settings.PUBLIC_BASE_URL = front.url
+        settings.DICOMWEB_RELAY_OFFLOAD_KEY = key
+        live_stack.viewer.refresh_documents()
+        config_url = f"{front.url}/providers/ohif/configuration"
+        if config_url not in _registered:
+            answer = live_stack.kheops.register_provider(config_url, BEHIND_NGINX)
+            assert answer.status_code == 201, answer.text
+            _registered[config_url] = answer.json()["client_id"]
+        yield front
+    finally:
+        front.stop()
+        settings.PUBLIC_BASE_URL = live_stack.viewer.url
+        live_stack.viewer.refresh_documents()
+
+
+def test_behind_nginx_it_carries_the_images_and_the_token_still_never_reaches_the_browser(
+    journey: Journey,
+    behind_nginx: NginxFront,
+    orthanc: requests.Session,  # noqa: F811  (the fixture imported above)
+    live_stack: Stack,
+) -> None:
+    responses: list[Response] = []
+    journey.context.on("response", lambda response: responses.append(response))
+    page = journey.page
+    with journey.step("click Open in Viewer behind nginx for the CT study on the album page"):
+        page.goto(journey.album_url())
+        row = page.locator("tbody tr").filter(has=page.locator("code", has_text=CT_STUDY))
+        row.get_by_role("button", name=f"Open in {BEHIND_NGINX}").click()
+        journey.wait_for_viewer()
+        assert page.url.startswith(behind_nginx.url)
+    with journey.step("the CT image is drawn"):
+        journey.wait_for_image()
+        journey.page_screenshot("relay-behind-nginx")
+    launch_id = journey.launch_id()
+    relay_root = f"{behind_nginx.url}/launches/{launch_id}/dicomweb/"
+    with journey.step("nginx carried the images: the app handed the reads over"):
+        relayed = [r for r in journey.finished if r.url.startswith(relay_root)]
+        frames = [r for r in relayed if FRAMES.search(r.url)]
+        assert frames, [r.url for r in relayed]
+        for request in frames:
+            answer = request.response()
+            assert answer is not None and answer.status == 200
+            # The app's Server-Timing names no KHEOPS round trip of its own: nginx's was it.
+            timing = answer.all_headers()["server-timing"]
+            assert timing.startswith("app;dur=") and "kheops" not in timing, timing
+        assert journey.dicomweb_requests() == []
+    with journey.step("a report is saved through the app (the write audit) and read back"):
+        assert sr_series(orthanc, live_stack, CT_STUDY) == []
+        report_name = f"e2e nginx {uuid.uuid4().hex[:8]}"
+        journey.measure_length()
+        page.get_by_role("button", name="Create SR").click()
+        page.locator('[data-cy="dialog-input"]').fill(report_name)
+        with page.expect_response(
+            lambda r: r.url == f"{relay_root}studies" and r.request.method == "POST",
+            timeout=30_000,
+        ) as stored:
+            page.locator('[data-cy="input-dialog-save-button"]').click()
+        assert stored.value.status == 200, stored.value.text()[:500]
+        page.get_by_text("Measurements saved successfully").wait_for()
+        [series] = sr_series(orthanc, live_stack, CT_STUDY)
+        assert series["MainDicomTags"].get("SeriesDescription") == report_name
+        [write] = recorded_writes(launch_id)
+        assert (write.status, write.study_uid) == (200, CT_STUDY)
+    with journey.step("no response the browser received, nor its storage, holds the token"):
+        [cookie] = [
+            c for c in journey.context.cookies() if c["name"] == f"kheops_ohif_grant_{launch_id}"
+        ]
+        grant = services.grant_for(launch_id, cookie["value"])
+        assert grant is not None and grant.access_token
+        token = grant.access_token.encode()
+        key = django_settings.DICOMWEB_RELAY_OFFLOAD_KEY.encode()
+        seen = 0
+        for response in responses:
+            headers = json.dumps(response.all_headers()).encode()
+            assert token not in headers and key not in headers, response.url
+            assert not any(n.startswith(("x-relay", "x-accel")) for n in response.all_headers())
+            body = body_of(response)
+            if body is not None:
+                seen += 1
+                assert token not in body and key not in body, response.url
+        assert seen > 10
+        storage = journey.page.evaluate(
+            "() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])"
+        )
+        assert grant.access_token not in storage
