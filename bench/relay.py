@@ -16,16 +16,20 @@ Measured, relay and direct alternating, each pair back to back:
 - **whole series loaded**: a viewer's fetch of the whole series as OHIF does it over HTTP/1.1
   (httpx, 6 connections as Chromium per host): the series' metadata, then every slice's frame
   (WADO-RS frames, multipart); from the first request to the last byte of the last frame.
-  With nginx installed (`make bench` installs it), two more sides in each round as a
-  reference: the same loads relayed by nginx, a reverse proxy in C with no code of ours,
-  adding the token (NginxRelay): what the extra hop costs any relay on this machine.
+  With nginx installed (`make bench` installs it), more sides in each round: the same
+  launch's relay behind the deployment's nginx (deploy/nginx's files, devstack.nginx) with
+  its relay offload on, our app checking each read and nginx carrying it ("relay, nginx
+  offload"); and as a reference, the same loads relayed by nginx alone, a reverse proxy in C
+  with no code of ours, adding the token (NginxRelay): what the extra hop costs any relay on
+  this machine.
 - **relay overhead per request, our processing only**: the relay's Server-Timing `app` (from
   the view's start to the response handed to the server, less the wait for KHEOPS's
   answer's headers), over sequential QIDO-RS requests; and the same requests' latency, relay
   minus direct, paired (this one includes the extra loopback hop and Django's middleware).
 - **50 viewers at once**: 50 httpx clients, each asking at once for the series' metadata and
-  20 frames (≥ 1,000 requests in flight), relay then direct: errors, throughput, and the peak
-  RSS of each of our workers (sampled every 100 ms).
+  20 frames (≥ 1,000 requests in flight), relay, direct, then relay behind nginx with the
+  offload: errors, throughput, and the peak RSS of each of our workers (sampled every
+  100 ms).
 
     bench/run.py relay          # or: make bench (every benchmark)
     bench/relay.py --quick      # fewer pairs and viewers, for development

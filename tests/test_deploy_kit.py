@@ -170,6 +170,17 @@ def test_compose_runs_two_alike_replicas_behind_nginx_and_a_one_shot_migration()
     assert [name for name, service in services.items() if "ports" in service] == ["nginx"]
 
 
+def test_no_environment_value_has_an_empty_default_podman_compose_would_leave_in_place() -> None:
+    """podman-compose 1.0 substitutes `${X:-default}` only when the default is not empty: an
+    empty one (`${X:-}`) reaches the container as that very text."""
+    raw = (REPO / "deploy" / "compose.yaml").read_text()
+    environment = raw.split("\nservices:", 1)[0] + "".join(
+        re.findall(r"\n    environment:\n((?:      .*\n)+)", raw)
+    )
+
+    assert re.findall(r"\$\{[A-Z_]+:?-\}", environment) == []
+
+
 def render_nginx(out: Path, base_path: str = "", **env: str) -> subprocess.CompletedProcess:
     """deploy/nginx/render.sh, as nginx's entrypoint runs it, into `out`."""
     return subprocess.run(

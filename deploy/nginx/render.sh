@@ -17,7 +17,7 @@
 #                    RELAY_OFFLOAD_KHEOPS.
 #   RELAY_CA_FILE    the CAs KHEOPS's certificate is checked against (default: Debian's bundle)
 #   RELAY_CONNECT_TIMEOUT  to connect to KHEOPS (default 5s, as the app's KHEOPS_HTTP_TIMEOUT)
-set -eu
+set -euf  # -f: no file name expansion of the values
 out="${1:?usage: render.sh OUTPUT_DIRECTORY}"
 templates="${TEMPLATES_DIR:-$(cd "$(dirname "$0")" && pwd)}"
 say() { echo "nginx-render: $*" >&2; }
@@ -47,7 +47,9 @@ RELAY_OFFLOAD_ORIGINS=""
 relay_http="$(cat "$templates/relay-http.conf")
 "
 relay_locations=""
-if [ -n "${RELAY_OFFLOAD_KHEOPS:-}" ]; then
+# shellcheck disable=SC2086 # split on white space, nothing else (set -f)
+RELAY_OFFLOAD_KHEOPS="$(echo ${RELAY_OFFLOAD_KHEOPS:-})"
+if [ -n "$RELAY_OFFLOAD_KHEOPS" ]; then
   if [ -z "$RELAY_OFFLOAD_KEY" ] && [ -n "${RELAY_OFFLOAD_KEY_FILE:-}" ]; then
     RELAY_OFFLOAD_KEY="$(cat "$RELAY_OFFLOAD_KEY_FILE")"
   fi
