@@ -10,8 +10,9 @@ cornerstone's own `CORNERSTONE_IMAGE_RENDERED` event: no polling error.
 
 Baseline, measured in the same run, interleaved with ours: the same installed OHIF bundle
 from a plain static file server in this process (no Django), with the same launch data and
-launch.js (OHIF's configuration; less the launch data's `prefetch`, which only our launch
-adds: bare OHIF makes the study's first DICOMweb requests itself, when it gets to them)
+launch.js (OHIF's configuration; less the launch data's `prefetch` and `skipModules`, which
+only our launch adds: bare OHIF makes the study's first DICOMweb requests itself, when it
+gets to them, and loads every mode and extension its bundle was built with)
 and the token given directly (taken from one real launch
 through our app: the static
 server answers the token URL with that launch's token, at once, with no KHEOPS behind it)
@@ -650,12 +651,14 @@ def baseline_config(stack: BenchStack, study_uid: str) -> tuple[str, str, str]:
 def without_prefetch(tags: str) -> str:
     """The launch data less what only our launch adds (`prefetch`: the study's first
     DICOMweb requests, started by launch.js at once; bare OHIF makes them itself, when it
-    gets to them)."""
+    gets to them; `skipModules`: the modes and extension OHIF's bundle would load at
+    start-up and our viewer never uses; bare OHIF loads all it was built with)."""
     data = LAUNCH_DATA.search(tags)
     if data is None:
         raise RuntimeError("our viewer page has no launch data")
     launch = json.loads(data.group(1))
     launch.pop("prefetch", None)
+    launch.pop("skipModules", None)
     # Escaped as Django's json_script escapes it (no "</script>" can end the block early).
     text = json.dumps(launch, separators=(",", ":"))
     for char, escaped in (("<", "\\u003C"), (">", "\\u003E"), ("&", "\\u0026")):

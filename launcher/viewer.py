@@ -120,8 +120,31 @@ def launch_data(grant: ViewerGrant) -> dict[str, Any]:
         "brand": branding.header_brand(services.provider_of(grant)),
         "config": ohif_config(grant),
         "prefetch": prefetch(grant),
+        "skipModules": SKIP_MODULES,
         "text": VIEWER_TEXT,
     }
+
+
+# What OHIF 3.13's bundle loads and registers at start-up that our viewer never uses
+# (docs/ohif.md, "What the viewer loads first"): its app initialisation imports every mode
+# built into it and three extensions, whatever the configuration says, before it opens the
+# study. We open studies in its longitudinal mode (the `/viewer` route) alone; the others
+# are other routes. launch.js drops these names as the bundle lists them (`window.modes`,
+# `window.extensions`), so their chunks are neither fetched nor run. The longitudinal
+# mode's own dependencies (the basic mode's code, the SR, SEG, RT, PMAP, PDF and video
+# extensions, measurement tracking) it loads itself, as before. A list of what to drop,
+# not of what to keep: a mode a later bundle adds, or renames, is loaded as before.
+SKIP_MODULES: dict[str, list[str]] = {
+    "modes": [
+        "@ohif/mode-basic",
+        "@ohif/mode-segmentation",
+        "@ohif/mode-tmtv",
+        "@ohif/mode-microscopy",
+        "@ohif/mode-preclinical-4d",
+        "@ohif/mode-ultrasound-pleura-bline",
+    ],
+    "extensions": ["@ohif/extension-ultrasound-pleura-bline"],
+}
 
 
 # What OHIF 3.13 asks for first when it opens a study (docs/ohif.md, "What the viewer asks

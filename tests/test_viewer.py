@@ -137,8 +137,14 @@ def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(
         "brand",
         "config",
         "prefetch",
+        "skipModules",
         "text",
     }
+    # What OHIF's bundle would import at start-up and the viewer never uses: every mode but
+    # the longitudinal one (the /viewer route), and the ultrasound extension.
+    skip = data["skipModules"]
+    assert "@ohif/mode-longitudinal" not in skip["modes"] and len(skip["modes"]) == 6
+    assert skip["extensions"] == ["@ohif/extension-ultrasound-pleura-bline"]
     # The token is never in the page: launch.js asks for it.
     [token] = fake_kheops.issued_tokens
     assert token not in page

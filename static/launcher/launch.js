@@ -24,6 +24,8 @@
   window.PUBLIC_URL = launch.publicUrl;
   window.browserImportFunction = function (name) { return import(name); };
 
+  if (launch.skipModules) { skipModules(launch.skipModules); }
+
   var token = askForToken(0);
   var authorization = null;
   window.kheopsLaunch = {
@@ -36,6 +38,38 @@
     })
   };
   window.kheopsLaunch.ready.catch(function () {});
+
+  // OHIF 3.13's bundle imports, at start-up, every mode and extension it was built with
+  // (its generated pluginImports: `window.modes = list; list.push(name); …`, then
+  // appInit(config, extensions, modes) with those very arrays), whatever its configuration
+  // says. This script runs before the bundle: the names the launch data lists are left out
+  // of those arrays as the bundle fills them, so OHIF neither fetches nor runs them.
+  function skipModules(skip) {
+    Object.keys(skip).forEach(function (name) {
+      var skipped = skip[name];
+      Object.defineProperty(window, name, {
+        configurable: true,
+        enumerable: true,
+        get: function () { return undefined; },
+        set: function (list) {
+          if (Array.isArray(list)) {
+            list.push = function () {
+              var kept = Array.prototype.filter.call(arguments, function (item) {
+                return skipped.indexOf(item) === -1;
+              });
+              return Array.prototype.push.apply(this, kept);
+            };
+            var already = list.filter(function (item) { return skipped.indexOf(item) === -1; });
+            list.length = 0;
+            Array.prototype.push.apply(list, already);
+          }
+          Object.defineProperty(window, name, {
+            configurable: true, enumerable: true, writable: true, value: list
+          });
+        }
+      });
+    });
+  }
 
   function askForToken(attempt) {
     return fetch(launch.tokenUrl, {

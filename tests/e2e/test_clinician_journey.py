@@ -76,6 +76,12 @@ def test_open_in_ohif_from_the_album_draws_the_study_with_the_token_kept_out_of_
         assert box is not None and panel is not None and box["height"] < 40, box
         assert box["x"] + box["width"] <= panel["x"] + panel["width"], (box, panel)
         journey.page_screenshot("viewer-identity")
+    with journey.step("OHIF imported only the modes and extensions the viewer uses"):
+        # The very arrays OHIF's appInit imports every name of (launcher.viewer.SKIP_MODULES).
+        assert journey.page.evaluate("() => [window.modes, window.extensions]") == [
+            ["@ohif/mode-longitudinal"],
+            ["@ohif/extension-default", "@ohif/extension-cornerstone"],
+        ]
     with journey.step("every DICOMweb request carried the launch's token"):
         token = journey.token()
         dicomweb = journey.dicomweb_requests()

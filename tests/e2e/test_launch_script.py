@@ -219,3 +219,69 @@ def test_the_same_requests_not_aborted_are_answered_from_the_prefetch(
         FRAME_URL,
     ]
     assert asked.count(STUDY_QIDO) == 1 and asked.count(FRAME_URL) == 1
+
+
+# What OHIF 3.13.2's bundle runs at start-up (its generated pluginImports), after launch.js:
+# the arrays it fills are the very ones its appInit imports every name of.
+PLUGIN_IMPORTS = """
+const pluginImports_extensions = [];
+const pluginImports_modes = [];
+window.extensions = pluginImports_extensions;
+window.modes = pluginImports_modes;
+pluginImports_extensions.push("@ohif/extension-default");
+pluginImports_extensions.push("@ohif/extension-cornerstone");
+pluginImports_extensions.push("@ohif/extension-ultrasound-pleura-bline");
+pluginImports_modes.push("@ohif/mode-longitudinal");
+pluginImports_modes.push("@ohif/mode-basic");
+pluginImports_modes.push("@ohif/mode-segmentation");
+pluginImports_modes.push("@ohif/mode-tmtv");
+pluginImports_modes.push("@ohif/mode-microscopy");
+pluginImports_modes.push("@ohif/mode-preclinical-4d");
+pluginImports_modes.push("@ohif/mode-ultrasound-pleura-bline");
+pluginImports_modes.push("@ohif/mode-of-a-later-bundle");
+window.importedAtStart = [pluginImports_extensions.slice(), pluginImports_modes.slice()];
+"""
+
+
+@pytest.mark.parametrize("skip", [True, False], ids=["our-launch", "without-skipModules"])
+def test_ohif_imports_at_start_only_the_modes_and_extensions_our_viewer_uses(
+    browser: Browser, skip: bool
+) -> None:
+    data = {**launch_data(), "skipModules": viewer.SKIP_MODULES} if skip else launch_data()
+    page_html = (
+        "<!doctype html><html><head>"
+        f"{json_script(data, 'kheops-ohif-launch')}"
+        '<script src="/launch.js"></script>'
+        f"<script>{PLUGIN_IMPORTS}</script></head><body></body></html>"
+    )
+
+    def answer(route: Route) -> None:
+        url = route.request.url
+        if url == f"{ORIGIN}/viewer":
+            route.fulfill(body=page_html, content_type="text/html")
+        elif url == f"{ORIGIN}/launch.js":
+            route.fulfill(body=LAUNCH_JS.read_text(), content_type="text/javascript")
+        elif url.endswith("/token"):
+            route.fulfill(json={"expiresIn": 3600, "userName": "Dr X"})
+        else:
+            route.fulfill(json=[], content_type="application/dicom+json")
+
+    context = browser.new_context()
+    try:
+        context.route(f"{ORIGIN}/**", answer)
+        opened = context.new_page()
+        opened.goto(f"{ORIGIN}/viewer")
+        extensions, modes = opened.evaluate("() => window.importedAtStart")
+        same_arrays = opened.evaluate(
+            "() => window.modes === window.modes && Array.isArray(window.modes)"
+            " && window.modes.length === window.importedAtStart[1].length"
+        )
+    finally:
+        context.close()
+    assert same_arrays
+    if skip:
+        assert extensions == ["@ohif/extension-default", "@ohif/extension-cornerstone"]
+        # The longitudinal mode (our /viewer route) and anything we do not know of.
+        assert modes == ["@ohif/mode-longitudinal", "@ohif/mode-of-a-later-bundle"]
+    else:
+        assert len(extensions) == 3 and len(modes) == 8
