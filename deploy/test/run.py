@@ -248,8 +248,10 @@ class Stack:
         except Failed as exc:
             # Seen on this machine in about half of the runs of 2026-11-30: a one-off command
             # in app-1 of a stack just up gets no database connection in 10 s (psycopg_pool's
-            # PoolTimeout), twice in a row, while the replicas' own connections are fine. What
-            # a direct connection from app-1 says is printed; the command runs in app-2.
+            # PoolTimeout), twice in a row, while the replicas' own connections are fine. The
+            # probe below found the name lookup of `postgres` taking 20 s (podman's resolver
+            # waiting on outside DNS, which this machine does not reach), not the database.
+            # What a direct connection from app-1 says is printed; the command runs in app-2.
             if "PoolTimeout" not in str(exc):
                 raise
             print(f"   {args[0]}: no database connection from app-1 in 10 s", flush=True)
