@@ -64,6 +64,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
 
 
+# The query parameters whose values are secrets: a launch URL's authorization code, a token.
+SECRET_QUERY_VALUE = re.compile(r"\b(code|access_token|token)=[^&\s)\"']+")
+
+
 @dataclass(frozen=True)
 class ConsoleLine:
     kind: str  # console message type ("error", "warning", …) or "pageerror"
@@ -192,7 +196,7 @@ class Journey:
             url = self.page.url
         except Exception:
             url = "(page closed)"
-        return "\n".join(
+        report = "\n".join(
             [
                 f"e2e scenario {self.scenario!r} stopped at step {step!r}:",
                 f"  {type(failure).__name__}: {failure}",
@@ -202,6 +206,8 @@ class Journey:
                 *(f"    {str(line)[:400]}" for line in errors),
             ]
         )
+        # A launch URL's code (a console error names the URL that failed): never in a report.
+        return SECRET_QUERY_VALUE.sub(r"\1=[…]", report)
 
     # --- the KHEOPS side -------------------------------------------------------------------
 
