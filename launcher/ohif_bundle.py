@@ -75,6 +75,12 @@ _EXTENSION_IMPORT = re.compile(
     r"Promise\.all\(/\* import\(\) \*/ \[([^\]]*)\]\)"
 )
 _CHUNK_ID = re.compile(r"__webpack_require__\.e\((\d+)\)")
+# Where a chunk's stylesheet is (the bundle's CSS loading runtime, mini-css-extract's):
+# `<id>.css`, under the public path.
+_CSS_FILENAME = re.compile(
+    r"__webpack_require__\.miniCssF = \(chunkId\) => \{[^}]*?"
+    r'return "" \+ chunkId \+ "\.css"\s*\}'
+)
 PRELOAD_MARK = "<!--kheops-ohif-preload-->"
 
 
@@ -448,23 +454,42 @@ def rewrite_index_html(html: str, prefix: str) -> str:
     return html
 
 
+def _first_chunk_ids(static_dir: Path) -> tuple[str, list[str]]:
+    """The app bundle's text and the ids of the chunks it imports OHIF's default extension
+    from, in its order; no ids when the bundle is not laid out so."""
+    bundles = sorted(static_dir.glob("app.bundle.*.js"))
+    if len(bundles) != 1:
+        return "", []
+    text = bundles[0].read_text(encoding="utf-8")
+    found = _EXTENSION_IMPORT.search(text)
+    if found is None:
+        return text, []
+    return text, list(dict.fromkeys(_CHUNK_ID.findall(found.group(1))))
+
+
 def first_chunks(static_dir: Path) -> list[str]:
     """The script files of the chunks the app bundle imports OHIF's default extension from
     (in the bundle's order): OHIF requests them right after its app bundle has run, on
     every load. Empty when the bundle is not laid out so (nothing is then preloaded)."""
-    bundles = sorted(static_dir.glob("app.bundle.*.js"))
-    if len(bundles) != 1:
-        return []
-    found = _EXTENSION_IMPORT.search(bundles[0].read_text(encoding="utf-8"))
-    if found is None:
-        return []
     files = []
-    for chunk in dict.fromkeys(_CHUNK_ID.findall(found.group(1))):
+    for chunk in _first_chunk_ids(static_dir)[1]:
         # A chunk with styles only has no script file; each script chunk has exactly one.
         named = sorted(static_dir.glob(f"{chunk}.bundle.*.js"))
         if len(named) == 1 and re.fullmatch(rf"{chunk}\.bundle\.[0-9a-f]+\.js", named[0].name):
             files.append(named[0].name)
     return files
+
+
+def first_stylesheets(static_dir: Path) -> list[str]:
+    """The stylesheet files of those same chunks (`6214.css` alone in 3.13.2). OHIF's CSS
+    loader adds a chunk's `<link rel="stylesheet">` only once the app bundle has run, and
+    waits for it before registering the extension, unless the page already has a stylesheet
+    link of the same href (the public path and the file): the viewer page links them itself
+    (launcher.viewer). Empty when the bundle does not name its stylesheets `<id>.css`."""
+    text, chunks = _first_chunk_ids(static_dir)
+    if not chunks or _CSS_FILENAME.search(text) is None:
+        return []
+    return [f"{chunk}.css" for chunk in chunks if (static_dir / f"{chunk}.css").is_file()]
 
 
 def add_preload_links(html: str, files: list[str], prefix: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -185,17 +184,25 @@ def opened_from(grant: ViewerGrant) -> dict[str, str]:
 
 
 @lru_cache(maxsize=4)
-def _index_template(path: Path, mtime_ns: int) -> str:
-    html = path.read_text(encoding="utf-8")
+def _index_template(bundle: ohif_bundle.InstalledBundle, mtime_ns: int) -> str:
+    html = bundle.index_html.read_text(encoding="utf-8")
     html = _HTML_LANG.sub(_LANG_SLOT, html, count=1)
     html, found = _CONFIG_SCRIPT.subn(_LAUNCH_SLOT, html, count=1)
     if not found:
         raise ohif_bundle.BundleError("the installed index.html has no configuration script")
+    # The stylesheet of OHIF's default extension, which its CSS loader would otherwise add,
+    # and wait for, only once the app bundle has run; it adds none when the page has a
+    # stylesheet link of the same href (ohif_bundle.first_stylesheets). In our page only:
+    # the installed index.html stays OHIF's own.
+    styles = "".join(
+        f'<link rel="stylesheet" href="{escape(bundle.asset_prefix + name)}">'
+        for name in ohif_bundle.first_stylesheets(bundle.static_dir)
+    )
     banner = (
         f'<link rel="stylesheet" href="{static("launcher/banner.css")}">'
         f'<script defer src="{static("launcher/banner.js")}"></script>'
     )
-    return html.replace("</head>", banner + "</head>", 1)
+    return html.replace("</head>", styles + banner + "</head>", 1)
 
 
 def index_html(grant: ViewerGrant) -> str | None:
@@ -203,7 +210,7 @@ def index_html(grant: ViewerGrant) -> str | None:
     bundle = ohif_bundle.installed_bundle(settings.OHIF_ROOT)
     if bundle is None:
         return None
-    template = _index_template(bundle.index_html, bundle.index_html.stat().st_mtime_ns)
+    template = _index_template(bundle, bundle.index_html.stat().st_mtime_ns)
     launch = (
         json_script(launch_data(grant), LAUNCH_DATA_ID)
         + f'<script src="{static("launcher/launch.js")}"></script>'

@@ -187,6 +187,41 @@ def test_it_preloads_the_chunks_ohif_loads_first(
     assert head.index("app.bundle.0f6159c501addfe9.js") < head.index(preloaded[0])
 
 
+# The bundle's CSS loading runtime (3.13): where a chunk's stylesheet is.
+CSS_RUNTIME = """
+__webpack_require__.miniCssF = (chunkId) => {
+  // return url for filenames not based on template
+  // return url for filenames based on template
+  return "" + chunkId + ".css"
+}
+"""
+
+
+def test_it_finds_the_stylesheet_of_the_chunks_ohif_loads_first_and_leaves_index_html_alone(
+    tmp_path: Path,
+) -> None:
+    static = tmp_path / "static"
+    static.mkdir()
+    files = {
+        "app.bundle.0f6159c501addfe9.js": LOADER + CSS_RUNTIME,
+        "1673.bundle.76779c7722e8c6c0.js": "a",
+        "1673.css": "a{}",  # a script chunk may have styles too
+        "6214.css": "c{}",
+        "9383.css": "e{}",  # another extension's: not linked
+    }
+    for name, text in files.items():
+        (static / name).write_text(text)
+
+    assert ohif_bundle.first_stylesheets(static) == ["1673.css", "6214.css"]
+    # Stylesheets not named `<id>.css` by the bundle: none (its loader would not know ours).
+    (static / "app.bundle.0f6159c501addfe9.js").write_text(
+        LOADER + CSS_RUNTIME.replace('chunkId + ".css"', 'chunkId + "." + hash + ".css"')
+    )
+    assert ohif_bundle.first_stylesheets(static) == []
+    (static / "app.bundle.0f6159c501addfe9.js").write_text(CSS_RUNTIME)
+    assert ohif_bundle.first_stylesheets(static) == []
+
+
 def test_a_bundle_of_another_shape_is_installed_without_preloads(
     tmp_path: Path, registry: responses.RequestsMock
 ) -> None:

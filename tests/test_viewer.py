@@ -16,7 +16,7 @@ import pytest
 from django.conf import settings
 from django.test import AsyncClient, Client
 
-from launcher import services
+from launcher import ohif_bundle, services
 from launcher.models import GrantState, LaunchGrant, LaunchOutcome, LaunchRecord, Provider
 from tests.fakes import (
     ALBUM_ID,
@@ -118,6 +118,28 @@ def test_in_direct_mode_the_page_opens_its_connection_to_kheops_while_ohif_loads
     assert page.count(link) == 1
     assert page.index(link) < page.index("<script")
     assert page.count('rel="preconnect"') == 1
+
+
+def test_the_page_links_the_stylesheet_ohif_would_load_only_once_its_bundle_has_run(
+    client: Client, launched: Callable[..., str]
+) -> None:
+    bundle = ohif_bundle.installed_bundle(settings.OHIF_ROOT)
+    assert bundle is not None
+    names = ohif_bundle.first_stylesheets(bundle.static_dir)
+    assert names, "the installed OHIF bundle has no default-extension stylesheet to link"
+
+    page = client.get(launched()).content.decode()
+
+    # Exactly the href OHIF's CSS loader looks for (its public path and the file), so that
+    # it adds none of its own; in the head, before our banner's stylesheet.
+    links = re.findall(r'<link rel="stylesheet" href="([^"]*)">', page)
+    expected = [f"{settings.OHIF_ASSET_URL}{name}" for name in names]
+    assert bundle.asset_prefix == settings.OHIF_ASSET_URL
+    for href in expected:
+        assert links.count(href) == 1, links
+        assert page.index(href) < page.index("/launcher/banner.") < page.index("</head>")
+    # Our page's only: the installed index.html, which a bare OHIF could serve, is OHIF's.
+    assert not any(href in bundle.index_html.read_text() for href in expected)
 
 
 def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(

@@ -82,6 +82,18 @@ def test_open_in_ohif_from_the_album_draws_the_study_with_the_token_kept_out_of_
             ["@ohif/mode-longitudinal"],
             ["@ohif/extension-default", "@ohif/extension-cornerstone"],
         ]
+    with journey.step("OHIF's loader took the default extension's stylesheet from our page"):
+        # Stylesheet links in the order of the head: ours, from the page, come before our
+        # banner's; OHIF's loader appends its own at the end, and adds none for a chunk
+        # whose link (same href) the page already has (launcher.viewer).
+        hrefs = journey.page.evaluate(
+            """() => [...document.querySelectorAll('link[rel="stylesheet"]')]
+                .map((link) => link.getAttribute("href"))"""
+        )
+        banner = next(i for i, href in enumerate(hrefs) if "/launcher/banner." in href)
+        from_page = [href for href in hrefs[:banner] if re.search(r"/\d+\.css$", href)]
+        assert from_page, hrefs
+        assert [href for href in hrefs if hrefs.count(href) > 1] == [], hrefs
     with journey.step("every DICOMweb request carried the launch's token"):
         token = journey.token()
         dicomweb = journey.dicomweb_requests()
