@@ -52,7 +52,7 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 from django.utils import translation
 
-from launcher import blocking, documents, metrics, relay, services
+from launcher import blocking, documents, metrics, relay, services, viewer
 from launcher.logfilters import REQUEST_ID, RedactSecretParameters, request_id_from
 from launcher.middleware import is_admin_only_host
 from launcher.relay_reads import RelayReads, send_json
@@ -437,6 +437,9 @@ class Application:
                 # What choosing a language needs, read now rather than by the first
                 # request (a launch must not wait on it).
                 await asyncio.to_thread(_load_translations)
+                # The viewer page's template too: it searches OHIF's 17 MB app bundle once
+                # (about 150 ms), which the first launch of each process would wait for.
+                await asyncio.to_thread(_prepare_viewer_page)
                 await self.prepare()
                 DRAIN.install()
                 self.housekeeping.start()
@@ -450,6 +453,13 @@ class Application:
                 metrics.forget_this_process()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _prepare_viewer_page() -> None:
+    try:
+        viewer.prepare()
+    except Exception:  # the viewer page says what is wrong with the bundle, when asked
+        logger.exception("the viewer page's template could not be prepared at start-up")
 
 
 def _load_translations() -> None:

@@ -205,6 +205,16 @@ def _index_template(bundle: ohif_bundle.InstalledBundle, mtime_ns: int) -> str:
     return html.replace("</head>", styles + banner + "</head>", 1)
 
 
+def prepare() -> bool:
+    """Build the viewer page's template now (the server's start-up) rather than in the first
+    launch's request; False when no bundle is installed."""
+    bundle = ohif_bundle.installed_bundle(settings.OHIF_ROOT)
+    if bundle is None:
+        return False
+    _index_template(bundle, bundle.index_html.stat().st_mtime_ns)
+    return True
+
+
 def index_html(grant: ViewerGrant) -> str | None:
     """OHIF's index.html for this launch, or None when no bundle is installed."""
     bundle = ohif_bundle.installed_bundle(settings.OHIF_ROOT)

@@ -142,6 +142,16 @@ def test_the_page_links_the_stylesheet_ohif_would_load_only_once_its_bundle_has_
     assert not any(href in bundle.index_html.read_text() for href in expected)
 
 
+def test_the_page_template_is_built_at_start_up_not_by_the_first_launch() -> None:
+    from launcher import serving, viewer
+
+    viewer._index_template.cache_clear()
+    serving._prepare_viewer_page()  # what the server's start-up runs, in a thread
+
+    assert viewer._index_template.cache_info().currsize == 1
+    assert viewer.prepare() and viewer._index_template.cache_info().hits == 1
+
+
 def test_the_launch_data_names_the_token_url_and_one_kheops_data_source(
     client: Client, launched: Callable[..., str], fake_kheops: FakeKheops
 ) -> None:
