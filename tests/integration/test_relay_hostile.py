@@ -237,18 +237,7 @@ def running(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> 
 def relay(running: Running, transactional_db: None) -> Iterator[Relay]:
     server, kheops = running.server, running.kheops
     log_start = server.log.stat().st_size
-    launch_id, key, token = secrets.token_urlsafe(12), secrets.token_urlsafe(32), _token()
-    LaunchGrant.objects.create(
-        launch_id=launch_id,
-        browser_key_hash=hashlib.sha256(key.encode()).hexdigest(),
-        state=GrantState.READY,
-        sealed_token=sealing.seal(token, purpose=services._GRANT_PURPOSE),
-        expires_at=timezone.now() + timedelta(hours=1),
-        dicomweb_endpoint=f"{kheops.url}/api",
-        study_uids=[STUDY],
-        mode="viewer",
-        token_delivery=TokenDelivery.RELAY,
-    )
+    launch_id, key, token = ready_relayed_grant(f"{kheops.url}/api")
     kheops.forget_the_past()
     relay = Relay(server, kheops, launch_id, key, token)
     with relay.browser() as browser:  # the grant looked up, the connection pool warm
@@ -261,6 +250,24 @@ def relay(running: Running, transactional_db: None) -> Iterator[Relay]:
     assert logged
     for secret in (token, key):
         assert secret not in logged
+
+
+def ready_relayed_grant(dicomweb_endpoint: str) -> tuple[str, str, str]:
+    """A ready relay-mode grant of STUDY in the test database: (launch id, the browser's key,
+    the KHEOPS token), as a launch and its exchange would leave it."""
+    launch_id, key, token = secrets.token_urlsafe(12), secrets.token_urlsafe(32), _token()
+    LaunchGrant.objects.create(
+        launch_id=launch_id,
+        browser_key_hash=hashlib.sha256(key.encode()).hexdigest(),
+        state=GrantState.READY,
+        sealed_token=sealing.seal(token, purpose=services._GRANT_PURPOSE),
+        expires_at=timezone.now() + timedelta(hours=1),
+        dicomweb_endpoint=dicomweb_endpoint,
+        study_uids=[STUDY],
+        mode="viewer",
+        token_delivery=TokenDelivery.RELAY,
+    )
+    return launch_id, key, token
 
 
 def _token() -> str:

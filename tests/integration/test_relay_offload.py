@@ -10,25 +10,20 @@ through nginx with what the app alone does.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from django.utils import timezone
 
 from devstack import ServerProcess, free_port
 from devstack.nginx import NginxFront
 from launcher import relay as relay_rules
-from launcher import sealing, services
-from launcher.models import GrantState, LaunchGrant, TokenDelivery
 from launcher.relay_reads import SECURITY_HEADERS
 from tests.integration.test_relay_hostile import (
     BIG_ANSWER_BYTES,
@@ -39,6 +34,7 @@ from tests.integration.test_relay_hostile import (
     STUDY,
     Connection,
     FakeDicomweb,
+    ready_relayed_grant,
     wait_for,
 )
 from tests.stack import start_server_on_test_database
@@ -140,20 +136,7 @@ class Grant:
 
 
 def make_grant(endpoint: str) -> Grant:
-    launch_id, key = secrets.token_urlsafe(12), secrets.token_urlsafe(32)
-    token = "kheops-at-" + secrets.token_urlsafe(24)
-    LaunchGrant.objects.create(
-        launch_id=launch_id,
-        browser_key_hash=hashlib.sha256(key.encode()).hexdigest(),
-        state=GrantState.READY,
-        sealed_token=sealing.seal(token, purpose=services._GRANT_PURPOSE),
-        expires_at=timezone.now() + timedelta(hours=1),
-        dicomweb_endpoint=endpoint,
-        study_uids=[STUDY],
-        mode="viewer",
-        token_delivery=TokenDelivery.RELAY,
-    )
-    return Grant(launch_id, key, token)
+    return Grant(*ready_relayed_grant(endpoint))
 
 
 @pytest.fixture
