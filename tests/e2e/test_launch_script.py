@@ -62,6 +62,21 @@ PAGE = (
 )
 
 
+def answered_as_our_server(route: Route, page_html: str) -> bool:
+    """The viewer page, launch.js and the token answer, as our server gives them; False for
+    any other request (the test's own to answer)."""
+    url = route.request.url
+    if url == f"{ORIGIN}/viewer":
+        route.fulfill(body=page_html, content_type="text/html")
+    elif url == f"{ORIGIN}/launch.js":
+        route.fulfill(body=LAUNCH_JS.read_text(), content_type="text/javascript")
+    elif url.endswith("/token"):
+        route.fulfill(json={"expiresIn": 3600, "userName": "Dr X"})
+    else:
+        return False
+    return True
+
+
 @pytest.fixture
 def page(browser: Browser) -> Iterator[tuple[Page, list[str]]]:
     """The page, once launch.js's prefetch is on its way; and the DICOMweb URLs asked for."""
@@ -69,13 +84,9 @@ def page(browser: Browser) -> Iterator[tuple[Page, list[str]]]:
 
     def answer(route: Route) -> None:
         url = route.request.url
-        if url == f"{ORIGIN}/viewer":
-            route.fulfill(body=PAGE, content_type="text/html")
-        elif url == f"{ORIGIN}/launch.js":
-            route.fulfill(body=LAUNCH_JS.read_text(), content_type="text/javascript")
-        elif url.endswith("/token"):
-            route.fulfill(json={"expiresIn": 3600, "userName": "Dr X"})
-        elif url.startswith(ROOT):
+        if answered_as_our_server(route, PAGE):
+            return
+        if url.startswith(ROOT):
             asked.append(url)
             if url == FRAME_URL:
                 route.fulfill(
@@ -256,14 +267,7 @@ def test_ohif_imports_at_start_only_the_modes_and_extensions_our_viewer_uses(
     )
 
     def answer(route: Route) -> None:
-        url = route.request.url
-        if url == f"{ORIGIN}/viewer":
-            route.fulfill(body=page_html, content_type="text/html")
-        elif url == f"{ORIGIN}/launch.js":
-            route.fulfill(body=LAUNCH_JS.read_text(), content_type="text/javascript")
-        elif url.endswith("/token"):
-            route.fulfill(json={"expiresIn": 3600, "userName": "Dr X"})
-        else:
+        if not answered_as_our_server(route, page_html):
             route.fulfill(json=[], content_type="application/dicom+json")
 
     context = browser.new_context()
