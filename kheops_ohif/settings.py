@@ -490,6 +490,11 @@ DICOMWEB_RELAY_STREAMS_PER_PROCESS = envint("DICOMWEB_RELAY_STREAMS_PER_PROCESS"
 # KHEOPS itself when asked (launcher.relay_reads: X-Accel-Redirect). Empty: never asked, this
 # server carries every relayed read. At least 32 characters (launcher.E017).
 DICOMWEB_RELAY_OFFLOAD_KEY = envsecret("DICOMWEB_RELAY_OFFLOAD_KEY")
+# With it, how long nginx may carry a browser's next reads of the same launch's studies
+# without asking again (X-Relay-Keep; docs/relay-offload.md): as long as each server process
+# keeps a ready grant (services.READY_GRANT_SECONDS), never past the token's expiry. 0: nginx
+# asks this server for every read. 0 to 60 (launcher.E018).
+DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS = envint("DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS", 5)
 # After `rotate_signing_key`, the previous public key stays in our JWKS this long.
 SIGNING_KEY_GRACE_SECONDS = envint("SIGNING_KEY_GRACE_SECONDS", 3600)
 

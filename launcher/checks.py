@@ -257,6 +257,27 @@ def check_relay_offload_key(app_configs: Sequence[AppConfig] | None, **kwargs: A
     ]
 
 
+# How long nginx may carry reads without asking this server (X-Relay-Keep).
+MAXIMUM_RELAY_OFFLOAD_KEEP_SECONDS = 60
+
+
+@register(Tags.security)
+def check_relay_offload_keep(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
+    seconds = settings.DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS
+    if 0 <= seconds <= MAXIMUM_RELAY_OFFLOAD_KEEP_SECONDS:
+        return []
+    return [
+        Error(
+            f"DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS is {seconds}: it must be between 0 and "
+            f"{MAXIMUM_RELAY_OFFLOAD_KEEP_SECONDS}.",
+            hint="It is how long nginx carries a browser's reads without asking this server "
+            "again (a grant that ends is seen that much later by nginx). 0: every read is "
+            "asked; the default, 5, is as long as each server process keeps a ready grant.",
+            id="launcher.E018",
+        )
+    ]
+
+
 @register(Tags.security)
 def check_oidc(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list:
     """Admin sign-in through OpenID Connect (launcher.oidc): what would only fail at sign-in."""

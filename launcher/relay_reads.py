@@ -98,6 +98,27 @@ def offload_location(headers: dict[str, str], dicomweb_endpoint: str) -> str | N
     return f"{OFFLOAD_LOCATION}{origins.index(origin)}{path}"
 
 
+def keep_for(grant: services.ViewerGrant, root: str) -> str | None:
+    """What nginx may remember of this hand-over (X-Relay-Keep, deploy/nginx/kheops_relay.lua):
+    for how many seconds it may carry this browser's reads of the launch's studies without
+    asking, the launch, where (`root`, the hand-over's location less the resource) and which
+    studies; None when it may not (DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS is 0, the token has
+    less than a second left, or nginx could not read it back)."""
+    seconds = min(settings.DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS, grant.seconds_left)
+    keep = f"{seconds} {grant.launch_id} {root} {','.join(grant.study_uids)}"
+    if seconds < 1 or not re.fullmatch(KEEP, keep):
+        return None
+    return keep
+
+
+# X-Relay-Keep as deploy/nginx/kheops_relay.lua reads it back (its KEEP; a test holds the two
+# equal): seconds, launch, root, studies.
+KEEP = (
+    r"^([0-9]{1,3}(?:\.[0-9]{1,3})?) ([A-Za-z0-9_-]{1,32}) "
+    r"(/_kheops_relay/[0-9]{1,3}(?:/[A-Za-z0-9._~-]+)*) ([0-9.]{3,64}(?:,[0-9.]{3,64}){0,99})$"
+)
+
+
 class RelayReads:
     """The relay's reads of one process (launcher.serving.Application answers with it)."""
 
@@ -147,9 +168,7 @@ class RelayReads:
         query = "?" + target.query if target.query else ""
         offload = offload_location(headers, grant.dicomweb_endpoint)
         if offload is not None:
-            await self._hand_to_nginx(
-                send, f"{offload}/{target.path}{query}", upstream_headers, started
-            )
+            await self._hand_to_nginx(send, offload, grant, target, upstream_headers, started)
             return True
         url = grant.dicomweb_endpoint.rstrip("/") + "/" + target.path + query
         async with self._turn():
@@ -157,16 +176,26 @@ class RelayReads:
         return True
 
     async def _hand_to_nginx(
-        self, send: Send, location: str, upstream_headers: dict[str, str], started: float
+        self,
+        send: Send,
+        root: str,
+        grant: services.ViewerGrant,
+        target: relay.Target,
+        upstream_headers: dict[str, str],
+        started: float,
     ) -> None:
         """nginx carries the read (deploy/nginx): where, and the headers only it reads."""
         metrics.RELAY_OFFLOADED.inc()
+        query = "?" + target.query if target.query else ""
         headers = [
-            (b"x-accel-redirect", location.encode("latin-1")),
+            (b"x-accel-redirect", f"{root}/{target.path}{query}".encode("latin-1")),
             (b"x-relay-authorization", upstream_headers["authorization"].encode("latin-1")),
         ]
         for name, value in self.security_headers or ():
             headers.append((b"x-relay-" + name, value))
+        keep = keep_for(grant, root)
+        if keep is not None:
+            headers.append((b"x-relay-keep", keep.encode("latin-1")))
         timing = server_timing([], time.perf_counter() - started)
         # Nothing else: nginx puts some headers of a hand-over (Cache-Control, Set-Cookie…)
         # on the answer it carries.

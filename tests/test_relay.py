@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -1320,3 +1321,71 @@ def test_a_short_offload_key_is_refused_by_the_system_checks(settings: Any) -> N
     assert "abc123xyz" not in error.msg + error.hint
     settings.DICOMWEB_RELAY_OFFLOAD_KEY = OFFLOAD_KEY
     assert check_relay_offload_key(None) == []
+
+
+def _viewer_grant(seconds_left: float, study_uids: tuple[str, ...] = (STUDY_1, STUDY_2)) -> Any:
+    return services.ViewerGrant(
+        launch_id="L4unch_id-22characters",
+        access_token="secret-token",
+        expires_at=time.time() + seconds_left,
+        dicomweb_endpoint="https://kheops.org/api",
+        study_uids=study_uids,
+        mode="viewer",
+        return_uri=None,
+        user_name="",
+        state=GrantState.READY,
+        token_delivery=TokenDelivery.RELAY,
+    )
+
+
+def test_nginx_may_remember_a_hand_over_for_the_seconds_the_settings_say_never_past_the_token(
+    settings: Any,
+) -> None:
+    from launcher.relay_reads import keep_for
+
+    settings.DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS = 5
+    keep = keep_for(_viewer_grant(3600), "/_kheops_relay/1/api")
+    assert keep == f"5 L4unch_id-22characters /_kheops_relay/1/api {STUDY_1},{STUDY_2}"
+    assert "secret-token" not in keep
+    # The token's last seconds: no longer than it lives; its very last: not at all.
+    assert keep_for(_viewer_grant(3.5), "/_kheops_relay/1/api").startswith("3 ")
+    assert keep_for(_viewer_grant(0.5), "/_kheops_relay/1/api") is None
+    settings.DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS = 0
+    assert keep_for(_viewer_grant(3600), "/_kheops_relay/1/api") is None
+
+
+@pytest.mark.parametrize(
+    ("root", "study_uids"),
+    [
+        ("/_kheops_relay/1/a b", (STUDY_1,)),  # what nginx would not read back
+        ("/_kheops_relay/1//api", (STUDY_1,)),
+        ("/_kheops_relay/1/api", ("1.2.3 4",)),
+        ("/_kheops_relay/1/api", ()),
+        ("/_kheops_relay/1/api", tuple(f"1.2.{n}" for n in range(101))),
+    ],
+)
+def test_a_hand_over_nginx_could_not_read_back_is_not_offered_to_be_kept(
+    settings: Any, root: str, study_uids: tuple[str, ...]
+) -> None:
+    from launcher.relay_reads import keep_for
+
+    settings.DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS = 5
+    assert keep_for(_viewer_grant(3600, study_uids), root) is None
+
+
+def test_nginx_reads_x_relay_keep_with_the_pattern_the_app_writes_it_with() -> None:
+    from launcher.relay_reads import KEEP
+
+    lua = (Path(__file__).resolve().parents[1] / "deploy/nginx/kheops_relay.lua").read_text()
+    assert f"local KEEP = [[{KEEP}]]" in lua
+
+
+@pytest.mark.parametrize(("seconds", "refused"), [(-1, True), (0, False), (60, False), (61, True)])
+def test_how_long_nginx_may_keep_a_hand_over_is_checked(
+    settings: Any, seconds: int, refused: bool
+) -> None:
+    from launcher.checks import check_relay_offload_keep
+
+    settings.DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS = seconds
+    errors = check_relay_offload_keep(None)
+    assert [error.id for error in errors] == (["launcher.E018"] if refused else [])
