@@ -74,8 +74,9 @@ system-deps-test:
 	@scripts/ensure-debian-packages.sh $(TEST_DEBIAN_PACKAGES)
 
 # Orthanc backs the KHEOPS stand-in's DICOMweb; Chromium runs the browser tests (tests/e2e);
-# nginx runs the deployment's configuration in front of our app (the relay offload's tests).
-TEST_DEBIAN_PACKAGES := orthanc orthanc-dicomweb chromium nginx-light
+# nginx runs the deployment's configuration in front of our app (the relay offload's tests),
+# with the Lua module its memory of the app's hand-overs needs.
+TEST_DEBIAN_PACKAGES := orthanc orthanc-dicomweb chromium nginx-light libnginx-mod-http-lua
 
 prepare: deps system-deps var/secret_key
 	$(PY) manage.py compilemessages --ignore .venv --ignore node_modules --ignore var --verbosity 0

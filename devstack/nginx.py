@@ -82,6 +82,7 @@ class NginxFront:
 {user}worker_processes {workers};
 pid {workdir}/nginx.pid;
 error_log stderr warn;
+include kheops-relay-modules.conf;
 events {{ worker_connections 4096; }}
 http {{
     default_type application/octet-stream;

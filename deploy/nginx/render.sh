@@ -5,6 +5,9 @@
 #   kheops-relay-http.conf       the relay offload's maps, and an upstream per KHEOPS origin
 #   kheops-relay-locations.conf  its internal locations, one per KHEOPS origin
 #   kheops-relay-location.conf   the body each of them includes
+#   kheops-relay-modules.conf    the Lua module the offload's memory needs (main context)
+#   kheops-relay-front.conf      the offload's memory, in front of the app (kheops_relay.lua)
+#   kheops_relay.lua             its code
 # The templates are read from this script's directory (TEMPLATES_DIR overrides).
 #   PUBLIC_BASE_URL  https://host[:port][/sub-path], as the app's (its path: the sub-path served)
 #   UPSTREAMS        the app replicas, "host:port host:port" (default: app-1:8000 app-2:8000)
@@ -17,6 +20,8 @@
 #                    RELAY_OFFLOAD_KHEOPS.
 #   RELAY_CA_FILE    the CAs KHEOPS's certificate is checked against (default: Debian's bundle)
 #   RELAY_CONNECT_TIMEOUT  to connect to KHEOPS (default 5s, as the app's KHEOPS_HTTP_TIMEOUT)
+#   NGINX_MODULES_DIR  where Debian's libnginx-mod-http-lua put its modules (default
+#                    /usr/lib/nginx/modules)
 set -euf  # -f: no file name expansion of the values
 out="${1:?usage: render.sh OUTPUT_DIRECTORY}"
 templates="${TEMPLATES_DIR:-$(cd "$(dirname "$0")" && pwd)}"
@@ -95,10 +100,41 @@ location /_kheops_relay/$index/ {
     index=$((index + 1))
   done
 fi
+relay_modules=""
+relay_front=""
 if [ -z "$RELAY_OFFLOAD_ORIGINS" ]; then
   RELAY_OFFLOAD_KEY=""  # off: nothing to tell the app
 else
   say "the relay offload carries reads from: $RELAY_OFFLOAD_ORIGINS"
+  # Its memory of the app's hand-overs (kheops_relay.lua): Lua, in nginx's shared memory.
+  modules="${NGINX_MODULES_DIR:-/usr/lib/nginx/modules}"
+  relay_modules="load_module $modules/ndk_http_module.so;
+load_module $modules/ngx_http_lua_module.so;
+"
+  relay_http="$relay_http
+# The hand-overs nginx may remember (kheops_relay.lua): a few seconds each, never on disk.
+lua_package_path \"$(mkdir -p "$out" && cd "$out" && pwd)/?.lua;;\";
+lua_shared_dict kheops_relay_decisions 16m;
+init_by_lua_block {
+    require(\"kheops_relay\")
+}
+"
+  relay_front="# The relay offload's memory (kheops_relay.lua): a read of a study the app handed over a
+# moment ago for this browser is carried at once; anything else goes on to the app.
+set \$relay_authorization \"\";
+set \$relay_server_timing \"\";
+set \$relay_content_security_policy \"\";
+set \$relay_cross_origin_opener_policy \"\";
+set \$relay_cross_origin_resource_policy \"\";
+set \$relay_permissions_policy \"\";
+set \$relay_referrer_policy \"\";
+set \$relay_strict_transport_security \"\";
+set \$relay_x_content_type_options \"\";
+set \$relay_x_frame_options \"\";
+access_by_lua_block {
+    require(\"kheops_relay\").carry_kept(\"$BASE_PATH\")
+}
+"
 fi
 relay_locations="$relay_locations
 # nginx's own failures to reach KHEOPS in a relay offload location, said as the app says them.
@@ -131,3 +167,6 @@ envsubst '${RELAY_CA_FILE} ${RELAY_CONNECT_TIMEOUT}' \
   <"$templates/relay-location.conf.template" >"$out/kheops-relay-location.conf"
 printf '%s' "$relay_http" >"$out/kheops-relay-http.conf"
 printf '%s' "$relay_locations" >"$out/kheops-relay-locations.conf"
+printf '%s' "$relay_modules" >"$out/kheops-relay-modules.conf"
+printf '%s' "$relay_front" >"$out/kheops-relay-front.conf"
+cp "$templates/kheops_relay.lua" "$out/kheops_relay.lua"

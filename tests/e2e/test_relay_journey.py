@@ -225,16 +225,20 @@ def test_behind_nginx_it_carries_the_images_and_the_token_still_never_reaches_th
         journey.page_screenshot("relay-behind-nginx")
     launch_id = journey.launch_id()
     relay_root = f"{behind_nginx.url}/launches/{launch_id}/dicomweb/"
-    with journey.step("nginx carried the images: the app handed the reads over"):
+    with journey.step("nginx carried the images: handed over by the app, or from its memory"):
         relayed = [r for r in journey.finished if r.url.startswith(relay_root)]
         frames = [r for r in relayed if FRAMES.search(r.url)]
         assert frames, [r.url for r in relayed]
+        timings = []
         for request in frames:
             answer = request.response()
             assert answer is not None and answer.status == 200
             # The app's Server-Timing names no KHEOPS round trip of its own: nginx's was it.
-            timing = answer.all_headers()["server-timing"]
-            assert timing.startswith("app;dur=") and "kheops" not in timing, timing
+            # A read nginx carried from its memory of a hand-over has none (the app did no
+            # work for it).
+            timings.append(answer.all_headers().get("server-timing", ""))
+        assert all(t == "" or (t.startswith("app;dur=") and "kheops" not in t) for t in timings)
+        assert "" in timings, timings  # the frames came within seconds of the metadata
         assert journey.dicomweb_requests() == []
     with journey.step("a report is saved through the app (the write audit) and read back"):
         assert sr_series(orthanc, live_stack, CT_STUDY) == []

@@ -252,16 +252,19 @@ def relay(running: Running, transactional_db: None) -> Iterator[Relay]:
         assert secret not in logged
 
 
-def ready_relayed_grant(dicomweb_endpoint: str) -> tuple[str, str, str]:
+def ready_relayed_grant(
+    dicomweb_endpoint: str, lifetime: timedelta = timedelta(hours=1)
+) -> tuple[str, str, str]:
     """A ready relay-mode grant of STUDY in the test database: (launch id, the browser's key,
-    the KHEOPS token), as a launch and its exchange would leave it."""
+    the KHEOPS token), as a launch and its exchange would leave it; its token expires in
+    `lifetime`."""
     launch_id, key, token = secrets.token_urlsafe(12), secrets.token_urlsafe(32), _token()
     LaunchGrant.objects.create(
         launch_id=launch_id,
         browser_key_hash=hashlib.sha256(key.encode()).hexdigest(),
         state=GrantState.READY,
         sealed_token=sealing.seal(token, purpose=services._GRANT_PURPOSE),
-        expires_at=timezone.now() + timedelta(hours=1),
+        expires_at=timezone.now() + lifetime,
         dicomweb_endpoint=dicomweb_endpoint,
         study_uids=[STUDY],
         mode="viewer",

@@ -14,9 +14,12 @@ import json
 import re
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -109,7 +112,7 @@ def front(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> It
         DICOMWEB_RELAY_OFFLOAD_KEY=OFFLOAD_KEY,
     )
     nginx = NginxFront.start(
-        app.url, offload_kheops=[unreachable, kheops.url], offload_key=OFFLOAD_KEY
+        app.url, offload_kheops=[unreachable, kheops.url], offload_key=OFFLOAD_KEY, access_log=True
     )
     try:
         app.wait_until_up("/healthz")
@@ -368,9 +371,144 @@ def test_nginx_sends_up_exactly_the_headers_the_app_lets_through() -> None:
 
 def test_nginx_passes_on_every_security_header_the_app_hands_over() -> None:
     template = (REPO / "deploy" / "nginx" / "relay-location.conf.template").read_text()
+    render = (REPO / "deploy" / "nginx" / "render.sh").read_text()
+    lua = (REPO / "deploy" / "nginx" / "kheops_relay.lua").read_text()
     for name in SECURITY_HEADERS:
-        variable = "$relay_" + name.decode().replace("-", "_")
-        assert f"set {variable} $upstream_http_x_relay_{name.decode().replace('-', '_')};" in (
-            template
+        snake = name.decode().replace("-", "_")
+        # Taken from the hand-over's X-Relay-<name> (or nginx's memory of it), then added.
+        assert f'    "{snake}",' in lua
+        assert f'set \\$relay_{snake} \\"\\";' in render
+        assert re.search(
+            rf"^add_header {name.decode()} \$relay_{snake} always;", template, re.M | re.I
         )
-        assert re.search(rf"^add_header {name.decode()} \{variable} always;", template, re.M | re.I)
+
+
+def test_nginx_carries_from_memory_only_what_the_app_accepts_of_the_browsers_headers() -> None:
+    lua = (REPO / "deploy" / "nginx" / "kheops_relay.lua").read_text()
+    forwarded = lua.split("local FORWARDED = {", 1)[1].split("}", 1)[0]
+
+    assert re.findall(r'"http_([a-z_]+)"', forwarded) == [
+        name.replace("-", "_") for name in relay_rules.UPSTREAM_REQUEST_HEADERS
+    ]
+
+
+# --- nginx's memory of a hand-over (deploy/nginx/kheops_relay.lua) ---------------------------
+
+
+def asked_of(front: Front, reads: int) -> list[list[str]]:
+    """Whom nginx asked for each of the last `reads` reads (its access log): the app and
+    KHEOPS for a read the app handed over, KHEOPS alone for one carried from memory."""
+    addresses = {urlsplit(front.app.url).netloc: "app", urlsplit(front.kheops.url).netloc: "kheops"}
+
+    def lines() -> list[str]:
+        return [
+            line for line in front.nginx.access_log().splitlines() if " /_kheops_relay/" in line
+        ]
+
+    wait_for(lambda: len(lines()) >= reads)
+    upstreams = [line.rsplit("upstream=", 1)[1] for line in lines()[-reads:]]
+    return [[addresses[a] for a in re.split(r"[ ,:]+ ", u)] for u in upstreams]
+
+
+def raw_get(front: Front, grant: Grant, target: str) -> int:
+    """A GET of `target` exactly as written (no client tidies its dots): the status."""
+    host = urlsplit(front.nginx.url)
+    with socket.create_connection((host.hostname, host.port), timeout=PROMPT_SECONDS) as sock:
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: {host.netloc}\r\nCookie: {grant.cookie}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        return int(sock.recv(64).split(b" ", 2)[1])
+
+
+def test_a_browsers_next_reads_of_the_study_are_carried_without_asking_the_app_again(
+    front: Front, grant: Grant
+) -> None:
+    with browser(front.nginx.url, grant) as through_nginx:
+        handed_over = through_nginx.get(
+            grant.path(METADATA), headers={"Accept": "application/json"}
+        )
+        kept = [
+            through_nginx.get(grant.path(METADATA), headers={"Accept": "application/json"}),
+            through_nginx.head(grant.path(METADATA) + "?includefield=00080018"),
+            through_nginx.get(grant.path(f"studies/{STUDY}/series")),
+        ]
+
+    assert asked_of(front, 4) == [["app", "kheops"], ["kheops"], ["kheops"], ["kheops"]]
+    asked = [r for c in front.kheops.connections for r in c.requests]
+    assert sorted((method, path) for method, path, _ in asked) == sorted(
+        [
+            ("GET", f"/api/{METADATA}"),
+            ("GET", f"/api/{METADATA}"),
+            ("HEAD", f"/api/{METADATA}?includefield=00080018"),
+            ("GET", f"/api/studies/{STUDY}/series"),
+        ]
+    )
+    assert all(headers["authorization"] == f"Bearer {grant.token}" for _, _, headers in asked)
+    assert [answer.status_code for answer in kept] == [200, 200, 200]
+    assert kept[0].content == handed_over.content == b'[{"00080018":{"vr":"UI"}}]'
+    # The same answer as the hand-over's (Server-Timing aside: the app did not time it).
+    for answer in kept:
+        names = {name for name in answer.headers} - NGINX_OWN - {"x-request-id"}
+        assert names == {name for name in handed_over.headers} - NGINX_OWN - {
+            "x-request-id",
+            "server-timing",
+        }
+        for name in names:
+            assert answer.headers[name] == handed_over.headers[name], name
+        assert_no_secret(answer, grant)
+
+
+def test_what_nginx_remembers_carries_no_other_browser_study_method_or_address(
+    front: Front, grant: Grant
+) -> None:
+    with browser(front.nginx.url, grant) as through_nginx:
+        assert through_nginx.get(grant.path(METADATA)).status_code == 200  # kept now
+    front.kheops.forget_the_past()
+    other_browser = Grant(grant.launch_id, "not-" + grant.key, grant.token)
+    with browser(front.nginx.url, other_browser) as stranger:
+        no_grant = stranger.get(grant.path(METADATA))
+    with httpx.Client(base_url=front.nginx.url, trust_env=False) as stranger:
+        no_cookie = stranger.get(grant.path(METADATA))
+    with browser(front.nginx.url, grant) as through_nginx:
+        other_study = through_nginx.get(grant.path("studies/1.2.3.4/series"))
+        other_host = through_nginx.get(grant.path(METADATA), headers={"Host": "elsewhere.example"})
+        long_header = through_nginx.get(grant.path(METADATA), headers={"Accept": "a" * 1025})
+        upload = through_nginx.post(grant.path(f"studies/{STUDY}"), content=b"x")
+        search = through_nginx.get(grant.path(f"studies?StudyInstanceUID={STUDY}"))
+    base = f"/launches/{grant.launch_id}/dicomweb/studies/{STUDY}"
+    raw = {
+        "dots": raw_get(front, grant, f"{base}/series/../../1.2.3.4/series"),
+        "dot": raw_get(front, grant, f"{base}/./series"),
+        "encoded": raw_get(front, grant, f"{base}/%2e%2e/1.2.3.4/series"),
+        "encoded slash": raw_get(front, grant, f"{base}%2F..%2F1.2.3.4/series"),
+    }
+
+    assert no_grant.status_code == no_cookie.status_code == 401
+    assert other_study.status_code == 403
+    assert other_host.status_code == 400  # the app's Host check, as without nginx's memory
+    assert long_header.status_code == 400
+    assert upload.status_code == 403  # not from our own pages
+    assert raw == {"dots": 400, "dot": 400, "encoded": 400, "encoded slash": 400}
+    # None of them reached KHEOPS, from memory or not; a search of the launch's study is the
+    # app's to check, and it handed that one over again.
+    assert front.kheops.asked() == [f"/api/studies?StudyInstanceUID={STUDY}"]
+    assert search.status_code == 200
+    assert asked_of(front, 1) == [["app", "kheops"]]
+
+
+def test_nginx_never_carries_a_read_from_memory_past_the_tokens_expiry(
+    front: Front, transactional_db: None
+) -> None:
+    grant = Grant(*ready_relayed_grant(f"{front.kheops.url}/api", timedelta(seconds=2.5)))
+    front.kheops.forget_the_past()
+    with browser(front.nginx.url, grant) as through_nginx:
+        assert through_nginx.get(grant.path(METADATA)).status_code == 200
+        assert through_nginx.get(grant.path(METADATA)).status_code == 200
+        assert asked_of(front, 2) == [["app", "kheops"], ["kheops"]]  # kept for its last 1 or 2 s
+        time.sleep(2.6)
+        expired = through_nginx.get(grant.path(METADATA))
+
+    assert expired.status_code == 401  # the app's answer: nginx had forgotten it
+    assert expired.json()["error"]
+    assert len(front.kheops.asked()) == 2
