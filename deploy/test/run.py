@@ -528,14 +528,15 @@ def viewer_in_its_browser(stack: Stack, clinician: Clinician, client_id: str) ->
 def relayed_read_carried_by_nginx(stack: Stack, clinician: Clinician, client_id: str) -> None:
     """Relay mode, nginx's offload on: a DICOMweb read through our relay is carried by nginx
     (the app hands it over: its Server-Timing names no KHEOPS round trip of its own, and
-    nginx's access log names both the replica and KHEOPS), and nothing the browser gets
-    says how (no X-Relay-*, no X-Accel-*)."""
+    nginx's access log names both the replica and KHEOPS); the next read of the study is
+    carried from nginx's memory of that hand-over (its access log names KHEOPS alone); and
+    nothing the browser gets says how (no X-Relay-*, no X-Accel-*)."""
     studies = clinician.studies()
     token = clinician.user_token("bob")
     stack.manage("shell", "-c", RELAY_FOR_ALL_PROVIDERS.format(mode="relay"))
     time.sleep(1.1)  # a code of its own (see viewer_in_its_browser)
 
-    async def browse() -> httpx.Response:
+    async def browse() -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(verify=str(stack.cert), trust_env=False, timeout=60) as http:
             report = await http.post(
                 f"{clinician.kheops_url}/api/report",
@@ -551,13 +552,12 @@ def relayed_read_carried_by_nginx(stack: Stack, clinician: Clinician, client_id:
             expiry = await http.get(f"{stack.public_url}/launches/{launch_id}/token")
             if expiry.status_code != 200 or "authorization" in expiry.json():
                 raise Failed(f"relay-mode token request {expiry.status_code}")
-            return await http.get(
-                f"{stack.public_url}/launches/{launch_id}/dicomweb/studies/{studies[2]}/series",
-                headers={"Accept": "application/dicom+json"},
-            )
+            series = f"{stack.public_url}/launches/{launch_id}/dicomweb/studies/{studies[2]}/series"
+            handed_over = await http.get(series, headers={"Accept": "application/dicom+json"})
+            return handed_over, await http.get(series, headers={"Accept": "application/dicom+json"})
 
     try:
-        answer = asyncio.run(browse())
+        answer, kept = asyncio.run(browse())
     finally:
         stack.manage("shell", "-c", RELAY_FOR_ALL_PROVIDERS.format(mode=""))
     if answer.status_code != 200 or not answer.json():
@@ -571,6 +571,12 @@ def relayed_read_carried_by_nginx(stack: Stack, clinician: Clinician, client_id:
     if upstream.count(":") < 3 or clinician.kheops_url.split("//")[1] not in upstream:
         raise Failed(f"nginx's access log does not show the hand-over: {upstream!r}")
     print(f"   relayed read carried by nginx: upstreams {upstream}", flush=True)
+    from_memory = stack.upstreams().get(kept.headers.get("x-request-id", ""), "")
+    if kept.status_code != 200 or kept.content != answer.content or "server-timing" in kept.headers:
+        raise Failed(f"the next read was not carried from nginx's memory: {kept.status_code}")
+    if from_memory.count(":") != 1 or clinician.kheops_url.split("//")[1] not in from_memory:
+        raise Failed(f"nginx's access log shows the app asked again: {from_memory!r}")
+    print(f"   the next read carried from nginx's memory: upstream {from_memory}", flush=True)
 
 
 RELAY_FOR_ALL_PROVIDERS = (
