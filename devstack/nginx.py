@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 from devstack.processes import REPO, ServerProcess, StackError, free_port
 
 RENDER = REPO / "deploy" / "nginx" / "render.sh"
+# render.sh's default NGINX_MODULES_DIR, where Debian's libnginx-mod-http-lua puts it.
+LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")
 
 
 def nginx_installed() -> bool:
@@ -51,6 +53,11 @@ class NginxFront:
         DICOMWEB_RELAY_OFFLOAD_KEY)."""
         if not nginx_installed():
             raise StackError("nginx is not installed (make test installs Debian's nginx-light)")
+        if offload_kheops and not LUA_MODULE.exists():
+            raise StackError(
+                f"{LUA_MODULE} is missing: the relay offload's memory needs Debian's "
+                "libnginx-mod-http-lua (make test installs it)"
+            )
         workdir = Path(tempfile.mkdtemp(prefix="kheops-ohif-nginx-"))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
