@@ -29,7 +29,9 @@ reach (X-Relay-Offload-Origins). For a grant on one of those, the answer is an e
 telling nginx where to ask (X-Accel-Redirect, an internal location of its own for that
 origin) and with what: the token, this answer's security headers and Server-Timing, each in
 an X-Relay-* header that nginx takes and never passes on (docs/relay-offload.md). The checks
-above stay here; only the carrying of the bytes moves to nginx, which does it in C.
+above stay here; only the carrying of the bytes moves to nginx, which does it in C. With the
+hand-over, X-Relay-Keep (`keep_for`) lets nginx carry the same browser's next plain reads of
+the launch's studies for a few seconds without asking again (DICOMWEB_RELAY_OFFLOAD_KEEP_SECONDS).
 """
 
 from __future__ import annotations
@@ -165,11 +167,11 @@ class RelayReads:
             upstream_headers = relay.upstream_headers(headers, grant.access_token, upload=False)
         except relay.Refused:
             return False
-        query = "?" + target.query if target.query else ""
         offload = offload_location(headers, grant.dicomweb_endpoint)
         if offload is not None:
             await self._hand_to_nginx(send, offload, grant, target, upstream_headers, started)
             return True
+        query = "?" + target.query if target.query else ""
         url = grant.dicomweb_endpoint.rstrip("/") + "/" + target.path + query
         async with self._turn():
             await self._stream(scope, receive, send, url, upstream_headers, started)
