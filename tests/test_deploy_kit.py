@@ -88,7 +88,7 @@ def test_the_deployment_probes_the_app_as_its_public_host(
     manifests: dict[str, dict[str, Any]],
 ) -> None:
     deployment = manifests["Deployment"]
-    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    container = container_named(deployment, "kheops-ohif")
     public_host = urlsplit(manifests["ConfigMap"]["data"]["PUBLIC_BASE_URL"]).hostname
 
     assert deployment["spec"]["replicas"] >= 2
@@ -131,7 +131,7 @@ def test_the_migration_job_and_the_servers_read_the_same_settings_and_secrets(
     manifests: dict[str, dict[str, Any]],
 ) -> None:
     [job] = manifests["Job"]["spec"]["template"]["spec"]["containers"]
-    [server] = manifests["Deployment"]["spec"]["template"]["spec"]["containers"]
+    server = container_named(manifests["Deployment"], "kheops-ohif")
     config = manifests["ConfigMap"]["data"]
     secret_keys = set(manifests["Secret"]["stringData"])
 
@@ -141,7 +141,49 @@ def test_the_migration_job_and_the_servers_read_the_same_settings_and_secrets(
     assert {f"/run/secrets/kheops-ohif/{key}" for key in secret_keys} == files
     assert not any(k in config for k in ("SECRET_KEY", "SEALING_KEY", "METRICS_TOKEN"))
     assert urlsplit(config["DATABASE_URL"]).password is None  # it is in the Secret
-    assert config["TRUSTED_PROXY_COUNT"] == "1" and config["TRUST_X_FORWARDED_PROTO"] == "true"
+    # The ingress, then the pod's nginx.
+    assert config["TRUSTED_PROXY_COUNT"] == "2" and config["TRUST_X_FORWARDED_PROTO"] == "true"
+
+
+def container_named(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    [container] = [c for c in _containers(workload) if c["name"] == name]
+    return container
+
+
+def test_in_each_pod_nginx_takes_the_requests_and_carries_the_relayed_reads(
+    manifests: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    deployment = manifests["Deployment"]
+    nginx = container_named(deployment, "nginx")
+    app = container_named(deployment, "kheops-ohif")
+    config = manifests["ConfigMap"]["data"]
+    env = {
+        e["name"]: e.get("value") or e["valueFrom"]["configMapKeyRef"]["key"] for e in nginx["env"]
+    }
+    [nginx_port] = nginx["ports"]
+    [app_port] = app["ports"]
+
+    assert nginx["image"] == "registry.example.org/kheops-ohif-nginx:latest"
+    # The Service (and so the ingress) reaches nginx; nginx reaches the app in its pod.
+    assert manifests["Service"]["spec"]["ports"][0]["targetPort"] == nginx_port["name"]
+    assert env["LISTEN_HTTP"] == str(nginx_port["containerPort"])
+    assert env["UPSTREAMS"] == f"127.0.0.1:{app_port['containerPort']}"
+    # The same key file on both sides, from the Secret both mount.
+    assert env["RELAY_OFFLOAD_KEY_FILE"] == "DICOMWEB_RELAY_OFFLOAD_KEY_FILE"
+    assert config["DICOMWEB_RELAY_OFFLOAD_KEY_FILE"].startswith(
+        next(m["mountPath"] for m in nginx["volumeMounts"] if m["name"] == "secrets")
+    )
+    assert env["RELAY_OFFLOAD_KHEOPS"] == "RELAY_OFFLOAD_KHEOPS" and env["PUBLIC_BASE_URL"]
+    # Read-only, unprivileged; what it writes is in volumes of its own, its configuration too.
+    assert nginx["securityContext"]["readOnlyRootFilesystem"] is True
+    assert nginx["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    written = {m["mountPath"] for m in nginx["volumeMounts"] if not m.get("readOnly")}
+    assert written == {"/run/nginx", "/var/cache/nginx", "/var/lib/nginx", "/var/log/nginx"}
+    assert env["NGINX_CONF_DIR"] == "/run/nginx"
+    # What the image makes of this environment is valid nginx.
+    conf = rendered_nginx_conf("", tmp_path, LISTEN_HTTP=env["LISTEN_HTTP"])
+    assert f"listen {env['LISTEN_HTTP']};" in conf
+    assert nginx["readinessProbe"]["httpGet"]["path"] == "/nginx-healthz"
 
 
 # --- the compose stack and nginx ------------------------------------------------------------------
@@ -197,12 +239,13 @@ def render_nginx(out: Path, base_path: str = "", **env: str) -> subprocess.Compl
     )
 
 
-def rendered_nginx_conf(base_path: str, tmp_path: Path) -> str:
-    """The main file and the HTTPS server's, as nginx's entrypoint makes them."""
+def rendered_nginx_conf(base_path: str, tmp_path: Path, **env: str) -> str:
+    """The main file, its servers and what they do, as nginx's entrypoint makes them."""
     out = tmp_path / f"nginx{base_path.replace('/', '-')}"
-    rendered = render_nginx(out, base_path)
+    rendered = render_nginx(out, base_path, **env)
     assert rendered.returncode == 0, rendered.stderr
-    return (out / "nginx.conf").read_text() + (out / "kheops-ohif-server.conf").read_text()
+    files = ("nginx.conf", "kheops-ohif-servers.conf", "kheops-ohif-server.conf")
+    return "".join((out / name).read_text() for name in files)
 
 
 def test_each_nginx_template_names_only_what_render_sh_fills_in() -> None:
@@ -216,12 +259,21 @@ def test_each_nginx_template_names_only_what_render_sh_fills_in() -> None:
 
     assert set(calls) == {
         "nginx.conf.template",
+        "$servers_template",
         "server.conf.template",
         "relay-location.conf.template",
     }
+    named = {
+        template: set(re.findall(r"\$\{[A-Z_]+\}", (NGINX / template).read_text()))
+        for template in (*calls, "servers-tls.conf.template", "servers-plain.conf.template")
+        if template != "$servers_template"
+    }
     for template, names in calls.items():
-        text = (NGINX / template).read_text()
-        assert set(re.findall(r"\$\{[A-Z_]+\}", text)) == set(names.split()), template
+        if template == "$servers_template":  # either one, as LISTEN_HTTP says
+            both = named["servers-tls.conf.template"] | named["servers-plain.conf.template"]
+            assert both == set(names.split())
+        else:
+            assert named[template] == set(names.split()), template
 
 
 @pytest.mark.parametrize("base_path", ["", "/ohif"])
@@ -231,7 +283,9 @@ def test_nginx_passes_the_forwarded_headers_and_its_request_id(
     conf = rendered_nginx_conf(base_path, tmp_path)
 
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
-    assert "proxy_set_header X-Forwarded-Proto $scheme;" in conf
+    assert "set $kheops_forwarded_proto $scheme;" in conf
+    assert "proxy_set_header X-Forwarded-Proto $kheops_forwarded_proto;" in conf
+    assert "listen 443 ssl http2;" in conf
     assert "proxy_set_header X-Request-ID $request_id;" in conf
     # Retried on the other replica only when idempotent: nginx's default, not widened.
     assert "non_idempotent" not in conf
@@ -246,6 +300,19 @@ def test_nginx_passes_the_forwarded_headers_and_its_request_id(
     assert conf.count("proxy_cache kheops_documents;") == 3
     launches = conf.split(f"location {base_path}/launches/", 1)[1].split("}", 1)[0]
     assert "proxy_buffering off;" in launches and "proxy_request_buffering off;" in launches
+
+
+def test_behind_a_proxy_that_ends_tls_nginx_serves_plain_http_and_keeps_its_scheme(
+    tmp_path: Path,
+) -> None:
+    conf = rendered_nginx_conf("/ohif", tmp_path, LISTEN_HTTP="8080")
+
+    assert "listen 8080;" in conf and "ssl" not in conf and "listen 80;" not in conf
+    # The scheme the browser used is the proxy's to say; nginx adds itself to the addresses.
+    assert "set $kheops_forwarded_proto $http_x_forwarded_proto;" in conf
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
+    assert "location = /ohif/nginx-healthz {" in conf
+    assert render_nginx(tmp_path / "bad", LISTEN_HTTP="80; evil").returncode == 1
 
 
 def test_with_a_sub_path_nginx_strips_the_prefix_without_it_passes_the_uri_as_is(
@@ -313,7 +380,10 @@ def test_nginx_refuses_an_offload_key_that_is_missing_short_or_not_plain(
     assert "RELAY_OFFLOAD_KEY" in rendered.stderr
 
 
-def test_the_rendered_production_configuration_is_valid_nginx(tmp_path: Path) -> None:
+@pytest.mark.parametrize("listen_http", ["", "8080"], ids=["tls", "behind-a-tls-proxy"])
+def test_the_rendered_production_configuration_is_valid_nginx(
+    tmp_path: Path, listen_http: str
+) -> None:
     """`nginx -t` on what the image's entrypoint makes (offload on), with only the paths that
     would touch this machine (pid, cache, TLS files) moved into the test's directory."""
     nginx = shutil.which("nginx")
@@ -332,6 +402,7 @@ def test_the_rendered_production_configuration_is_valid_nginx(tmp_path: Path) ->
         TLS_KEY=str(tmp_path / "tls.key"),
         RELAY_OFFLOAD_KHEOPS="https://127.0.0.1:8443 http://127.0.0.1:8042",
         RELAY_OFFLOAD_KEY="k" * 40,
+        LISTEN_HTTP=listen_http,
     )
     assert rendered.returncode == 0, rendered.stderr
     main = (out / "nginx.conf").read_text()

@@ -7,7 +7,17 @@
 #                    /var/lib/nginx-tls (a volume: kept across restarts), for local trials.
 #   RELAY_OFFLOAD_KEY_FILE  with RELAY_OFFLOAD_KHEOPS: waited for up to SECRETS_WAIT_SECONDS
 #                    (60), as compose's `secrets` service makes it at first start.
+#   LISTEN_HTTP      plain HTTP on this port behind a proxy that ends TLS: no certificate then.
+#   NGINX_CONF_DIR   where the configuration is made (default /etc/nginx; a writable
+#                    directory of its own when the root file system is read-only, as in
+#                    deploy/kubernetes, which then holds the pid file too); `nginx` is then
+#                    started with it.
 set -eu
+conf="${NGINX_CONF_DIR:-/etc/nginx}"
+if [ -n "${NGINX_CONF_DIR:-}" ]; then
+  PID_FILE="${PID_FILE:-$conf/nginx.pid}"
+  export PID_FILE
+fi
 url="${PUBLIC_BASE_URL:?PUBLIC_BASE_URL is required (https://host[:port][/path])}"
 authority="${url#*://}"
 authority="${authority%%/*}"
@@ -15,7 +25,7 @@ host="${authority%:*}"
 case "$host" in \[*) host="${authority%%]*}]"; host="${host#[}"; host="${host%]}" ;; esac
 TLS_CERT="${TLS_CERT:-/etc/nginx/tls/tls.crt}"
 TLS_KEY="${TLS_KEY:-/etc/nginx/tls/tls.key}"
-if [ ! -s "$TLS_CERT" ] || [ ! -s "$TLS_KEY" ]; then
+if [ -z "${LISTEN_HTTP:-}" ] && { [ ! -s "$TLS_CERT" ] || [ ! -s "$TLS_KEY" ]; }; then
   TLS_CERT=/var/lib/nginx-tls/self-signed.crt
   TLS_KEY=/var/lib/nginx-tls/self-signed.key
   if [ ! -s "$TLS_CERT" ]; then
@@ -44,6 +54,10 @@ if [ -n "${RELAY_OFFLOAD_KHEOPS:-}" ] && [ -z "${RELAY_OFFLOAD_KEY:-}" ] && [ -n
   done
 fi
 export TLS_CERT TLS_KEY
-/usr/local/share/kheops-ohif-nginx/render.sh /etc/nginx
-nginx -t -q
+/usr/local/share/kheops-ohif-nginx/render.sh "$conf"
+nginx -t -q -c "$conf/nginx.conf"
+if [ "$1" = nginx ]; then
+  shift
+  set -- nginx -c "$conf/nginx.conf" "$@"
+fi
 exec "$@"

@@ -5,7 +5,8 @@
 -- X-Relay-Keep, that nginx may carry this browser's next reads of the same launch for a few
 -- seconds without asking again: "<seconds> <launch id> <root> <study UID,…>". nginx keeps
 -- that decision in shared memory (never on disk), under a hash of everything it depended on
--- besides the address (the launch, the scheme, the Host and the whole Cookie header), and
+-- besides the address (the launch, the scheme the app was told of, the Host and the whole
+-- Cookie header), and
 -- for as long as the app said: no longer than the app itself keeps a ready grant.
 --
 -- A later read is carried at once only when it is plainly one the app would hand over the
@@ -70,7 +71,13 @@ local function key(launch_id)
         return nil
     end
     return ngx.sha1_bin(
-        launch_id .. "\n" .. ngx.var.scheme .. "\n" .. (ngx.var.http_host or "") .. "\n" .. cookie
+        launch_id
+            .. "\n"
+            .. ngx.var.kheops_forwarded_proto
+            .. "\n"
+            .. (ngx.var.http_host or "")
+            .. "\n"
+            .. cookie
     )
 end
 

@@ -1,7 +1,9 @@
 #!/bin/sh
 # nginx's configuration for kheops-ohif, from the environment, into the directory $1:
-#   nginx.conf                   the main file (TLS on 443, the redirect on 80)
-#   kheops-ohif-server.conf      what the HTTPS server does (proxying to the app replicas)
+#   nginx.conf                   the main file
+#   kheops-ohif-servers.conf     its servers: HTTPS on 443 and the redirect on 80, or plain
+#                                HTTP on LISTEN_HTTP
+#   kheops-ohif-server.conf      what the server does (proxying to the app replicas)
 #   kheops-relay-http.conf       the relay offload's maps, and an upstream per KHEOPS origin
 #   kheops-relay-locations.conf  its internal locations, one per KHEOPS origin
 #   kheops-relay-location.conf   the body each of them includes
@@ -12,6 +14,10 @@
 #   PUBLIC_BASE_URL  https://host[:port][/sub-path], as the app's (its path: the sub-path served)
 #   UPSTREAMS        the app replicas, "host:port host:port" (default: app-1:8000 app-2:8000)
 #   TLS_CERT, TLS_KEY  the certificate and key nginx.conf names (deploy/nginx/entrypoint.sh)
+#   PID_FILE         nginx's pid file (default /run/nginx.pid)
+#   LISTEN_HTTP      a port: plain HTTP on it instead, behind a proxy of yours that ends TLS
+#                    and sets X-Forwarded-Proto, which is passed on (deploy/kubernetes: the
+#                    ingress controller, this nginx beside the app in each pod)
 #   RELAY_OFFLOAD_KHEOPS  the KHEOPS origins nginx carries relayed reads from, e.g.
 #                    "https://kheops.example.org" (space-separated; default none: the offload
 #                    is off and the app carries every relayed read). docs/relay-offload.md.
@@ -41,6 +47,16 @@ for server in ${UPSTREAMS:-app-1:8000 app-2:8000}; do
 "
 done
 PUBLIC_ORIGIN="https://$authority"
+PID_FILE="${PID_FILE:-/run/nginx.pid}"
+LISTEN_HTTP="${LISTEN_HTTP:-}"
+if [ -n "$LISTEN_HTTP" ]; then
+  case "$LISTEN_HTTP" in *[!0-9]*) say "LISTEN_HTTP is not a port number: $LISTEN_HTTP"; exit 1 ;; esac
+  servers_template=servers-plain.conf.template
+  FORWARDED_PROTO='$http_x_forwarded_proto'  # the scheme the proxy in front was asked with
+else
+  servers_template=servers-tls.conf.template
+  FORWARDED_PROTO='$scheme'
+fi
 TLS_CERT="${TLS_CERT:-/etc/nginx/tls/tls.crt}"
 TLS_KEY="${TLS_KEY:-/etc/nginx/tls/tls.key}"
 RELAY_CA_FILE="${RELAY_CA_FILE:-/etc/ssl/certs/ca-certificates.crt}"
@@ -153,14 +169,18 @@ location @kheops_relay_timeout {
 "
 
 export PUBLIC_ORIGIN BASE_PATH PASS_ROOT PASS_LAUNCHES UPSTREAM_SERVERS TLS_CERT TLS_KEY \
-  RELAY_OFFLOAD_KEY RELAY_OFFLOAD_ORIGINS RELAY_CA_FILE RELAY_CONNECT_TIMEOUT
+  RELAY_OFFLOAD_KEY RELAY_OFFLOAD_ORIGINS RELAY_CA_FILE RELAY_CONNECT_TIMEOUT LISTEN_HTTP \
+  FORWARDED_PROTO PID_FILE
 mkdir -p "$out"
 umask 077  # the server configuration holds the offload key
 # shellcheck disable=SC2016 # the names envsubst replaces, nginx's own $variables untouched
-envsubst '${PUBLIC_ORIGIN} ${BASE_PATH} ${UPSTREAM_SERVERS} ${TLS_CERT} ${TLS_KEY}' \
+envsubst '${UPSTREAM_SERVERS} ${PID_FILE}' \
   <"$templates/nginx.conf.template" >"$out/nginx.conf"
 # shellcheck disable=SC2016
-envsubst '${BASE_PATH} ${PASS_ROOT} ${PASS_LAUNCHES} ${RELAY_OFFLOAD_KEY} ${RELAY_OFFLOAD_ORIGINS}' \
+envsubst '${PUBLIC_ORIGIN} ${BASE_PATH} ${TLS_CERT} ${TLS_KEY} ${LISTEN_HTTP}' \
+  <"$templates/$servers_template" >"$out/kheops-ohif-servers.conf"
+# shellcheck disable=SC2016
+envsubst '${BASE_PATH} ${PASS_ROOT} ${PASS_LAUNCHES} ${RELAY_OFFLOAD_KEY} ${RELAY_OFFLOAD_ORIGINS} ${FORWARDED_PROTO}' \
   <"$templates/server.conf.template" >"$out/kheops-ohif-server.conf"
 # shellcheck disable=SC2016
 envsubst '${RELAY_CA_FILE} ${RELAY_CONNECT_TIMEOUT}' \

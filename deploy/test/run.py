@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -525,18 +525,35 @@ def viewer_in_its_browser(stack: Stack, clinician: Clinician, client_id: str) ->
     asyncio.run(browse())
 
 
-def relayed_read_carried_by_nginx(stack: Stack, clinician: Clinician, client_id: str) -> None:
+GRANT_COOKIE = "kheops_ohif_grant_"
+
+
+@dataclass
+class RelayedRead:
+    url: str  # through the compose stack's nginx
+    cookie: str  # the viewer's grant cookie, as its Cookie header says it
+    content: bytes
+
+
+@contextlib.contextmanager
+def relayed_read_carried_by_nginx(
+    stack: Stack, clinician: Clinician, client_id: str
+) -> Iterator[RelayedRead]:
     """Relay mode, nginx's offload on: a DICOMweb read through our relay is carried by nginx
     (the app hands it over: its Server-Timing names no KHEOPS round trip of its own, and
     nginx's access log names both the replica and KHEOPS); the next read of the study is
     carried from nginx's memory of that hand-over (its access log names KHEOPS alone); and
-    nothing the browser gets says how (no X-Relay-*, no X-Accel-*)."""
+    nothing the browser gets says how (no X-Relay-*, no X-Accel-*). Relay mode stays on for
+    the `with` block, which gets the read."""
     studies = clinician.studies()
     token = clinician.user_token("bob")
     stack.manage("shell", "-c", RELAY_FOR_ALL_PROVIDERS.format(mode="relay"))
-    time.sleep(1.1)  # a code of its own (see viewer_in_its_browser)
+    # Every server process sees relay mode once its providers kept in memory are older than
+    # LOOKUP_CACHE_SECONDS (5 s); the launch also gets a code of its own (see
+    # viewer_in_its_browser).
+    time.sleep(5.5)
 
-    async def browse() -> tuple[httpx.Response, httpx.Response]:
+    async def browse() -> tuple[httpx.Response, httpx.Response, str]:
         async with httpx.AsyncClient(verify=str(stack.cert), trust_env=False, timeout=60) as http:
             report = await http.post(
                 f"{clinician.kheops_url}/api/report",
@@ -554,12 +571,24 @@ def relayed_read_carried_by_nginx(stack: Stack, clinician: Clinician, client_id:
                 raise Failed(f"relay-mode token request {expiry.status_code}")
             series = f"{stack.public_url}/launches/{launch_id}/dicomweb/studies/{studies[2]}/series"
             handed_over = await http.get(series, headers={"Accept": "application/dicom+json"})
-            return handed_over, await http.get(series, headers={"Accept": "application/dicom+json"})
+            kept = await http.get(series, headers={"Accept": "application/dicom+json"})
+            cookie = f"{GRANT_COOKIE}{launch_id}={http.cookies[GRANT_COOKIE + launch_id]}"
+            return handed_over, kept, cookie
 
     try:
-        answer, kept = asyncio.run(browse())
+        answer, kept, cookie = asyncio.run(browse())
+        carried_by_nginx(stack, clinician, answer, kept)
+        yield RelayedRead(str(answer.request.url), cookie, answer.content)
     finally:
         stack.manage("shell", "-c", RELAY_FOR_ALL_PROVIDERS.format(mode=""))
+        # Each server process keeps the providers it read for LOOKUP_CACHE_SECONDS (5 s);
+        # a launch meanwhile could still be in relay mode (the burst's "token without it").
+        time.sleep(5.5)
+
+
+def carried_by_nginx(
+    stack: Stack, clinician: Clinician, answer: httpx.Response, kept: httpx.Response
+) -> None:
     if answer.status_code != 200 or not answer.json():
         raise Failed(f"relayed read through nginx: {answer.status_code} {answer.text[:200]}")
     timing = answer.headers.get("server-timing", "")
@@ -577,6 +606,82 @@ def relayed_read_carried_by_nginx(stack: Stack, clinician: Clinician, client_id:
     if from_memory.count(":") != 1 or clinician.kheops_url.split("//")[1] not in from_memory:
         raise Failed(f"nginx's access log shows the app asked again: {from_memory!r}")
     print(f"   the next read carried from nginx's memory: upstream {from_memory}", flush=True)
+
+
+def reads_through_the_kubernetes_sidecar(
+    stack: Stack, clinician: Clinician, read: RelayedRead
+) -> None:
+    """The nginx image as deploy/kubernetes runs it beside the app in each pod: in app-1's
+    network namespace (as a pod's containers share one), its root file system read-only, as
+    the app's unprivileged user, writing only to its own tmpfs directories (the pod's
+    emptyDirs), plain HTTP on 8080 behind a proxy that ends TLS (this harness plays the
+    ingress: Host and X-Forwarded-Proto), its relay offload on with the key from the secrets.
+    Through it: its own health, the app's, and the viewer's relayed read, handed over by the
+    app, then again from nginx's memory."""
+    sidecar = f"{PROJECT}_sidecar"
+    run(
+        "podman", "run", "-d", "--name", sidecar,
+        "--network", f"container:{stack.container('app-1')}",
+        "--read-only", "--user", "10001:10001",
+        # Each emptyDir of deploy/kubernetes: empty, writable by the pod's user.
+        *(arg for path in ("/run/nginx", "/var/cache/nginx", "/var/lib/nginx", "/var/log/nginx")
+          for arg in ("--tmpfs", f"{path}:rw,U")),
+        "-v", f"{PROJECT}_secrets:/run/secrets/kheops-ohif:ro",
+        "-e", "LISTEN_HTTP=8080", "-e", "UPSTREAMS=127.0.0.1:8000",
+        "-e", "NGINX_CONF_DIR=/run/nginx", "-e", f"PUBLIC_BASE_URL={stack.public_url}",
+        "-e", f"RELAY_OFFLOAD_KHEOPS={clinician.kheops_url}",
+        "-e", "RELAY_OFFLOAD_KEY_FILE=/run/secrets/kheops-ohif/relay_offload_key",
+        IMAGES["nginx"],
+    )  # fmt: skip
+    try:
+        address = run(
+            "podman", "inspect", stack.container("app-1"),
+            "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        ).strip()  # fmt: skip
+        pod = f"http://{address}:8080"
+        as_the_ingress = {"Host": urlsplit(stack.public_url).netloc, "X-Forwarded-Proto": "https"}
+        with httpx.Client(trust_env=False, timeout=30) as http:
+            for _ in range(30):
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get(f"{pod}/nginx-healthz").status_code == 200:
+                        break
+                time.sleep(0.5)
+            else:
+                raise Failed(f"the sidecar never answered:\n{sidecar_logs(sidecar)[-1500:]}")
+            ready = http.get(f"{pod}/readyz", headers=as_the_ingress)
+            if ready.status_code != 200:
+                raise Failed(f"the app through the sidecar: {ready.status_code}")
+            path = urlsplit(read.url).path
+            headers = {**as_the_ingress, "Cookie": read.cookie, "Accept": "application/dicom+json"}
+            answers = [http.get(f"{pod}{path}", headers=headers) for _ in range(2)]
+        logged = sidecar_logs(sidecar)
+        upstreams = [
+            dict(re.findall(r"request_id=(\S+) upstream=(.+?) cache=", logged)).get(
+                answer.headers.get("x-request-id", ""), ""
+            )
+            for answer in answers
+        ]
+        kheops = clinician.kheops_url.split("//")[1]
+        if [a.status_code for a in answers] != [200, 200] or any(
+            a.content != read.content for a in answers
+        ):
+            raise Failed(f"relayed reads through the sidecar: {[a.status_code for a in answers]}")
+        if upstreams[0] != f"127.0.0.1:8000 : {kheops}" or upstreams[1] != kheops:
+            raise Failed(f"the sidecar's access log: {upstreams} (app, then memory expected)")
+        print(f"   through the sidecar: handed over ({upstreams[0]}), then from memory", flush=True)
+    finally:
+        subprocess.run(  # noqa: S603
+            ["podman", "rm", "-f", sidecar],  # noqa: S607
+            capture_output=True, env=podman_env(), check=False,
+        )  # fmt: skip
+
+
+def sidecar_logs(name: str) -> str:
+    completed = subprocess.run(  # noqa: S603
+        ["podman", "logs", name],  # noqa: S607
+        capture_output=True, text=True, env=podman_env(), check=False,
+    )  # fmt: skip
+    return completed.stdout + completed.stderr
 
 
 RELAY_FOR_ALL_PROVIDERS = (
@@ -739,7 +844,9 @@ def main() -> int:
             if not base_path:
                 with timed(f"{label}: nginx's relay offload on, a relayed read carried by it"):
                     stack.offload_relay_to_nginx(kheops_url)
-                    relayed_read_carried_by_nginx(stack, clinician, client_id)
+                    with relayed_read_carried_by_nginx(stack, clinician, client_id) as read:
+                        with timed(f"{label}: the nginx image as the Kubernetes pod's sidecar"):
+                            reads_through_the_kubernetes_sidecar(stack, clinician, read)
                 with timed(f"{label}: reload the viewer on the other replica"):
                     reload_on_the_other_replica(stack, clinician, client_id)
                 with timed(f"{label}: burst of {BURST} launches, one replica stopped"):
