@@ -47,10 +47,12 @@ class NginxFront:
         offload_key: str = "",
         workers: int = 1,
         access_log: bool = False,
+        base_path: str = "",
     ) -> NginxFront:
         """Start it (not waiting: see `wait_until_up`); `offload_kheops`, the KHEOPS origins
         whose relayed reads it carries with `offload_key` (the app's
-        DICOMWEB_RELAY_OFFLOAD_KEY)."""
+        DICOMWEB_RELAY_OFFLOAD_KEY); with `base_path` ("/ohif"), serving the app under that
+        sub-path, as PUBLIC_BASE_URL's path makes the deployment's nginx do."""
         if not nginx_installed():
             raise StackError("nginx is not installed (make test installs Debian's nginx-light)")
         if offload_kheops and not LUA_MODULE.exists():
@@ -60,7 +62,7 @@ class NginxFront:
             )
         workdir = Path(tempfile.mkdtemp(prefix="kheops-ohif-nginx-"))
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}{base_path}"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PUBLIC_BASE_URL": url,

@@ -395,19 +395,29 @@ def test_nginx_carries_from_memory_only_what_the_app_accepts_of_the_browsers_hea
 # --- nginx's memory of a hand-over (deploy/nginx/kheops_relay.lua) ---------------------------
 
 
-def asked_of(front: Front, reads: int) -> list[list[str]]:
-    """Whom nginx asked for each of the last `reads` reads (its access log): the app and
-    KHEOPS for a read the app handed over, KHEOPS alone for one carried from memory."""
-    addresses = {urlsplit(front.app.url).netloc: "app", urlsplit(front.kheops.url).netloc: "kheops"}
+class Asked:
+    """Whom an nginx (the front's, or `nginx`) asks for each relayed read from now on (its
+    access log): the app and KHEOPS for a read the app handed over, KHEOPS alone for one
+    carried from memory."""
 
-    def lines() -> list[str]:
-        return [
-            line for line in front.nginx.access_log().splitlines() if " /_kheops_relay/" in line
-        ]
+    def __init__(self, front: Front, nginx: NginxFront | None = None) -> None:
+        self.nginx = nginx or front.nginx
+        self.names = {
+            urlsplit(front.app.url).netloc: "app",
+            urlsplit(front.kheops.url).netloc: "kheops",
+        }
+        self.start = len(self._lines())
 
-    wait_for(lambda: len(lines()) >= reads)
-    upstreams = [line.rsplit("upstream=", 1)[1] for line in lines()[-reads:]]
-    return [[addresses[a] for a in re.split(r"[ ,:]+ ", u)] for u in upstreams]
+    def _lines(self) -> list[str]:
+        log = self.nginx.access_log()
+        return [line for line in log.splitlines() if " /_kheops_relay/" in line]
+
+    def of(self, reads: int) -> list[list[str]]:
+        """The first `reads` since, once nginx has logged them (it does after answering)."""
+        wait_for(lambda: len(self._lines()) >= self.start + reads)
+        lines = self._lines()[self.start : self.start + reads]
+        upstreams = [line.rsplit("upstream=", 1)[1] for line in lines]
+        return [[self.names[a] for a in re.split(r"[ ,:]+ ", u)] for u in upstreams]
 
 
 def raw_get(front: Front, grant: Grant, target: str) -> int:
@@ -424,6 +434,7 @@ def raw_get(front: Front, grant: Grant, target: str) -> int:
 def test_a_browsers_next_reads_of_the_study_are_carried_without_asking_the_app_again(
     front: Front, grant: Grant
 ) -> None:
+    asked_nginx = Asked(front)
     with browser(front.nginx.url, grant) as through_nginx:
         handed_over = through_nginx.get(
             grant.path(METADATA), headers={"Accept": "application/json"}
@@ -434,7 +445,7 @@ def test_a_browsers_next_reads_of_the_study_are_carried_without_asking_the_app_a
             through_nginx.get(grant.path(f"studies/{STUDY}/series")),
         ]
 
-    assert asked_of(front, 4) == [["app", "kheops"], ["kheops"], ["kheops"], ["kheops"]]
+    assert asked_nginx.of(4) == [["app", "kheops"], ["kheops"], ["kheops"], ["kheops"]]
     asked = [r for c in front.kheops.connections for r in c.requests]
     assert sorted((method, path) for method, path, _ in asked) == sorted(
         [
@@ -475,6 +486,7 @@ def test_what_nginx_remembers_carries_no_other_browser_study_method_or_address(
         other_host = through_nginx.get(grant.path(METADATA), headers={"Host": "elsewhere.example"})
         long_header = through_nginx.get(grant.path(METADATA), headers={"Accept": "a" * 1025})
         upload = through_nginx.post(grant.path(f"studies/{STUDY}"), content=b"x")
+        asked_nginx = Asked(front)
         search = through_nginx.get(grant.path(f"studies?StudyInstanceUID={STUDY}"))
     base = f"/launches/{grant.launch_id}/dicomweb/studies/{STUDY}"
     raw = {
@@ -494,21 +506,51 @@ def test_what_nginx_remembers_carries_no_other_browser_study_method_or_address(
     # app's to check, and it handed that one over again.
     assert front.kheops.asked() == [f"/api/studies?StudyInstanceUID={STUDY}"]
     assert search.status_code == 200
-    assert asked_of(front, 1) == [["app", "kheops"]]
+    assert asked_nginx.of(1) == [["app", "kheops"]]
 
 
 def test_nginx_never_carries_a_read_from_memory_past_the_tokens_expiry(
     front: Front, transactional_db: None
 ) -> None:
-    grant = Grant(*ready_relayed_grant(f"{front.kheops.url}/api", timedelta(seconds=2.5)))
+    lifetime = timedelta(seconds=4)
+    grant = Grant(*ready_relayed_grant(f"{front.kheops.url}/api", lifetime))
+    expires = time.monotonic() + lifetime.total_seconds()
     front.kheops.forget_the_past()
+    asked_nginx = Asked(front)
     with browser(front.nginx.url, grant) as through_nginx:
         assert through_nginx.get(grant.path(METADATA)).status_code == 200
         assert through_nginx.get(grant.path(METADATA)).status_code == 200
-        assert asked_of(front, 2) == [["app", "kheops"], ["kheops"]]  # kept for its last 1 or 2 s
-        time.sleep(2.6)
+        # Kept for the token's whole seconds left (at most 3), never past them.
+        assert asked_nginx.of(2) == [["app", "kheops"], ["kheops"]]
+        time.sleep(max(0.0, expires - time.monotonic()) + 0.2)
         expired = through_nginx.get(grant.path(METADATA))
 
     assert expired.status_code == 401  # the app's answer: nginx had forgotten it
     assert expired.json()["error"]
     assert len(front.kheops.asked()) == 2
+
+
+def test_under_a_sub_path_nginx_remembers_a_hand_over_too(front: Front, grant: Grant) -> None:
+    under = NginxFront.start(
+        front.app.url,
+        offload_kheops=[front.kheops.url],
+        offload_key=OFFLOAD_KEY,
+        access_log=True,
+        base_path="/ohif",
+    )
+    try:
+        under.wait_until_up()
+        asked_under, asked_front = Asked(front, under), Asked(front)
+        with browser(under.url, grant) as through_nginx:
+            answers = [through_nginx.get(grant.path(METADATA)) for _ in range(2)]
+            outside = through_nginx.get(f"{front.nginx.url}{grant.path(METADATA)}")
+
+        assert [a.url.path for a in answers] == [f"/ohif{grant.path(METADATA)}"] * 2
+        assert [a.status_code for a in answers] == [200, 200]
+        assert answers[0].content == answers[1].content == b'[{"00080018":{"vr":"UI"}}]'
+        assert asked_under.of(2) == [["app", "kheops"], ["kheops"]]
+        # Another nginx's memory is its own: the front's asks the app.
+        assert outside.status_code == 200
+        assert asked_front.of(1) == [["app", "kheops"]]
+    finally:
+        under.stop()
