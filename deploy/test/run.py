@@ -378,6 +378,17 @@ class Clinician:
         self.album_id = album_id
         self._client_ids: list[str] = []
 
+    async def report(
+        self, http: httpx.AsyncClient, user_token: str, client_id: str, studies: list[str]
+    ) -> httpx.Response:
+        """KHEOPS's answer to a click on our report provider for `studies`: the page whose
+        meta refresh goes to our launch URL."""
+        return await http.post(
+            f"{self.kheops_url}/api/report",
+            data={"access_token": user_token, "client_id": client_id, "studyUID": studies,
+                  "return_uri": f"{self.kheops_url}/albums/x"},
+        )  # fmt: skip
+
     def user_token(self, username: str) -> str:
         with httpx.Client(trust_env=False) as http:
             answer = http.post(
@@ -427,11 +438,7 @@ class Clinician:
             verify=str(self.stack.cert), trust_env=False, timeout=120
         ) as http:
             try:
-                report = await http.post(
-                    f"{self.kheops_url}/api/report",
-                    data={"access_token": user_token, "client_id": client_id,
-                          "studyUID": studies, "return_uri": f"{self.kheops_url}/albums/x"},
-                )  # fmt: skip
+                report = await self.report(http, user_token, client_id, studies)
                 if report.status_code != 200:
                     return f"KHEOPS report {report.status_code}"
                 launch_url = meta_refresh_url(report)
@@ -502,11 +509,7 @@ def viewer_in_its_browser(stack: Stack, clinician: Clinician, client_id: str) ->
 
     async def browse() -> None:
         async with httpx.AsyncClient(verify=str(stack.cert), trust_env=False, timeout=60) as http:
-            report = await http.post(
-                f"{clinician.kheops_url}/api/report",
-                data={"access_token": token, "client_id": client_id, "studyUID": studies[:1],
-                      "return_uri": f"{clinician.kheops_url}/albums/x"},
-            )  # fmt: skip
+            report = await clinician.report(http, token, client_id, studies[:1])
             viewer = await http.get(meta_refresh_url(report), follow_redirects=True)
             if viewer.status_code != 200 or '<div id="root">' not in viewer.text:
                 raise Failed(f"viewer page {viewer.status_code} at {viewer.url.path}")  # no code
@@ -555,11 +558,7 @@ def relayed_read_carried_by_nginx(
 
     async def browse() -> tuple[httpx.Response, httpx.Response, str]:
         async with httpx.AsyncClient(verify=str(stack.cert), trust_env=False, timeout=60) as http:
-            report = await http.post(
-                f"{clinician.kheops_url}/api/report",
-                data={"access_token": token, "client_id": client_id, "studyUID": studies[2:3],
-                      "return_uri": f"{clinician.kheops_url}/albums/x"},
-            )  # fmt: skip
+            report = await clinician.report(http, token, client_id, studies[2:3])
             viewer = await http.get(meta_refresh_url(report), follow_redirects=True)
             if viewer.status_code != 200:
                 raise Failed(f"relay-mode viewer page {viewer.status_code}")
@@ -695,11 +694,7 @@ def reload_on_the_other_replica(stack: Stack, clinician: Clinician, client_id: s
 
     async def reloads() -> tuple[str, str, int]:
         async with httpx.AsyncClient(verify=str(stack.cert), trust_env=False, timeout=60) as http:
-            report = await http.post(
-                f"{clinician.kheops_url}/api/report",
-                data={"access_token": token, "client_id": client_id, "studyUID": studies[1:2],
-                      "return_uri": f"{clinician.kheops_url}/albums/x"},
-            )  # fmt: skip
+            report = await clinician.report(http, token, client_id, studies[1:2])
             launch = await http.get(meta_refresh_url(report))
             launched_on = stack.upstream_of(launch.headers["X-Request-ID"])
             viewer_url = urljoin(str(launch.url), launch.headers["Location"])

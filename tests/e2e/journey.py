@@ -214,13 +214,14 @@ class Journey:
     def album_url(self) -> str:
         return self.stack.kheops.url(f"/albums/{self.stack.kheops.demo_album_id}")
 
-    def open_from_album(self, study_uid: str) -> None:
-        """Click "Open in OHIF Viewer" in the study's row of the album page, as a clinician."""
+    def open_from_album(self, study_uid: str, provider: str = "OHIF") -> None:
+        """Click "Open in <provider>…" (by default "Open in OHIF Viewer") in the study's row of
+        the album page, as a clinician."""
         self.page.goto(self.album_url())
         row = self.page.locator("tbody tr").filter(
             has=self.page.locator("code", has_text=study_uid)
         )
-        row.get_by_role("button", name=re.compile(r"^Open in OHIF")).click()
+        row.get_by_role("button", name=re.compile(rf"^Open in {re.escape(provider)}")).click()
         self.wait_for_viewer()
 
     def launch_with_form(self, study_uids: list[str]) -> None:

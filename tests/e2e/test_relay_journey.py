@@ -215,10 +215,7 @@ def test_behind_nginx_it_carries_the_images_and_the_token_still_never_reaches_th
     journey.context.on("response", lambda response: responses.append(response))
     page = journey.page
     with journey.step("click Open in Viewer behind nginx for the CT study on the album page"):
-        page.goto(journey.album_url())
-        row = page.locator("tbody tr").filter(has=page.locator("code", has_text=CT_STUDY))
-        row.get_by_role("button", name=f"Open in {BEHIND_NGINX}").click()
-        journey.wait_for_viewer()
+        journey.open_from_album(CT_STUDY, BEHIND_NGINX)
         assert page.url.startswith(behind_nginx.url)
     with journey.step("the CT image is drawn"):
         journey.wait_for_image()
